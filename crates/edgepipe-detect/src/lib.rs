@@ -1,0 +1,23 @@
+//! Streaming anomaly detection for edgepipe: per-series detectors that score each reading as it
+//! arrives, their bounded state and snapshots, and NAB evaluation.
+//!
+//! It sits on the detection stage of the data path (architecture: "WAL consumers → detector →
+//! anomalies") and in the edge agent alike, so the same code finds anomalies offline at the edge.
+//! The core is pure and synchronous: a detector takes `(timestamp, value)` and returns a score;
+//! it never reads a clock or a file. Only [`nab`] performs I/O, to read the benchmark and write
+//! its results layout.
+
+mod error;
+pub mod nab;
+
+pub use error::{Error, Result};
+
+use edgepipe_types::TimestampMs;
+
+/// Anything that scores one series' readings, in arrival order, with an anomaly score in
+/// `[0, 1]` (higher is more anomalous).
+pub trait PointScorer {
+    /// Scores the reading at `ts` with `value` and updates the state. Never panics on any input,
+    /// including NaN and infinities.
+    fn score(&mut self, ts: TimestampMs, value: f64) -> f64;
+}

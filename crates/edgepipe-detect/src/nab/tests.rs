@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+
+use super::*;
+
+/// The public NAB split shipped beside the repository (`../shared/datasets/nab`), or
+/// `EDGEPIPE_NAB_DIR`.
+pub(crate) fn nab_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("EDGEPIPE_NAB_DIR") {
+        return d.into();
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/nab")
+}
+
+fn corpus() -> NabCorpus {
+    let dir = nab_dir();
+    NabCorpus::load(&dir).unwrap_or_else(|e| panic!("NAB corpus at {}: {e}", dir.display()))
+}
+
+#[test]
+fn corpus_has_the_public_split() {
+    let c = corpus();
+    assert_eq!(c.files.len(), 41);
+    assert_eq!(c.row_count(), 137_366);
+    assert_eq!(c.window_count, 64);
+}
+
+fn check_reference(detector: &str, expected: [f64; 3]) {
+    let c = corpus();
+    let dir = nab_dir().join("reference-results");
+    let got = score_results_dir(&c, &dir, detector).expect("score");
+    for (p, want) in got.profiles.iter().zip(expected) {
+        let rounded = (p.score * 100.0).round() / 100.0;
+        assert!(
+            (rounded - want).abs() < 1e-9,
+            "{detector} {}: got {:.4}, want {want}",
+            p.profile,
+            p.score
+        );
+    }
+}
+
+#[test]
+fn reproduces_numenta_reference_scores() {
+    check_reference("numenta", [75.52, 70.68, 78.99]);
+}
+
+#[test]
+fn reproduces_windowed_gaussian_reference_scores() {
+    check_reference("windowedGaussian", [41.42, 26.48, 48.45]);
+}
+
+#[test]
+fn null_and_perfect_detectors_score_0_and_100() {
+    let c = corpus();
+    let null: Vec<Vec<f64>> = c.files.iter().map(|f| vec![0.5; f.len()]).collect();
+    let s = score_corpus(&c, "null", &null).expect("score");
+    for p in &s.profiles {
+        assert_eq!(p.score, 0.0, "{}", p.profile);
+    }
+    // Alarm on the first row of every window and nowhere else.
+    let perfect: Vec<Vec<f64>> = c
+        .files
+        .iter()
+        .map(|f| {
+            (0..f.len())
+                .map(|i| f64::from(u8::from(f.windows.iter().any(|w| w.start == i))))
+                .collect()
+        })
+        .collect();
+    let s = score_corpus(&c, "perfect", &perfect).expect("score");
+    for p in &s.profiles {
+        assert!((p.score - 100.0).abs() < 1e-9, "{} {}", p.profile, p.score);
+        assert_eq!(p.detected_windows, 64);
+        assert_eq!(p.false_positives, 0);
+    }
+}
+
+#[test]
+fn file_scores_add_up_to_corpus_raw_score() {
+    let c = corpus();
+    let dir = nab_dir().join("reference-results");
+    let scores = read_results(&c, &dir, "numenta").expect("read");
+    let s = score_corpus(&c, "numenta", &scores).expect("score");
+    for (profile, ps) in PROFILES.iter().zip(&s.profiles) {
+        let per_file = file_scores(&c, &scores, profile, ps.threshold).expect("files");
+        let sum: f64 = per_file.iter().map(|f| f.raw).sum();
+        assert!((sum - ps.raw).abs() < 1e-6, "{sum} vs {}", ps.raw);
+    }
+}
+
+#[test]
+fn results_with_wrong_row_count_are_refused() {
+    let c = corpus();
+    let mut scores: Vec<Vec<f64>> = c.files.iter().map(|f| vec![0.0; f.len()]).collect();
+    if let Some(first) = scores.first_mut() {
+        first.pop();
+    }
+    assert!(matches!(
+        score_corpus(&c, "x", &scores),
+        Err(crate::Error::RowCount { .. })
+    ));
+}

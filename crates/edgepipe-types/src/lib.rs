@@ -1,1 +1,313 @@
-//! edgepipe-types
+//! Shared vocabulary of edgepipe: what a reading is, who sent it, and how a batch of readings
+//! travels through the write-ahead log. No I/O lives here.
+//!
+//! A reading's identity is `(device_id, metric, ts)` (architecture principle 3): writing the same
+//! reading twice is idempotent downstream. [`IngestRecord`] is the unit the gateway appends to the
+//! WAL: one accepted message (MQTT publish, HTTP line batch, agent envelope) with every reading it
+//! carried, encoded by [`IngestRecord::encode`] in a versioned binary form.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors from validating identifiers and decoding records.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Error {
+    /// An identifier was empty, too long, or held a character outside `[A-Za-z0-9_.:-]`.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidId {
+        /// What kind of identifier ("device id", "metric").
+        what: &'static str,
+        /// The offending value (truncated to 80 characters).
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A stored record did not decode.
+    #[error("record does not decode: {0}")]
+    Decode(String),
+    /// A stored record has a format version this build does not know.
+    #[error("record format version {found} is not supported (this build reads up to {supported})")]
+    UnsupportedVersion {
+        /// Version byte found.
+        found: u8,
+        /// Highest version this build reads.
+        supported: u8,
+    },
+}
+
+/// Longest device id or metric name accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+fn check_id(what: &'static str, s: &str) -> Result<()> {
+    let fail = |reason| {
+        Err(Error::InvalidId {
+            what,
+            value: s.chars().take(80).collect(),
+            reason,
+        })
+    };
+    if s.is_empty() {
+        return fail("must not be empty");
+    }
+    if s.len() > MAX_ID_LEN {
+        return fail("longer than 128 bytes");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        return fail("only ASCII letters, digits and _ - . : are allowed");
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps `s`.
+            pub fn new(s: impl Into<String>) -> Result<Self> {
+                let s = s.into();
+                check_id($what, &s)?;
+                Ok(Self(s))
+            }
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A device's identity: `[A-Za-z0-9_.:-]{1,128}`. Also its MQTT username.
+    DeviceId,
+    "device id"
+);
+id_type!(
+    /// A metric name within a device: `[A-Za-z0-9_.:-]{1,128}`.
+    Metric,
+    "metric"
+);
+
+/// Milliseconds since the Unix epoch (UTC), event time.
+pub type TimestampMs = i64;
+
+/// A reading's value, kept without loss: integers stay integers, strings stay strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// A finite floating-point number (NaN and infinities are refused at decode).
+    F64(f64),
+    /// A signed 64-bit integer.
+    I64(i64),
+    /// A boolean.
+    Bool(bool),
+    /// A string (bounded by the protocol's limits).
+    Str(String),
+}
+
+impl Value {
+    /// The value as a float where that makes sense (numbers and booleans).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::F64(v) => Some(*v),
+            Value::I64(v) => Some(*v as f64),
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            Value::Str(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::F64(v) => write!(f, "{v}"),
+            Value::I64(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::Str(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// Where a reading's timestamp came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TsSource {
+    /// The device sent it.
+    #[default]
+    Device,
+    /// The device sent none; the server stamped its receive time.
+    Server,
+}
+
+/// One reading of one metric of one device at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// Metric name.
+    pub metric: Metric,
+    /// Event time in ms since the epoch.
+    pub ts: TimestampMs,
+    /// The value.
+    pub value: Value,
+    /// Whether `ts` came from the device or the server.
+    pub ts_source: TsSource,
+}
+
+/// How a message reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    /// MQTT 3.1.1.
+    Mqtt311,
+    /// MQTT 5.
+    Mqtt5,
+    /// HTTP `POST /api/v1/ingest`.
+    Http,
+    /// Replayed from another system (backfill).
+    Replay,
+}
+
+/// Identity of an agent batch: `(source, stream, seq)`; replays of the same triple are duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BatchOrigin {
+    /// The sending agent instance.
+    pub source: String,
+    /// The agent's stream (one sequence space per stream).
+    pub stream: String,
+    /// Monotonic per-stream sequence number.
+    pub seq: u64,
+}
+
+/// One accepted message with all its readings: the unit appended to the server's WAL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestRecord {
+    /// The authenticated device that sent it.
+    pub device_id: DeviceId,
+    /// Server receive time, ms since the epoch.
+    pub received_at: TimestampMs,
+    /// Transport it arrived on.
+    pub transport: Transport,
+    /// Agent batch identity, when it came in an agent envelope.
+    pub origin: Option<BatchOrigin>,
+    /// Extra labels from topic mappings (e.g. `line` from `factory/{line}/...`).
+    pub tags: Vec<(String, String)>,
+    /// The readings.
+    pub readings: Vec<Reading>,
+}
+
+/// Format version written as the first byte of an encoded [`IngestRecord`].
+pub const INGEST_RECORD_VERSION: u8 = 1;
+
+impl IngestRecord {
+    /// Encodes as `version byte | postcard body`.
+    pub fn encode(&self) -> Vec<u8> {
+        let out = vec![INGEST_RECORD_VERSION];
+        // postcard only fails on writer errors or unsupported serde shapes; neither applies to
+        // a Vec writer and these plain types.
+        match postcard::to_extend(self, out) {
+            Ok(v) => v,
+            Err(_) => vec![INGEST_RECORD_VERSION],
+        }
+    }
+
+    /// Decodes what [`encode`](Self::encode) wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let (&version, body) = bytes
+            .split_first()
+            .ok_or_else(|| Error::Decode("empty record".into()))?;
+        if version != INGEST_RECORD_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: INGEST_RECORD_VERSION,
+            });
+        }
+        postcard::from_bytes(body).map_err(|e| Error::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(DeviceId::new("dev-1").is_ok());
+        assert!(DeviceId::new("").is_err());
+        assert!(DeviceId::new("a/b").is_err());
+        assert!(Metric::new("x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn record_round_trips() -> Result<()> {
+        let rec = IngestRecord {
+            device_id: DeviceId::new("d1")?,
+            received_at: 1_700_000_000_000,
+            transport: Transport::Mqtt5,
+            origin: Some(BatchOrigin {
+                source: "gw".into(),
+                stream: "main".into(),
+                seq: 7,
+            }),
+            tags: vec![("line".into(), "3".into())],
+            readings: vec![
+                Reading {
+                    metric: Metric::new("temp")?,
+                    ts: 1,
+                    value: Value::F64(21.5),
+                    ts_source: TsSource::Device,
+                },
+                Reading {
+                    metric: Metric::new("count")?,
+                    ts: 2,
+                    value: Value::I64(i64::MAX),
+                    ts_source: TsSource::Server,
+                },
+                Reading {
+                    metric: Metric::new("state")?,
+                    ts: 3,
+                    value: Value::Str("ok".into()),
+                    ts_source: TsSource::Device,
+                },
+            ],
+        };
+        let bytes = rec.encode();
+        assert_eq!(IngestRecord::decode(&bytes)?, rec);
+        assert!(IngestRecord::decode(&[9, 1, 2]).is_err());
+        assert!(IngestRecord::decode(&[]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_device_id_in_record_is_refused() {
+        let mut bytes = vec![INGEST_RECORD_VERSION];
+        bytes.extend(postcard::to_stdvec(&"a/b").unwrap_or_default());
+        assert!(IngestRecord::decode(&bytes).is_err());
+    }
+}

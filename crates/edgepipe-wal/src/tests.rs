@@ -1,0 +1,450 @@
+use std::io::{BufRead, Write as _};
+use std::process::{Command, Stdio};
+
+use proptest::prelude::*;
+
+use super::*;
+
+type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("test runtime")
+}
+
+fn all_records(wal: &Wal) -> Result<Vec<(u64, Vec<u8>)>> {
+    let first = wal.stats().first_seq;
+    wal.read(first, usize::MAX)
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = fs::read_dir(dir.join("segments"))
+        .expect("segments dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
+#[test]
+fn append_read_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let mut seqs = Vec::new();
+    for i in 0..100u32 {
+        seqs.push(rt.block_on(wal.append(format!("rec-{i}-{:050}", 0).into_bytes()))?);
+    }
+    assert_eq!(seqs, (0..100).collect::<Vec<u64>>());
+    let unconfirmed = rt.block_on(wal.append_unconfirmed(b"u".to_vec()))?;
+    assert_eq!(unconfirmed, 100);
+    let batch = rt.block_on(wal.append_batch(vec![b"a".to_vec(), b"b".to_vec()]))?;
+    assert_eq!(batch, 101);
+    assert!(wal.stats().segments > 1, "4 KiB segments must roll");
+    wal.close();
+
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let recs = all_records(&wal)?;
+    assert_eq!(recs.len(), 103);
+    assert!(recs[7].1.starts_with(b"rec-7-"));
+    assert_eq!(recs[102].1, b"b");
+    assert_eq!(rt.block_on(wal.append(b"next".to_vec()))?, 103);
+    assert_eq!(wal.stats().torn_records_truncated, 0);
+    Ok(())
+}
+
+#[test]
+fn torn_tail_is_truncated_and_counted() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    for i in 0..5u8 {
+        rt.block_on(wal.append(vec![i; 10]))?;
+    }
+    wal.close();
+    // A crash in the middle of writing a record: a header promising more than was written.
+    let seg = last_segment(dir.path());
+    let mut f = OpenOptions::new().append(true).open(&seg)?;
+    f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0, 9, 9])?;
+    drop(f);
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let st = wal.stats();
+    assert_eq!(st.torn_records_truncated, 1);
+    assert_eq!(st.torn_bytes_truncated, 18);
+    assert_eq!(all_records(&wal)?.len(), 5);
+    assert_eq!(rt.block_on(wal.append(b"x".to_vec()))?, 5);
+    Ok(())
+}
+
+#[test]
+fn corrupt_closed_segment_is_an_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    for _ in 0..100 {
+        rt.block_on(wal.append(vec![7u8; 100]))?;
+    }
+    wal.close();
+    let first = segment_path(dir.path(), 0);
+    let mut bytes = fs::read(&first)?;
+    bytes[SEGMENT_HEADER_LEN + RECORD_HEADER_LEN + 3] ^= 0xff;
+    fs::write(&first, bytes)?;
+    let err = Wal::open(dir.path(), WalConfig::test_config()).err();
+    assert!(
+        matches!(err, Some(Error::Corrupt { .. })),
+        "bit flip in a sealed segment must be reported, got {err:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn consumers_checkpoint_and_retention_deletes_passed_segments() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let mut a = wal.consumer("lake")?;
+    let mut b = wal.consumer("detect")?;
+    for _ in 0..200 {
+        rt.block_on(wal.append(vec![1u8; 100]))?;
+    }
+    let segs_before = wal.stats().segments;
+    assert!(segs_before > 3);
+    a.commit(150)?;
+    assert_eq!(wal.stats().segments, segs_before, "detect still at 0");
+    b.commit(120)?;
+    let st = wal.stats();
+    assert!(st.segments < segs_before);
+    assert!(st.first_seq <= 120, "nothing detect still needs is deleted");
+    wal.close();
+
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let a = wal.consumer("lake")?;
+    assert_eq!(a.position(), 150);
+    let mut r = a.reader()?;
+    let (seq, _) = r.next_record()?.ok_or("record 150")?;
+    assert_eq!(seq, 150);
+    assert!(matches!(wal.reader(0).err(), Some(Error::Truncated { .. })));
+    assert!(wal.consumer("../evil").is_err());
+    Ok(())
+}
+
+#[test]
+fn budget_reject_refuses_and_drop_oldest_records_gap() -> TestResult {
+    let rt = rt();
+    let dir = tempfile::tempdir()?;
+    let cfg = WalConfig {
+        segment_bytes: 1024,
+        max_bytes: 4096,
+        ..WalConfig::test_config()
+    };
+    let wal = Wal::open(dir.path(), cfg.clone())?;
+    let mut refused = 0;
+    for _ in 0..100 {
+        match rt.block_on(wal.append(vec![0u8; 200])) {
+            Ok(_) => {}
+            Err(Error::Full { budget, .. }) => {
+                assert_eq!(budget, 4096);
+                refused += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert!(refused > 0);
+    assert_eq!(wal.stats().rejected_full, refused);
+    assert!(wal.stats().disk_bytes <= 4096);
+    wal.close();
+
+    let dir = tempfile::tempdir()?;
+    let wal = Wal::open(
+        dir.path(),
+        WalConfig {
+            full_policy: FullPolicy::DropOldest,
+            ..cfg
+        },
+    )?;
+    let c = wal.consumer("slow")?;
+    for _ in 0..100 {
+        rt.block_on(wal.append(vec![0u8; 200]))?;
+    }
+    let st = wal.stats();
+    assert!(st.disk_bytes <= 4096);
+    assert!(st.dropped_records > 0);
+    let lost: u64 = wal.gaps().iter().map(|g| g.to - g.from).sum();
+    assert_eq!(lost, st.dropped_records);
+    assert_eq!(lost + (st.next_seq - st.first_seq), 100);
+    drop(c);
+    let c = wal.consumer("slow")?;
+    assert_eq!(c.position(), st.first_seq, "consumer skips past the gap");
+    Ok(())
+}
+
+#[test]
+fn oversized_record_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let err = rt().block_on(wal.append(vec![0; 64 * 1024 + 1])).err();
+    assert!(matches!(
+        err,
+        Some(Error::RecordTooLarge { limit: 65536, .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn group_commit_covers_concurrent_appends() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let wal = Wal::open(dir.path(), WalConfig::default())?;
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..64 {
+            let wal = wal.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50 {
+                    wal.append(format!("{t}-{i}").into_bytes()).await?;
+                }
+                Ok::<_, Error>(())
+            }));
+        }
+        for t in tasks {
+            t.await.map_err(|e| e.to_string())??;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    let st = wal.stats();
+    assert_eq!(st.appended_records, 3200);
+    assert!(
+        st.fsyncs < 3200,
+        "64 concurrent writers must share fsyncs ({} fsyncs)",
+        st.fsyncs
+    );
+    Ok(())
+}
+
+#[test]
+fn waiting_reader_sees_new_records() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let mut reader = wal.reader(0)?;
+    assert!(reader.next_record()?.is_none());
+    rt.block_on(async {
+        let w = wal.clone();
+        let waiter = tokio::spawn(async move { w.wait_beyond(0).await });
+        wal.append(b"x".to_vec()).await?;
+        assert_eq!(waiter.await.map_err(|e| e.to_string())??, 1);
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    assert_eq!(reader.next_record()?, Some((0, b"x".to_vec())));
+    Ok(())
+}
+
+// ---- model-based property test ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<u8>),
+    Batch(Vec<Vec<u8>>),
+    Reopen,
+    /// Close, append garbage to the last segment (a torn write), reopen.
+    CrashTorn(Vec<u8>),
+    /// Commit consumer `0|1` at a fraction of the log.
+    Commit(usize, u8),
+    Read,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(Op::Append),
+        2 => proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 1..5)
+            .prop_map(Op::Batch),
+        1 => Just(Op::Reopen),
+        1 => proptest::collection::vec(any::<u8>(), 1..40).prop_map(Op::CrashTorn),
+        2 => (0..2usize, any::<u8>()).prop_map(|(c, f)| Op::Commit(c, f)),
+        2 => Just(Op::Read),
+    ]
+}
+
+fn check_against_model(wal: &Wal, model: &[Vec<u8>], positions: &[u64; 2]) {
+    let st = wal.stats();
+    assert_eq!(st.next_seq, model.len() as u64);
+    let min = positions.iter().copied().min().unwrap_or(0);
+    assert!(st.first_seq <= min, "retention deleted unconsumed records");
+    let recs = wal.read(st.first_seq, usize::MAX).expect("read");
+    assert_eq!(recs.len() as u64, st.next_seq - st.first_seq);
+    for (seq, payload) in recs {
+        assert_eq!(&model[seq as usize], &payload, "record {seq} differs");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn wal_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = WalConfig { segment_bytes: 512, max_bytes: 1 << 30, ..WalConfig::test_config() };
+        let rt = rt();
+        let mut wal = Wal::open(dir.path(), cfg.clone()).expect("open");
+        let mut model: Vec<Vec<u8>> = Vec::new();
+        let mut positions = [0u64; 2];
+        let names = ["c0", "c1"];
+        for n in names { wal.consumer(n).expect("consumer"); }
+        for op in ops {
+            match op {
+                Op::Append(p) => {
+                    let seq = rt.block_on(wal.append(p.clone())).expect("append");
+                    prop_assert_eq!(seq, model.len() as u64);
+                    model.push(p);
+                }
+                Op::Batch(ps) => {
+                    let seq = rt.block_on(wal.append_batch(ps.clone())).expect("batch");
+                    prop_assert_eq!(seq, model.len() as u64);
+                    model.extend(ps);
+                }
+                Op::Reopen => {
+                    wal.close();
+                    wal = Wal::open(dir.path(), cfg.clone()).expect("reopen");
+                    prop_assert_eq!(wal.stats().torn_records_truncated, 0);
+                }
+                Op::CrashTorn(garbage) => {
+                    wal.close();
+                    let seg = last_segment(dir.path());
+                    let mut f = OpenOptions::new().append(true).open(&seg).expect("seg");
+                    f.write_all(&garbage).expect("garbage");
+                    drop(f);
+                    wal = Wal::open(dir.path(), cfg.clone()).expect("recover");
+                }
+                Op::Commit(c, frac) => {
+                    let target = model.len() as u64 * u64::from(frac) / 255;
+                    let target = target.max(positions[c]);
+                    let mut consumer = wal.consumer(names[c]).expect("consumer");
+                    consumer.commit(target).expect("commit");
+                    positions[c] = target;
+                }
+                Op::Read => {}
+            }
+            check_against_model(&wal, &model, &positions);
+        }
+    }
+}
+
+// ---- kill -9 loop ----
+
+const CHILD_ENV: &str = "EDGEPIPE_WAL_KILL9_DIR";
+
+/// Runs only as the child of `kill9_loop_keeps_every_acked_record`: appends from many tasks
+/// and prints `ACK <seq> <payload>` after each durable append.
+#[test]
+#[ignore = "child process of kill9_loop_keeps_every_acked_record"]
+fn kill9_child() -> TestResult {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let cfg = WalConfig {
+        segment_bytes: 64 * 1024,
+        ..WalConfig::default()
+    };
+    let wal = Wal::open(&dir, cfg)?;
+    let run = std::process::id();
+    rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let wal = wal.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let payload = format!("{run}-{t}-{i}");
+                    let durable = i % 4 != 0;
+                    let seq = if durable {
+                        wal.append(payload.clone().into_bytes()).await
+                    } else {
+                        wal.append_unconfirmed(payload.clone().into_bytes()).await
+                    };
+                    match seq {
+                        Ok(seq) if durable => {
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "ACK {seq} {payload}");
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            eprintln!("append failed: {e}");
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    Ok(())
+}
+
+#[test]
+fn kill9_loop_keeps_every_acked_record() -> TestResult {
+    use rand::Rng;
+    let dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let mut rng = rand::rng();
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    for round in 0..8 {
+        let mut child = Command::new(&exe)
+            .args(["tests::kill9_child", "--exact", "--ignored", "--nocapture"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("child stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("ACK ")
+                    && let Some((seq, payload)) = rest.split_once(' ')
+                    && let Ok(seq) = seq.parse::<u64>()
+                {
+                    lines.push((seq, payload.to_string()));
+                }
+            }
+            lines
+        });
+        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(150..600)));
+        child.kill()?; // SIGKILL on Unix
+        child.wait()?;
+        let round_acked = reader.join().map_err(|_| "reader thread")?;
+        assert!(
+            !round_acked.is_empty() || round == 0,
+            "child acknowledged nothing in round {round}"
+        );
+        acked.extend(round_acked);
+
+        let wal = Wal::open(dir.path(), WalConfig::default())?;
+        let recs = wal.read(0, usize::MAX)?;
+        let by_seq: std::collections::HashMap<u64, &[u8]> =
+            recs.iter().map(|(s, p)| (*s, p.as_slice())).collect();
+        for (seq, payload) in &acked {
+            assert_eq!(
+                by_seq.get(seq).copied(),
+                Some(payload.as_bytes()),
+                "acked record {seq} lost or changed after kill -9 (round {round})"
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (_, p) in &recs {
+            assert!(seen.insert(p.clone()), "record stored twice");
+        }
+        wal.close();
+    }
+    assert!(acked.len() > 100, "only {} acks over 8 rounds", acked.len());
+    Ok(())
+}

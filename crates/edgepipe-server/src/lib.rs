@@ -1,1 +1,18 @@
-//! edgepipe-server
+//! `edgepipe-server`: the `edgepipe` binary's library. It owns the device gateway (MQTT 3.1.1/5
+//! on ntex-mqtt, HTTP ingest on axum), the ingest core that acknowledges only after the WAL
+//! append is durable, the device registry, the dead-letter store, metrics, the CLI and the demo.
+//!
+//! One reading's path through this crate: [`mqtt`] or [`http`] authenticates the device →
+//! [`ingest::Ingestor`] routes, decodes (`edgepipe-protocol`), drops agent-batch replays and
+//! appends an [`edgepipe_types::IngestRecord`] to the WAL (`edgepipe-wal`) → the ack is written.
+//! Anything refused is stored by [`deadletter`] first.
+
+pub mod cli;
+pub mod config;
+pub mod deadletter;
+pub mod devices;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod mqtt;
+pub mod server;

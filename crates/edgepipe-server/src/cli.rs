@@ -1,0 +1,584 @@
+//! The `edgepipe` command line: `serve`, `validate`, `demo`, `devices`, `deadletters`, `bench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ServerConfig;
+use crate::deadletter::DeadLetters;
+use crate::devices::DeviceRegistry;
+use crate::server::RunningServer;
+
+/// edgepipe: self-hosted IoT telemetry pipeline server.
+#[derive(Debug, Parser)]
+#[command(name = "edgepipe", version, about)]
+pub struct Cli {
+    /// Command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Check a configuration file and print every problem.
+    Validate(ConfigArgs),
+    /// Run a server and a simulated device fleet over real MQTT, with a live status line.
+    Demo(DemoArgs),
+    /// Manage devices.
+    Devices {
+        /// Action.
+        #[command(subcommand)]
+        action: DevicesCmd,
+        /// Data directory.
+        #[arg(long, default_value = "./edgepipe-data", env = "EDGEPIPE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Inspect dead letters (refused messages).
+    Deadletters {
+        /// Action.
+        #[command(subcommand)]
+        action: DeadCmd,
+        /// Data directory.
+        #[arg(long, default_value = "./edgepipe-data", env = "EDGEPIPE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Benchmarks.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+}
+
+/// Config file flag.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// `serve` flags (override the file and environment).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// MQTT listen address.
+    #[arg(long)]
+    pub mqtt_addr: Option<SocketAddr>,
+    /// HTTP listen address.
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    /// Register unknown devices on first connect (development only).
+    #[arg(long)]
+    pub auto_register: bool,
+    /// Messages per second per device (0 = unlimited).
+    #[arg(long)]
+    pub device_rate: Option<u32>,
+}
+
+/// `demo` flags.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 50)]
+    pub devices: usize,
+    /// Metrics per device.
+    #[arg(long, default_value_t = 4)]
+    pub metrics: usize,
+    /// Sample period per device.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Data directory.
+    #[arg(long, default_value = "./edgepipe-data")]
+    pub data_dir: PathBuf,
+    /// Simulator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write the simulator's ground-truth anomaly labels here (CSV).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+}
+
+/// `devices` actions.
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// Register a device and print its token (shown once).
+    Add {
+        /// Device id.
+        id: String,
+    },
+    /// List devices.
+    List,
+    /// Refuse a device from now on.
+    Disable {
+        /// Device id.
+        id: String,
+    },
+    /// Allow a disabled device again.
+    Enable {
+        /// Device id.
+        id: String,
+    },
+    /// Issue a new token (the old one stops working).
+    RotateToken {
+        /// Device id.
+        id: String,
+    },
+}
+
+/// `deadletters` actions.
+#[derive(Debug, Subcommand)]
+pub enum DeadCmd {
+    /// The newest dead letters.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One dead letter with its raw bytes.
+    Show {
+        /// Id from `list`.
+        id: u64,
+    },
+}
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// MQTT ingest throughput and PUBACK latency.
+    Ingest(BenchIngestArgs),
+}
+
+/// `bench ingest` flags.
+#[derive(Debug, Args)]
+pub struct BenchIngestArgs {
+    /// Concurrent MQTT connections.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// QoS (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// Readings per message.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Total messages/s (default: as fast as acks allow).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// In-flight publishes per connection.
+    #[arg(long, default_value_t = 100)]
+    pub inflight: u16,
+    /// Measure an existing endpoint (e.g. 127.0.0.1:1883 for Mosquitto) instead of starting
+    /// our own server in a temporary directory.
+    #[arg(long)]
+    pub target: Option<SocketAddr>,
+    /// Password for --target (our server started here uses auto-registration).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn load_config(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
+    Ok(ServerConfig::load(
+        args.config.as_deref(),
+        std::env::vars(),
+    )?)
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Validate(a) => {
+            let cfg = load_config(&a)?;
+            cfg.validate()?;
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::Demo(a) => demo(a).await,
+        Command::Devices { action, data_dir } => devices(action, data_dir),
+        Command::Deadletters { action, data_dir } => deadletters(action, data_dir).await,
+        Command::Bench { which } => match which {
+            BenchCmd::Ingest(a) => bench_ingest(a).await,
+        },
+    }
+}
+
+async fn wait_for_ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = load_config(&a.config)?;
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(x) = a.mqtt_addr {
+        cfg.mqtt_addr = x;
+    }
+    if let Some(x) = a.http_addr {
+        cfg.http_addr = x;
+    }
+    if a.auto_register {
+        cfg.auto_register = true;
+    }
+    if let Some(r) = a.device_rate {
+        cfg.limits.device_msgs_per_sec = r;
+    }
+    let server = RunningServer::start(&cfg)?;
+    println!(
+        "edgepipe serving: mqtt://{}  http://{}  data: {}",
+        server.mqtt_addr,
+        server.http_addr,
+        cfg.data_dir.display()
+    );
+    wait_for_ctrl_c().await;
+    eprintln!("shutting down: stop accepting, finish in-flight, close wal");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Picks `preferred` if free, otherwise an ephemeral port on the same IP.
+fn free_or_ephemeral(preferred: SocketAddr) -> SocketAddr {
+    match std::net::TcpListener::bind(preferred) {
+        Ok(l) => {
+            drop(l);
+            preferred
+        }
+        Err(_) => SocketAddr::new(preferred.ip(), 0),
+    }
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    use edgepipe_sim::mqtt::{Credentials, FleetRunOptions, SimStats, run_fleet};
+    use edgepipe_sim::signal::FleetConfig;
+
+    let mut cfg = ServerConfig {
+        data_dir: a.data_dir.clone(),
+        auto_register: true,
+        ..ServerConfig::default()
+    };
+    cfg.mqtt_addr = free_or_ephemeral(cfg.mqtt_addr);
+    cfg.http_addr = free_or_ephemeral(cfg.http_addr);
+    let server = RunningServer::start(&cfg)?;
+    println!(
+        "edgepipe demo: {} simulated devices x {} metrics",
+        a.devices, a.metrics
+    );
+    println!("  MQTT     mqtt://{}", server.mqtt_addr);
+    println!("  HTTP     http://{}/api/v1/status", server.http_addr);
+    println!("  metrics  http://{}/metrics", server.http_addr);
+    println!("  data     {}", cfg.data_dir.display());
+
+    let fleet = FleetConfig {
+        devices: a.devices,
+        metrics: a.metrics,
+        seed: a.seed,
+        interval: a.interval,
+        start_ms: edgepipe_sim::now_ms(),
+        ..FleetConfig::default()
+    };
+    if let Some(path) = &a.labels {
+        let f = edgepipe_sim::signal::Fleet::new(fleet.clone())?;
+        let horizon = a.duration.unwrap_or(Duration::from_secs(24 * 3600));
+        let labels = f.labels(fleet.start_ms, fleet.start_ms + horizon.as_millis() as i64);
+        edgepipe_sim::signal::save_labels_csv(path, &labels)?;
+        println!("  labels   {} ({} anomalies)", path.display(), labels.len());
+    }
+    let opts = FleetRunOptions {
+        host: server.mqtt_addr.ip().to_string(),
+        port: server.mqtt_addr.port(),
+        fleet,
+        credentials: Credentials::Shared("demo-fleet-secret".into()),
+        ..FleetRunOptions::default()
+    };
+    let stats = Arc::new(SimStats::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let fleet_task = tokio::spawn(run_fleet(opts, stats.clone(), stop_rx));
+
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let started = Instant::now();
+    let ing = server.ingestor.clone();
+    let mut last_readings = 0u64;
+    let mut last_t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let deadline = a.duration.map(|d| started + d);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wait_for_ctrl_c() => break,
+        }
+        let m = ing.metrics();
+        let readings = m.readings_written.load(Ordering::Relaxed);
+        let dt = last_t.elapsed().as_secs_f64().max(1e-3);
+        let rate = (readings - last_readings) as f64 / dt;
+        last_readings = readings;
+        last_t = Instant::now();
+        let w = ing.wal().stats();
+        bar.set_message(format!(
+            "devices {:>4} | readings/s acked {:>8.0} | readings {:>9} | wal {:>6.1} MiB | dead letters {}",
+            m.mqtt_connections.load(Ordering::Relaxed),
+            rate,
+            readings,
+            w.disk_bytes as f64 / (1024.0 * 1024.0),
+            ing.deadletters().stats().total,
+        ));
+        bar.tick();
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    bar.finish();
+    let _ = stop_tx.send(true);
+    match fleet_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("simulator: {e}"),
+        Err(e) => eprintln!("simulator task: {e}"),
+    }
+    let snap = stats.snapshot();
+    let m = ing.metrics();
+    println!(
+        "demo finished: {} messages published, {} acked; server wrote {} readings in {} messages; {} dead letters",
+        snap.published,
+        snap.acked,
+        m.readings_written.load(Ordering::Relaxed),
+        m.messages_written.load(Ordering::Relaxed),
+        ing.deadletters().stats().total,
+    );
+    drop(ing);
+    server.shutdown().await;
+    Ok(())
+}
+
+fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<()> {
+    let reg = DeviceRegistry::open(&data_dir)?;
+    match action {
+        DevicesCmd::Add { id } => {
+            let token = reg.add(&id)?;
+            println!("device {id} added. Token (shown once, store it now):\n{token}");
+        }
+        DevicesCmd::RotateToken { id } => {
+            let token = reg.rotate_token(&id)?;
+            println!("device {id}: new token (the old one no longer works):\n{token}");
+        }
+        DevicesCmd::Disable { id } => {
+            reg.set_enabled(&id, false)?;
+            println!("device {id} disabled");
+        }
+        DevicesCmd::Enable { id } => {
+            reg.set_enabled(&id, true)?;
+            println!("device {id} enabled");
+        }
+        DevicesCmd::List => {
+            let list = reg.list()?;
+            println!(
+                "{:<32} {:<8} {:<5} {:<24}",
+                "DEVICE", "ENABLED", "AUTO", "CREATED (ms)"
+            );
+            for d in &list {
+                println!(
+                    "{:<32} {:<8} {:<5} {:<24}",
+                    d.id, d.enabled, d.auto_registered, d.created_at
+                );
+            }
+            println!("{} devices", list.len());
+        }
+    }
+    Ok(())
+}
+
+/// Fetches JSON from the running server's API (plain HTTP/1.1 on loopback).
+async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the running server at {addr}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("malformed HTTP response from {addr}");
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "{} from {addr}{path}: {body}",
+            head.lines().next().unwrap_or("")
+        );
+    }
+    Ok(serde_json::from_str(body)?)
+}
+
+fn print_deadletter(d: &crate::deadletter::DeadLetter, full: bool) {
+    if full {
+        println!("id:        {}", d.id);
+        println!("time_ms:   {}", d.time_ms);
+        println!("device:    {}", d.device.as_deref().unwrap_or("-"));
+        println!("peer:      {}", d.peer.as_deref().unwrap_or("-"));
+        println!("endpoint:  {}", d.endpoint);
+        println!("reason:    {}", d.reason);
+        println!("detail:    {}", d.detail);
+        println!(
+            "raw:       {} of {} bytes{}",
+            d.raw.len(),
+            d.original_len,
+            if d.truncated { " (truncated)" } else { "" }
+        );
+        println!("{}", String::from_utf8_lossy(&d.raw));
+        println!("hex:       {}", hex::encode(&d.raw));
+    } else {
+        let preview: String = String::from_utf8_lossy(&d.raw).chars().take(40).collect();
+        println!(
+            "{:>6} {:>14} {:<16} {:<14} {:<40} {:?}",
+            d.id,
+            d.time_ms,
+            d.device.as_deref().unwrap_or("-"),
+            d.reason,
+            d.detail.chars().take(40).collect::<String>(),
+            preview
+        );
+    }
+}
+
+async fn deadletters(action: DeadCmd, data_dir: PathBuf) -> anyhow::Result<()> {
+    // If a server holds the data directory, ask it; otherwise read the store directly.
+    let items: Vec<crate::deadletter::DeadLetter> = match crate::server::lock_data_dir(&data_dir) {
+        Ok(_lock) => {
+            let dl = DeadLetters::open(&data_dir, &crate::config::DeadLetterConfig::default())?;
+            let items = match &action {
+                DeadCmd::List { limit } => dl.tail(*limit)?,
+                DeadCmd::Show { id } => dl.get(*id)?.into_iter().collect(),
+            };
+            dl.close();
+            items
+        }
+        Err(crate::server::StartError::Locked(_)) => {
+            let info: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(data_dir.join("server.json"))?)?;
+            let addr = info["http"]
+                .as_str()
+                .context("server.json has no http address")?;
+            match &action {
+                DeadCmd::List { limit } => {
+                    let v =
+                        http_get_json(addr, &format!("/api/v1/deadletters?limit={limit}")).await?;
+                    serde_json::from_value(v["items"].clone())?
+                }
+                DeadCmd::Show { id } => {
+                    let v = http_get_json(addr, &format!("/api/v1/deadletters/{id}")).await?;
+                    vec![serde_json::from_value(v)?]
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match action {
+        DeadCmd::List { .. } => {
+            println!(
+                "{:>6} {:>14} {:<16} {:<14} {:<40} RAW",
+                "ID", "TIME_MS", "DEVICE", "REASON", "DETAIL"
+            );
+            for d in &items {
+                print_deadletter(d, false);
+            }
+        }
+        DeadCmd::Show { id } => match items.first() {
+            Some(d) => print_deadletter(d, true),
+            None => bail!("no dead letter {id}"),
+        },
+    }
+    Ok(())
+}
+
+async fn bench_ingest(a: BenchIngestArgs) -> anyhow::Result<()> {
+    use edgepipe_sim::bench::{BenchConfig, run_ingest};
+    let mut _tmp = None;
+    let mut server = None;
+    let (host, port, password) = match a.target {
+        Some(t) => (t.ip().to_string(), t.port(), a.password.clone()),
+        None => {
+            let dir = tempfile_dir()?;
+            let mut cfg = ServerConfig::test_config(&dir);
+            cfg.mqtt_workers = 0;
+            cfg.auto_register = true;
+            cfg.limits.device_msgs_per_sec = 0;
+            cfg.wal = edgepipe_wal::WalConfig::default();
+            let s = RunningServer::start(&cfg)?;
+            eprintln!(
+                "bench: edgepipe server on {} (data {})",
+                s.mqtt_addr,
+                dir.display()
+            );
+            let addr = s.mqtt_addr;
+            server = Some(s);
+            _tmp = Some(dir);
+            (
+                addr.ip().to_string(),
+                addr.port(),
+                Some("bench-secret".to_string()),
+            )
+        }
+    };
+    let cfg = BenchConfig {
+        host,
+        port,
+        connections: a.connections,
+        qos: a.qos,
+        batch: a.batch,
+        rate: a.rate,
+        duration: a.duration,
+        inflight: a.inflight,
+        password,
+        ..BenchConfig::default()
+    };
+    let report = run_ingest(cfg, !a.json).await?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    if let Some(s) = server {
+        let fsyncs = s.ingestor.wal().stats().fsyncs;
+        eprintln!("bench: server fsyncs during run: {fsyncs}");
+        s.shutdown().await;
+    }
+    if let Some(d) = _tmp {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir().join(format!("edgepipe-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&base)?;
+    Ok(base)
+}

@@ -1,0 +1,336 @@
+//! Server configuration: defaults → TOML file → `EDGEPIPE_*` environment → CLI flags, then
+//! validated as a whole so every mistake is reported at once with its key path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgepipe_protocol::mapping::{TopicMapping, TopicMappingConfig};
+use edgepipe_wal::{FullPolicy, WalConfig};
+use serde::Deserialize;
+
+/// Errors from loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Parser message (names the key and line).
+        message: String,
+    },
+    /// One or more values are invalid.
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Durations in config are written as `"500ms"`, `"30s"`, `"5m"`.
+mod duration_str {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (write e.g. \"500ms\")"
+            ))
+        })
+    }
+}
+
+/// Top-level server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Directory for the WAL, dead letters and device registry.
+    pub data_dir: PathBuf,
+    /// MQTT listen address.
+    pub mqtt_addr: SocketAddr,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// MQTT worker threads (0 = one per core).
+    pub mqtt_workers: usize,
+    /// Register unknown devices on first connect with the password they present.
+    /// A development option: never enable it on a network you do not trust.
+    pub auto_register: bool,
+    /// Ingest limits.
+    pub limits: LimitsConfig,
+    /// The readings WAL.
+    pub wal: WalConfig,
+    /// The dead-letter store.
+    pub deadletters: DeadLetterConfig,
+    /// Topic mappings for fleets with their own topic schemes.
+    pub topic_mappings: Vec<TopicMappingConfig>,
+}
+
+/// Limits on what devices may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest MQTT payload or HTTP body accepted, bytes.
+    pub max_payload_bytes: usize,
+    /// Most concurrent MQTT connections.
+    pub max_connections: usize,
+    /// Messages per second each device may send (0 = unlimited); bursts of twice that pass.
+    pub device_msgs_per_sec: u32,
+    /// Most readings in one message.
+    pub max_readings_per_message: usize,
+    /// How far in the future a device timestamp may be.
+    #[serde(deserialize_with = "duration_str::deserialize")]
+    pub max_future_skew: Duration,
+    /// Longest string value.
+    pub max_string_len: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 128 * 1024,
+            max_connections: 20_000,
+            device_msgs_per_sec: 1_000,
+            max_readings_per_message: 10_000,
+            max_future_skew: Duration::from_secs(300),
+            max_string_len: 1024,
+        }
+    }
+}
+
+/// Dead-letter store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Disk budget; the oldest dead letters are dropped (and counted) beyond it.
+    pub max_bytes: u64,
+    /// Raw bytes kept per dead letter; longer payloads are truncated and flagged.
+    pub max_raw_bytes: usize,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            max_raw_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./edgepipe-data"),
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtt_workers: 0,
+            auto_register: false,
+            limits: LimitsConfig::default(),
+            wal: WalConfig::default(),
+            deadletters: DeadLetterConfig::default(),
+            topic_mappings: Vec::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Small sizes and port 0 for tests.
+    pub fn test_config(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt_workers: 1,
+            wal: WalConfig {
+                segment_bytes: 1024 * 1024,
+                max_bytes: 256 * 1024 * 1024,
+                ..WalConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Loads defaults, then `file` (if any), then `EDGEPIPE_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => ServerConfig::default(),
+        };
+        let mut errors = Vec::new();
+        for (k, v) in env {
+            let Some(key) = k.strip_prefix("EDGEPIPE_") else {
+                continue;
+            };
+            match key {
+                "DATA_DIR" => cfg.data_dir = PathBuf::from(v),
+                "MQTT_ADDR" => match v.parse() {
+                    Ok(a) => cfg.mqtt_addr = a,
+                    Err(e) => errors.push(format!("EDGEPIPE_MQTT_ADDR={v:?}: {e}")),
+                },
+                "HTTP_ADDR" => match v.parse() {
+                    Ok(a) => cfg.http_addr = a,
+                    Err(e) => errors.push(format!("EDGEPIPE_HTTP_ADDR={v:?}: {e}")),
+                },
+                "AUTO_REGISTER" => cfg.auto_register = matches!(v.as_str(), "1" | "true" | "yes"),
+                "LOG" => {}
+                _ => {}
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        Ok(cfg)
+    }
+
+    /// Checks every value, reporting all problems with their key paths.
+    pub fn validate(&self) -> Result<Vec<TopicMapping>, ConfigError> {
+        let mut errors = Vec::new();
+        let l = &self.limits;
+        if l.max_payload_bytes == 0 {
+            errors.push("limits.max_payload_bytes: must be positive".to_string());
+        }
+        if l.max_payload_bytes > self.wal.max_record_bytes {
+            errors.push(format!(
+                "limits.max_payload_bytes ({}) exceeds wal.max_record_bytes ({})",
+                l.max_payload_bytes, self.wal.max_record_bytes
+            ));
+        }
+        if l.max_connections == 0 {
+            errors.push("limits.max_connections: must be positive".to_string());
+        }
+        if l.max_readings_per_message == 0 {
+            errors.push("limits.max_readings_per_message: must be positive".to_string());
+        }
+        if self.wal.segment_bytes < 4096 {
+            errors.push("wal.segment_bytes: must be at least 4096".to_string());
+        }
+        if self.wal.max_bytes < self.wal.segment_bytes * 2 {
+            errors.push(format!(
+                "wal.max_bytes ({}) must be at least two segments ({})",
+                self.wal.max_bytes,
+                self.wal.segment_bytes * 2
+            ));
+        }
+        if self.wal.full_policy == FullPolicy::DropOldest {
+            errors.push(
+                "wal.full_policy: drop_oldest would lose acknowledged readings on the server; \
+                 use reject (devices retry until there is room)"
+                    .to_string(),
+            );
+        }
+        if self.deadletters.max_bytes < 1024 * 1024 {
+            errors.push("deadletters.max_bytes: must be at least 1 MiB".to_string());
+        }
+        if self.mqtt_addr == self.http_addr && self.mqtt_addr.port() != 0 {
+            errors.push(format!(
+                "mqtt_addr and http_addr are both {}; give them different ports",
+                self.mqtt_addr
+            ));
+        }
+        let mut mappings = Vec::new();
+        for (i, m) in self.topic_mappings.iter().enumerate() {
+            match TopicMapping::compile(m) {
+                Ok(t) => mappings.push(t),
+                Err(e) => errors.push(format!("topic_mappings[{i}] ({}): {e}", m.pattern)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(mappings)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// The protocol limits these settings imply.
+    pub fn protocol_limits(&self) -> edgepipe_protocol::Limits {
+        edgepipe_protocol::Limits {
+            max_readings_per_message: self.limits.max_readings_per_message,
+            max_string_len: self.limits.max_string_len,
+            max_future_skew_ms: self.limits.max_future_skew.as_millis() as i64,
+            ..edgepipe_protocol::Limits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_reported_with_its_key() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+[limits]
+max_payload_bytes = 0
+max_connections = 0
+[wal]
+full_policy = "drop_oldest"
+[[topic_mappings]]
+pattern = "factory/{line}/{metric}"
+payload = "raw"
+"#,
+        )?;
+        let cfg = ServerConfig::load(Some(&path), Vec::new())?;
+        let err = cfg.validate().err().ok_or("must fail")?.to_string();
+        assert!(err.contains("limits.max_payload_bytes"), "{err}");
+        assert!(err.contains("limits.max_connections"), "{err}");
+        assert!(err.contains("wal.full_policy"), "{err}");
+        assert!(err.contains("topic_mappings[0]"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_named() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[limits]\nmax_payload = 5\n")?;
+        let err = ServerConfig::load(Some(&path), Vec::new())
+            .err()
+            .ok_or("unknown key must fail")?;
+        assert!(err.to_string().contains("max_payload"), "{err}");
+        std::fs::write(&path, "[limits]\nmax_future_skew = \"soon\"\n")?;
+        let err = ServerConfig::load(Some(&path), Vec::new())
+            .err()
+            .ok_or("bad duration must fail")?;
+        assert!(err.to_string().contains("soon"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn env_overrides_file() -> Result<(), Box<dyn std::error::Error>> {
+        let cfg = ServerConfig::load(
+            None,
+            vec![(
+                "EDGEPIPE_MQTT_ADDR".to_string(),
+                "127.0.0.1:1999".to_string(),
+            )],
+        )?;
+        assert_eq!(cfg.mqtt_addr.port(), 1999);
+        assert!(
+            ServerConfig::load(None, vec![("EDGEPIPE_HTTP_ADDR".into(), "nope".into())]).is_err()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,390 @@
+//! Device identity: the registry of devices allowed to publish, with their tokens stored only as
+//! SHA-256 digests of 256-bit random secrets.
+//!
+//! The registry is one JSON file (`devices.json` in the data directory), replaced atomically
+//! (write temp, fsync, rename, fsync dir) under an exclusive lock file, so the CLI can add or
+//! disable devices while the server runs; the server re-reads it when its modification time
+//! changes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use edgepipe_types::DeviceId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Errors from the device registry.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// File I/O failed.
+    #[error("device registry {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The registry file is not valid.
+    #[error("device registry {path} is corrupt: {message}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// The device id is invalid.
+    #[error(transparent)]
+    InvalidId(#[from] edgepipe_types::Error),
+    /// Adding a device that exists.
+    #[error("device {0} already exists (use rotate-token to issue a new token)")]
+    Exists(String),
+    /// Acting on a device that does not exist.
+    #[error("no device {0}")]
+    NotFound(String),
+    /// The OS random source failed.
+    #[error("cannot generate a token: {0}")]
+    Random(String),
+}
+
+/// One registered device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceRecord {
+    /// Identity (MQTT username).
+    pub id: String,
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// Disabled devices are refused.
+    pub enabled: bool,
+    /// Creation time, ms since epoch.
+    pub created_at: i64,
+    /// Last token rotation, ms since epoch.
+    pub rotated_at: i64,
+    /// Registered automatically (dev mode) rather than by an operator.
+    #[serde(default)]
+    pub auto_registered: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RegistryFile {
+    version: u32,
+    devices: BTreeMap<String, DeviceRecord>,
+}
+
+/// Outcome of checking credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// Credentials valid.
+    Ok,
+    /// Registered just now (auto-registration).
+    Registered,
+    /// No such device.
+    Unknown,
+    /// Device is disabled.
+    Disabled,
+    /// Token does not match.
+    BadToken,
+    /// The id is not a valid device id.
+    InvalidId,
+}
+
+/// The device registry.
+#[derive(Debug)]
+pub struct DeviceRegistry {
+    path: PathBuf,
+    lock_path: PathBuf,
+    cache: Mutex<(Option<SystemTime>, RegistryFile)>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Hex SHA-256 of a token.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Constant-time comparison, so the time to refuse says nothing about the stored digest.
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn new_token() -> Result<String, DeviceError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| DeviceError::Random(e.to_string()))?;
+    Ok(format!("ep_{}", hex::encode(bytes)))
+}
+
+impl DeviceRegistry {
+    /// Opens (creating if absent) the registry in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, DeviceError> {
+        fs::create_dir_all(data_dir).map_err(|source| DeviceError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let reg = DeviceRegistry {
+            path: data_dir.join("devices.json"),
+            lock_path: data_dir.join("devices.lock"),
+            cache: Mutex::new((None, RegistryFile::default())),
+        };
+        reg.refresh()?;
+        Ok(reg)
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> DeviceError {
+        let path = path.to_path_buf();
+        move |source| DeviceError::Io { path, source }
+    }
+
+    fn read_file(&self) -> Result<(Option<SystemTime>, RegistryFile), DeviceError> {
+        match fs::read(&self.path) {
+            Ok(bytes) => {
+                let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+                let file: RegistryFile =
+                    serde_json::from_slice(&bytes).map_err(|e| DeviceError::Corrupt {
+                        path: self.path.clone(),
+                        message: e.to_string(),
+                    })?;
+                Ok((mtime, file))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok((None, RegistryFile::default()))
+            }
+            Err(e) => Err(self.io(&self.path)(e)),
+        }
+    }
+
+    /// Re-reads the file if it changed since last read.
+    fn refresh(&self) -> Result<(), DeviceError> {
+        let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0.is_some() && cache.0 == mtime {
+            return Ok(());
+        }
+        *cache = self.read_file()?;
+        Ok(())
+    }
+
+    /// Runs `f` on the file's contents under the lock file and writes the result atomically.
+    fn modify<T>(
+        &self,
+        f: impl FnOnce(&mut RegistryFile) -> Result<T, DeviceError>,
+    ) -> Result<T, DeviceError> {
+        let lock = File::create(&self.lock_path).map_err(self.io(&self.lock_path))?;
+        lock.lock().map_err(self.io(&self.lock_path))?;
+        let (_, mut file) = self.read_file()?;
+        let out = f(&mut file)?;
+        file.version = 1;
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| DeviceError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        {
+            let mut t = File::create(&tmp).map_err(self.io(&tmp))?;
+            t.write_all(&bytes).map_err(self.io(&tmp))?;
+            t.sync_all().map_err(self.io(&tmp))?;
+        }
+        fs::rename(&tmp, &self.path).map_err(self.io(&self.path))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(self.io(dir))?;
+        }
+        let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = (mtime, file);
+        drop(lock);
+        Ok(out)
+    }
+
+    /// Registers a device and returns its token (shown once; only its hash is stored).
+    pub fn add(&self, id: &str) -> Result<String, DeviceError> {
+        let id = DeviceId::new(id)?;
+        let token = new_token()?;
+        let hash = hash_token(&token);
+        self.modify(|f| {
+            if f.devices.contains_key(id.as_str()) {
+                return Err(DeviceError::Exists(id.to_string()));
+            }
+            let now = now_ms();
+            f.devices.insert(
+                id.to_string(),
+                DeviceRecord {
+                    id: id.to_string(),
+                    token_sha256: hash,
+                    enabled: true,
+                    created_at: now,
+                    rotated_at: now,
+                    auto_registered: false,
+                },
+            );
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// Issues a new token, invalidating the old one.
+    pub fn rotate_token(&self, id: &str) -> Result<String, DeviceError> {
+        let token = new_token()?;
+        let hash = hash_token(&token);
+        self.modify(|f| {
+            let d = f
+                .devices
+                .get_mut(id)
+                .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
+            d.token_sha256 = hash;
+            d.rotated_at = now_ms();
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// Enables or disables a device.
+    pub fn set_enabled(&self, id: &str, enabled: bool) -> Result<(), DeviceError> {
+        self.modify(|f| {
+            let d = f
+                .devices
+                .get_mut(id)
+                .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
+            d.enabled = enabled;
+            Ok(())
+        })
+    }
+
+    /// Every registered device.
+    pub fn list(&self) -> Result<Vec<DeviceRecord>, DeviceError> {
+        self.refresh()?;
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(cache.1.devices.values().cloned().collect())
+    }
+
+    /// The enabled device whose token this is, if any (HTTP clients may send only the token).
+    pub fn find_by_token(&self, token: &str) -> Result<Option<String>, DeviceError> {
+        self.refresh()?;
+        let hash = hash_token(token);
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(cache
+            .1
+            .devices
+            .values()
+            .find(|d| d.enabled && ct_eq(&d.token_sha256, &hash))
+            .map(|d| d.id.clone()))
+    }
+
+    /// Checks `id`/`token`; with `auto_register`, an unknown valid id is registered with the
+    /// token it presented.
+    pub fn authenticate(
+        &self,
+        id: &str,
+        token: &str,
+        auto_register: bool,
+    ) -> Result<AuthResult, DeviceError> {
+        if DeviceId::new(id).is_err() {
+            return Ok(AuthResult::InvalidId);
+        }
+        self.refresh()?;
+        let found = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.1.devices.get(id).cloned()
+        };
+        match found {
+            Some(d) if !d.enabled => Ok(AuthResult::Disabled),
+            Some(d) if ct_eq(&d.token_sha256, &hash_token(token)) => Ok(AuthResult::Ok),
+            Some(_) => Ok(AuthResult::BadToken),
+            None if auto_register && !token.is_empty() => {
+                let hash = hash_token(token);
+                let id = id.to_string();
+                self.modify(move |f| {
+                    let now = now_ms();
+                    let rec = f.devices.entry(id.clone()).or_insert(DeviceRecord {
+                        id,
+                        token_sha256: hash.clone(),
+                        enabled: true,
+                        created_at: now,
+                        rotated_at: now,
+                        auto_registered: true,
+                    });
+                    Ok(if rec.token_sha256 == hash {
+                        AuthResult::Registered
+                    } else {
+                        AuthResult::BadToken
+                    })
+                })
+            }
+            None => Ok(AuthResult::Unknown),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_auth_disable_rotate() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let reg = DeviceRegistry::open(dir.path())?;
+        let token = reg.add("pump-1")?;
+        assert!(token.len() >= 64);
+        assert!(matches!(reg.add("pump-1"), Err(DeviceError::Exists(_))));
+        assert_eq!(reg.authenticate("pump-1", &token, false)?, AuthResult::Ok);
+        assert_eq!(
+            reg.authenticate("pump-1", "nope", false)?,
+            AuthResult::BadToken
+        );
+        assert_eq!(
+            reg.authenticate("pump-2", &token, false)?,
+            AuthResult::Unknown
+        );
+        assert_eq!(
+            reg.authenticate("a/b", &token, true)?,
+            AuthResult::InvalidId
+        );
+        let stored = fs::read_to_string(dir.path().join("devices.json"))?;
+        assert!(!stored.contains(&token), "token must never be stored");
+
+        // A second registry (the CLI) changes the file; the first sees it.
+        let cli = DeviceRegistry::open(dir.path())?;
+        let new = cli.rotate_token("pump-1")?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            reg.authenticate("pump-1", &token, false)?,
+            AuthResult::BadToken
+        );
+        assert_eq!(reg.authenticate("pump-1", &new, false)?, AuthResult::Ok);
+        cli.set_enabled("pump-1", false)?;
+        assert_eq!(
+            reg.authenticate("pump-1", &new, false)?,
+            AuthResult::Disabled
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn auto_registration_binds_the_first_token() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let reg = DeviceRegistry::open(dir.path())?;
+        assert_eq!(
+            reg.authenticate("sim-1", "s3cret", true)?,
+            AuthResult::Registered
+        );
+        assert_eq!(reg.authenticate("sim-1", "s3cret", true)?, AuthResult::Ok);
+        assert_eq!(
+            reg.authenticate("sim-1", "other", true)?,
+            AuthResult::BadToken
+        );
+        assert_eq!(reg.authenticate("sim-2", "", true)?, AuthResult::Unknown);
+        Ok(())
+    }
+}

@@ -1,0 +1,333 @@
+//! The HTTP API: `POST /api/v1/ingest` (JSON, NDJSON, InfluxDB line protocol; bearer token =
+//! device token), dead letters, status, Prometheus `/metrics` and `/healthz`.
+//!
+//! Errors are `{"code": "...", "message": "..."}`; 4xx say what was wrong, 401 and 5xx are
+//! opaque with the detail in the log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use edgepipe_protocol::http::{Format, Precision};
+use edgepipe_types::DeviceId;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::devices::AuthResult;
+use crate::ingest::{Ingestor, Rejection};
+
+/// API error with a stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::NotAuthorized(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, "not_authorized", m)
+            }
+            Rejection::BadPayload(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_payload", m),
+            Rejection::UnknownTopic(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "unknown_topic", m)
+            }
+            r @ Rejection::RateLimited { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", r.to_string())
+            }
+            r @ Rejection::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.to_string())
+            }
+            Rejection::Unavailable(m) => {
+                tracing::error!(error = %m, "ingest unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the server cannot store data right now; retry later",
+                )
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    ingestor: Arc<Ingestor>,
+}
+
+/// Builds the router. `max_body` bytes → larger bodies get 413.
+pub fn router(ingestor: Arc<Ingestor>, max_body: usize) -> Router {
+    Router::new()
+        .route("/api/v1/ingest", post(ingest))
+        .route("/api/v1/deadletters", get(list_deadletters))
+        .route("/api/v1/deadletters/{id}", get(get_deadletter))
+        .route("/api/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(AppState { ingestor })
+}
+
+#[derive(Debug, Deserialize)]
+struct IngestQuery {
+    precision: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn authenticate(
+    ing: &Ingestor,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<DeviceId, ApiError> {
+    let fail = |why: &str| {
+        ing.metrics().auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %peer, why, "http authentication failed");
+        ApiError::unauthorized()
+    };
+    let Some(token) = bearer(headers) else {
+        return Err(fail("no bearer token"));
+    };
+    // The device id may travel in `X-Device-Id`; otherwise the token alone names the device.
+    let found;
+    let device = match headers.get("x-device-id").and_then(|v| v.to_str().ok()) {
+        Some(d) => d,
+        None => match ing.devices().find_by_token(token) {
+            Ok(Some(d)) => {
+                found = d;
+                found.as_str()
+            }
+            Ok(None) => return Err(fail("unknown token")),
+            Err(e) => {
+                tracing::error!(error = %e, "device registry unavailable");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "retry later",
+                ));
+            }
+        },
+    };
+    match ing
+        .devices()
+        .authenticate(device, token, ing.auto_register())
+    {
+        Ok(AuthResult::Ok | AuthResult::Registered) => {
+            DeviceId::new(device).map_err(|_| fail("invalid device id"))
+        }
+        Ok(AuthResult::Disabled) => Err(fail("device disabled")),
+        Ok(_) => Err(fail("bad credentials")),
+        Err(e) => {
+            tracing::error!(error = %e, "device registry unavailable");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "retry later",
+            ))
+        }
+    }
+}
+
+async fn ingest(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<IngestQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ing = &st.ingestor;
+    let device = authenticate(ing, &headers, peer)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(ct).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        )
+    })?;
+    let precision = match q.precision.as_deref() {
+        Some(p) => Precision::parse(p)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_precision", e.to_string()))?,
+        None => Precision::Ns,
+    };
+    let peer_s = peer.to_string();
+    let out = ing
+        .http(&device, format, precision, &body, Some(&peer_s))
+        .await?;
+    let status = if out.rejected == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok((status, Json(out)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list_deadletters(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let dl = st.ingestor.deadletters();
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let items = match q.after {
+        Some(a) => dl.list(a, limit),
+        None => dl.tail(limit),
+    }
+    .map_err(|e| {
+        tracing::error!(error = %e, "dead-letter read failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?;
+    Ok(Json(json!({"stats": dl.stats(), "items": items})).into_response())
+}
+
+async fn get_deadletter(
+    State(st): State<AppState>,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    match st.ingestor.deadletters().get(id) {
+        Ok(Some(d)) => Ok(Json(d).into_response()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dead letter {id}"),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "dead-letter read failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
+        }
+    }
+}
+
+/// A JSON snapshot of the server's counters.
+pub fn status_json(ing: &Ingestor) -> serde_json::Value {
+    let m = ing.metrics();
+    let w = ing.wal().stats();
+    json!({
+        "mqtt_connections": m.mqtt_connections.load(Ordering::Relaxed),
+        "messages_received": m.messages_received.load(Ordering::Relaxed),
+        "messages_written": m.messages_written.load(Ordering::Relaxed),
+        "readings_written": m.readings_written.load(Ordering::Relaxed),
+        "duplicates": m.duplicates.load(Ordering::Relaxed),
+        "auth_failures": m.auth_failures.load(Ordering::Relaxed),
+        "deadletters": ing.deadletters().stats(),
+        "wal": {
+            "disk_bytes": w.disk_bytes,
+            "segments": w.segments,
+            "first_seq": w.first_seq,
+            "next_seq": w.next_seq,
+            "fsyncs": w.fsyncs,
+            "torn_records_truncated": w.torn_records_truncated,
+            "poisoned": ing.wal().is_poisoned(),
+        },
+    })
+}
+
+async fn status(State(st): State<AppState>) -> Response {
+    Json(status_json(&st.ingestor)).into_response()
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let ing = &st.ingestor;
+    let w = ing.wal().stats();
+    let d = ing.deadletters().stats();
+    let text = ing.metrics().render(&[
+        (
+            "edgepipe_wal_disk_bytes",
+            "Bytes in WAL segments.",
+            w.disk_bytes,
+        ),
+        ("edgepipe_wal_segments", "WAL segment files.", w.segments),
+        (
+            "edgepipe_wal_next_seq",
+            "Next WAL sequence (records ever written).",
+            w.next_seq,
+        ),
+        (
+            "edgepipe_wal_fsyncs",
+            "fdatasync calls since start.",
+            w.fsyncs,
+        ),
+        (
+            "edgepipe_wal_poisoned",
+            "1 if an fsync failed and the WAL stopped acknowledging.",
+            u64::from(ing.wal().is_poisoned()),
+        ),
+        (
+            "edgepipe_deadletters_retained",
+            "Dead letters retained.",
+            d.retained,
+        ),
+        (
+            "edgepipe_deadletters_dropped",
+            "Dead letters deleted by the disk budget.",
+            d.dropped,
+        ),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    if st.ingestor.wal().is_poisoned() {
+        (StatusCode::SERVICE_UNAVAILABLE, "wal poisoned\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}

@@ -1,0 +1,558 @@
+//! The ingest core shared by every transport: route a message to its device, check it may
+//! publish there, decode and validate, drop agent-batch replays, append to the WAL and return
+//! only when the record is durable. Refused messages go to the dead-letter store first.
+//!
+//! Everything here uses runtime-agnostic primitives (the WAL's channels), so the MQTT gateway's
+//! ntex threads and the HTTP server's tokio runtime both await it directly.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use edgepipe_protocol::http::{Format, Precision};
+use edgepipe_protocol::mapping::TopicMapping;
+use edgepipe_protocol::{Decoded, Limits};
+use edgepipe_types::{BatchOrigin, DeviceId, IngestRecord, Transport};
+use edgepipe_wal::Wal;
+
+use crate::deadletter::{DeadLetter, DeadLetters};
+use crate::devices::DeviceRegistry;
+use crate::metrics::{Metrics, RejectReason};
+
+/// Source of "now" for the domain code (tests inject their own).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Why a message was not acknowledged as written.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// The client may not publish there.
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// The payload is invalid (stored as a dead letter).
+    #[error("bad payload: {0}")]
+    BadPayload(String),
+    /// No topic scheme or mapping matches.
+    #[error(
+        "unknown topic {0:?}: use edgepipe/v1/{{device_id}}/telemetry or configure a topic mapping"
+    )]
+    UnknownTopic(String),
+    /// Over the device's message rate.
+    #[error("device {device} exceeded {limit} messages/s")]
+    RateLimited {
+        /// Device.
+        device: String,
+        /// Limit.
+        limit: u32,
+    },
+    /// Payload over the size limit.
+    #[error("payload of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// The WAL did not accept it; nothing was acknowledged, the client should retry.
+    #[error("server cannot store data right now: {0}")]
+    Unavailable(String),
+}
+
+impl Rejection {
+    /// The metrics label.
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            Rejection::NotAuthorized(_) => RejectReason::NotAuthorized,
+            Rejection::BadPayload(_) => RejectReason::BadPayload,
+            Rejection::UnknownTopic(_) => RejectReason::UnknownTopic,
+            Rejection::RateLimited { .. } => RejectReason::RateLimited,
+            Rejection::TooLarge { .. } => RejectReason::TooLarge,
+            Rejection::Unavailable(_) => RejectReason::Unavailable,
+        }
+    }
+}
+
+/// A durably accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Readings written (0 for a duplicate).
+    pub readings: usize,
+    /// A replay of an agent batch already stored.
+    pub duplicate: bool,
+}
+
+/// Outcome of an HTTP ingest request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HttpOutcome {
+    /// Readings durably written.
+    pub accepted: usize,
+    /// Lines refused (each stored as a dead letter).
+    pub rejected: usize,
+    /// The refused lines.
+    pub errors: Vec<HttpLineError>,
+}
+
+/// One refused HTTP line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HttpLineError {
+    /// 1-based line (or array element); 0 for the whole body.
+    pub line: usize,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// Per-(device, source, stream) window of agent batch sequence numbers already stored.
+#[derive(Debug, Default)]
+struct SeqWindow {
+    seen: BTreeSet<u64>,
+    /// Everything at or below this is treated as seen (pruned from `seen`).
+    floor: Option<u64>,
+}
+
+const DEDUP_WINDOW: usize = 4096;
+
+impl SeqWindow {
+    fn contains(&self, seq: u64) -> bool {
+        self.floor.is_some_and(|f| seq <= f) || self.seen.contains(&seq)
+    }
+    fn insert(&mut self, seq: u64) {
+        self.seen.insert(seq);
+        while self.seen.len() > DEDUP_WINDOW {
+            if let Some(min) = self.seen.pop_first() {
+                self.floor = Some(self.floor.map_or(min, |f| f.max(min)));
+            }
+        }
+    }
+}
+
+type DedupKey = (String, String, String);
+
+/// Token bucket per device.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The ingest pipeline front: shared by all gateways.
+#[derive(Debug)]
+pub struct Ingestor {
+    wal: Wal,
+    deadletters: DeadLetters,
+    devices: DeviceRegistry,
+    limits: Limits,
+    max_payload: usize,
+    rate: u32,
+    mappings: Vec<TopicMapping>,
+    dedup: Mutex<HashMap<DedupKey, SeqWindow>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    auto_register: bool,
+}
+
+/// What [`Ingestor::new`] needs.
+#[derive(Debug)]
+pub struct IngestorParts {
+    /// The readings WAL.
+    pub wal: Wal,
+    /// The dead-letter store.
+    pub deadletters: DeadLetters,
+    /// The device registry.
+    pub devices: DeviceRegistry,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Largest payload.
+    pub max_payload: usize,
+    /// Messages/s per device (0 = unlimited).
+    pub device_msgs_per_sec: u32,
+    /// Compiled topic mappings.
+    pub mappings: Vec<TopicMapping>,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Dev-mode auto-registration.
+    pub auto_register: bool,
+}
+
+impl Ingestor {
+    /// Builds the ingestor and rebuilds the replay-detection index from the WAL, so a restart
+    /// still recognises batches stored before it.
+    pub fn new(p: IngestorParts) -> Result<Self, edgepipe_wal::Error> {
+        let ing = Ingestor {
+            wal: p.wal,
+            deadletters: p.deadletters,
+            devices: p.devices,
+            limits: p.limits,
+            max_payload: p.max_payload,
+            rate: p.device_msgs_per_sec,
+            mappings: p.mappings,
+            dedup: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            clock: p.clock,
+            metrics: p.metrics,
+            auto_register: p.auto_register,
+        };
+        ing.rebuild_dedup()?;
+        Ok(ing)
+    }
+
+    fn rebuild_dedup(&self) -> Result<(), edgepipe_wal::Error> {
+        let first = self.wal.stats().first_seq;
+        let mut reader = self.wal.reader(first)?;
+        let mut dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0u64;
+        while let Some((seq, bytes)) = reader.next_record()? {
+            match IngestRecord::decode(&bytes) {
+                Ok(rec) => {
+                    if let Some(o) = rec.origin {
+                        dedup
+                            .entry((rec.device_id.to_string(), o.source, o.stream))
+                            .or_default()
+                            .insert(o.seq);
+                        n += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "wal record does not decode; skipped for replay detection")
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(batches = n, "replay-detection index rebuilt from the wal");
+        }
+        Ok(())
+    }
+
+    /// The device registry.
+    pub fn devices(&self) -> &DeviceRegistry {
+        &self.devices
+    }
+
+    /// The readings WAL.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// The dead-letter store.
+    pub fn deadletters(&self) -> &DeadLetters {
+        &self.deadletters
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether unknown devices are registered on first connect.
+    pub fn auto_register(&self) -> bool {
+        self.auto_register
+    }
+
+    /// Now, from the injected clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn rate_ok(&self, device: &str) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let burst = f64::from(self.rate) * 2.0;
+        let b = buckets.entry(device.to_string()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        let refill = now.duration_since(b.last).as_secs_f64() * f64::from(self.rate);
+        b.tokens = (b.tokens + refill).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Stores a dead letter, counting failures (never panics, never blocks the caller's error).
+    pub async fn dead_letter(&self, entries: Vec<DeadLetter>) {
+        let n = entries.len() as u64;
+        match self.deadletters.store(entries).await {
+            Ok(_) => {
+                self.metrics
+                    .deadletters_written
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics
+                    .deadletters_failed
+                    .fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, "could not store dead letters");
+            }
+        }
+    }
+
+    async fn refuse(
+        &self,
+        device: &DeviceId,
+        peer: Option<&str>,
+        endpoint: String,
+        payload: &[u8],
+        rejection: Rejection,
+    ) -> Rejection {
+        self.metrics.reject(rejection.reason());
+        if !matches!(rejection, Rejection::Unavailable(_)) {
+            let entry = self.deadletters.entry(
+                self.clock.now_ms(),
+                Some(device.as_str()),
+                peer.map(str::to_string),
+                endpoint,
+                rejection.reason().as_str(),
+                rejection.to_string(),
+                payload,
+            );
+            self.dead_letter(vec![entry]).await;
+        }
+        rejection
+    }
+
+    /// Ingests one MQTT publish from the authenticated `device`. `Ok` means durable.
+    pub async fn publish(
+        &self,
+        device: &DeviceId,
+        topic: &str,
+        payload: &[u8],
+        transport: Transport,
+        peer: Option<&str>,
+    ) -> Result<Accepted, Rejection> {
+        self.metrics
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        let endpoint = || format!("mqtt:{topic}");
+        if payload.len() > self.max_payload {
+            let r = Rejection::TooLarge {
+                len: payload.len(),
+                limit: self.max_payload,
+            };
+            return Err(self.refuse(device, peer, endpoint(), payload, r).await);
+        }
+        let now = self.clock.now_ms();
+        let decoded: Result<(Decoded, Vec<(String, String)>), Rejection> =
+            if let Some(id) = edgepipe_protocol::parse_telemetry_topic(topic) {
+                if id != device.as_str() {
+                    Err(Rejection::NotAuthorized(format!(
+                        "device {device} may not publish to {topic}"
+                    )))
+                } else {
+                    edgepipe_protocol::decode_payload_for(device, payload, now, &self.limits)
+                        .map(|d| (d, Vec::new()))
+                        .map_err(|e| Rejection::BadPayload(e.to_string()))
+                }
+            } else if let Some((m, mapped)) = self
+                .mappings
+                .iter()
+                .find_map(|m| m.matches(topic).map(|t| (m, t)))
+            {
+                if mapped.device_id != device.as_str() {
+                    Err(Rejection::NotAuthorized(format!(
+                        "device {device} may not publish to {topic} (it names device {})",
+                        mapped.device_id
+                    )))
+                } else {
+                    m.decode(&mapped, payload, now, &self.limits)
+                        .map(|d| (d, mapped.tags.clone()))
+                        .map_err(|e| Rejection::BadPayload(e.to_string()))
+                }
+            } else {
+                Err(Rejection::UnknownTopic(topic.to_string()))
+            };
+        let (decoded, tags) = match decoded {
+            Ok(d) => d,
+            Err(r) => return Err(self.refuse(device, peer, endpoint(), payload, r).await),
+        };
+        if !self.rate_ok(device.as_str()) {
+            let r = Rejection::RateLimited {
+                device: device.to_string(),
+                limit: self.rate,
+            };
+            return Err(self.refuse(device, peer, endpoint(), payload, r).await);
+        }
+        self.write(device, decoded, tags, transport).await
+    }
+
+    fn is_duplicate(&self, device: &DeviceId, o: &BatchOrigin) -> bool {
+        let dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        dedup
+            .get(&(device.to_string(), o.source.clone(), o.stream.clone()))
+            .is_some_and(|w| w.contains(o.seq))
+    }
+
+    async fn write(
+        &self,
+        device: &DeviceId,
+        decoded: Decoded,
+        tags: Vec<(String, String)>,
+        transport: Transport,
+    ) -> Result<Accepted, Rejection> {
+        if let Some(o) = &decoded.origin
+            && self.is_duplicate(device, o)
+        {
+            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(Accepted {
+                readings: 0,
+                duplicate: true,
+            });
+        }
+        let n = decoded.readings.len();
+        let origin = decoded.origin.clone();
+        let rec = IngestRecord {
+            device_id: device.clone(),
+            received_at: self.clock.now_ms(),
+            transport,
+            origin,
+            tags,
+            readings: decoded.readings,
+        };
+        match self.wal.append(rec.encode()).await {
+            Ok(_) => {
+                if let Some(o) = decoded.origin {
+                    self.dedup
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry((device.to_string(), o.source, o.stream))
+                        .or_default()
+                        .insert(o.seq);
+                }
+                self.metrics
+                    .messages_written
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .readings_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                Ok(Accepted {
+                    readings: n,
+                    duplicate: false,
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, device = %device, "wal append failed; not acknowledging");
+                self.metrics.reject(RejectReason::Unavailable);
+                Err(Rejection::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Ingests an HTTP body. Valid lines are written (durably, before this returns); invalid
+    /// ones are stored as dead letters and reported.
+    pub async fn http(
+        &self,
+        device: &DeviceId,
+        format: Format,
+        precision: Precision,
+        body: &[u8],
+        peer: Option<&str>,
+    ) -> Result<HttpOutcome, Rejection> {
+        self.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        if !self.rate_ok(device.as_str()) {
+            let r = Rejection::RateLimited {
+                device: device.to_string(),
+                limit: self.rate,
+            };
+            return Err(self
+                .refuse(device, peer, "http:/api/v1/ingest".into(), body, r)
+                .await);
+        }
+        let now = self.clock.now_ms();
+        let out = edgepipe_protocol::http::decode_body(
+            format,
+            body,
+            device,
+            now,
+            &self.limits,
+            precision,
+        );
+        let mut accepted = 0;
+        if !out.readings.is_empty() {
+            let decoded = Decoded {
+                origin: None,
+                readings: out.readings,
+            };
+            accepted = self
+                .write(device, decoded, Vec::new(), Transport::Http)
+                .await?
+                .readings;
+        }
+        if !out.errors.is_empty() {
+            for _ in &out.errors {
+                self.metrics.reject(RejectReason::BadPayload);
+            }
+            let entries = out
+                .errors
+                .iter()
+                .map(|e| {
+                    self.deadletters.entry(
+                        now,
+                        Some(device.as_str()),
+                        peer.map(str::to_string),
+                        format!("http:/api/v1/ingest#line={}", e.line),
+                        RejectReason::BadPayload.as_str(),
+                        e.message.clone(),
+                        &e.raw,
+                    )
+                })
+                .collect();
+            self.dead_letter(entries).await;
+        }
+        Ok(HttpOutcome {
+            accepted,
+            rejected: out.errors.len(),
+            errors: out
+                .errors
+                .into_iter()
+                .map(|e| HttpLineError {
+                    line: e.line,
+                    message: e.message,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_window_prunes_to_a_floor() {
+        let mut w = SeqWindow::default();
+        for s in 0..(DEDUP_WINDOW as u64 + 10) {
+            w.insert(s);
+        }
+        assert!(w.contains(0));
+        assert!(w.contains(DEDUP_WINDOW as u64 + 9));
+        assert!(!w.contains(DEDUP_WINDOW as u64 + 10));
+        assert_eq!(w.seen.len(), DEDUP_WINDOW);
+    }
+}

@@ -1,0 +1,217 @@
+//! Starting and stopping a server: lock the data directory, open the WAL, the dead-letter store
+//! and the device registry, bind both ports (a taken port is a clear error naming the flag),
+//! start the MQTT endpoint and the HTTP API; shut down in order: stop accepting, let in-flight
+//! publishes finish, flush and close the WALs.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::deadletter::{DeadLetterError, DeadLetters};
+use crate::devices::{DeviceError, DeviceRegistry};
+use crate::ingest::{Ingestor, IngestorParts, SystemClock};
+use crate::metrics::Metrics;
+use crate::mqtt::{self, MqttHandle, MqttSettings};
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Another process uses the data directory.
+    #[error(
+        "data directory {0} is in use by another edgepipe process (pass --data-dir to use another)"
+    )]
+    Locked(PathBuf),
+    /// A port is taken.
+    #[error("cannot listen on {addr} for {what}: {source} (pass {flag} to choose another address)")]
+    Bind {
+        /// Which endpoint.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Flag to change it.
+        flag: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The WAL did not open.
+    #[error("opening the wal: {0}")]
+    Wal(#[from] edgepipe_wal::Error),
+    /// The dead-letter store did not open.
+    #[error(transparent)]
+    DeadLetters(#[from] DeadLetterError),
+    /// The device registry did not open.
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    /// Other I/O.
+    #[error("{what}: {source}")]
+    Io {
+        /// Context.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Takes the data directory's lock file; held for the process's life.
+pub fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+    std::fs::create_dir_all(dir).map_err(|source| StartError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    let path = dir.join("LOCK");
+    let f = File::create(&path).map_err(|source| StartError::Io {
+        what: format!("creating {}", path.display()),
+        source,
+    })?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::Io {
+            what: format!("locking {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// Binds a listener with an error that names the flag to change.
+pub fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        what,
+        addr,
+        flag,
+        source,
+    })
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where MQTT listens.
+    pub mqtt_addr: SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// The shared ingest core (for status lines and tests).
+    pub ingestor: Arc<Ingestor>,
+    mqtt: Option<MqttHandle>,
+    http_cancel: CancellationToken,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+    _lock: File,
+}
+
+impl RunningServer {
+    /// Starts the server. Must be called inside a tokio runtime (the HTTP API runs on it).
+    pub fn start(cfg: &ServerConfig) -> Result<RunningServer, StartError> {
+        let mappings = cfg.validate()?;
+        let lock = lock_data_dir(&cfg.data_dir)?;
+        let mqtt_listener = bind(cfg.mqtt_addr, "MQTT", "--mqtt-addr")?;
+        let http_listener = bind(cfg.http_addr, "HTTP", "--http-addr")?;
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| StartError::Io { what, source }
+        };
+        let mqtt_addr = mqtt_listener.local_addr().map_err(io("mqtt address"))?;
+        let http_addr = http_listener.local_addr().map_err(io("http address"))?;
+
+        let wal = edgepipe_wal::Wal::open(cfg.data_dir.join("wal"), cfg.wal.clone())?;
+        let st = wal.stats();
+        if st.torn_records_truncated > 0 {
+            tracing::warn!(
+                bytes = st.torn_bytes_truncated,
+                "recovered wal: truncated a torn tail (never acknowledged)"
+            );
+        }
+        let deadletters = DeadLetters::open(&cfg.data_dir, &cfg.deadletters)?;
+        let devices = DeviceRegistry::open(&cfg.data_dir)?;
+        let ingestor = Arc::new(Ingestor::new(IngestorParts {
+            wal,
+            deadletters,
+            devices,
+            limits: cfg.protocol_limits(),
+            max_payload: cfg.limits.max_payload_bytes,
+            device_msgs_per_sec: cfg.limits.device_msgs_per_sec,
+            mappings,
+            clock: Arc::new(SystemClock),
+            metrics: Arc::new(Metrics::default()),
+            auto_register: cfg.auto_register,
+        })?);
+
+        let workers = if cfg.mqtt_workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.mqtt_workers
+        };
+        let mqtt = mqtt::spawn(
+            mqtt_listener,
+            ingestor.clone(),
+            MqttSettings {
+                workers,
+                max_connections: cfg.limits.max_connections,
+                max_packet: (cfg.limits.max_payload_bytes + 64 * 1024) as u32,
+                receive_max: 1024,
+            },
+        )
+        .map_err(io("starting the mqtt endpoint"))?;
+
+        http_listener
+            .set_nonblocking(true)
+            .map_err(io("http listener"))?;
+        let http_listener =
+            tokio::net::TcpListener::from_std(http_listener).map_err(io("http listener"))?;
+        let app = crate::http::router(ingestor.clone(), cfg.limits.max_payload_bytes)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let http_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+
+        let info = serde_json::json!({
+            "pid": std::process::id(),
+            "mqtt": mqtt_addr.to_string(),
+            "http": http_addr.to_string(),
+        });
+        let _ = std::fs::write(cfg.data_dir.join("server.json"), info.to_string());
+        tracing::info!(mqtt = %mqtt_addr, http = %http_addr, data_dir = %cfg.data_dir.display(), "edgepipe serving");
+        Ok(RunningServer {
+            mqtt_addr,
+            http_addr,
+            ingestor,
+            mqtt: Some(mqtt),
+            http_cancel: cancel,
+            http_task: Some(http_task),
+            _lock: lock,
+        })
+    }
+
+    /// Ordered shutdown: stop accepting on both endpoints, let in-flight requests finish (their
+    /// WAL appends complete and are acknowledged), then close the WALs.
+    pub async fn shutdown(mut self) {
+        if let Some(m) = self.mqtt.take() {
+            let _ = tokio::task::spawn_blocking(move || m.stop()).await;
+        }
+        self.http_cancel.cancel();
+        if let Some(t) = self.http_task.take() {
+            let _ = t.await;
+        }
+        let ing = self.ingestor.clone();
+        ing.wal().clone().close();
+        ing.deadletters().clone().close();
+        tracing::info!("edgepipe stopped");
+    }
+}

@@ -7,9 +7,12 @@
 //! it never reads a clock or a file. Only [`nab`] performs I/O, to read the benchmark and write
 //! its results layout.
 
+pub mod detectors;
+pub mod ensemble;
 mod error;
 pub mod nab;
 
+pub use ensemble::{Assessment, Detector, EnsembleConfig, SeriesState, Snapshot};
 pub use error::{Error, Result};
 
 use edgepipe_types::TimestampMs;

@@ -100,3 +100,43 @@ fn results_with_wrong_row_count_are_refused() {
         Err(crate::Error::RowCount { .. })
     ));
 }
+
+#[test]
+fn run_nab_writes_layout_and_scores_the_default_ensemble() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = run_nab(nab_dir(), out.path(), "edgepipe", || {
+        crate::Detector::new(crate::EnsembleConfig::default()).expect("default config")
+    })
+    .expect("run_nab");
+    assert_eq!(report.files, 41);
+    assert_eq!(report.rows, 137_366);
+    assert_eq!(report.windows, 64);
+
+    // Layout, row order and untouched timestamps/values.
+    let path = report
+        .results_dir
+        .join("realTraffic")
+        .join("edgepipe_speed_t4013.csv");
+    let written = std::fs::read_to_string(&path).expect("results file");
+    let data = std::fs::read_to_string(nab_dir().join("data/realTraffic/speed_t4013.csv"))
+        .expect("data file");
+    assert_eq!(written.lines().count(), data.lines().count());
+    assert_eq!(
+        written.lines().next(),
+        Some("timestamp,value,anomaly_score,label")
+    );
+    for (w, d) in written.lines().zip(data.lines()).skip(1) {
+        assert!(w.starts_with(&format!("{d},")), "{w} vs {d}");
+    }
+
+    // The scores measured when the default configuration was chosen (one configuration for
+    // every file). A change here is a change in detection quality: update deliberately.
+    let got: Vec<f64> = report.scores.profiles.iter().map(|p| p.score).collect();
+    let want = [54.39, 37.69, 61.78];
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() < 0.006,
+            "NAB scores {got:?}, recorded {want:?}"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! The ensemble's one configuration.
+
+use serde::{Deserialize, Serialize};
+
+use super::likelihood::LikelihoodConfig;
+use crate::detectors::{
+    CusumConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, PewmaConfig, RateOfChangeConfig,
+    RobustMadConfig, check_positive,
+};
+use crate::{Error, Result};
+
+/// How much each detector counts in the raw score (0 turns a detector off).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Weights {
+    /// Weight of the EWMA z-score.
+    pub ewma_z: f64,
+    /// Weight of PEWMA.
+    pub pewma: f64,
+    /// Weight of the robust median/MAD z-score.
+    pub robust_mad: f64,
+    /// Weight of CUSUM.
+    pub cusum: f64,
+    /// Weight of the flatline detector.
+    pub flatline: f64,
+    /// Weight of the rate-of-change detector.
+    pub rate_of_change: f64,
+    /// Weight of the physical limits.
+    pub limits: f64,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            ewma_z: 1.0,
+            pewma: 0.0,
+            robust_mad: 0.0,
+            cusum: 1.0,
+            flatline: 2.0,
+            rate_of_change: 0.0,
+            limits: 1.0,
+        }
+    }
+}
+
+/// Onset emphasis: a score only counts in full when it rises above the recent peak, so one
+/// event raises one alarm instead of a stream of them (each extra alarm on a known event is a
+/// likely false positive). The recent peak decays geometrically, so bounded state suffices.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnsetConfig {
+    /// Per-reading decay of the remembered peak (0 = off, 0.99 = about 100 readings).
+    pub decay: f64,
+    /// Factor applied to a score that does not rise above the remembered peak (0..=1).
+    pub damping: f64,
+    /// Score at or above which the ensemble reports an alarm.
+    pub alarm_score: f64,
+}
+
+impl Default for OnsetConfig {
+    fn default() -> Self {
+        Self {
+            decay: 0.999,
+            damping: 0.0,
+            alarm_score: 0.44,
+        }
+    }
+}
+
+/// Which stage produces the final score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Calibration {
+    /// The raw surprise, squashed monotonically into [0, 1].
+    #[default]
+    Raw,
+    /// The anomaly likelihood of recent raw surprises against the series' history.
+    Likelihood,
+    /// The product of both: a value must be surprising and unusual for this series.
+    Both,
+}
+
+/// The whole ensemble's configuration: one for every series (no per-series tuning needed).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// EWMA z-score (also the baseline CUSUM standardises against).
+    pub ewma: EwmaZConfig,
+    /// Probabilistic EWMA.
+    pub pewma: PewmaConfig,
+    /// Robust median/MAD.
+    pub mad: RobustMadConfig,
+    /// CUSUM level shift.
+    pub cusum: CusumConfig,
+    /// Stuck sensor / flatline.
+    pub flatline: FlatlineConfig,
+    /// Rate of change.
+    pub rate: RateOfChangeConfig,
+    /// Physical limits.
+    pub limits: LimitsConfig,
+    /// Detector weights in the raw score.
+    pub weights: Weights,
+    /// Learn `ln(1 + raw)` rather than `raw` in the likelihood stage (tames heavy tails).
+    pub log_raw: bool,
+    /// Anomaly-likelihood stage.
+    pub likelihood: LikelihoodConfig,
+    /// Which stage produces the final score.
+    pub calibration: Calibration,
+    /// Onset emphasis and alarm level.
+    pub onset: OnsetConfig,
+}
+
+impl EnsembleConfig {
+    /// Every problem with the configuration, with its key path.
+    pub fn problems(&self) -> Vec<Error> {
+        let mut errs = Vec::new();
+        self.ewma.validate(&mut errs);
+        self.pewma.validate(&mut errs);
+        self.mad.validate(&mut errs);
+        self.cusum.validate(&mut errs);
+        self.flatline.validate(&mut errs);
+        self.rate.validate(&mut errs);
+        self.limits.validate(&mut errs);
+        self.likelihood.validate(&mut errs);
+        let w = &self.weights;
+        for (field, v) in [
+            ("weights.ewma_z", w.ewma_z),
+            ("weights.pewma", w.pewma),
+            ("weights.robust_mad", w.robust_mad),
+            ("weights.cusum", w.cusum),
+            ("weights.flatline", w.flatline),
+            ("weights.rate_of_change", w.rate_of_change),
+            ("weights.limits", w.limits),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                errs.push(Error::InvalidConfig {
+                    field,
+                    reason: format!("{v} is not a finite weight >= 0"),
+                });
+            }
+        }
+        check_positive(&mut errs, "onset.alarm_score", self.onset.alarm_score);
+        for (field, v) in [
+            ("onset.damping", self.onset.damping),
+            ("onset.decay", self.onset.decay),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                errs.push(Error::InvalidConfig {
+                    field,
+                    reason: format!("{v} is not in [0, 1]"),
+                });
+            }
+        }
+        errs
+    }
+
+    /// `Ok` when [`problems`](Self::problems) is empty, else the first problem.
+    pub fn validate(&self) -> Result<()> {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The ensemble: every detector run on one series, combined into one raw surprise, calibrated by
+//! the anomaly-likelihood stage into a score in [0, 1], with an explanation.
+//!
+//! Per-series state is [`SeriesState`] (a few hundred bytes, bounded by the configuration);
+//! one [`EnsembleConfig`] is shared by all series. [`Detector`] bundles the two for a single
+//! series.
+
+mod config;
+mod likelihood;
+#[cfg(test)]
+mod tests;
+
+use edgepipe_types::TimestampMs;
+use serde::{Deserialize, Serialize};
+
+pub use config::{Calibration, EnsembleConfig, OnsetConfig, Weights};
+pub use likelihood::{Likelihood, LikelihoodConfig, MAX_SHORT_WINDOW};
+
+use crate::detectors::stats::learnable;
+use crate::detectors::{
+    Cusum, DetectorKind, EwmaZ, Fired, Flatline, Limits, Pewma, RateOfChange, RobustMad, Signal,
+};
+use crate::{Error, PointScorer, Result};
+
+/// The ensemble's verdict on one reading.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Assessment {
+    /// Calibrated anomaly score in [0, 1].
+    pub score: f64,
+    /// Whether `score` reached the configured alarm level.
+    pub alarm: bool,
+    /// The strongest weighted detector surprise (1.0 = at its firing level).
+    pub raw: f64,
+    /// Detectors whose surprise reached their firing level on this reading.
+    pub fired: Fired,
+    /// The detector that contributed the raw score, if any.
+    pub strongest: Option<DetectorKind>,
+    /// The range the strongest modelling detector expected the value in.
+    pub expected: Option<(f64, f64)>,
+}
+
+/// Version of the [`Snapshot`] layout.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// All the state of one series. Serialise it with any serde format; restore with
+/// [`Detector::restore`] or [`SeriesState::check`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SeriesState {
+    n: u64,
+    last_ts: Option<TimestampMs>,
+    ewma: EwmaZ,
+    pewma: Pewma,
+    mad: RobustMad,
+    cusum: Cusum,
+    flatline: Flatline,
+    rate: RateOfChange,
+    likelihood: Likelihood,
+    peak: f64,
+}
+
+/// A versioned snapshot of one series' state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`] when it was taken.
+    pub version: u32,
+    /// The state.
+    pub state: SeriesState,
+}
+
+impl SeriesState {
+    /// Readings seen.
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    /// Whether no reading has been seen.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Bytes this state occupies, inline plus heap buffers (bounded by the configuration:
+    /// `mad.window` and `likelihood.short_window` values).
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.mad.heap_bytes() + self.likelihood.heap_bytes()
+    }
+
+    /// Checks that a deserialised state fits `cfg` (buffer sizes, finite numbers).
+    pub fn check(&self, cfg: &EnsembleConfig) -> Result<()> {
+        let ok = self.ewma.valid()
+            && self.pewma.valid()
+            && self.mad.valid(&cfg.mad)
+            && self.cusum.valid()
+            && self.flatline.valid()
+            && self.rate.valid()
+            && self.likelihood.valid(&cfg.likelihood)
+            && self.peak.is_finite();
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Snapshot(
+                "state does not fit the configuration (buffer larger than configured, or a non-finite number)"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Scores one reading and learns it. Readings are expected in time order; the timestamp
+    /// is recorded but does not change the score.
+    pub fn update(&mut self, cfg: &EnsembleConfig, ts: TimestampMs, x: f64) -> Assessment {
+        self.n = self.n.saturating_add(1);
+        self.last_ts = Some(ts);
+        let w = &cfg.weights;
+        let (mean, sd) = self.ewma.mean_std();
+        let baseline_z = (self.ewma.peek(&cfg.ewma, x).expected.is_some() && learnable(x))
+            .then(|| (x - mean) / sd.max(1e-9 * (1.0 + mean.abs())));
+
+        let mut best = (0.0f64, None, None);
+        let mut fired = Fired::default();
+        // Every detector runs and explains (it fired when its own level reached 1); the weights
+        // decide how much each one counts in the score.
+        let mut consider = |kind: DetectorKind, weight: f64, s: Signal| {
+            if s.level >= 1.0 {
+                fired.insert(kind);
+            }
+            let level = weight * s.level;
+            if level > best.0 {
+                best = (level, Some(kind), s.expected);
+            }
+        };
+        consider(
+            DetectorKind::EwmaZ,
+            w.ewma_z,
+            self.ewma.update(&cfg.ewma, x),
+        );
+        consider(
+            DetectorKind::Pewma,
+            w.pewma,
+            self.pewma.update(&cfg.pewma, x),
+        );
+        consider(
+            DetectorKind::RobustMad,
+            w.robust_mad,
+            self.mad.update(&cfg.mad, x, sd),
+        );
+        consider(
+            DetectorKind::Cusum,
+            w.cusum,
+            self.cusum.update(&cfg.cusum, baseline_z),
+        );
+        consider(
+            DetectorKind::Flatline,
+            w.flatline,
+            self.flatline.update(&cfg.flatline, x),
+        );
+        consider(
+            DetectorKind::RateOfChange,
+            w.rate_of_change,
+            self.rate.update(&cfg.rate, x),
+        );
+        consider(
+            DetectorKind::Limits,
+            w.limits,
+            Limits::check(&cfg.limits, x),
+        );
+        let (raw, strongest, expected) = best;
+
+        let learned = if cfg.log_raw { raw.ln_1p() } else { raw };
+        let (likelihood, _) = self.likelihood.update(&cfg.likelihood, learned);
+        // ln(1 + ln(1 + raw)) keeps resolution for huge surprises; any monotone squash ranks
+        // the same.
+        let squashed = {
+            let l = raw.ln_1p();
+            l / (1.0 + l)
+        };
+        let mut score = match cfg.calibration {
+            Calibration::Raw => squashed,
+            Calibration::Likelihood => likelihood,
+            Calibration::Both => (squashed * likelihood).sqrt(),
+        };
+        let o = &cfg.onset;
+        if o.decay > 0.0 {
+            let rising = score > self.peak;
+            self.peak = (self.peak * o.decay).max(score);
+            if !rising {
+                score *= o.damping;
+            }
+        }
+        let score = if score.is_finite() {
+            score.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let alarm = score >= o.alarm_score;
+        Assessment {
+            score,
+            alarm,
+            raw,
+            fired,
+            strongest,
+            expected,
+        }
+    }
+}
+
+/// One series' ensemble: configuration plus state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detector {
+    config: EnsembleConfig,
+    state: SeriesState,
+}
+
+impl Detector {
+    /// A fresh detector, after validating `config`.
+    pub fn new(config: EnsembleConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            state: SeriesState::default(),
+        })
+    }
+
+    /// Scores one reading and learns it.
+    pub fn update(&mut self, ts: TimestampMs, value: f64) -> Assessment {
+        self.state.update(&self.config, ts, value)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EnsembleConfig {
+        &self.config
+    }
+
+    /// A snapshot of the state; restoring it continues bit-identically.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            state: self.state.clone(),
+        }
+    }
+
+    /// A detector that continues from `snapshot` under `config`.
+    pub fn restore(config: EnsembleConfig, snapshot: Snapshot) -> Result<Self> {
+        config.validate()?;
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(Error::Snapshot(format!(
+                "snapshot version {} is not {SNAPSHOT_VERSION}",
+                snapshot.version
+            )));
+        }
+        snapshot.state.check(&config)?;
+        Ok(Self {
+            config,
+            state: snapshot.state,
+        })
+    }
+}
+
+impl PointScorer for Detector {
+    fn score(&mut self, ts: TimestampMs, value: f64) -> f64 {
+        self.update(ts, value).score
+    }
+}

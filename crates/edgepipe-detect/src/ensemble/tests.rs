@@ -1,0 +1,171 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::detectors::DetectorKind;
+
+fn series(n: usize) -> Vec<(i64, f64)> {
+    // Deterministic noisy sine with a spike and a level shift.
+    let mut s: u64 = 7;
+    (0..n)
+        .map(|i| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let noise = ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0;
+            let mut x = 10.0 + (i as f64 / 20.0).sin() + noise;
+            if i == n / 2 {
+                x += 30.0;
+            }
+            if i > 3 * n / 4 {
+                x += 8.0;
+            }
+            (i as i64 * 60_000, x)
+        })
+        .collect()
+}
+
+fn same(a: &Assessment, b: &Assessment) -> bool {
+    a.score.to_bits() == b.score.to_bits()
+        && a.raw.to_bits() == b.raw.to_bits()
+        && a.alarm == b.alarm
+        && a.fired == b.fired
+        && a.strongest == b.strongest
+        && a.expected.map(|(l, h)| (l.to_bits(), h.to_bits()))
+            == b.expected.map(|(l, h)| (l.to_bits(), h.to_bits()))
+}
+
+fn all_detectors() -> EnsembleConfig {
+    // Every detector weighted, likelihood on, so equivalence covers every state field.
+    EnsembleConfig {
+        weights: Weights {
+            ewma_z: 1.0,
+            pewma: 1.0,
+            robust_mad: 1.0,
+            cusum: 1.0,
+            flatline: 1.0,
+            rate_of_change: 1.0,
+            limits: 1.0,
+        },
+        calibration: Calibration::Both,
+        limits: crate::detectors::LimitsConfig {
+            min: Some(-100.0),
+            max: Some(100.0),
+        },
+        ..EnsembleConfig::default()
+    }
+}
+
+#[test]
+fn snapshot_restore_continues_bit_identically() {
+    let data = series(3000);
+    for cfg in [EnsembleConfig::default(), all_detectors()] {
+        let mut reference = Detector::new(cfg).expect("config");
+        let expected: Vec<Assessment> = data.iter().map(|&(t, x)| reference.update(t, x)).collect();
+        for cut in [0, 1, 49, 250, 1499, 1500, 2999] {
+            let mut d = Detector::new(cfg).expect("config");
+            for &(t, x) in &data[..cut] {
+                d.update(t, x);
+            }
+            let json = serde_json::to_string(&d.snapshot()).expect("serialise");
+            let snap: Snapshot = serde_json::from_str(&json).expect("deserialise");
+            let mut restored = Detector::restore(cfg, snap).expect("restore");
+            for (i, &(t, x)) in data.iter().enumerate().skip(cut) {
+                let got = restored.update(t, x);
+                assert!(
+                    same(&got, &expected[i]),
+                    "cut {cut} row {i}: {got:?} vs {:?}",
+                    expected[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn detects_spike_and_explains_it() {
+    let data = series(2000);
+    let mut d = Detector::new(EnsembleConfig::default()).expect("config");
+    let out: Vec<Assessment> = data.iter().map(|&(t, x)| d.update(t, x)).collect();
+    let spike = &out[1000];
+    assert!(spike.alarm, "{spike:?}");
+    assert!(spike.fired.contains(DetectorKind::EwmaZ));
+    let (lo, hi) = spike.expected.expect("expected range");
+    assert!(lo < 11.0 && hi > 11.0 && hi < data[1000].1);
+    // Quiet before the spike once warmed up.
+    assert!(out[300..990].iter().all(|a| !a.alarm));
+}
+
+#[test]
+fn state_is_small() {
+    let mut d = Detector::new(all_detectors()).expect("config");
+    for (t, x) in series(5000) {
+        d.update(t, x);
+    }
+    let bytes = d.snapshot().state.memory_bytes();
+    assert!(bytes <= 2048, "{bytes} bytes per series");
+}
+
+#[test]
+fn invalid_configs_are_refused_with_every_problem() {
+    let mut cfg = EnsembleConfig::default();
+    cfg.ewma.alpha = 1.5;
+    cfg.mad.window = 1_000;
+    cfg.onset.damping = -1.0;
+    assert_eq!(cfg.problems().len(), 3);
+    assert!(matches!(
+        Detector::new(cfg),
+        Err(crate::Error::InvalidConfig {
+            field: "ewma.alpha",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn restore_refuses_mismatched_state() {
+    let mut big = EnsembleConfig::default();
+    big.mad.window = 64;
+    let mut d = Detector::new(big).expect("config");
+    for (t, x) in series(200) {
+        d.update(t, x);
+    }
+    let snap = d.snapshot();
+    // The same state under a smaller window would hold more values than configured.
+    assert!(Detector::restore(EnsembleConfig::default(), snap.clone()).is_err());
+    let mut wrong = snap;
+    wrong.version = 99;
+    assert!(Detector::restore(big, wrong).is_err());
+}
+
+proptest! {
+    #[test]
+    fn never_panics_and_scores_stay_in_range(
+        values in prop::collection::vec(
+            prop_oneof![
+                8 => -1e6f64..1e6,
+                1 => Just(f64::NAN),
+                1 => Just(f64::INFINITY),
+                1 => Just(-1e300f64),
+                1 => Just(0.0f64),
+            ],
+            0..400,
+        ),
+        cut in 0usize..400,
+    ) {
+        let cfg = all_detectors();
+        let mut a = Detector::new(cfg).expect("config");
+        let mut b = Detector::new(cfg).expect("config");
+        for (i, &x) in values.iter().enumerate() {
+            if i == cut {
+                let json = serde_json::to_string(&b.snapshot()).expect("serialise");
+                let snap: Snapshot = serde_json::from_str(&json).expect("deserialise");
+                b = Detector::restore(cfg, snap).expect("restore");
+            }
+            let ra = a.update(i as i64, x);
+            let rb = b.update(i as i64, x);
+            prop_assert!((0.0..=1.0).contains(&ra.score), "{ra:?}");
+            prop_assert!(ra.raw.is_finite() && ra.raw >= 0.0);
+            prop_assert!(same(&ra, &rb));
+        }
+    }
+}

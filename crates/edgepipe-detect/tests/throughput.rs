@@ -1,0 +1,57 @@
+//! Throughput of the default univariate ensemble (run with
+//! `cargo test --release -p edgepipe-detect --test throughput -- --ignored --nocapture`).
+//! It prints numbers; it asserts nothing about wall-clock time.
+
+use std::time::Instant;
+
+use edgepipe_detect::{EnsembleConfig, SeriesState};
+
+#[test]
+#[ignore = "measurement; run in release with --ignored --nocapture"]
+fn ensemble_points_per_second() {
+    let cfg = EnsembleConfig::default();
+    let series = 1_000;
+    let per_series = 2_000;
+    let mut states = vec![SeriesState::default(); series];
+    let mut seed: u64 = 1;
+    let start = Instant::now();
+    let mut checksum = 0.0;
+    for i in 0..per_series {
+        for (s, st) in states.iter_mut().enumerate() {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let noise = (seed >> 40) as f64 / (1u64 << 24) as f64;
+            let x = (s as f64) + (i as f64 / 50.0).sin() + noise;
+            checksum += st.update(&cfg, i as i64 * 1000, x).score;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let points = (series * per_series) as f64;
+    let bytes = states
+        .iter()
+        .map(SeriesState::memory_bytes)
+        .max()
+        .unwrap_or(0);
+
+    let snap_start = Instant::now();
+    let encoded: Vec<String> = states
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap_or_default())
+        .collect();
+    let snap_secs = snap_start.elapsed().as_secs_f64();
+    let restore_start = Instant::now();
+    let restored = encoded
+        .iter()
+        .filter_map(|s| serde_json::from_str::<SeriesState>(s).ok())
+        .filter(|s| s.check(&cfg).is_ok())
+        .count();
+    let restore_secs = restore_start.elapsed().as_secs_f64();
+    println!(
+        "ensemble: {:.0} points/s ({points} points, {secs:.3} s, checksum {checksum:.3}); \
+         state {bytes} bytes/series; JSON snapshot {:.0} series/s, restore {:.0} series/s ({restored} ok)",
+        points / secs,
+        series as f64 / snap_secs,
+        series as f64 / restore_secs,
+    );
+}

@@ -50,6 +50,15 @@ pub enum Command {
         #[arg(long, default_value = "./edgepipe-data", env = "EDGEPIPE_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Print the WAL's records as JSON lines (the server must be stopped).
+    WalDump {
+        /// Data directory.
+        #[arg(long, default_value = "./edgepipe-data", env = "EDGEPIPE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// First sequence to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
     /// Benchmarks.
     Bench {
         /// Which benchmark.
@@ -218,6 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo(a).await,
         Command::Devices { action, data_dir } => devices(action, data_dir),
         Command::Deadletters { action, data_dir } => deadletters(action, data_dir).await,
+        Command::WalDump { data_dir, from } => wal_dump(data_dir, from),
         Command::Bench { which } => match which {
             BenchCmd::Ingest(a) => bench_ingest(a).await,
         },
@@ -373,6 +383,24 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     );
     drop(ing);
     server.shutdown().await;
+    Ok(())
+}
+
+fn wal_dump(data_dir: PathBuf, from: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let _lock = crate::server::lock_data_dir(&data_dir)?;
+    let wal = edgepipe_wal::Wal::open(data_dir.join("wal"), edgepipe_wal::WalConfig::default())?;
+    let st = wal.stats();
+    let mut reader = wal.reader(from.max(st.first_seq))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    while let Some((seq, bytes)) = reader.next_record()? {
+        let rec = edgepipe_types::IngestRecord::decode(&bytes)
+            .with_context(|| format!("wal record {seq}"))?;
+        let line = serde_json::json!({"seq": seq, "record": rec});
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -143,6 +143,66 @@ impl SeqWindow {
 
 type DedupKey = (String, String, String);
 
+/// Recently stored readings by content hash `(device, metric, ts, value)`, in two generations so
+/// memory stays bounded. A message whose every reading is already here is a resend (a QoS 1
+/// publish repeated after a crash or lost PUBACK) and is acknowledged without writing again.
+#[derive(Debug, Default)]
+struct ContentDedup {
+    current: std::collections::HashSet<u64>,
+    previous: std::collections::HashSet<u64>,
+}
+
+/// Readings remembered per generation (two generations are kept).
+const CONTENT_GENERATION: usize = 1 << 20;
+
+impl ContentDedup {
+    fn contains_all(&self, hashes: &[u64]) -> bool {
+        !hashes.is_empty()
+            && hashes
+                .iter()
+                .all(|h| self.current.contains(h) || self.previous.contains(h))
+    }
+    fn insert_all(&mut self, hashes: &[u64]) {
+        for h in hashes {
+            self.current.insert(*h);
+        }
+        if self.current.len() >= CONTENT_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+    }
+}
+
+/// Content hashes of a message's readings; empty (never a duplicate) when any timestamp was
+/// stamped by the server, since such a reading has no identity of its own to repeat.
+fn content_hashes(device: &DeviceId, readings: &[edgepipe_types::Reading]) -> Vec<u64> {
+    use std::hash::{Hash, Hasher};
+    if readings
+        .iter()
+        .any(|r| r.ts_source == edgepipe_types::TsSource::Server)
+    {
+        return Vec::new();
+    }
+    readings
+        .iter()
+        .map(|r| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            device.as_str().hash(&mut h);
+            r.metric.as_str().hash(&mut h);
+            r.ts.hash(&mut h);
+            match &r.value {
+                edgepipe_types::Value::F64(v) => (0u8, v.to_bits()).hash(&mut h),
+                edgepipe_types::Value::I64(v) => (1u8, *v).hash(&mut h),
+                edgepipe_types::Value::Bool(v) => (2u8, *v).hash(&mut h),
+                edgepipe_types::Value::Str(v) => (3u8, v).hash(&mut h),
+            }
+            h.finish()
+        })
+        .collect()
+}
+
+/// WAL records scanned at startup to rebuild the replay and resend indexes.
+const REBUILD_RECORDS: u64 = 1_000_000;
+
 /// Token bucket per device.
 #[derive(Debug)]
 struct Bucket {
@@ -161,6 +221,7 @@ pub struct Ingestor {
     rate: u32,
     mappings: Vec<TopicMapping>,
     dedup: Mutex<HashMap<DedupKey, SeqWindow>>,
+    content: Mutex<ContentDedup>,
     buckets: Mutex<HashMap<String, Bucket>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -205,6 +266,7 @@ impl Ingestor {
             rate: p.device_msgs_per_sec,
             mappings: p.mappings,
             dedup: Mutex::new(HashMap::new()),
+            content: Mutex::new(ContentDedup::default()),
             buckets: Mutex::new(HashMap::new()),
             clock: p.clock,
             metrics: p.metrics,
@@ -215,13 +277,18 @@ impl Ingestor {
     }
 
     fn rebuild_dedup(&self) -> Result<(), edgepipe_wal::Error> {
-        let first = self.wal.stats().first_seq;
+        let st = self.wal.stats();
+        let first = st
+            .first_seq
+            .max(st.next_seq.saturating_sub(REBUILD_RECORDS));
         let mut reader = self.wal.reader(first)?;
         let mut dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+        let mut content = self.content.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0u64;
         while let Some((seq, bytes)) = reader.next_record()? {
             match IngestRecord::decode(&bytes) {
                 Ok(rec) => {
+                    content.insert_all(&content_hashes(&rec.device_id, &rec.readings));
                     if let Some(o) = rec.origin {
                         dedup
                             .entry((rec.device_id.to_string(), o.source, o.stream))
@@ -320,7 +387,12 @@ impl Ingestor {
         rejection: Rejection,
     ) -> Rejection {
         self.metrics.reject(rejection.reason());
-        if !matches!(rejection, Rejection::Unavailable(_)) {
+        // Unavailable and rate-limited messages are not accepted: the client still holds them
+        // (no ack for QoS 1 on 3.1.1; 0x97 on 5), so they are counted, not dead-lettered.
+        if !matches!(
+            rejection,
+            Rejection::Unavailable(_) | Rejection::RateLimited { .. }
+        ) {
             let entry = self.deadletters.entry(
                 self.clock.now_ms(),
                 Some(device.as_str()),
@@ -422,6 +494,20 @@ impl Ingestor {
                 duplicate: true,
             });
         }
+        let hashes = content_hashes(device, &decoded.readings);
+        if decoded.origin.is_none()
+            && self
+                .content
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_all(&hashes)
+        {
+            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(Accepted {
+                readings: 0,
+                duplicate: true,
+            });
+        }
         let n = decoded.readings.len();
         let origin = decoded.origin.clone();
         let rec = IngestRecord {
@@ -434,6 +520,10 @@ impl Ingestor {
         };
         match self.wal.append(rec.encode()).await {
             Ok(_) => {
+                self.content
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert_all(&hashes);
                 if let Some(o) = decoded.origin {
                     self.dedup
                         .lock()

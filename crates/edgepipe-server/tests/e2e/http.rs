@@ -1,0 +1,169 @@
+//! HTTP ingest with curl.
+
+use crate::support::*;
+
+fn ingest(
+    srv: &Server,
+    token: &str,
+    ctype: &str,
+    body: &str,
+    query: &str,
+) -> TestResult<(u16, serde_json::Value)> {
+    let out = curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        &format!("Content-Type: {ctype}"),
+        "--data-binary",
+        body,
+        &format!("http://{}/api/v1/ingest{query}", srv.http),
+    ])?;
+    let text = String::from_utf8(out.stdout)?;
+    let (body, code) = text.rsplit_once('\n').ok_or("no status")?;
+    Ok((
+        code.parse()?,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+#[test]
+fn curl_ndjson_mix_keeps_good_lines_and_reports_bad_ones() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "h1")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let body = [
+        r#"{"ts": 1764000000000, "metrics": {"temp": 20.5}}"#,
+        r#"{"ts": 1764000001000, "metrics": {"temp": "#,
+        r#"{"ts": 1764000002000, "metrics": {"temp": 21.0, "rpm": 1200}}"#,
+        r#"{"ts": 99999999999999, "metrics": {"temp": 1}}"#,
+    ]
+    .join("\n");
+    let (code, v) = ingest(&srv, &token, "application/x-ndjson", &body, "")?;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["accepted"], 3, "{v}");
+    assert_eq!(v["rejected"], 2, "{v}");
+    let lines: Vec<u64> = v["errors"]
+        .as_array()
+        .ok_or("errors")?
+        .iter()
+        .filter_map(|e| e["line"].as_u64())
+        .collect();
+    assert_eq!(lines, vec![2, 4], "{v}");
+    assert!(
+        v["errors"][1]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("future"),
+        "clock skew named: {v}"
+    );
+
+    // Both bad lines are dead letters with their raw bytes.
+    let out = curl(&[&format!("http://{}/api/v1/deadletters?after=0", srv.http)])?;
+    let dl: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let items = dl["items"].as_array().ok_or("items")?;
+    assert_eq!(items.len(), 2, "{dl}");
+    assert!(
+        items[0]["endpoint"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("line=2")
+    );
+    let raw = items[0]["raw"].as_str().ok_or("raw")?;
+    assert_eq!(
+        raw,
+        r#"{"ts": 1764000001000, "metrics": {"temp": "#
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert_eq!(srv.status()?["readings_written"], 3);
+    Ok(())
+}
+
+#[test]
+fn curl_line_protocol_and_json_are_accepted() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "lp")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let lp = "env,device_id=lp temp=21.5,hum=40i,door=t,state=\"open\" 1764000000000000000\nenv value=3.5 1764000001000000000\n";
+    let (code, v) = ingest(&srv, &token, "text/plain", lp, "")?;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["accepted"], 5, "{v}");
+    let (code, v) = ingest(
+        &srv,
+        &token,
+        "text/plain",
+        "env temp=1 1764000002",
+        "?precision=s",
+    )?;
+    assert_eq!(
+        (code, v["accepted"].clone()),
+        (200, serde_json::json!(1)),
+        "{v}"
+    );
+    let (code, v) = ingest(
+        &srv,
+        &token,
+        "application/json",
+        r#"[{"ts": 1764000003000, "metrics": {"a": 1}}, {"metrics": {"b": 2}}]"#,
+        "",
+    )?;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["accepted"], 2);
+    let (code, v) = ingest(
+        &srv,
+        &token,
+        "text/plain",
+        "env,device_id=intruder temp=1",
+        "",
+    )?;
+    assert_eq!(code, 400, "line naming another device is refused: {v}");
+    srv.stop()?;
+    let r = wal_readings(dir.path())?;
+    assert!(r.iter().any(|x| x.1 == "env.temp" && x.2 == 1764000000000));
+    assert!(r.iter().any(|x| x.1 == "env" && x.3["F64"] == 3.5));
+    assert!(r.iter().any(|x| x.1 == "env.temp" && x.2 == 1764000002000));
+    Ok(())
+}
+
+#[test]
+fn bad_token_is_401_and_huge_body_is_413() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "big")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let (code, v) = ingest(
+        &srv,
+        "nope",
+        "application/json",
+        r#"{"metrics":{"a":1}}"#,
+        "",
+    )?;
+    assert_eq!(code, 401, "{v}");
+    assert_eq!(v["code"], "unauthorized");
+    let body_path = dir.path().join("big.json");
+    let big = format!(r#"{{"metrics": {{"s": "{}"}}}}"#, "x".repeat(200 * 1024));
+    std::fs::write(&body_path, big)?;
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &format!("@{}", body_path.display()),
+        &format!("http://{}/api/v1/ingest", srv.http),
+    ])?;
+    assert_eq!(String::from_utf8(out.stdout)?, "413");
+    let (code, _) = ingest(&srv, &token, "application/xml", "<a/>", "")?;
+    assert_eq!(code, 415);
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! MQTT 3.1.1 (mosquitto_pub) and MQTT 5 (paho-mqtt) against the real server.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn pub311(
+    srv: &Server,
+    user: &str,
+    pass: &str,
+    topic: &str,
+    msg: &str,
+    qos: &str,
+) -> TestResult<(bool, String)> {
+    let port = srv.mqtt.port().to_string();
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv311",
+            "-u",
+            user,
+            "-P",
+            pass,
+            "-q",
+            qos,
+            "-t",
+            topic,
+            "-m",
+            msg,
+            "-d",
+        ],
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+#[test]
+fn mosquitto_pub_qos1_is_acked_and_durable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "pump-7")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let (ok, text) = pub311(
+        &srv,
+        "pump-7",
+        &token,
+        "edgepipe/v1/pump-7/telemetry",
+        r#"{"ts": 1764000000123, "metrics": {"temp": 21.5, "count": 9007199254740993, "on": true, "mode": "auto"}}"#,
+        "1",
+    )?;
+    assert!(ok, "{text}");
+    assert!(text.contains("received PUBACK"), "{text}");
+    let st = srv.status()?;
+    assert_eq!(st["readings_written"], 4, "{st}");
+    assert!(srv.stop()?.success(), "clean exit on SIGINT");
+    let readings = wal_readings(dir.path())?;
+    assert_eq!(readings.len(), 4);
+    let count = readings.iter().find(|r| r.1 == "count").ok_or("count")?;
+    assert_eq!(
+        count.3["I64"], 9007199254740993i64,
+        "integers kept without loss"
+    );
+    assert!(
+        readings
+            .iter()
+            .any(|r| r.1 == "mode" && r.3["Str"] == "auto")
+    );
+    assert!(readings.iter().any(|r| r.1 == "on" && r.3["Bool"] == true));
+    Ok(())
+}
+
+#[test]
+fn wrong_token_unknown_and_disabled_devices_are_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "d1")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let topic = "edgepipe/v1/d1/telemetry";
+    let msg = r#"{"metrics":{"x":1}}"#;
+    let (ok, text) = pub311(&srv, "d1", "not-the-token", topic, msg, "1")?;
+    assert!(
+        !ok && text.contains("CONNACK (4)"),
+        "bad password refused: {text}"
+    );
+    let (ok, text) = pub311(
+        &srv,
+        "ghost",
+        &token,
+        "edgepipe/v1/ghost/telemetry",
+        msg,
+        "1",
+    )?;
+    assert!(
+        !ok && text.contains("CONNACK (4)"),
+        "unknown device refused: {text}"
+    );
+    let out = edgepipe(&[
+        "devices",
+        "--data-dir",
+        dir.path().to_str().ok_or("path")?,
+        "disable",
+        "d1",
+    ])?;
+    assert!(out.status.success());
+    let (ok, text) = pub311(&srv, "d1", &token, topic, msg, "1")?;
+    assert!(
+        !ok && text.contains("CONNACK (5)"),
+        "disabled device refused: {text}"
+    );
+    let out = edgepipe(&[
+        "devices",
+        "--data-dir",
+        dir.path().to_str().ok_or("path")?,
+        "enable",
+        "d1",
+    ])?;
+    assert!(out.status.success());
+    let out = edgepipe(&[
+        "devices",
+        "--data-dir",
+        dir.path().to_str().ok_or("path")?,
+        "rotate-token",
+        "d1",
+    ])?;
+    let new_token = String::from_utf8(out.stdout)?
+        .lines()
+        .last()
+        .ok_or("token")?
+        .to_string();
+    let (ok, _) = pub311(&srv, "d1", &token, topic, msg, "1")?;
+    assert!(!ok, "old token stops working after rotation");
+    let (ok, text) = pub311(&srv, "d1", &new_token, topic, msg, "1")?;
+    assert!(ok && text.contains("received PUBACK"), "{text}");
+    let st = srv.status()?;
+    assert!(st["auth_failures"].as_u64() >= Some(4), "{st}");
+    Ok(())
+}
+
+#[test]
+fn publishing_under_another_device_id_closes_v311_connection() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "a")?;
+    add_device(dir.path(), "b")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let (ok, text) = pub311(
+        &srv,
+        "a",
+        &token,
+        "edgepipe/v1/b/telemetry",
+        r#"{"metrics":{"x":1}}"#,
+        "1",
+    )?;
+    assert!(!ok, "{text}");
+    assert!(!text.contains("received PUBACK"), "{text}");
+    let st = srv.status()?;
+    assert_eq!(st["readings_written"], 0);
+    let dl = curl(&[&format!("http://{}/api/v1/deadletters", srv.http)])?;
+    let v: serde_json::Value = serde_json::from_slice(&dl.stdout)?;
+    assert_eq!(v["items"][0]["reason"], "not_authorized", "{v}");
+    Ok(())
+}
+
+#[test]
+fn qos2_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "q2")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let (ok, text) = pub311(
+        &srv,
+        "q2",
+        &token,
+        "edgepipe/v1/q2/telemetry",
+        r#"{"metrics":{"x":1}}"#,
+        "2",
+    )?;
+    assert!(!ok, "QoS 2 must not complete: {text}");
+    assert!(!text.contains("PUBCOMP"), "{text}");
+    assert_eq!(srv.status()?["readings_written"], 0);
+    Ok(())
+}
+
+#[test]
+fn paho_mqtt5_gets_reason_codes_and_bad_payload_is_dead_lettered() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "v5dev")?;
+    add_device(dir.path(), "someone-else")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let out = run(
+        "python3",
+        &[
+            script("paho_v5.py").to_str().ok_or("path")?,
+            "127.0.0.1",
+            &srv.mqtt.port().to_string(),
+            "v5dev",
+            &token,
+            "someone-else",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "paho script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["connack"], 0, "{r}");
+    assert_eq!(r["good"], 0, "{r}");
+    assert_eq!(r["bad_payload"], 0x99, "{r}");
+    assert_eq!(r["nan"], 0x99, "{r}");
+    assert_eq!(r["other_device"], 0x87, "{r}");
+    assert_eq!(r["unknown_topic"], 0x90, "{r}");
+    assert_eq!(r["wrong_token_connack"], 0x86, "{r}");
+    assert_eq!(srv.status()?["readings_written"], 4);
+
+    // The bad payload's raw bytes are in the dead-letter store, via API and CLI.
+    let dl = curl(&[&format!("http://{}/api/v1/deadletters?after=0", srv.http)])?;
+    let v: serde_json::Value = serde_json::from_slice(&dl.stdout)?;
+    let items = v["items"].as_array().ok_or("items")?;
+    let bad = items
+        .iter()
+        .find(|d| d["reason"] == "bad_payload")
+        .ok_or("bad payload dead letter")?;
+    assert_eq!(bad["raw"], hex_of(b"{not json"), "{bad}");
+    assert_eq!(bad["device"], "v5dev");
+    let out = edgepipe(&[
+        "deadletters",
+        "--data-dir",
+        dir.path().to_str().ok_or("path")?,
+        "list",
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("bad_payload") && text.contains("not_authorized"),
+        "{text}"
+    );
+    Ok(())
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn will_is_ingested_after_abnormal_disconnect() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "willdev")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let out = run(
+        "python3",
+        &[
+            script("paho_will.py").to_str().ok_or("path")?,
+            "127.0.0.1",
+            &srv.mqtt.port().to_string(),
+            "willdev",
+            &token,
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || srv
+            .status()
+            .map(|s| s["readings_written"] == 1)
+            .unwrap_or(false)),
+        "will message was not ingested"
+    );
+    srv.stop()?;
+    let r = wal_readings(dir.path())?;
+    assert_eq!(r[0].1, "online");
+    Ok(())
+}
+
+#[test]
+fn clean_disconnect_discards_the_will() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "w2")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let port = srv.mqtt.port().to_string();
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "w2",
+            "-P",
+            &token,
+            "-q",
+            "1",
+            "-t",
+            "edgepipe/v1/w2/telemetry",
+            "-m",
+            r#"{"metrics":{"x":1}}"#,
+            "--will-topic",
+            "edgepipe/v1/w2/telemetry",
+            "--will-payload",
+            r#"{"metrics":{"online":false}}"#,
+        ],
+    )?;
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        srv.status()?["readings_written"],
+        1,
+        "only the publish, not the will"
+    );
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Starting the real binary and talking to it with real clients.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+pub(crate) fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_edgepipe")
+}
+
+pub(crate) fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e")
+        .join(name)
+}
+
+/// A running `edgepipe serve`.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) mqtt: SocketAddr,
+    pub(crate) http: SocketAddr,
+}
+
+impl Server {
+    pub(crate) fn start(data: &Path, extra: &[&str]) -> TestResult<Server> {
+        Self::start_on(data, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    pub(crate) fn start_on(
+        data: &Path,
+        mqtt: &str,
+        http: &str,
+        extra: &[&str],
+    ) -> TestResult<Server> {
+        let mut child = Command::new(bin())
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--mqtt-addr", mqtt, "--http-addr", http])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        // "edgepipe serving: mqtt://A  http://B  data: D"
+        let mqtt = line
+            .split("mqtt://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .ok_or_else(|| format!("unexpected first line: {line:?}"))?
+            .parse()?;
+        let http = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .ok_or_else(|| format!("unexpected first line: {line:?}"))?
+            .parse()?;
+        Ok(Server { child, mqtt, http })
+    }
+
+    pub(crate) fn kill9(&mut self) -> TestResult {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Ctrl-C (SIGINT) and wait: the ordered shutdown path.
+    pub(crate) fn stop(mut self) -> TestResult<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                return Err("server did not stop within 20 s of SIGINT".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn status(&self) -> TestResult<serde_json::Value> {
+        let out = curl(&[&format!("http://{}/api/v1/status", self.http)])?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn run(cmd: &str, args: &[&str]) -> TestResult<Output> {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {cmd} (is it installed? .ci/run installs it): {e}").into())
+}
+
+pub(crate) fn curl(args: &[&str]) -> TestResult<Output> {
+    let mut all = vec!["-sS", "--max-time", "20"];
+    all.extend_from_slice(args);
+    run("curl", &all)
+}
+
+/// `edgepipe devices add ID` → token.
+pub(crate) fn add_device(data: &Path, id: &str) -> TestResult<String> {
+    let out = Command::new(bin())
+        .args(["devices", "--data-dir"])
+        .arg(data)
+        .args(["add", id])
+        .output()?;
+    assert!(out.status.success(), "devices add failed: {:?}", out);
+    let text = String::from_utf8(out.stdout)?;
+    Ok(text
+        .lines()
+        .last()
+        .ok_or("no token line")?
+        .trim()
+        .to_string())
+}
+
+pub(crate) fn edgepipe(args: &[&str]) -> TestResult<Output> {
+    Ok(Command::new(bin()).args(args).output()?)
+}
+
+/// Every reading in the WAL (server must be stopped): (device, metric, ts, value JSON).
+pub(crate) fn wal_readings(
+    data: &Path,
+) -> TestResult<Vec<(String, String, i64, serde_json::Value)>> {
+    let out = Command::new(bin())
+        .args(["wal-dump", "--data-dir"])
+        .arg(data)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "wal-dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v = Vec::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let j: serde_json::Value = serde_json::from_str(line)?;
+        let rec = &j["record"];
+        let dev = rec["device_id"].as_str().ok_or("device_id")?.to_string();
+        for r in rec["readings"].as_array().ok_or("readings")? {
+            v.push((
+                dev.clone(),
+                r["metric"].as_str().ok_or("metric")?.to_string(),
+                r["ts"].as_i64().ok_or("ts")?,
+                r["value"].clone(),
+            ));
+        }
+    }
+    Ok(v)
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub(crate) fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub(crate) fn free_port() -> TestResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

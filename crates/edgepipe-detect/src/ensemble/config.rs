@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::likelihood::LikelihoodConfig;
+use super::recurrence::RecurrenceConfig;
 use crate::detectors::{
     CusumConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, PewmaConfig, RateOfChangeConfig,
     RobustMadConfig, check_positive,
@@ -55,6 +56,8 @@ pub struct OnsetConfig {
     pub damping: f64,
     /// Score at or above which the ensemble reports an alarm.
     pub alarm_score: f64,
+    /// Readings after an alarm whose scores are damped like non-rising ones (0 = off).
+    pub refractory: u32,
 }
 
 impl Default for OnsetConfig {
@@ -63,6 +66,32 @@ impl Default for OnsetConfig {
             decay: 0.999,
             damping: 0.0,
             alarm_score: 0.44,
+            refractory: 0,
+        }
+    }
+}
+
+/// Per-series tail normalisation: a running estimate `q` of the `quantile` of the raw surprise
+/// (multiplicative stochastic-approximation updates of step `rate`); the raw surprise is divided
+/// by `max(1, q / reference)`, so only series whose ordinary surprises exceed what a well-modelled
+/// series shows (`reference`) are scaled down.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TailConfig {
+    /// Quantile tracked (0..1).
+    pub quantile: f64,
+    /// Step of the log-quantile update (0 = stage off).
+    pub rate: f64,
+    /// Quantile of a well-modelled series' raw surprise.
+    pub reference: f64,
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        Self {
+            quantile: 0.99,
+            rate: 0.05,
+            reference: 1.0,
         }
     }
 }
@@ -106,6 +135,10 @@ pub struct EnsembleConfig {
     pub likelihood: LikelihoodConfig,
     /// Which stage produces the final score.
     pub calibration: Calibration,
+    /// Per-series scaling of the raw surprise by its own high quantile.
+    pub tail: TailConfig,
+    /// Recurring-event suppression.
+    pub recurrence: RecurrenceConfig,
     /// Onset emphasis and alarm level.
     pub onset: OnsetConfig,
 }
@@ -122,6 +155,15 @@ impl EnsembleConfig {
         self.rate.validate(&mut errs);
         self.limits.validate(&mut errs);
         self.likelihood.validate(&mut errs);
+        self.recurrence.validate(&mut errs);
+        crate::detectors::check_unit(&mut errs, "tail.quantile", self.tail.quantile);
+        check_positive(&mut errs, "tail.reference", self.tail.reference);
+        if !(0.0..=1.0).contains(&self.tail.rate) {
+            errs.push(Error::InvalidConfig {
+                field: "tail.rate",
+                reason: format!("{} is not in [0, 1]", self.tail.rate),
+            });
+        }
         let w = &self.weights;
         for (field, v) in [
             ("weights.ewma_z", w.ewma_z),

@@ -7,14 +7,16 @@
 
 mod config;
 mod likelihood;
+mod recurrence;
 #[cfg(test)]
 mod tests;
 
 use edgepipe_types::TimestampMs;
 use serde::{Deserialize, Serialize};
 
-pub use config::{Calibration, EnsembleConfig, OnsetConfig, Weights};
+pub use config::{Calibration, EnsembleConfig, OnsetConfig, TailConfig, Weights};
 pub use likelihood::{Likelihood, LikelihoodConfig, MAX_SHORT_WINDOW};
+pub use recurrence::{MAX_EVENTS, Recurrence, RecurrenceConfig};
 
 use crate::detectors::stats::learnable;
 use crate::detectors::{
@@ -55,7 +57,12 @@ pub struct SeriesState {
     flatline: Flatline,
     rate: RateOfChange,
     likelihood: Likelihood,
+    recurrence: Recurrence,
+    /// Running estimate of a high quantile of the raw surprise (0 = not started).
+    tail: f64,
     peak: f64,
+    /// Readings left in the refractory period after an alarm.
+    refractory: u32,
 }
 
 /// A versioned snapshot of one series' state.
@@ -93,7 +100,9 @@ impl SeriesState {
             && self.flatline.valid()
             && self.rate.valid()
             && self.likelihood.valid(&cfg.likelihood)
-            && self.peak.is_finite();
+            && self.recurrence.valid(&cfg.recurrence)
+            && self.peak.is_finite()
+            && self.tail.is_finite();
         if ok {
             Ok(())
         } else {
@@ -162,7 +171,24 @@ impl SeriesState {
             w.limits,
             Limits::check(&cfg.limits, x),
         );
-        let (raw, strongest, expected) = best;
+        let (mut raw, strongest, expected) = best;
+        let t = &cfg.tail;
+        if t.rate > 0.0 && raw.is_finite() {
+            // Judge this reading against the series' own usual surprises: a series whose
+            // surprises often run high (spiky, heavy-tailed) needs a bigger one to alarm.
+            if self.tail <= 0.0 {
+                self.tail = t.reference;
+            }
+            let q = self.tail;
+            let up = if raw > q {
+                t.quantile
+            } else {
+                t.quantile - 1.0
+            };
+            self.tail =
+                (q * (t.rate * up).exp()).clamp(t.reference * 1e-3, crate::detectors::MAX_LEVEL);
+            raw /= (q / t.reference).max(1.0);
+        }
 
         let learned = if cfg.log_raw { raw.ln_1p() } else { raw };
         let (likelihood, _) = self.likelihood.update(&cfg.likelihood, learned);
@@ -177,7 +203,14 @@ impl SeriesState {
             Calibration::Likelihood => likelihood,
             Calibration::Both => (squashed * likelihood).sqrt(),
         };
+        if self.recurrence.update(&cfg.recurrence, self.n, raw) {
+            score = 0.0;
+        }
         let o = &cfg.onset;
+        if self.refractory > 0 {
+            self.refractory -= 1;
+            score *= o.damping;
+        }
         if o.decay > 0.0 {
             let rising = score > self.peak;
             self.peak = (self.peak * o.decay).max(score);
@@ -191,6 +224,9 @@ impl SeriesState {
             0.0
         };
         let alarm = score >= o.alarm_score;
+        if alarm {
+            self.refractory = o.refractory;
+        }
         Assessment {
             score,
             alarm,

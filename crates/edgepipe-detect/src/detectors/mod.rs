@@ -12,6 +12,7 @@ mod limits;
 mod mad;
 mod pewma;
 mod rate;
+mod seasonal;
 pub(crate) mod stats;
 
 pub(crate) use ewma::{check_positive, check_unit};
@@ -23,6 +24,7 @@ pub use limits::{Limits, LimitsConfig};
 pub use mad::{MAX_MAD_WINDOW, RobustMad, RobustMadConfig};
 pub use pewma::{Pewma, PewmaConfig};
 pub use rate::{RateOfChange, RateOfChangeConfig};
+pub use seasonal::{MAX_SEASONAL_BUFFER, Seasonal, SeasonalConfig};
 
 /// Largest surprise a detector reports: a million times its firing level is as anomalous as
 /// anything gets, and the cap keeps downstream statistics finite.
@@ -71,11 +73,13 @@ pub enum DetectorKind {
     RateOfChange,
     /// [`Limits`].
     Limits,
+    /// [`Seasonal`].
+    Seasonal,
 }
 
 impl DetectorKind {
     /// All kinds, in bit order of [`Fired`].
-    pub const ALL: [DetectorKind; 7] = [
+    pub const ALL: [DetectorKind; 8] = [
         DetectorKind::EwmaZ,
         DetectorKind::Pewma,
         DetectorKind::RobustMad,
@@ -83,6 +87,7 @@ impl DetectorKind {
         DetectorKind::Flatline,
         DetectorKind::RateOfChange,
         DetectorKind::Limits,
+        DetectorKind::Seasonal,
     ];
 
     /// A stable lowercase name.
@@ -95,6 +100,7 @@ impl DetectorKind {
             DetectorKind::Flatline => "flatline",
             DetectorKind::RateOfChange => "rate_of_change",
             DetectorKind::Limits => "limits",
+            DetectorKind::Seasonal => "seasonal",
         }
     }
 

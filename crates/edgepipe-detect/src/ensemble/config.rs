@@ -6,7 +6,7 @@ use super::likelihood::LikelihoodConfig;
 use super::recurrence::RecurrenceConfig;
 use crate::detectors::{
     CusumConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, PewmaConfig, RateOfChangeConfig,
-    RobustMadConfig, check_positive,
+    RobustMadConfig, SeasonalConfig, check_positive,
 };
 use crate::{Error, Result};
 
@@ -28,6 +28,8 @@ pub struct Weights {
     pub rate_of_change: f64,
     /// Weight of the physical limits.
     pub limits: f64,
+    /// Weight of the seasonal baseline (0 also skips its work and state).
+    pub seasonal: f64,
 }
 
 impl Default for Weights {
@@ -40,6 +42,7 @@ impl Default for Weights {
             flatline: 2.0,
             rate_of_change: 0.0,
             limits: 1.0,
+            seasonal: 1.0,
         }
     }
 }
@@ -66,7 +69,7 @@ impl Default for OnsetConfig {
             decay: 0.999,
             damping: 0.0,
             alarm_score: 0.44,
-            refractory: 0,
+            refractory: 20,
         }
     }
 }
@@ -84,14 +87,18 @@ pub struct TailConfig {
     pub rate: f64,
     /// Quantile of a well-modelled series' raw surprise.
     pub reference: f64,
+    /// Smallest divisor: below 1, a series quieter than `reference` has its surprises scaled
+    /// up (at most by `1 / min_factor`).
+    pub min_factor: f64,
 }
 
 impl Default for TailConfig {
     fn default() -> Self {
         Self {
             quantile: 0.99,
-            rate: 0.05,
+            rate: 0.02,
             reference: 1.0,
+            min_factor: 1.0,
         }
     }
 }
@@ -127,6 +134,8 @@ pub struct EnsembleConfig {
     pub rate: RateOfChangeConfig,
     /// Physical limits.
     pub limits: LimitsConfig,
+    /// Seasonal baseline.
+    pub seasonal: SeasonalConfig,
     /// Detector weights in the raw score.
     pub weights: Weights,
     /// Learn `ln(1 + raw)` rather than `raw` in the likelihood stage (tames heavy tails).
@@ -154,10 +163,12 @@ impl EnsembleConfig {
         self.flatline.validate(&mut errs);
         self.rate.validate(&mut errs);
         self.limits.validate(&mut errs);
+        self.seasonal.validate(&mut errs);
         self.likelihood.validate(&mut errs);
         self.recurrence.validate(&mut errs);
         crate::detectors::check_unit(&mut errs, "tail.quantile", self.tail.quantile);
         check_positive(&mut errs, "tail.reference", self.tail.reference);
+        check_positive(&mut errs, "tail.min_factor", self.tail.min_factor);
         if !(0.0..=1.0).contains(&self.tail.rate) {
             errs.push(Error::InvalidConfig {
                 field: "tail.rate",
@@ -173,6 +184,7 @@ impl EnsembleConfig {
             ("weights.flatline", w.flatline),
             ("weights.rate_of_change", w.rate_of_change),
             ("weights.limits", w.limits),
+            ("weights.seasonal", w.seasonal),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 errs.push(Error::InvalidConfig {

@@ -20,7 +20,8 @@ pub use recurrence::{MAX_EVENTS, Recurrence, RecurrenceConfig};
 
 use crate::detectors::stats::learnable;
 use crate::detectors::{
-    Cusum, DetectorKind, EwmaZ, Fired, Flatline, Limits, Pewma, RateOfChange, RobustMad, Signal,
+    Cusum, DetectorKind, EwmaZ, Fired, Flatline, Limits, Pewma, RateOfChange, RobustMad, Seasonal,
+    Signal,
 };
 use crate::{Error, PointScorer, Result};
 
@@ -42,7 +43,7 @@ pub struct Assessment {
 }
 
 /// Version of the [`Snapshot`] layout.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// All the state of one series. Serialise it with any serde format; restore with
 /// [`Detector::restore`] or [`SeriesState::check`].
@@ -56,6 +57,7 @@ pub struct SeriesState {
     cusum: Cusum,
     flatline: Flatline,
     rate: RateOfChange,
+    seasonal: Seasonal,
     likelihood: Likelihood,
     recurrence: Recurrence,
     /// Running estimate of a high quantile of the raw surprise (0 = not started).
@@ -88,7 +90,10 @@ impl SeriesState {
     /// Bytes this state occupies, inline plus heap buffers (bounded by the configuration:
     /// `mad.window` and `likelihood.short_window` values).
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.mad.heap_bytes() + self.likelihood.heap_bytes()
+        std::mem::size_of::<Self>()
+            + self.mad.heap_bytes()
+            + self.seasonal.heap_bytes()
+            + self.likelihood.heap_bytes()
     }
 
     /// Checks that a deserialised state fits `cfg` (buffer sizes, finite numbers).
@@ -99,6 +104,7 @@ impl SeriesState {
             && self.cusum.valid()
             && self.flatline.valid()
             && self.rate.valid()
+            && self.seasonal.valid(&cfg.seasonal)
             && self.likelihood.valid(&cfg.likelihood)
             && self.recurrence.valid(&cfg.recurrence)
             && self.peak.is_finite()
@@ -136,9 +142,16 @@ impl SeriesState {
                 best = (level, Some(kind), s.expected);
             }
         };
+        // Once a series is known to be seasonal, the non-seasonal baselines see its cycle as
+        // surprise; `seasonal.others` scales them down.
+        let level_w = if w.seasonal > 0.0 && self.seasonal.period().is_some() {
+            cfg.seasonal.others
+        } else {
+            1.0
+        };
         consider(
             DetectorKind::EwmaZ,
-            w.ewma_z,
+            w.ewma_z * level_w,
             self.ewma.update(&cfg.ewma, x),
         );
         consider(
@@ -153,7 +166,7 @@ impl SeriesState {
         );
         consider(
             DetectorKind::Cusum,
-            w.cusum,
+            w.cusum * level_w,
             self.cusum.update(&cfg.cusum, baseline_z),
         );
         consider(
@@ -166,6 +179,13 @@ impl SeriesState {
             w.rate_of_change,
             self.rate.update(&cfg.rate, x),
         );
+        if w.seasonal > 0.0 {
+            consider(
+                DetectorKind::Seasonal,
+                w.seasonal,
+                self.seasonal.update(&cfg.seasonal, x),
+            );
+        }
         consider(
             DetectorKind::Limits,
             w.limits,
@@ -187,7 +207,7 @@ impl SeriesState {
             };
             self.tail =
                 (q * (t.rate * up).exp()).clamp(t.reference * 1e-3, crate::detectors::MAX_LEVEL);
-            raw /= (q / t.reference).max(1.0);
+            raw /= (q / t.reference).max(t.min_factor);
         }
 
         let learned = if cfg.log_raw { raw.ln_1p() } else { raw };

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Side-by-side MQTT ingest benchmark: edgepipe (fsync before every PUBACK) vs Mosquitto 2 with
+# persistence on, same machine, same load generator (`edgepipe bench ingest --target`), one run.
+# Usage: scripts/bench-ingest.sh [DURATION]   (default 10s); prints a markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR="${1:-10s}"
+BIN="${CARGO_TARGET_DIR:-target}/release/edgepipe"
+[ -x "$BIN" ] || cargo build --release -p edgepipe-server
+ulimit -n 65536 2>/dev/null || true
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+EP_PORT=$(free_port); HTTP_PORT=$(free_port); MQ_PORT=$(free_port)
+
+"$BIN" serve --data-dir "$WORK/ep" --mqtt-addr "127.0.0.1:$EP_PORT" --http-addr "127.0.0.1:$HTTP_PORT" \
+  --auto-register --device-rate 0 > "$WORK/ep.log" 2>&1 &
+EP_PID=$!
+mkdir -p "$WORK/mq"
+cat > "$WORK/mq/mosquitto.conf" <<CONF
+listener $MQ_PORT 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location $WORK/mq/
+autosave_interval 1
+set_tcp_nodelay true
+max_connections -1
+CONF
+mosquitto -c "$WORK/mq/mosquitto.conf" > "$WORK/mq.log" 2>&1 &
+MQ_PID=$!
+sleep 1
+
+run() { # name port extra-args...
+  local name=$1 port=$2; shift 2
+  "$BIN" bench ingest --target "127.0.0.1:$port" --password bench --duration "$DUR" --json "$@" 2>/dev/null
+}
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
+echo "| scenario | server | msgs/s acked | readings/s acked | PUBACK p50 ms | p99 ms | max ms |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+row() { # scenario server json
+  python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+s, srv, j = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+f = lambda us: "-" if us is None else f"{us/1000:.2f}"
+print(f"| {s} | {srv} | {j['msgs_per_s']:.0f} | {j['readings_per_s']:.0f} | {f(j['latency_p50_us'])} | {f(j['latency_p99_us'])} | {f(j['latency_max_us'])} |")
+PY
+}
+for spec in "1 conn, batch 1|--connections 1" "10 conn, batch 1|--connections 10" "100 conn, batch 1|--connections 100" \
+            "10 conn, batch 100|--connections 10 --batch 100" "100 conn, batch 100|--connections 100 --batch 100" \
+            "10k msg/s fixed, 10 conn|--connections 10 --rate 10000"; do
+  name="${spec%%|*}"; args="${spec#*|}"
+  # shellcheck disable=SC2086
+  row "$name" edgepipe "$(run edgepipe "$EP_PORT" $args)"
+  # shellcheck disable=SC2086
+  row "$name" mosquitto "$(run mosquitto "$MQ_PORT" $args)"
+done
+
+echo
+echo "| idle connections | server | server RSS before | RSS with connections held |"
+echo "| --- | --- | ---: | ---: |"
+for target in "edgepipe $EP_PORT $EP_PID" "mosquitto $MQ_PORT $MQ_PID"; do
+  set -- $target
+  before=$(rss_mb "$3")
+  "$BIN" bench ingest --target "127.0.0.1:$2" --password bench --connections 10000 --rate 10 --duration 20s --json > "$WORK/idle.json" 2>/dev/null &
+  BPID=$!
+  sleep 15
+  during=$(rss_mb "$3")
+  wait $BPID || true
+  conns=$(python3 -c "import json;print(json.load(open('$WORK/idle.json'))['connections'])" 2>/dev/null || echo "?")
+  echo "| $conns | $1 | ${before} MB | ${during} MB |"
+done
+echo
+echo "edgepipe fsyncs: $(curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk '/^edgepipe_wal_fsyncs /{print $2}')"

@@ -40,6 +40,9 @@ pub struct SeasonalConfig {
     pub warmup: u32,
     /// |z| of the residual at which the detector fires.
     pub threshold: f64,
+    /// Floor of the residual's standard deviation, as a fraction of the warm-up blocks'
+    /// standard deviation (a noise-free cycle does not make every small deviation infinite).
+    pub min_scale_fraction: f64,
     /// Factor on the EWMA z-score's and CUSUM's weights once the series is found seasonal
     /// (1 = unchanged): their baselines do not follow the cycle.
     pub others: f64,
@@ -58,6 +61,7 @@ impl Default for SeasonalConfig {
             warmup: 100,
             threshold: 4.0,
             others: 1.0,
+            min_scale_fraction: 0.05,
         }
     }
 }
@@ -87,6 +91,12 @@ impl SeasonalConfig {
         check_unit(errs, "seasonal.profile_alpha", self.profile_alpha);
         check_unit(errs, "seasonal.residual_alpha", self.residual_alpha);
         check_positive(errs, "seasonal.threshold", self.threshold);
+        if !(self.min_scale_fraction >= 0.0 && self.min_scale_fraction.is_finite()) {
+            errs.push(Error::InvalidConfig {
+                field: "seasonal.min_scale_fraction",
+                reason: format!("{} is not >= 0", self.min_scale_fraction),
+            });
+        }
         if !(0.0..=1.0).contains(&self.others) {
             errs.push(Error::InvalidConfig {
                 field: "seasonal.others",
@@ -112,6 +122,8 @@ pub struct Seasonal {
     phase: usize,
     /// Residual statistics.
     resid: Ewm,
+    /// Standard deviation of the warm-up block means.
+    spread: f64,
 }
 
 impl Seasonal {
@@ -130,7 +142,8 @@ impl Seasonal {
                 let r = x - f64::from(p);
                 let sig = if self.resid.n >= u64::from(cfg.warmup.max(2)) {
                     let sd = self.resid.std();
-                    let floor = 1e-9 * (1.0 + f64::from(p).abs());
+                    let floor = (cfg.min_scale_fraction * self.spread)
+                        .max(1e-9 * (1.0 + f64::from(p).abs()));
                     let z = (r - self.resid.mean).abs() / sd.max(floor);
                     let half = cfg.threshold * sd;
                     let centre = f64::from(p) + self.resid.mean;
@@ -217,6 +230,7 @@ impl Seasonal {
         let Some((period, _)) = best else {
             return;
         };
+        self.spread = (var / n as f64).sqrt();
         let mut sums = vec![0.0f64; period];
         let mut counts = vec![0u32; period];
         for (i, &v) in buf.iter().enumerate() {
@@ -244,6 +258,7 @@ impl Seasonal {
             && self.buf.iter().chain(&self.profile).all(|v| v.is_finite())
             && self.resid.mean.is_finite()
             && self.resid.var.is_finite()
+            && self.spread.is_finite()
     }
 }
 

@@ -75,11 +75,13 @@ pub enum DetectorKind {
     Limits,
     /// [`Seasonal`].
     Seasonal,
+    /// [`EwmaZ`] of the fast-smoothed series (sustained moderate shifts).
+    SmoothZ,
 }
 
 impl DetectorKind {
     /// All kinds, in bit order of [`Fired`].
-    pub const ALL: [DetectorKind; 8] = [
+    pub const ALL: [DetectorKind; 9] = [
         DetectorKind::EwmaZ,
         DetectorKind::Pewma,
         DetectorKind::RobustMad,
@@ -88,6 +90,7 @@ impl DetectorKind {
         DetectorKind::RateOfChange,
         DetectorKind::Limits,
         DetectorKind::Seasonal,
+        DetectorKind::SmoothZ,
     ];
 
     /// A stable lowercase name.
@@ -101,17 +104,18 @@ impl DetectorKind {
             DetectorKind::RateOfChange => "rate_of_change",
             DetectorKind::Limits => "limits",
             DetectorKind::Seasonal => "seasonal",
+            DetectorKind::SmoothZ => "smooth_z",
         }
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }
 
 /// A set of detectors (which ones fired).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Fired(u8);
+pub struct Fired(u16);
 
 impl Fired {
     /// Adds `kind` to the set.

@@ -30,6 +30,8 @@ pub struct Weights {
     pub limits: f64,
     /// Weight of the seasonal baseline (0 also skips its work and state).
     pub seasonal: f64,
+    /// Weight of the smoothed-series z-score (0 also skips its work).
+    pub smooth_z: f64,
 }
 
 impl Default for Weights {
@@ -43,6 +45,7 @@ impl Default for Weights {
             rate_of_change: 0.0,
             limits: 1.0,
             seasonal: 1.0,
+            smooth_z: 0.75,
         }
     }
 }
@@ -70,6 +73,30 @@ impl Default for OnsetConfig {
             damping: 0.0,
             alarm_score: 0.44,
             refractory: 20,
+        }
+    }
+}
+
+/// The smoothed-series z-score: a fast EWMA of the values (weight `alpha`) scored by an EWMA
+/// z-score against its own slow mean and spread, so a sustained moderate shift that no single
+/// reading reveals stands out (smoothing removes most of the point noise from the spread).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmoothConfig {
+    /// Weight of each new value in the fast EWMA.
+    pub alpha: f64,
+    /// The z-score of the smoothed series.
+    pub z: EwmaZConfig,
+}
+
+impl Default for SmoothConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 0.15,
+            z: EwmaZConfig {
+                warmup: 100,
+                ..EwmaZConfig::default()
+            },
         }
     }
 }
@@ -136,6 +163,8 @@ pub struct EnsembleConfig {
     pub limits: LimitsConfig,
     /// Seasonal baseline.
     pub seasonal: SeasonalConfig,
+    /// Smoothed-series z-score.
+    pub smooth: SmoothConfig,
     /// Detector weights in the raw score.
     pub weights: Weights,
     /// Learn `ln(1 + raw)` rather than `raw` in the likelihood stage (tames heavy tails).
@@ -164,6 +193,8 @@ impl EnsembleConfig {
         self.rate.validate(&mut errs);
         self.limits.validate(&mut errs);
         self.seasonal.validate(&mut errs);
+        crate::detectors::check_unit(&mut errs, "smooth.alpha", self.smooth.alpha);
+        self.smooth.z.validate(&mut errs);
         self.likelihood.validate(&mut errs);
         self.recurrence.validate(&mut errs);
         crate::detectors::check_unit(&mut errs, "tail.quantile", self.tail.quantile);
@@ -185,6 +216,7 @@ impl EnsembleConfig {
             ("weights.rate_of_change", w.rate_of_change),
             ("weights.limits", w.limits),
             ("weights.seasonal", w.seasonal),
+            ("weights.smooth_z", w.smooth_z),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 errs.push(Error::InvalidConfig {

@@ -14,7 +14,7 @@ mod tests;
 use edgepipe_types::TimestampMs;
 use serde::{Deserialize, Serialize};
 
-pub use config::{Calibration, EnsembleConfig, OnsetConfig, TailConfig, Weights};
+pub use config::{Calibration, EnsembleConfig, OnsetConfig, SmoothConfig, TailConfig, Weights};
 pub use likelihood::{Likelihood, LikelihoodConfig, MAX_SHORT_WINDOW};
 pub use recurrence::{MAX_EVENTS, Recurrence, RecurrenceConfig};
 
@@ -58,6 +58,9 @@ pub struct SeriesState {
     flatline: Flatline,
     rate: RateOfChange,
     seasonal: Seasonal,
+    /// Fast EWMA of the values and the z-score of it against its own slow baseline.
+    smooth: Option<f64>,
+    smooth_z: EwmaZ,
     likelihood: Likelihood,
     recurrence: Recurrence,
     /// Running estimate of a high quantile of the raw surprise (0 = not started).
@@ -105,6 +108,8 @@ impl SeriesState {
             && self.flatline.valid()
             && self.rate.valid()
             && self.seasonal.valid(&cfg.seasonal)
+            && self.smooth.is_none_or(f64::is_finite)
+            && self.smooth_z.valid()
             && self.likelihood.valid(&cfg.likelihood)
             && self.recurrence.valid(&cfg.recurrence)
             && self.peak.is_finite()
@@ -179,6 +184,16 @@ impl SeriesState {
             w.rate_of_change,
             self.rate.update(&cfg.rate, x),
         );
+        if w.smooth_z > 0.0 && learnable(x) {
+            let a = cfg.smooth.alpha;
+            let s = self.smooth.map_or(x, |s| s + a * (x - s));
+            self.smooth = Some(s);
+            consider(
+                DetectorKind::SmoothZ,
+                w.smooth_z,
+                self.smooth_z.update(&cfg.smooth.z, s),
+            );
+        }
         if w.seasonal > 0.0 {
             consider(
                 DetectorKind::Seasonal,

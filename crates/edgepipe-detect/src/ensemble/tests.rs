@@ -46,6 +46,7 @@ fn all_detectors() -> EnsembleConfig {
             rate_of_change: 1.0,
             limits: 1.0,
             seasonal: 1.0,
+            smooth_z: 1.0,
         },
         calibration: Calibration::Both,
         limits: crate::detectors::LimitsConfig {

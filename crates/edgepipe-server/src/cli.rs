@@ -339,6 +339,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let mut last_t = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let deadline = a.duration.map(|d| started + d);
+    let mut last_print = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -351,15 +352,24 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         last_readings = readings;
         last_t = Instant::now();
         let w = ing.wal().stats();
-        bar.set_message(format!(
+        let line = format!(
             "devices {:>4} | readings/s acked {:>8.0} | readings {:>9} | wal {:>6.1} MiB | dead letters {}",
             m.mqtt_connections.load(Ordering::Relaxed),
             rate,
             readings,
             w.disk_bytes as f64 / (1024.0 * 1024.0),
             ing.deadletters().stats().total,
-        ));
-        bar.tick();
+        );
+        if bar.is_hidden() {
+            // Not a terminal (CI, logs): a plain line every 5 s instead of the spinner.
+            if last_print.elapsed() >= Duration::from_secs(5) {
+                println!("[{:>5.0}s] {line}", started.elapsed().as_secs_f64());
+                last_print = Instant::now();
+            }
+        } else {
+            bar.set_message(line);
+            bar.tick();
+        }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }

@@ -317,3 +317,125 @@ fn clean_disconnect_discards_the_will() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn topic_mapping_turns_a_foreign_topic_scheme_into_readings() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "press-4")?;
+    let cfg = dir.path().join("edgepipe.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[[topic_mappings]]
+pattern = "factory/{line}/{device_id}/{metric}"
+payload = "raw"
+"#,
+    )?;
+    let out = edgepipe(&["validate", "--config", cfg.to_str().ok_or("path")?])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let srv = Server::start(dir.path(), &["--config", cfg.to_str().ok_or("path")?])?;
+    let (ok, text) = pub311(
+        &srv,
+        "press-4",
+        &token,
+        "factory/line-2/press-4/pressure",
+        "4.25",
+        "1",
+    )?;
+    assert!(ok && text.contains("received PUBACK"), "{text}");
+    let (ok, text) = pub311(
+        &srv,
+        "press-4",
+        &token,
+        "factory/line-2/press-9/pressure",
+        "1",
+        "1",
+    )?;
+    assert!(
+        !ok,
+        "a mapped topic naming another device is refused: {text}"
+    );
+    srv.stop()?;
+    let r = wal_readings(dir.path())?;
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].0.as_str(), r[0].1.as_str()), ("press-4", "pressure"));
+    assert_eq!(r[0].3["F64"], 4.25);
+    Ok(())
+}
+
+#[test]
+fn validate_reports_every_config_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_connections = 0\nmax_payload_bytes = 0\n",
+    )?;
+    let out = edgepipe(&["validate", "--config", cfg.to_str().ok_or("path")?])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("limits.max_connections") && err.contains("limits.max_payload_bytes"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_taken_port_names_the_flag_to_change() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = busy.local_addr()?.to_string();
+    let out = edgepipe(&[
+        "serve",
+        "--data-dir",
+        dir.path().to_str().ok_or("path")?,
+        "--mqtt-addr",
+        &addr,
+        "--http-addr",
+        "127.0.0.1:0",
+    ])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mqtt-addr"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn demo_runs_beside_another_broker_and_exits_zero() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Mosquitto already holds 1883 on this machine; the demo must pick free ports.
+    let out = edgepipe(&[
+        "demo",
+        "--duration",
+        "4s",
+        "--devices",
+        "5",
+        "--interval",
+        "200ms",
+        "--data-dir",
+        dir.path().to_str().ok_or("path")?,
+    ])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("demo finished"))
+        .ok_or("summary line")?;
+    let written: u64 = line
+        .split("server wrote ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or("readings count")?;
+    assert!(written > 0, "{line}");
+    Ok(())
+}

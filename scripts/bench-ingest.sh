@@ -45,6 +45,7 @@ run() { # name port extra-args...
   local name=$1 port=$2; shift 2
   "$BIN" bench ingest --target "127.0.0.1:$port" --password bench --duration "$DUR" --json "$@" 2>/dev/null
 }
+written() { curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk '/^edgepipe_ingest_messages_written_total /{print $2}'; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 
 echo "| scenario | server | msgs/s acked | readings/s acked | PUBACK p50 ms | p99 ms | max ms |"
@@ -61,8 +62,10 @@ for spec in "1 conn, batch 1|--connections 1" "10 conn, batch 1|--connections 10
             "10 conn, batch 100|--connections 10 --batch 100" "100 conn, batch 100|--connections 100 --batch 100" \
             "10k msg/s fixed, 10 conn|--connections 10 --rate 10000"; do
   name="${spec%%|*}"; args="${spec#*|}"
+  w0=$(written)
   # shellcheck disable=SC2086
   row "$name" edgepipe "$(run edgepipe "$EP_PORT" $args)"
+  echo "|  | (edgepipe WAL: $(( $(written) - w0 )) messages written during this row) | | | | | |"
   # shellcheck disable=SC2086
   row "$name" mosquitto "$(run mosquitto "$MQ_PORT" $args)"
 done

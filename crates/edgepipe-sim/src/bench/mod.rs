@@ -51,7 +51,13 @@ pub async fn run_ingest(cfg: BenchConfig, progress: bool) -> Result<BenchReport>
     let live = Arc::new(Live::default());
     let start = Instant::now();
     let deadline = start + cfg.duration;
-    let ts_base = crate::now_ms();
+    // Timestamps start 30 days back so that `start + n` ms never runs into the future (a
+    // gateway refuses readings too far ahead), and values carry a per-run nonce so that a run
+    // never repeats an earlier run's readings (the gateway acknowledges exact resends without
+    // writing them, which would make a second run measure the dedup path instead of the WAL).
+    let now = crate::now_ms();
+    let ts_base = now - 30 * 24 * 3_600_000;
+    let nonce = (now % 1_000_000) as f64 / 1_000.0;
     let n = conns.len();
     let mut pollers = JoinSet::new();
     let mut senders = JoinSet::new();
@@ -67,7 +73,7 @@ pub async fn run_ingest(cfg: BenchConfig, progress: bool) -> Result<BenchReport>
             client: client.clone(),
             topic: telemetry_topic(&cfg.client_id(i)),
             qos: qos(cfg.qos),
-            payload: PayloadBuilder::new(cfg.batch, ts_base),
+            payload: PayloadBuilder::with_nonce(cfg.batch, ts_base, nonce),
             pace,
             start,
             deadline,
@@ -264,12 +270,17 @@ struct PayloadBuilder {
 }
 
 impl PayloadBuilder {
+    #[cfg(test)]
     fn new(batch: usize, ts_base: i64) -> Self {
+        Self::with_nonce(batch, ts_base, 0.0)
+    }
+
+    fn with_nonce(batch: usize, ts_base: i64, nonce: f64) -> Self {
         let tails = (0..batch)
             .map(|j| {
                 format!(
                     ",\"metrics\":{{\"m{j}\":{}}}}}",
-                    20.0 + (j % 100) as f64 * 0.25
+                    20.0 + nonce + (j % 100) as f64 * 0.25
                 )
             })
             .collect();

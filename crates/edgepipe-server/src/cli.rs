@@ -122,6 +122,18 @@ pub struct DemoArgs {
     /// Write the simulator's ground-truth anomaly labels here (CSV).
     #[arg(long)]
     pub labels: Option<PathBuf>,
+    /// How the simulated devices talk to the server.
+    #[arg(long, value_enum, default_value_t = DemoTransport::Mqtt)]
+    pub transport: DemoTransport,
+}
+
+/// Transport of the demo's simulated fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoTransport {
+    /// MQTT 3.1.1, QoS 1.
+    Mqtt,
+    /// HTTP POST /api/v1/ingest (NDJSON).
+    Http,
 }
 
 /// `devices` actions.
@@ -317,16 +329,27 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         edgepipe_sim::signal::save_labels_csv(path, &labels)?;
         println!("  labels   {} ({} anomalies)", path.display(), labels.len());
     }
+    let endpoint = match a.transport {
+        DemoTransport::Mqtt => server.mqtt_addr,
+        DemoTransport::Http => server.http_addr,
+    };
     let opts = FleetRunOptions {
-        host: server.mqtt_addr.ip().to_string(),
-        port: server.mqtt_addr.port(),
+        host: endpoint.ip().to_string(),
+        port: endpoint.port(),
         fleet,
         credentials: Credentials::Shared("demo-fleet-secret".into()),
         ..FleetRunOptions::default()
     };
     let stats = Arc::new(SimStats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let fleet_task = tokio::spawn(run_fleet(opts, stats.clone(), stop_rx));
+    let fleet_task = match a.transport {
+        DemoTransport::Mqtt => tokio::spawn(run_fleet(opts, stats.clone(), stop_rx)),
+        DemoTransport::Http => tokio::spawn(edgepipe_sim::http::run_fleet_http(
+            opts,
+            stats.clone(),
+            stop_rx,
+        )),
+    };
 
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
@@ -353,7 +376,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         last_t = Instant::now();
         let w = ing.wal().stats();
         let line = format!(
-            "devices {:>4} | readings/s acked {:>8.0} | readings {:>9} | wal {:>6.1} MiB | dead letters {}",
+            "mqtt conns {:>4} | readings/s acked {:>8.0} | readings {:>9} | wal {:>6.1} MiB | dead letters {}",
             m.mqtt_connections.load(Ordering::Relaxed),
             rate,
             readings,

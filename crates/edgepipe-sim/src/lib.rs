@@ -19,6 +19,7 @@
 
 pub mod bench;
 mod error;
+pub mod http;
 pub mod mqtt;
 pub mod signal;
 

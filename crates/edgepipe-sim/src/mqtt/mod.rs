@@ -69,7 +69,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    fn password_for(&self, device: &str) -> Result<String> {
+    pub(crate) fn password_for(&self, device: &str) -> Result<String> {
         match self {
             Credentials::UsernameOnly => Ok(String::new()),
             Credentials::Shared(p) => Ok(p.clone()),

@@ -91,12 +91,26 @@ pub enum AuthResult {
     InvalidId,
 }
 
+/// What the cache was read from: the registry file's mtime and the journal's length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Stamp {
+    file_mtime: Option<SystemTime>,
+    journal_len: u64,
+    read: bool,
+}
+
 /// The device registry.
+///
+/// Auto-registrations (dev mode) are appended to `devices.journal` (one JSON record per line,
+/// one fdatasync each) instead of rewriting `devices.json`, so registering thousands of devices
+/// stays cheap; the journal only ever adds devices absent from the file, and every operator
+/// change (`devices add/disable/...`) folds it into `devices.json` and removes it.
 #[derive(Debug)]
 pub struct DeviceRegistry {
     path: PathBuf,
     lock_path: PathBuf,
-    cache: Mutex<(Option<SystemTime>, RegistryFile)>,
+    journal_path: PathBuf,
+    cache: Mutex<(Stamp, RegistryFile)>,
 }
 
 fn now_ms() -> i64 {
@@ -136,7 +150,8 @@ impl DeviceRegistry {
         let reg = DeviceRegistry {
             path: data_dir.join("devices.json"),
             lock_path: data_dir.join("devices.lock"),
-            cache: Mutex::new((None, RegistryFile::default())),
+            journal_path: data_dir.join("devices.journal"),
+            cache: Mutex::new((Stamp::default(), RegistryFile::default())),
         };
         reg.refresh()?;
         Ok(reg)
@@ -147,42 +162,63 @@ impl DeviceRegistry {
         move |source| DeviceError::Io { path, source }
     }
 
-    fn read_file(&self) -> Result<(Option<SystemTime>, RegistryFile), DeviceError> {
-        match fs::read(&self.path) {
-            Ok(bytes) => {
-                let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-                let file: RegistryFile =
-                    serde_json::from_slice(&bytes).map_err(|e| DeviceError::Corrupt {
-                        path: self.path.clone(),
-                        message: e.to_string(),
-                    })?;
-                Ok((mtime, file))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok((None, RegistryFile::default()))
-            }
-            Err(e) => Err(self.io(&self.path)(e)),
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            file_mtime: fs::metadata(&self.path).and_then(|m| m.modified()).ok(),
+            journal_len: fs::metadata(&self.journal_path).map_or(0, |m| m.len()),
+            read: true,
         }
     }
 
-    /// Re-reads the file if it changed since last read.
+    fn read_file(&self) -> Result<(Stamp, RegistryFile), DeviceError> {
+        let stamp = self.stamp();
+        let mut file: RegistryFile = match fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DeviceError::Corrupt {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RegistryFile::default(),
+            Err(e) => return Err(self.io(&self.path)(e)),
+        };
+        match fs::read(&self.journal_path) {
+            Ok(bytes) => {
+                // A torn last line (crash mid-append) was never acknowledged: skip it.
+                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    if let Ok(rec) = serde_json::from_slice::<DeviceRecord>(line) {
+                        file.devices.entry(rec.id.clone()).or_insert(rec);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io(&self.journal_path)(e)),
+        }
+        Ok((stamp, file))
+    }
+
+    /// Re-reads the files if they changed since last read.
     fn refresh(&self) -> Result<(), DeviceError> {
-        let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let stamp = self.stamp();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.0.is_some() && cache.0 == mtime {
+        if cache.0.read && cache.0 == stamp {
             return Ok(());
         }
         *cache = self.read_file()?;
         Ok(())
     }
 
-    /// Runs `f` on the file's contents under the lock file and writes the result atomically.
+    fn lock_file(&self) -> Result<File, DeviceError> {
+        let lock = File::create(&self.lock_path).map_err(self.io(&self.lock_path))?;
+        lock.lock().map_err(self.io(&self.lock_path))?;
+        Ok(lock)
+    }
+
+    /// Runs `f` on the registry (file + journal) under the lock file and writes the result
+    /// atomically, folding the journal in.
     fn modify<T>(
         &self,
         f: impl FnOnce(&mut RegistryFile) -> Result<T, DeviceError>,
     ) -> Result<T, DeviceError> {
-        let lock = File::create(&self.lock_path).map_err(self.io(&self.lock_path))?;
-        lock.lock().map_err(self.io(&self.lock_path))?;
+        let lock = self.lock_file()?;
         let (_, mut file) = self.read_file()?;
         let out = f(&mut file)?;
         file.version = 1;
@@ -197,15 +233,60 @@ impl DeviceRegistry {
             t.sync_all().map_err(self.io(&tmp))?;
         }
         fs::rename(&tmp, &self.path).map_err(self.io(&self.path))?;
+        match fs::remove_file(&self.journal_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io(&self.journal_path)(e)),
+        }
         if let Some(dir) = self.path.parent() {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(self.io(dir))?;
         }
-        let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = (mtime, file);
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = (self.stamp(), file);
         drop(lock);
         Ok(out)
+    }
+
+    /// Appends an auto-registered device to the journal (one fdatasync) unless it exists.
+    fn register(&self, rec: DeviceRecord) -> Result<AuthResult, DeviceError> {
+        let lock = self.lock_file()?;
+        self.refresh()?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = cache.1.devices.get(&rec.id) {
+            return Ok(
+                if existing.enabled && ct_eq(&existing.token_sha256, &rec.token_sha256) {
+                    AuthResult::Ok
+                } else if !existing.enabled {
+                    AuthResult::Disabled
+                } else {
+                    AuthResult::BadToken
+                },
+            );
+        }
+        let mut line = serde_json::to_vec(&rec).map_err(|e| DeviceError::Corrupt {
+            path: self.journal_path.clone(),
+            message: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let created = !self.journal_path.exists();
+        let mut j = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal_path)
+            .map_err(self.io(&self.journal_path))?;
+        j.write_all(&line).map_err(self.io(&self.journal_path))?;
+        j.sync_data().map_err(self.io(&self.journal_path))?;
+        if created && let Some(dir) = self.journal_path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(self.io(dir))?;
+        }
+        cache.1.devices.insert(rec.id.clone(), rec);
+        cache.0 = self.stamp();
+        drop(cache);
+        drop(lock);
+        Ok(AuthResult::Registered)
     }
 
     /// Registers a device and returns its token (shown once; only its hash is stored).
@@ -303,23 +384,14 @@ impl DeviceRegistry {
             Some(d) if ct_eq(&d.token_sha256, &hash_token(token)) => Ok(AuthResult::Ok),
             Some(_) => Ok(AuthResult::BadToken),
             None if auto_register && !token.is_empty() => {
-                let hash = hash_token(token);
-                let id = id.to_string();
-                self.modify(move |f| {
-                    let now = now_ms();
-                    let rec = f.devices.entry(id.clone()).or_insert(DeviceRecord {
-                        id,
-                        token_sha256: hash.clone(),
-                        enabled: true,
-                        created_at: now,
-                        rotated_at: now,
-                        auto_registered: true,
-                    });
-                    Ok(if rec.token_sha256 == hash {
-                        AuthResult::Registered
-                    } else {
-                        AuthResult::BadToken
-                    })
+                let now = now_ms();
+                self.register(DeviceRecord {
+                    id: id.to_string(),
+                    token_sha256: hash_token(token),
+                    enabled: true,
+                    created_at: now,
+                    rotated_at: now,
+                    auto_registered: true,
                 })
             }
             None => Ok(AuthResult::Unknown),
@@ -366,6 +438,46 @@ mod tests {
         cli.set_enabled("pump-1", false)?;
         assert_eq!(
             reg.authenticate("pump-1", &new, false)?,
+            AuthResult::Disabled
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn auto_registrations_go_to_the_journal_and_fold_into_the_file()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let reg = DeviceRegistry::open(dir.path())?;
+        for i in 0..50 {
+            assert_eq!(
+                reg.authenticate(&format!("auto-{i}"), "pw", true)?,
+                AuthResult::Registered
+            );
+        }
+        assert!(dir.path().join("devices.journal").exists());
+        assert!(!dir.path().join("devices.json").exists());
+        // A torn last line (crash mid-append) is ignored.
+        let mut j = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("devices.journal"))?;
+        j.write_all(b"{\"id\":\"torn")?;
+        drop(j);
+        let cli = DeviceRegistry::open(dir.path())?;
+        assert_eq!(cli.list()?.len(), 50);
+        cli.set_enabled("auto-7", false)?;
+        assert!(
+            !dir.path().join("devices.journal").exists(),
+            "folded into devices.json"
+        );
+        let again = DeviceRegistry::open(dir.path())?;
+        assert_eq!(again.list()?.len(), 50);
+        assert_eq!(
+            again.authenticate("auto-7", "pw", true)?,
+            AuthResult::Disabled
+        );
+        assert_eq!(again.authenticate("auto-8", "pw", true)?, AuthResult::Ok);
+        assert_eq!(
+            reg.authenticate("auto-7", "pw", true)?,
             AuthResult::Disabled
         );
         Ok(())

@@ -148,9 +148,30 @@ type DedupKey = (String, String, String);
 /// publish repeated after a crash or lost PUBACK) and is acknowledged without writing again.
 #[derive(Debug, Default)]
 struct ContentDedup {
-    current: std::collections::HashSet<u64>,
-    previous: std::collections::HashSet<u64>,
+    current: HashSet64,
+    previous: HashSet64,
 }
+
+/// The set's keys are already SipHash outputs: hashing them again would only cost time.
+#[derive(Debug, Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `HashSet<u64>`; fold anything else in for completeness.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type HashSet64 = std::collections::HashSet<u64, std::hash::BuildHasherDefault<PassThrough>>;
 
 /// Readings remembered per generation (two generations are kept).
 const CONTENT_GENERATION: usize = 1 << 20;
@@ -163,6 +184,9 @@ impl ContentDedup {
                 .all(|h| self.current.contains(h) || self.previous.contains(h))
     }
     fn insert_all(&mut self, hashes: &[u64]) {
+        if self.current.capacity() == 0 {
+            self.current.reserve(CONTENT_GENERATION);
+        }
         for h in hashes {
             self.current.insert(*h);
         }

@@ -13,6 +13,9 @@
 //! - Bad payload: stored as a dead letter first, then v5 PUBACK 0x99; v3.1.1 PUBACK (the message
 //!   is durably kept, in the dead-letter store, so the client must not resend it forever).
 //! - Unknown topic: dead letter, v5 PUBACK 0x90; v3.1.1 PUBACK.
+//! - Payload over `limits.max_payload_bytes`: dead letter (raw bytes truncated, flagged), v5
+//!   PUBACK 0x99, v3.1.1 PUBACK. A packet more than 64 KiB beyond that is refused by the codec
+//!   before it is read: the connection closes and nothing is acknowledged.
 //! - Rate limit: v5 PUBACK 0x97 (not stored; the client keeps it); v3.1.1 connection closed.
 //! - WAL unavailable (budget full, fsync failed): connection closed without ack, the client
 //!   retries after reconnecting.

@@ -439,3 +439,73 @@ fn demo_runs_beside_another_broker_and_exits_zero() -> TestResult {
     assert!(written > 0, "{line}");
     Ok(())
 }
+
+#[test]
+fn oversized_payload_is_dead_lettered_truncated_and_huge_one_closes_the_connection() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "big")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let port = srv.mqtt.port().to_string();
+    let file = dir.path().join("p.bin");
+    // Over the 128 KiB payload limit but within the codec's frame limit: refused with a reason,
+    // kept as a (truncated) dead letter, and acknowledged on 3.1.1 so it is not resent forever.
+    std::fs::write(&file, vec![b'x'; 150 * 1024])?;
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "big",
+            "-P",
+            &token,
+            "-q",
+            "1",
+            "-t",
+            "edgepipe/v1/big/telemetry",
+            "-f",
+            file.to_str().ok_or("path")?,
+            "-d",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(
+        &curl(&[&format!("http://{}/api/v1/deadletters", srv.http)])?.stdout,
+    )?;
+    let d = &v["items"][0];
+    assert_eq!(d["reason"], "too_large", "{v}");
+    assert_eq!(d["truncated"], true);
+    assert_eq!(d["original_len"], 150 * 1024);
+    // Far over the limit: the codec closes the connection; nothing is acknowledged or written.
+    std::fs::write(&file, vec![b'x'; 1024 * 1024])?;
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "big",
+            "-P",
+            &token,
+            "-q",
+            "1",
+            "-t",
+            "edgepipe/v1/big/telemetry",
+            "-f",
+            file.to_str().ok_or("path")?,
+            "-d",
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("received PUBACK"), "{text}");
+    assert_eq!(srv.status()?["readings_written"], 0);
+    Ok(())
+}

@@ -509,3 +509,42 @@ fn oversized_payload_is_dead_lettered_truncated_and_huge_one_closes_the_connecti
     assert_eq!(srv.status()?["readings_written"], 0);
     Ok(())
 }
+
+#[test]
+fn keep_alive_timeout_drops_a_silent_client_and_publishes_its_will() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = add_device(dir.path(), "quiet")?;
+    let srv = Server::start(dir.path(), &[])?;
+    let out = run(
+        "python3",
+        &[
+            script("raw_keepalive.py").to_str().ok_or("path")?,
+            "127.0.0.1",
+            &srv.mqtt.port().to_string(),
+            "quiet",
+            &token,
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["connack_rc"], 0, "{r}");
+    assert_eq!(r["closed"], true, "{r}");
+    let after = r["after_s"].as_f64().ok_or("after_s")?;
+    // Spec: 1.5 x keep-alive. Loose upper bound: this checks behaviour, not speed.
+    assert!(
+        (0.9..10.0).contains(&after),
+        "closed after {after} s for keep-alive 1 s: {r}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || srv
+            .status()
+            .map(|s| s["readings_written"] == 1)
+            .unwrap_or(false)),
+        "will not published after keep-alive timeout"
+    );
+    Ok(())
+}

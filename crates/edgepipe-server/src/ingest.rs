@@ -244,8 +244,12 @@ pub struct Ingestor {
     max_payload: usize,
     rate: u32,
     mappings: Vec<TopicMapping>,
-    dedup: Mutex<HashMap<DedupKey, SeqWindow>>,
-    content: Mutex<ContentDedup>,
+    dedup: Arc<Mutex<HashMap<DedupKey, SeqWindow>>>,
+    content: Arc<Mutex<ContentDedup>>,
+    /// Runs each WAL append and its index bookkeeping as a task of its own, so a handler that
+    /// is dropped mid-await (its connection closed) cannot leave a durable record out of the
+    /// replay indexes.
+    runtime: Option<tokio::runtime::Handle>,
     buckets: Mutex<HashMap<String, Bucket>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -289,8 +293,9 @@ impl Ingestor {
             max_payload: p.max_payload,
             rate: p.device_msgs_per_sec,
             mappings: p.mappings,
-            dedup: Mutex::new(HashMap::new()),
-            content: Mutex::new(ContentDedup::default()),
+            dedup: Arc::new(Mutex::new(HashMap::new())),
+            content: Arc::new(Mutex::new(ContentDedup::default())),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             buckets: Mutex::new(HashMap::new()),
             clock: p.clock,
             metrics: p.metrics,
@@ -369,10 +374,19 @@ impl Ingestor {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let burst = f64::from(self.rate) * 2.0;
-        let b = buckets.entry(device.to_string()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
+        // Look up before inserting so the common case allocates nothing.
+        if !buckets.contains_key(device) {
+            buckets.insert(
+                device.to_string(),
+                Bucket {
+                    tokens: burst,
+                    last: now,
+                },
+            );
+        }
+        let Some(b) = buckets.get_mut(device) else {
+            return true;
+        };
         let refill = now.duration_since(b.last).as_secs_f64() * f64::from(self.rate);
         b.tokens = (b.tokens + refill).min(burst);
         b.last = now;
@@ -542,31 +556,51 @@ impl Ingestor {
             tags,
             readings: decoded.readings,
         };
-        match self.wal.append(rec.encode()).await {
-            Ok(_) => {
-                self.content
+        let wal = self.wal.clone();
+        let content = self.content.clone();
+        let dedup = self.dedup.clone();
+        let metrics = self.metrics.clone();
+        let seq_key = decoded
+            .origin
+            .map(|o| ((device.to_string(), o.source, o.stream), o.seq));
+        let bytes = rec.encode();
+        let job = async move {
+            let r = wal.append(bytes).await;
+            if r.is_ok() {
+                metrics.messages_written.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .readings_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                content
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert_all(&hashes);
-                if let Some(o) = decoded.origin {
-                    self.dedup
+                if let Some((key, seq)) = seq_key {
+                    dedup
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .entry((device.to_string(), o.source, o.stream))
+                        .entry(key)
                         .or_default()
-                        .insert(o.seq);
+                        .insert(seq);
                 }
-                self.metrics
-                    .messages_written
-                    .fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .readings_written
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                Ok(Accepted {
-                    readings: n,
-                    duplicate: false,
-                })
             }
+            r
+        };
+        let result = match &self.runtime {
+            Some(rt) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                rt.spawn(async move {
+                    let _ = tx.send(job.await);
+                });
+                rx.await.unwrap_or(Err(edgepipe_wal::Error::Closed))
+            }
+            None => job.await,
+        };
+        match result {
+            Ok(_) => Ok(Accepted {
+                readings: n,
+                duplicate: false,
+            }),
             Err(e) => {
                 tracing::error!(error = %e, device = %device, "wal append failed; not acknowledging");
                 self.metrics.reject(RejectReason::Unavailable);

@@ -246,10 +246,6 @@ pub struct Ingestor {
     mappings: Vec<TopicMapping>,
     dedup: Arc<Mutex<HashMap<DedupKey, SeqWindow>>>,
     content: Arc<Mutex<ContentDedup>>,
-    /// Runs each WAL append and its index bookkeeping as a task of its own, so a handler that
-    /// is dropped mid-await (its connection closed) cannot leave a durable record out of the
-    /// replay indexes.
-    runtime: Option<tokio::runtime::Handle>,
     buckets: Mutex<HashMap<String, Bucket>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -295,7 +291,6 @@ impl Ingestor {
             mappings: p.mappings,
             dedup: Arc::new(Mutex::new(HashMap::new())),
             content: Arc::new(Mutex::new(ContentDedup::default())),
-            runtime: tokio::runtime::Handle::try_current().ok(),
             buckets: Mutex::new(HashMap::new()),
             clock: p.clock,
             metrics: p.metrics,
@@ -547,26 +542,25 @@ impl Ingestor {
             });
         }
         let n = decoded.readings.len();
-        let origin = decoded.origin.clone();
         let rec = IngestRecord {
             device_id: device.clone(),
             received_at: self.clock.now_ms(),
             transport,
-            origin,
+            origin: decoded.origin.clone(),
             tags,
             readings: decoded.readings,
         };
-        let wal = self.wal.clone();
+        // The index update runs on the WAL writer once the record is durable, so a handler
+        // dropped mid-await (its connection closed) cannot leave a stored record unindexed.
         let content = self.content.clone();
         let dedup = self.dedup.clone();
         let metrics = self.metrics.clone();
         let seq_key = decoded
             .origin
             .map(|o| ((device.to_string(), o.source, o.stream), o.seq));
-        let bytes = rec.encode();
-        let job = async move {
-            let r = wal.append(bytes).await;
-            if r.is_ok() {
+        let result = self
+            .wal
+            .append_then(rec.encode(), move |_| {
                 metrics.messages_written.fetch_add(1, Ordering::Relaxed);
                 metrics
                     .readings_written
@@ -583,19 +577,8 @@ impl Ingestor {
                         .or_default()
                         .insert(seq);
                 }
-            }
-            r
-        };
-        let result = match &self.runtime {
-            Some(rt) => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                rt.spawn(async move {
-                    let _ = tx.send(job.await);
-                });
-                rx.await.unwrap_or(Err(edgepipe_wal::Error::Closed))
-            }
-            None => job.await,
-        };
+            })
+            .await;
         match result {
             Ok(_) => Ok(Accepted {
                 readings: n,

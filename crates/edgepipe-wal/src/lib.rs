@@ -285,11 +285,15 @@ impl Shared {
     }
 }
 
+/// Runs on the writer thread once an append is durable, with the append's first sequence.
+pub type OnDurable = Box<dyn FnOnce(u64) + Send + 'static>;
+
 enum Request {
     Append {
         payloads: Vec<Vec<u8>>,
         durable: bool,
         reply: oneshot::Sender<Result<u64>>,
+        on_durable: Option<OnDurable>,
     },
 }
 
@@ -691,23 +695,42 @@ impl Wal {
     /// Appends one record. When this returns `Ok(seq)`, the record is fdatasynced and will be
     /// found at `seq` after any crash.
     pub async fn append(&self, payload: Vec<u8>) -> Result<u64> {
-        self.submit(vec![payload], true).await
+        self.submit(vec![payload], true, None).await
     }
 
     /// Appends several records atomically ordered; returns the first one's sequence. When it
     /// returns, all are fdatasynced.
     pub async fn append_batch(&self, payloads: Vec<Vec<u8>>) -> Result<u64> {
-        self.submit(payloads, true).await
+        self.submit(payloads, true, None).await
+    }
+
+    /// Like [`append`](Self::append), and `on_durable` runs on the writer thread right after the
+    /// record is fdatasynced, before this returns, even if the caller's future was dropped in
+    /// the meantime. Use it for bookkeeping that must follow every durable record (an index of
+    /// what is stored) and must not be lost when a caller is cancelled. It does not run if the
+    /// append fails. Keep it short: it runs inside the group commit.
+    pub async fn append_then(
+        &self,
+        payload: Vec<u8>,
+        on_durable: impl FnOnce(u64) + Send + 'static,
+    ) -> Result<u64> {
+        self.submit(vec![payload], true, Some(Box::new(on_durable)))
+            .await
     }
 
     /// Appends one record without waiting for fsync: when this returns the bytes are written
     /// to the OS (they survive a process crash but not a power loss until the group's fsync,
     /// which follows immediately). Readers see the record only once it is durable.
     pub async fn append_unconfirmed(&self, payload: Vec<u8>) -> Result<u64> {
-        self.submit(vec![payload], false).await
+        self.submit(vec![payload], false, None).await
     }
 
-    async fn submit(&self, payloads: Vec<Vec<u8>>, durable: bool) -> Result<u64> {
+    async fn submit(
+        &self,
+        payloads: Vec<Vec<u8>>,
+        durable: bool,
+        on_durable: Option<OnDurable>,
+    ) -> Result<u64> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);
         }
@@ -724,6 +747,7 @@ impl Wal {
                 payloads,
                 durable,
                 reply,
+                on_durable,
             })
             .await
             .map_err(|_| Error::Closed)?;
@@ -931,9 +955,9 @@ struct Writer {
 
 struct Pending {
     first: u64,
-    count: usize,
     durable: bool,
     reply: oneshot::Sender<Result<u64>>,
+    on_durable: Option<OnDurable>,
 }
 
 impl Writer {
@@ -967,6 +991,7 @@ impl Writer {
                 payloads,
                 durable,
                 reply,
+                on_durable,
             } in reqs
             {
                 if failed {
@@ -1008,9 +1033,9 @@ impl Writer {
                     .fetch_add(payloads.len() as u64, Ordering::Relaxed);
                 pending.push(Pending {
                     first,
-                    count: payloads.len(),
                     durable,
                     reply,
+                    on_durable,
                 });
             }
             if failed {
@@ -1038,21 +1063,22 @@ impl Writer {
         let path = self.active.path.clone();
         self.file.write_all(buf).map_err(io_err(&path))?;
         buf.clear();
-        let mut durable = Vec::with_capacity(pending.len());
-        for p in pending.drain(..) {
-            if p.durable {
-                durable.push(p);
-            } else {
-                let _ = p.reply.send(Ok(p.first));
-            }
+        // Unconfirmed appends are answered once written; the rest after the fsync.
+        for p in pending.iter_mut().filter(|p| !p.durable) {
+            let (tx, _) = oneshot::channel();
+            let _ = std::mem::replace(&mut p.reply, tx).send(Ok(p.first));
         }
         self.file.sync_data().map_err(io_err(&path))?;
         self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.publish_active();
         self.shared.durable.send_replace(self.active.end_seq);
-        for p in durable {
-            debug_assert!(p.count > 0 || p.first <= self.active.end_seq);
-            let _ = p.reply.send(Ok(p.first));
+        for p in pending.drain(..) {
+            if let Some(f) = p.on_durable {
+                f(p.first);
+            }
+            if p.durable {
+                let _ = p.reply.send(Ok(p.first));
+            }
         }
         Ok(())
     }

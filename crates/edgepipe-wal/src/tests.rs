@@ -228,6 +228,43 @@ fn group_commit_covers_concurrent_appends() -> TestResult {
 }
 
 #[test]
+fn on_durable_runs_even_when_the_caller_is_dropped_and_not_on_failure() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.block_on(async {
+        let t = tx.clone();
+        let fut = wal.append_then(b"a".to_vec(), move |seq| {
+            let _ = t.send(seq);
+        });
+        tokio::pin!(fut);
+        // Poll once (the request reaches the writer), then drop the caller mid-await.
+        tokio::select! {
+            biased;
+            _ = &mut fut => {}
+            _ = async {} => {}
+        }
+    });
+    let seq = rx.recv_timeout(std::time::Duration::from_secs(10))?;
+    assert_eq!(seq, 0);
+    assert_eq!(
+        wal.read(0, 10)?,
+        vec![(0, b"a".to_vec())],
+        "durable before the callback"
+    );
+    let t = tx.clone();
+    let err = rt
+        .block_on(wal.append_then(vec![0; 64 * 1024 + 1], move |s| {
+            let _ = t.send(s);
+        }))
+        .err();
+    assert!(matches!(err, Some(Error::RecordTooLarge { .. })));
+    assert!(rx.try_recv().is_err(), "no callback for a refused append");
+    Ok(())
+}
+
+#[test]
 fn waiting_reader_sees_new_records() -> TestResult {
     let dir = tempfile::tempdir()?;
     let rt = rt();

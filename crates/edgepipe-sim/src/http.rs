@@ -13,9 +13,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::Result;
 use crate::mqtt::{FleetRunOptions, SimStats, telemetry_json};
 use crate::signal::Fleet;
-use crate::{Error, Result};
 
 /// Largest response accepted from the server.
 const MAX_RESPONSE: usize = 1 << 20;
@@ -47,16 +47,7 @@ pub async fn run_fleet_http(
             shutdown.clone(),
         ));
     }
-    let mut failure = None;
-    while let Some(res) = tasks.join_next().await {
-        if let Err(e) = res {
-            failure.get_or_insert(Error::Task {
-                what: "http fleet device",
-                reason: e.to_string(),
-            });
-        }
-    }
-    failure.map_or(Ok(()), Err)
+    crate::mqtt::join_devices(tasks, "http fleet device").await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -171,36 +171,20 @@ fn bad_token_is_401_and_huge_body_is_413() -> TestResult {
 #[test]
 fn demo_over_http_ingests_and_exits_zero() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let out = edgepipe(&[
-        "demo",
-        "--transport",
-        "http",
-        "--duration",
-        "3s",
-        "--devices",
-        "4",
-        "--interval",
-        "200ms",
-        "--data-dir",
-        dir.path().to_str().ok_or("path")?,
-    ])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("demo finished"))
-        .ok_or("summary")?;
-    let acked: u64 = line
-        .split(" published, ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .ok_or("acked count")?;
-    assert!(acked > 10, "{line}");
+    let line = run_demo(
+        dir.path(),
+        &[
+            "--transport",
+            "http",
+            "--duration",
+            "3s",
+            "--devices",
+            "4",
+            "--interval",
+            "200ms",
+        ],
+    )?;
+    assert!(number_after(&line, " published, ")? > 10, "{line}");
     assert!(line.contains("0 dead letters"), "{line}");
     Ok(())
 }

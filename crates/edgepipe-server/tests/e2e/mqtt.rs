@@ -409,34 +409,11 @@ fn a_taken_port_names_the_flag_to_change() -> TestResult {
 fn demo_runs_beside_another_broker_and_exits_zero() -> TestResult {
     let dir = tempfile::tempdir()?;
     // Mosquitto already holds 1883 on this machine; the demo must pick free ports.
-    let out = edgepipe(&[
-        "demo",
-        "--duration",
-        "4s",
-        "--devices",
-        "5",
-        "--interval",
-        "200ms",
-        "--data-dir",
-        dir.path().to_str().ok_or("path")?,
-    ])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("demo finished"))
-        .ok_or("summary line")?;
-    let written: u64 = line
-        .split("server wrote ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .ok_or("readings count")?;
-    assert!(written > 0, "{line}");
+    let line = run_demo(
+        dir.path(),
+        &["--duration", "4s", "--devices", "5", "--interval", "200ms"],
+    )?;
+    assert!(number_after(&line, "server wrote ")? > 0, "{line}");
     Ok(())
 }
 
@@ -449,27 +426,31 @@ fn oversized_payload_is_dead_lettered_truncated_and_huge_one_closes_the_connecti
     let file = dir.path().join("p.bin");
     // Over the 128 KiB payload limit but within the codec's frame limit: refused with a reason,
     // kept as a (truncated) dead letter, and acknowledged on 3.1.1 so it is not resent forever.
-    std::fs::write(&file, vec![b'x'; 150 * 1024])?;
-    let out = run(
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "big",
-            "-P",
-            &token,
-            "-q",
-            "1",
-            "-t",
-            "edgepipe/v1/big/telemetry",
-            "-f",
-            file.to_str().ok_or("path")?,
-            "-d",
-        ],
-    )?;
+    let file_s = file.to_str().ok_or("path")?.to_string();
+    let pub_file = |len: usize| -> TestResult<std::process::Output> {
+        std::fs::write(&file, vec![b'x'; len])?;
+        run(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                "big",
+                "-P",
+                &token,
+                "-q",
+                "1",
+                "-t",
+                "edgepipe/v1/big/telemetry",
+                "-f",
+                &file_s,
+                "-d",
+            ],
+        )
+    };
+    let out = pub_file(150 * 1024)?;
     assert!(
         out.status.success(),
         "{}",
@@ -483,27 +464,7 @@ fn oversized_payload_is_dead_lettered_truncated_and_huge_one_closes_the_connecti
     assert_eq!(d["truncated"], true);
     assert_eq!(d["original_len"], 150 * 1024);
     // Far over the limit: the codec closes the connection; nothing is acknowledged or written.
-    std::fs::write(&file, vec![b'x'; 1024 * 1024])?;
-    let out = run(
-        "mosquitto_pub",
-        &[
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "big",
-            "-P",
-            &token,
-            "-q",
-            "1",
-            "-t",
-            "edgepipe/v1/big/telemetry",
-            "-f",
-            file.to_str().ok_or("path")?,
-            "-d",
-        ],
-    )?;
+    let out = pub_file(1024 * 1024)?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("received PUBACK"), "{text}");
     assert_eq!(srv.status()?["readings_written"], 0);

@@ -181,3 +181,33 @@ pub(crate) fn free_port() -> TestResult<u16> {
         .local_addr()?
         .port())
 }
+
+/// Runs `edgepipe demo ARGS --data-dir DIR`, asserts exit 0 and returns the summary line
+/// ("demo finished: N messages published, M acked; server wrote R readings ...").
+pub(crate) fn run_demo(dir: &Path, args: &[&str]) -> TestResult<String> {
+    let mut all = vec!["demo"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--data-dir", dir.to_str().ok_or("path")?]);
+    let out = edgepipe(&all)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("demo finished"))
+        .ok_or_else(|| format!("no summary line in {text}"))?
+        .to_string())
+}
+
+/// The number right after `marker` in `line`.
+pub(crate) fn number_after(line: &str, marker: &str) -> TestResult<u64> {
+    Ok(line
+        .split(marker)
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no number after {marker:?} in {line:?}"))?)
+}

@@ -279,19 +279,21 @@ pub async fn run_fleet(
         };
         tasks.spawn(dev.run(shutdown.clone()));
     }
+    join_devices(tasks, "fleet device").await
+}
+
+/// Waits for every device task; the first that panicked or was cancelled becomes the error.
+pub(crate) async fn join_devices(mut tasks: JoinSet<()>, what: &'static str) -> Result<()> {
     let mut failure = None;
     while let Some(res) = tasks.join_next().await {
         if let Err(e) = res {
             failure.get_or_insert(Error::Task {
-                what: "fleet device",
+                what,
                 reason: e.to_string(),
             });
         }
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// One simulated device: a sampler task feeding an MQTT client whose event loop this drives.

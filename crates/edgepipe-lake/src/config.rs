@@ -1,0 +1,162 @@
+//! `[lake]` configuration: where the lake lives, how often it flushes and compacts, and how long
+//! each table is kept.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::S3Config;
+
+/// The lake writer's and compactor's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// Lake location: a directory, `file:///dir` or `s3://bucket/prefix`. Empty means
+    /// `<data_dir>/lake`.
+    pub url: String,
+    /// S3 settings for `s3://` URLs.
+    pub s3: S3Config,
+    /// Write buffered rows to Parquet at least this often. SQL sees rows before they are
+    /// flushed (from the fresh buffer), so this trades file count against WAL replay length.
+    #[serde(with = "humantime_serde_compat")]
+    pub flush_interval: Duration,
+    /// Flush as soon as this many rows are buffered.
+    pub flush_max_rows: usize,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// Readings received more than this after their event time are flagged `replayed`.
+    #[serde(with = "humantime_serde_compat")]
+    pub late_after: Duration,
+    /// Run compaction this often (`0s` disables background compaction; `edgepipe lake compact`
+    /// still works).
+    #[serde(with = "humantime_serde_compat")]
+    pub compaction_interval: Duration,
+    /// Compact a partition once it holds this many small files, even if its hour is still open.
+    pub compact_min_files: usize,
+    /// Compact a closed hour (and write its rollups) once it has been closed this long.
+    #[serde(with = "humantime_serde_compat")]
+    pub compact_after: Duration,
+    /// Target size of a compacted file, in bytes.
+    pub target_file_bytes: u64,
+    /// Write 1-minute and 1-hour rollups when compacting.
+    pub rollups: bool,
+    /// How long each table is kept.
+    pub retention: RetentionConfig,
+}
+
+/// Age limits per table, in days of event time; `0` keeps forever.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Raw readings.
+    pub readings_days: u32,
+    /// 1-minute rollups.
+    pub rollup_1m_days: u32,
+    /// 1-hour rollups.
+    pub rollup_1h_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            readings_days: 0,
+            rollup_1m_days: 0,
+            rollup_1h_days: 0,
+        }
+    }
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            s3: S3Config::default(),
+            flush_interval: Duration::from_secs(30),
+            flush_max_rows: 1_000_000,
+            row_group_rows: 256 * 1024,
+            late_after: Duration::from_secs(300),
+            compaction_interval: Duration::from_secs(60),
+            compact_min_files: 12,
+            compact_after: Duration::from_secs(300),
+            target_file_bytes: 128 * 1024 * 1024,
+            rollups: true,
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+impl LakeConfig {
+    /// Small sizes and short intervals for tests.
+    pub fn test_config() -> Self {
+        Self {
+            flush_interval: Duration::from_millis(200),
+            flush_max_rows: 10_000,
+            row_group_rows: 4096,
+            compaction_interval: Duration::ZERO,
+            ..Self::default()
+        }
+    }
+
+    /// Every problem with the settings, as `(key path, message)`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.flush_interval.is_zero() {
+            out.push((
+                "lake.flush_interval".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.flush_max_rows == 0 {
+            out.push(("lake.flush_max_rows".into(), "must be at least 1".into()));
+        }
+        if self.row_group_rows < 1024 {
+            out.push((
+                "lake.row_group_rows".into(),
+                format!("{} is too small (at least 1024)", self.row_group_rows),
+            ));
+        }
+        if self.compact_min_files < 2 {
+            out.push((
+                "lake.compact_min_files".into(),
+                "must be at least 2".into(),
+            ));
+        }
+        if self.target_file_bytes < 1024 * 1024 {
+            out.push((
+                "lake.target_file_bytes".into(),
+                "must be at least 1 MiB".into(),
+            ));
+        }
+        if !(self.url.is_empty()
+            || self.url.starts_with("s3://")
+            || self.url.starts_with("file://")
+            || !self.url.contains("://"))
+        {
+            out.push((
+                "lake.url".into(),
+                format!(
+                    "{:?}: unsupported scheme (use a directory, file:// or s3://)",
+                    self.url
+                ),
+            ));
+        }
+        out
+    }
+}
+
+/// Durations as humantime strings (`"500ms"`, `"30s"`, `"5m"`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}

@@ -1,0 +1,262 @@
+//! The lake's table schemas (versioned) and the conversion of WAL records into Arrow rows.
+//!
+//! # `readings`, schema version 1
+//!
+//! | column | type | meaning |
+//! | --- | --- | --- |
+//! | `device_id` | utf8 | authenticated device (dictionary-encoded in Parquet) |
+//! | `metric` | utf8 | metric name (dictionary-encoded) |
+//! | `ts` | timestamp(µs, UTC) | event time |
+//! | `value` | float64, null | numeric value; integers as float, booleans as 0/1, strings null |
+//! | `value_int` | int64, null | the exact value when the reading was an integer |
+//! | `value_bool` | boolean, null | the value when the reading was a boolean |
+//! | `value_str` | utf8, null | the value when the reading was a string |
+//! | `quality` | utf8 | `good`, or `server_time` when the device sent no timestamp |
+//! | `received_at` | timestamp(µs, UTC) | server receive time |
+//! | `replayed` | boolean | late or backfilled: received more than `late_after` after `ts`, or sent as a replay |
+//! | `source` | utf8 | `mqtt311`, `mqtt5`, `http`, `replay`, or `agent:<source>/<stream>` |
+//! | `tags` | utf8, null | JSON object of topic-mapping labels, null when none |
+//! | `wal_seq` | int64 | the server WAL record the reading came from (provenance; last write wins on it) |
+//!
+//! Hive partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`) come from the directory names
+//! and are derived from `ts` (event time). Schema evolution only appends nullable columns; a
+//! reader of version N reads files of every version ≤ N (missing columns read as null).
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use edgepipe_types::{IngestRecord, Transport, TsSource, Value};
+
+use crate::{Error, Result};
+
+/// Version of the `readings` schema this build writes.
+pub const READINGS_SCHEMA_VERSION: u32 = 1;
+
+/// Microseconds in one hour.
+pub const HOUR_US: i64 = 3_600_000_000;
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+static READINGS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("ts", ts_type(), false),
+        Field::new("value", DataType::Float64, true),
+        Field::new("value_int", DataType::Int64, true),
+        Field::new("value_bool", DataType::Boolean, true),
+        Field::new("value_str", DataType::Utf8, true),
+        Field::new("quality", DataType::Utf8, false),
+        Field::new("received_at", ts_type(), false),
+        Field::new("replayed", DataType::Boolean, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("tags", DataType::Utf8, true),
+        Field::new("wal_seq", DataType::Int64, false),
+    ]))
+});
+
+static ROLLUP: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("bucket", ts_type(), false),
+        Field::new("count", DataType::Int64, false),
+        Field::new("min", DataType::Float64, true),
+        Field::new("max", DataType::Float64, true),
+        Field::new("avg", DataType::Float64, true),
+        Field::new("sum", DataType::Float64, true),
+    ]))
+});
+
+/// The `readings` file schema (without the partition columns).
+pub fn readings_schema() -> SchemaRef {
+    READINGS.clone()
+}
+
+/// The schema of `rollup_1m` and `rollup_1h` files: one row per series and bucket, over the
+/// numeric readings (`count` counts every reading, `min/max/avg/sum` the numeric ones).
+pub fn rollup_schema() -> SchemaRef {
+    ROLLUP.clone()
+}
+
+/// Column index of `ts` in [`readings_schema`].
+pub const COL_TS: usize = 2;
+/// Column index of `wal_seq` in [`readings_schema`].
+pub const COL_WAL_SEQ: usize = 12;
+
+/// Builds `readings` rows from decoded WAL records.
+#[derive(Debug)]
+pub struct RowsBuilder {
+    late_after_us: i64,
+    device_id: StringBuilder,
+    metric: StringBuilder,
+    ts: TimestampMicrosecondBuilder,
+    value: Float64Builder,
+    value_int: Int64Builder,
+    value_bool: BooleanBuilder,
+    value_str: StringBuilder,
+    quality: StringBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    replayed: BooleanBuilder,
+    source: StringBuilder,
+    tags: StringBuilder,
+    wal_seq: Int64Builder,
+    rows: usize,
+}
+
+impl RowsBuilder {
+    /// A builder marking readings received more than `late_after_us` after their event time as
+    /// replayed.
+    pub fn new(late_after_us: i64) -> Self {
+        Self {
+            late_after_us,
+            device_id: StringBuilder::new(),
+            metric: StringBuilder::new(),
+            ts: TimestampMicrosecondBuilder::new(),
+            value: Float64Builder::new(),
+            value_int: Int64Builder::new(),
+            value_bool: BooleanBuilder::new(),
+            value_str: StringBuilder::new(),
+            quality: StringBuilder::new(),
+            received_at: TimestampMicrosecondBuilder::new(),
+            replayed: BooleanBuilder::new(),
+            source: StringBuilder::new(),
+            tags: StringBuilder::new(),
+            wal_seq: Int64Builder::new(),
+            rows: 0,
+        }
+    }
+
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is pending.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Appends every reading of one WAL record.
+    pub fn push_record(&mut self, wal_seq: u64, rec: &IngestRecord) {
+        let source = match (&rec.origin, rec.transport) {
+            (Some(o), _) => format!("agent:{}/{}", o.source, o.stream),
+            (None, Transport::Mqtt311) => "mqtt311".to_owned(),
+            (None, Transport::Mqtt5) => "mqtt5".to_owned(),
+            (None, Transport::Http) => "http".to_owned(),
+            (None, Transport::Replay) => "replay".to_owned(),
+        };
+        let tags = if rec.tags.is_empty() {
+            None
+        } else {
+            let map: serde_json::Map<String, serde_json::Value> = rec
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            Some(serde_json::Value::Object(map).to_string())
+        };
+        let received_us = rec.received_at.saturating_mul(1000);
+        let seq = i64::try_from(wal_seq).unwrap_or(i64::MAX);
+        for r in &rec.readings {
+            let ts_us = r.ts.saturating_mul(1000);
+            self.device_id.append_value(rec.device_id.as_str());
+            self.metric.append_value(r.metric.as_str());
+            self.ts.append_value(ts_us);
+            match &r.value {
+                Value::F64(v) => {
+                    self.value.append_value(*v);
+                    self.value_int.append_null();
+                    self.value_bool.append_null();
+                    self.value_str.append_null();
+                }
+                Value::I64(v) => {
+                    self.value.append_value(*v as f64);
+                    self.value_int.append_value(*v);
+                    self.value_bool.append_null();
+                    self.value_str.append_null();
+                }
+                Value::Bool(b) => {
+                    self.value.append_value(if *b { 1.0 } else { 0.0 });
+                    self.value_int.append_null();
+                    self.value_bool.append_value(*b);
+                    self.value_str.append_null();
+                }
+                Value::Str(s) => {
+                    self.value.append_null();
+                    self.value_int.append_null();
+                    self.value_bool.append_null();
+                    self.value_str.append_value(s);
+                }
+            }
+            self.quality.append_value(match r.ts_source {
+                TsSource::Device => "good",
+                TsSource::Server => "server_time",
+            });
+            self.received_at.append_value(received_us);
+            let late = received_us.saturating_sub(ts_us) > self.late_after_us;
+            self.replayed
+                .append_value(late || rec.transport == Transport::Replay);
+            self.source.append_value(&source);
+            self.tags.append_option(tags.as_deref());
+            self.wal_seq.append_value(seq);
+            self.rows += 1;
+        }
+    }
+
+    /// The rows appended so far as one batch; the builder starts empty again.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        let utc: Arc<str> = "UTC".into();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.device_id.finish()),
+            Arc::new(self.metric.finish()),
+            Arc::new(self.ts.finish().with_timezone(utc.clone())),
+            Arc::new(self.value.finish()),
+            Arc::new(self.value_int.finish()),
+            Arc::new(self.value_bool.finish()),
+            Arc::new(self.value_str.finish()),
+            Arc::new(self.quality.finish()),
+            Arc::new(self.received_at.finish().with_timezone(utc)),
+            Arc::new(self.replayed.finish()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.tags.finish()),
+            Arc::new(self.wal_seq.finish()),
+        ];
+        self.rows = 0;
+        RecordBatch::try_new(readings_schema(), cols).map_err(Error::from)
+    }
+}
+
+/// `(date, hour)` partition values for an event time in µs since the epoch.
+pub fn partition_of(ts_us: i64) -> (String, String) {
+    let hour_bucket = ts_us.div_euclid(HOUR_US);
+    partition_of_hour(hour_bucket)
+}
+
+/// `(date, hour)` partition values for an hour bucket (hours since the epoch).
+pub fn partition_of_hour(hour_bucket: i64) -> (String, String) {
+    let secs = hour_bucket.saturating_mul(3600);
+    match chrono::DateTime::from_timestamp(secs, 0) {
+        Some(t) => (
+            t.format("%Y-%m-%d").to_string(),
+            t.format("%H").to_string(),
+        ),
+        // Out of chrono's range (beyond ±262,000 years): the protocol's clock-skew checks
+        // refuse such readings, so only a replayed record from a foreign tool could get here.
+        None => ("0000-01-01".to_owned(), "00".to_owned()),
+    }
+}
+
+/// The hour bucket (hours since the epoch) of a partition's `date` and `hour` values.
+pub fn hour_of_partition(date: &str, hour: &str) -> Option<i64> {
+    let d = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let h: u32 = hour.parse().ok()?;
+    let t = d.and_hms_opt(h, 0, 0)?;
+    Some(t.and_utc().timestamp().div_euclid(3600))
+}

@@ -1,0 +1,431 @@
+//! The lake writer: a WAL consumer that buffers rows (visible to SQL at once through the
+//! [`FreshBuffer`]) and flushes them as Parquet into event-time partitions.
+//!
+//! Guarantees:
+//! - When [`FreshBuffer::snapshot`] returns, its `committed` position and its batches are
+//!   consistent: every WAL record below `committed` is in a stored lake file, every record from
+//!   `committed` up to what the writer has read is in the batches, and no record is in both
+//!   unless a reader ignores lake rows with `wal_seq >= committed` (the query engine does).
+//! - The WAL checkpoint moves past a record only after the files holding its rows are stored.
+//! - A crash at any point leaves either the old checkpoint (the range is rewritten under the same
+//!   file names after the intent marker's files are deleted) or the new one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take};
+use bytes::Bytes;
+use edgepipe_types::IngestRecord;
+use edgepipe_wal::{Consumer, Wal};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::LakeConfig;
+use crate::parquet_io::encode_parquet;
+use crate::schema::{COL_TS, HOUR_US, RowsBuilder, partition_of_hour, readings_schema};
+use crate::store::LakeStore;
+use crate::{Error, Result, tables};
+
+/// Name of the lake writer's WAL consumer.
+pub const CONSUMER: &str = "lake";
+const PENDING_PREFIX: &str = "_edgepipe/pending/";
+const READ_BATCH: usize = 4096;
+
+/// Counters of the lake writer, shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct LakeMetrics {
+    /// Rows written to Parquet files.
+    pub rows_written: AtomicU64,
+    /// Parquet files written.
+    pub files_written: AtomicU64,
+    /// Bytes of Parquet written.
+    pub bytes_written: AtomicU64,
+    /// Flushes completed.
+    pub flushes: AtomicU64,
+    /// WAL records that did not decode (logged with their sequence; never silently skipped).
+    pub records_undecodable: AtomicU64,
+    /// WAL records the disk budget deleted before the lake read them.
+    pub records_lost_to_wal_budget: AtomicU64,
+    /// Receive time (ms) of the newest row flushed to the lake, for freshness.
+    pub last_flush_unix_ms: AtomicU64,
+    /// Crashed flushes undone at start.
+    pub flushes_recovered: AtomicU64,
+}
+
+/// A consistent view of what the lake files do not hold yet.
+#[derive(Debug, Clone)]
+pub struct FreshSnapshot {
+    /// Every WAL record below this is in lake files; lake rows with `wal_seq >= committed` are
+    /// from a flush still in progress and must be ignored (their rows are in `batches`).
+    pub committed: u64,
+    /// Rows read from the WAL but not yet committed to the lake, in the `readings` schema.
+    pub batches: Vec<RecordBatch>,
+}
+
+#[derive(Debug, Default)]
+struct FreshState {
+    committed: u64,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+}
+
+/// Shared handle on the rows the writer holds in memory.
+#[derive(Debug, Clone, Default)]
+pub struct FreshBuffer {
+    inner: Arc<Mutex<FreshState>>,
+}
+
+impl FreshBuffer {
+    /// The current consistent snapshot (cheap: batches are reference-counted).
+    pub fn snapshot(&self) -> FreshSnapshot {
+        let s = self.lock();
+        FreshSnapshot {
+            committed: s.committed,
+            batches: s.batches.clone(),
+        }
+    }
+
+    /// Rows buffered.
+    pub fn rows(&self) -> usize {
+        self.lock().rows
+    }
+
+    /// The committed WAL position.
+    pub fn committed(&self) -> u64 {
+        self.lock().committed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FreshState> {
+        // A poisoned lock only means a panic elsewhere while holding it; the state is a plain
+        // list of batches and a number, always valid.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingFlush {
+    first: u64,
+    last: u64,
+    files: Vec<String>,
+}
+
+/// The WAL → Parquet writer.
+#[derive(Debug)]
+pub struct LakeWriter {
+    store: LakeStore,
+    wal: Arc<Wal>,
+    consumer: Consumer,
+    config: LakeConfig,
+    fresh: FreshBuffer,
+    builder: RowsBuilder,
+    next_seq: u64,
+    metrics: Arc<LakeMetrics>,
+}
+
+impl LakeWriter {
+    /// Opens the writer: undoes crashed flushes and positions at the WAL checkpoint.
+    pub async fn open(
+        store: LakeStore,
+        wal: Arc<Wal>,
+        config: LakeConfig,
+        metrics: Arc<LakeMetrics>,
+    ) -> Result<Self> {
+        let consumer = wal.consumer(CONSUMER)?;
+        let position = consumer.position();
+        recover_pending(&store, position, &metrics).await?;
+        crate::compact::recover_compactions(&store).await?;
+        let fresh = FreshBuffer::default();
+        fresh.lock().committed = position;
+        let late_after_us = i64::try_from(config.late_after.as_micros()).unwrap_or(i64::MAX);
+        Ok(Self {
+            store,
+            wal,
+            consumer,
+            fresh,
+            builder: RowsBuilder::new(late_after_us),
+            next_seq: position,
+            config,
+            metrics,
+        })
+    }
+
+    /// The handle queries use to see rows not yet in lake files.
+    pub fn fresh(&self) -> FreshBuffer {
+        self.fresh.clone()
+    }
+
+    /// Runs until `stop` turns true, then flushes what is buffered and returns.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let mut last_flush = Instant::now();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let progressed = self.read_available()?;
+            let due = last_flush.elapsed() >= self.config.flush_interval;
+            if due || self.fresh.rows() >= self.config.flush_max_rows {
+                self.flush().await?;
+                last_flush = Instant::now();
+                continue;
+            }
+            if progressed {
+                continue;
+            }
+            let wait = self
+                .config
+                .flush_interval
+                .saturating_sub(last_flush.elapsed())
+                .max(Duration::from_millis(1));
+            let wal = self.wal.clone();
+            let after = self.next_seq;
+            tokio::select! {
+                r = wal.wait_beyond(after) => {
+                    if let Err(edgepipe_wal::Error::Closed) = r {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        self.read_available()?;
+        self.flush().await
+    }
+
+    /// Reads every durable record not yet read into the fresh buffer. Returns whether anything
+    /// was read.
+    pub fn read_available(&mut self) -> Result<bool> {
+        let mut any = false;
+        loop {
+            let records = match self.wal.read(self.next_seq, READ_BATCH) {
+                Ok(r) => r,
+                Err(edgepipe_wal::Error::Truncated { requested, oldest }) => {
+                    // The WAL's disk budget (drop_oldest) deleted records before we read them.
+                    // The WAL records the gap; we count it and move on.
+                    tracing::error!(
+                        from = requested,
+                        to = oldest,
+                        "lake: wal records deleted by the disk budget before they reached the lake"
+                    );
+                    self.metrics
+                        .records_lost_to_wal_budget
+                        .fetch_add(oldest.saturating_sub(requested), Ordering::Relaxed);
+                    self.next_seq = oldest;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if records.is_empty() {
+                break;
+            }
+            any = true;
+            for (seq, payload) in &records {
+                match IngestRecord::decode(payload) {
+                    Ok(rec) => self.builder.push_record(*seq, &rec),
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "lake: wal record does not decode; not written to the lake");
+                        self.metrics
+                            .records_undecodable
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                self.next_seq = seq + 1;
+            }
+            let batch = self.builder.finish()?;
+            let mut s = self.fresh.lock();
+            s.rows += batch.num_rows();
+            if batch.num_rows() > 0 {
+                s.batches.push(batch);
+            }
+            if records.len() < READ_BATCH {
+                break;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Writes every buffered row to the lake and moves the WAL checkpoint past them.
+    pub async fn flush(&mut self) -> Result<()> {
+        let snap = self.fresh.snapshot();
+        let first = snap.committed;
+        if self.next_seq == first {
+            return Ok(());
+        }
+        let last = self.next_seq - 1;
+        let rows: usize = snap.batches.iter().map(|b| b.num_rows()).sum();
+        if rows > 0 {
+            let row_group_rows = self.config.row_group_rows;
+            let batches = snap.batches.clone();
+            let files = tokio::task::spawn_blocking(move || {
+                partition_and_encode(&batches, first, last, row_group_rows)
+            })
+            .await
+            .map_err(|e| Error::Config(format!("encode task failed: {e}")))??;
+            let marker_key = format!("{PENDING_PREFIX}readings-{first:020}.json");
+            let marker = PendingFlush {
+                first,
+                last,
+                files: files.iter().map(|(k, _)| k.clone()).collect(),
+            };
+            let marker_bytes = serde_json::to_vec(&marker)
+                .map_err(|e| Error::Config(format!("marker encode: {e}")))?;
+            self.store.put(&marker_key, Bytes::from(marker_bytes)).await?;
+            let mut bytes = 0u64;
+            for (key, data) in &files {
+                bytes += data.len() as u64;
+                self.store.put(key, data.clone()).await?;
+            }
+            self.consumer.commit(last + 1)?;
+            self.commit_fresh(last + 1, snap.batches.len());
+            self.store.delete(&marker_key).await?;
+            self.metrics
+                .rows_written
+                .fetch_add(rows as u64, Ordering::Relaxed);
+            self.metrics
+                .files_written
+                .fetch_add(files.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .bytes_written
+                .fetch_add(bytes, Ordering::Relaxed);
+            tracing::debug!(first, last, rows, files = files.len(), "lake: flushed");
+        } else {
+            // Records without readings (none today, but a future record kind) still advance.
+            self.consumer.commit(last + 1)?;
+            self.commit_fresh(last + 1, snap.batches.len());
+        }
+        self.metrics.flushes.fetch_add(1, Ordering::Relaxed);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.metrics
+            .last_flush_unix_ms
+            .store(now_ms, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn commit_fresh(&self, committed: u64, flushed_batches: usize) {
+        let mut s = self.fresh.lock();
+        s.committed = committed;
+        let n = flushed_batches.min(s.batches.len());
+        let removed: usize = s
+            .batches
+            .drain(..n)
+            .map(|b| b.num_rows())
+            .sum();
+        s.rows = s.rows.saturating_sub(removed);
+    }
+}
+
+/// Sorts rows by (hour, device, metric, ts, wal_seq) and encodes one file per hour partition.
+fn partition_and_encode(
+    batches: &[RecordBatch],
+    first: u64,
+    last: u64,
+    row_group_rows: usize,
+) -> Result<Vec<(String, Bytes)>> {
+    let schema = readings_schema();
+    let all = concat_batches(&schema, batches)?;
+    let sorted = sort_readings(&all)?;
+    let ts = sorted
+        .column(COL_TS)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .ok_or_else(|| Error::Config("ts column is not timestamp(us)".into()))?;
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    while start < sorted.num_rows() {
+        let hour = ts.value(start).div_euclid(HOUR_US);
+        let mut end = start + 1;
+        while end < sorted.num_rows() && ts.value(end).div_euclid(HOUR_US) == hour {
+            end += 1;
+        }
+        let part = sorted.slice(start, end - start);
+        let (date, hh) = partition_of_hour(hour);
+        let key = format!(
+            "{}/date={date}/hour={hh}/part-{first:020}-{last:020}.parquet",
+            tables::READINGS
+        );
+        out.push((key, encode_parquet(&schema, &[part], row_group_rows)?));
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Sorts `readings` rows by hour bucket, device_id, metric, ts, wal_seq.
+pub(crate) fn sort_readings(batch: &RecordBatch) -> Result<RecordBatch> {
+    let ts = batch
+        .column(COL_TS)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .ok_or_else(|| Error::Config("ts column is not timestamp(us)".into()))?;
+    let hours: Int64Array = ts.iter().map(|t| t.map(|t| t.div_euclid(HOUR_US))).collect();
+    let col = |name: &str| -> Result<ArrayRef> {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::Config(format!("column {name} missing")))
+    };
+    let keys = vec![
+        SortColumn {
+            values: Arc::new(hours) as ArrayRef,
+            options: None,
+        },
+        SortColumn {
+            values: col("device_id")?,
+            options: None,
+        },
+        SortColumn {
+            values: col("metric")?,
+            options: None,
+        },
+        SortColumn {
+            values: col("ts")?,
+            options: None,
+        },
+        SortColumn {
+            values: col("wal_seq")?,
+            options: None,
+        },
+    ];
+    let idx = lexsort_to_indices(&keys, None)?;
+    let cols = batch
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &idx, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(batch.schema(), cols)?)
+}
+
+async fn recover_pending(store: &LakeStore, position: u64, metrics: &LakeMetrics) -> Result<()> {
+    for (key, _) in store.list(PENDING_PREFIX).await? {
+        let data = store.get(&key).await?;
+        let marker: PendingFlush = match serde_json::from_slice(&data) {
+            Ok(m) => m,
+            Err(e) => {
+                // A marker is stored atomically, so this is damage from outside; its files
+                // cannot be identified, and leaving it would block nothing, so report loudly.
+                return Err(Error::Corrupt {
+                    key,
+                    reason: format!("flush marker does not parse: {e}"),
+                });
+            }
+        };
+        if marker.last >= position {
+            tracing::warn!(
+                first = marker.first,
+                last = marker.last,
+                files = marker.files.len(),
+                "lake: undoing a flush interrupted by a crash; the range is rewritten from the WAL"
+            );
+            for f in &marker.files {
+                store.delete(f).await?;
+            }
+            metrics.flushes_recovered.fetch_add(1, Ordering::Relaxed);
+        }
+        store.delete(&key).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! Lake writer + query engine together: exactly-once across the flush boundary, crash
+//! recovery of a half-done flush, compaction dedup and rollups, partition pruning, limits.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, Float64Array, Int64Array};
+use datafusion::prelude::{col, lit};
+use edgepipe_lake::{LakeConfig, LakeMetrics, LakeStore, LakeWriter, SwapLock, compact};
+use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
+use edgepipe_wal::{Wal, WalConfig};
+
+use crate::pruning::{partition_filters, ts_bounds};
+use crate::{Error, QueryConfig, QueryEngine};
+
+const T0: i64 = 1_764_000_000_000; // 2025-11-24T16:00:00Z, ms
+
+fn record(device: &str, ts: i64, values: &[(&str, Value)]) -> IngestRecord {
+    IngestRecord {
+        device_id: DeviceId::new(device).expect("device"),
+        received_at: ts + 5,
+        transport: Transport::Mqtt311,
+        origin: None,
+        tags: Vec::new(),
+        readings: values
+            .iter()
+            .map(|(m, v)| Reading {
+                metric: Metric::new(*m).expect("metric"),
+                ts,
+                value: v.clone(),
+                ts_source: TsSource::Device,
+            })
+            .collect(),
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    wal: Arc<Wal>,
+    store: LakeStore,
+    swap: SwapLock,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), WalConfig::test_config()).expect("wal"));
+    let store = LakeStore::local(dir.path().join("lake")).expect("lake");
+    Fixture {
+        _dir: dir,
+        wal,
+        store,
+        swap: SwapLock::default(),
+    }
+}
+
+async fn append(wal: &Wal, recs: &[IngestRecord]) {
+    for r in recs {
+        wal.append(r.encode()).await.expect("append");
+    }
+}
+
+async fn count(engine: &QueryEngine, sql: &str) -> i64 {
+    let out = engine.query(sql).await.expect("query");
+    let b = &out.batches[0];
+    b.column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("int64")
+        .value(0)
+}
+
+#[tokio::test]
+async fn fresh_and_flushed_rows_are_seen_exactly_once() {
+    let f = fixture();
+    let mut w = LakeWriter::open(
+        f.store.clone(),
+        f.wal.clone(),
+        LakeConfig::test_config(),
+        Arc::default(),
+    )
+    .await
+    .expect("writer");
+    let engine = QueryEngine::new(
+        f.store.clone(),
+        Some(w.fresh()),
+        f.swap.clone(),
+        QueryConfig::default(),
+    );
+    // 3 hours of data, 2 devices, 2 metrics.
+    let mut recs = Vec::new();
+    for i in 0..300 {
+        let ts = T0 + i * 36_000;
+        recs.push(record(
+            &format!("dev-{}", i % 2),
+            ts,
+            &[("temp", Value::F64(20.0 + i as f64)), ("on", Value::Bool(i % 3 == 0))],
+        ));
+    }
+    append(&f.wal, &recs[..200]).await;
+    w.read_available().expect("read");
+    assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 400);
+    w.flush().await.expect("flush");
+    append(&f.wal, &recs[200..]).await;
+    w.read_available().expect("read");
+    // 400 rows from files, 200 from the buffer.
+    assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 600);
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(DISTINCT (device_id, metric, ts)) FROM readings"
+        )
+        .await,
+        600
+    );
+    let parts = count(&engine, "SELECT count(DISTINCT hour) FROM readings").await;
+    assert_eq!(parts, 3);
+    // Lossless booleans.
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM readings WHERE value_bool").await,
+        100
+    );
+    w.flush().await.expect("flush");
+    assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 600);
+}
+
+#[tokio::test]
+async fn a_flush_interrupted_by_a_crash_is_rewritten_not_duplicated() {
+    let f = fixture();
+    let metrics: Arc<LakeMetrics> = Arc::default();
+    let recs: Vec<_> = (0..50)
+        .map(|i| record("dev-a", T0 + i * 1000, &[("temp", Value::I64(i))]))
+        .collect();
+    append(&f.wal, &recs).await;
+    {
+        let mut w = LakeWriter::open(
+            f.store.clone(),
+            f.wal.clone(),
+            LakeConfig::test_config(),
+            metrics.clone(),
+        )
+        .await
+        .expect("writer");
+        w.read_available().expect("read");
+        w.flush().await.expect("flush");
+    }
+    // Simulate a crash after a flush stored its files but before the checkpoint moved: take
+    // the flushed file, rewind the checkpoint, and leave the marker as a crash would.
+    let files = f.store.list("readings/").await.expect("list");
+    assert_eq!(files.len(), 1);
+    let marker = serde_json::json!({"first": 0, "last": 49, "files": [files[0].0]});
+    f.store
+        .put(
+            "_edgepipe/pending/readings-00000000000000000000.json",
+            marker.to_string().into(),
+        )
+        .await
+        .expect("marker");
+    // The checkpoint is at 50, so the marker describes a committed flush: keep the files.
+    let mut w = LakeWriter::open(
+        f.store.clone(),
+        f.wal.clone(),
+        LakeConfig::test_config(),
+        metrics.clone(),
+    )
+    .await
+    .expect("writer");
+    let engine = QueryEngine::new(
+        f.store.clone(),
+        Some(w.fresh()),
+        f.swap.clone(),
+        QueryConfig::default(),
+    );
+    assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 50);
+    // Now a flush whose checkpoint did not move: stored file plus marker, then "crash".
+    let more: Vec<_> = (50..80)
+        .map(|i| record("dev-a", T0 + i * 1000, &[("temp", Value::I64(i))]))
+        .collect();
+    append(&f.wal, &more).await;
+    w.read_available().expect("read");
+    let stray = "readings/date=2025-11-24/hour=16/part-00000000000000000050-00000000000000000079.parquet";
+    let all = f.store.get(&files[0].0).await.expect("get");
+    f.store.put(stray, all).await.expect("stray");
+    let marker = serde_json::json!({"first": 50, "last": 79, "files": [stray]});
+    f.store
+        .put(
+            "_edgepipe/pending/readings-00000000000000000050.json",
+            marker.to_string().into(),
+        )
+        .await
+        .expect("marker");
+    drop(w);
+    let mut w = LakeWriter::open(
+        f.store.clone(),
+        f.wal.clone(),
+        LakeConfig::test_config(),
+        metrics.clone(),
+    )
+    .await
+    .expect("writer");
+    assert!(!f.store.exists(stray).await.expect("exists"));
+    assert_eq!(
+        metrics
+            .flushes_recovered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    w.read_available().expect("read");
+    w.flush().await.expect("flush");
+    let engine = QueryEngine::new(f.store.clone(), None, f.swap.clone(), QueryConfig::default());
+    assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 80);
+    assert_eq!(
+        count(&engine, "SELECT sum(value_int) FROM readings").await,
+        (0..80).sum::<i64>()
+    );
+}
+
+#[tokio::test]
+async fn compaction_dedups_last_write_wins_and_writes_rollups() {
+    let f = fixture();
+    let mut w = LakeWriter::open(
+        f.store.clone(),
+        f.wal.clone(),
+        LakeConfig::test_config(),
+        Arc::default(),
+    )
+    .await
+    .expect("writer");
+    // Three flushes in one hour; the last rewrites ts T0 with another value.
+    for round in 0..3 {
+        let recs: Vec<_> = (0..120)
+            .map(|i| {
+                record(
+                    "dev-a",
+                    T0 + (round * 120 + i) * 1000,
+                    &[("temp", Value::F64(i as f64))],
+                )
+            })
+            .collect();
+        append(&f.wal, &recs).await;
+        w.read_available().expect("read");
+        w.flush().await.expect("flush");
+    }
+    append(&f.wal, &[record("dev-a", T0, &[("temp", Value::F64(99.0))])]).await;
+    w.read_available().expect("read");
+    w.flush().await.expect("flush");
+    let engine = QueryEngine::new(
+        f.store.clone(),
+        Some(w.fresh()),
+        f.swap.clone(),
+        QueryConfig::default(),
+    );
+    assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 361);
+    let report = compact(
+        &f.store,
+        &LakeConfig::test_config(),
+        &f.swap,
+        w.fresh().committed(),
+        T0,
+        true,
+    )
+    .await
+    .expect("compact");
+    assert_eq!(report.files_in, 4);
+    assert_eq!(report.files_out, 1);
+    assert_eq!(report.duplicates_removed, 1);
+    assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 360);
+    let out = engine
+        .query("SELECT value FROM readings WHERE ts = '2025-11-24T16:00:00Z'")
+        .await
+        .expect("query");
+    let v = out.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("f64")
+        .value(0);
+    assert_eq!(v, 99.0, "the later write wins");
+    assert_eq!(count(&engine, "SELECT count(*) FROM rollup_1m").await, 6);
+    assert_eq!(
+        count(&engine, "SELECT CAST(sum(count) AS BIGINT) FROM rollup_1h").await,
+        360
+    );
+    let (problems, checked) = edgepipe_lake::verify(&f.store).await.expect("verify");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(checked, 3);
+}
+
+#[test]
+fn time_filters_become_partition_filters() {
+    let lo = lit(datafusion::common::ScalarValue::TimestampMicrosecond(
+        Some(T0 * 1000),
+        Some("UTC".into()),
+    ));
+    let hi = lit(datafusion::common::ScalarValue::TimestampMicrosecond(
+        Some(T0 * 1000 + 2 * 3_600_000_000),
+        Some("UTC".into()),
+    ));
+    let filters = vec![col("ts").gt_eq(lo.clone()).and(col("ts").lt(hi.clone()))];
+    let b = ts_bounds(&filters);
+    assert_eq!(b.lo, Some(T0 * 1000));
+    assert_eq!(b.hi, Some(T0 * 1000 + 2 * 3_600_000_000));
+    let p = partition_filters(&filters);
+    assert_eq!(p.len(), 2);
+    let s = format!("{} {}", p[0], p[1]);
+    assert!(s.contains("2025-11-24") && s.contains("16") && s.contains("18"), "{s}");
+    // Reversed operands and BETWEEN.
+    let rev = vec![hi.clone().gt(col("ts")), col("ts").between(lo.clone(), hi)];
+    let b = ts_bounds(&rev);
+    assert_eq!(b.lo, Some(T0 * 1000));
+    // OR is not a bound.
+    let or = vec![col("ts").gt(lo.clone()).or(col("value").gt(lit(1.0)))];
+    assert_eq!(ts_bounds(&or).lo, None);
+}
+
+#[tokio::test]
+async fn pruning_reads_only_partitions_in_range() {
+    let f = fixture();
+    let mut w = LakeWriter::open(
+        f.store.clone(),
+        f.wal.clone(),
+        LakeConfig::test_config(),
+        Arc::default(),
+    )
+    .await
+    .expect("writer");
+    let recs: Vec<_> = (0..48)
+        .map(|h| record("dev-a", T0 + h * 3_600_000, &[("temp", Value::F64(h as f64))]))
+        .collect();
+    append(&f.wal, &recs).await;
+    w.read_available().expect("read");
+    w.flush().await.expect("flush");
+    let engine = QueryEngine::new(f.store.clone(), None, f.swap.clone(), QueryConfig::default());
+    let out = engine
+        .query(
+            "EXPLAIN ANALYZE SELECT count(*) FROM readings \
+             WHERE ts >= '2025-11-25T00:00:00Z' AND ts < '2025-11-25T03:00:00Z'",
+        )
+        .await
+        .expect("explain");
+    let text = format!(
+        "{}",
+        arrow::util::pretty::pretty_format_batches(&out.batches).expect("fmt")
+    );
+    eprintln!("{text}");
+    // Three hourly files in range out of 48.
+    assert!(
+        text.contains("file_groups={3 groups") || text.contains("files_ranges_pruned_statistics") && !text.contains("file_groups={48"),
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM readings WHERE ts >= '2025-11-25T00:00:00Z' AND ts < '2025-11-25T03:00:00Z'"
+        )
+        .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn limits_and_bad_sql_fail_with_clear_errors() {
+    let f = fixture();
+    let engine = QueryEngine::new(
+        f.store.clone(),
+        None,
+        f.swap.clone(),
+        QueryConfig {
+            max_rows: 10,
+            max_memory_bytes: 1024 * 1024,
+            ..QueryConfig::default()
+        },
+    );
+    let e = engine.query("SELEC 1").await.expect_err("bad sql");
+    assert!(matches!(e, Error::Sql(_)), "{e}");
+    let e = engine
+        .query("SELECT * FROM no_such_table")
+        .await
+        .expect_err("unknown table");
+    assert!(e.to_string().contains("no_such_table"), "{e}");
+    let e = engine
+        .query("SELECT * FROM generate_series(1, 100)")
+        .await
+        .expect_err("row limit");
+    assert!(matches!(e, Error::RowLimit { limit: 10 }), "{e}");
+    let e = engine
+        .query("DROP TABLE readings")
+        .await
+        .expect_err("ddl");
+    assert!(matches!(e, Error::Sql(_)), "{e}");
+    let e = engine
+        .query("SELECT v, count(*) FROM generate_series(1, 5000000) t(v) GROUP BY v ORDER BY v LIMIT 1")
+        .await
+        .expect_err("memory");
+    assert!(matches!(e, Error::MemoryLimit { .. }), "{e}");
+    let empty = engine.query("SELECT count(*) FROM readings").await.expect("empty lake");
+    assert_eq!(empty.rows, 1);
+}

@@ -124,7 +124,10 @@ pub async fn compact(
         if !f.compacted && f.last >= committed {
             continue;
         }
-        let dir = key.rsplit_once('/').map(|(d, _)| d.to_owned()).unwrap_or_default();
+        let dir = key
+            .rsplit_once('/')
+            .map(|(d, _)| d.to_owned())
+            .unwrap_or_default();
         by_partition.entry(dir).or_default().push(f);
     }
     let mut report = CompactionReport::default();
@@ -172,9 +175,10 @@ pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordB
         match batch.column_by_name(f.name()) {
             Some(c) if c.data_type() == f.data_type() => cols.push(c.clone()),
             Some(c) => cols.push(arrow::compute::cast(c, f.data_type())?),
-            None if f.is_nullable() => {
-                cols.push(arrow::array::new_null_array(f.data_type(), batch.num_rows()))
-            }
+            None if f.is_nullable() => cols.push(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
             None => {
                 return Err(Error::Corrupt {
                     key: String::new(),
@@ -280,7 +284,13 @@ async fn compact_partition(
     report.duplicates_removed += (rows_in - rows_out) as u64;
     report.bytes_in += bytes_in;
     report.bytes_out += outputs.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
-    tracing::info!(partition = dir, files_in = files.len(), rows_in, rows_out, "lake: compacted");
+    tracing::info!(
+        partition = dir,
+        files_in = files.len(),
+        rows_in,
+        rows_out,
+        "lake: compacted"
+    );
     Ok(())
 }
 
@@ -424,14 +434,20 @@ pub(crate) async fn recover_compactions(store: &LakeStore) -> Result<()> {
             }
         }
         if all_outputs {
-            tracing::warn!(marker = key, "lake: finishing a compaction interrupted by a crash");
+            tracing::warn!(
+                marker = key,
+                "lake: finishing a compaction interrupted by a crash"
+            );
             for i in &marker.inputs {
                 if !marker.outputs.contains(i) {
                     store.delete(i).await?;
                 }
             }
         } else {
-            tracing::warn!(marker = key, "lake: rolling back a compaction interrupted by a crash");
+            tracing::warn!(
+                marker = key,
+                "lake: rolling back a compaction interrupted by a crash"
+            );
             for o in &marker.outputs {
                 if !marker.inputs.contains(o) {
                     store.delete(o).await?;
@@ -463,15 +479,30 @@ impl Compactor {
                 return;
             }
             let now_ms = chrono::Utc::now().timestamp_millis();
-            match compact(&self.store, &self.config, &self.swap, committed(), now_ms, false).await
+            match compact(
+                &self.store,
+                &self.config,
+                &self.swap,
+                committed(),
+                now_ms,
+                false,
+            )
+            .await
             {
                 Ok(r) if r.partitions > 0 => {
-                    tracing::info!(partitions = r.partitions, rows = r.rows_out, "lake: compaction run")
+                    tracing::info!(
+                        partitions = r.partitions,
+                        rows = r.rows_out,
+                        "lake: compaction run"
+                    )
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "lake: compaction failed; retrying next interval"),
+                Err(e) => {
+                    tracing::error!(error = %e, "lake: compaction failed; retrying next interval")
+                }
             }
-            let retention = crate::retention::apply(&self.store, &self.config, &self.swap, now_ms).await;
+            let retention =
+                crate::retention::apply(&self.store, &self.config, &self.swap, now_ms).await;
             if let Err(e) = retention {
                 tracing::error!(error = %e, "lake: retention failed; retrying next interval");
             }

@@ -116,10 +116,7 @@ impl LakeConfig {
             ));
         }
         if self.compact_min_files < 2 {
-            out.push((
-                "lake.compact_min_files".into(),
-                "must be at least 2".into(),
-            ));
+            out.push(("lake.compact_min_files".into(), "must be at least 2".into()));
         }
         if self.target_file_bytes < 1024 * 1024 {
             out.push((

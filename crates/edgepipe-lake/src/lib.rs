@@ -28,7 +28,6 @@ mod stats;
 mod store;
 mod writer;
 
-
 pub use compact::{CompactionReport, Compactor, SwapLock, compact};
 pub use config::{LakeConfig, RetentionConfig};
 pub use parquet_io::{decode_parquet, encode_parquet};

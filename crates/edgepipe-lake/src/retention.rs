@@ -6,8 +6,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::LakeConfig;
 use crate::compact::SwapLock;
+use crate::config::LakeConfig;
 use crate::store::LakeStore;
 use crate::{Result, tables};
 
@@ -38,10 +38,7 @@ pub async fn apply(
         let mut dirs = BTreeSet::new();
         let mut doomed = Vec::new();
         for (key, _) in objects {
-            let Some(date) = key
-                .split('/')
-                .find_map(|seg| seg.strip_prefix("date="))
-            else {
+            let Some(date) = key.split('/').find_map(|seg| seg.strip_prefix("date=")) else {
                 continue;
             };
             if date < cutoff_date.as_str() {
@@ -58,7 +55,12 @@ pub async fn apply(
         for key in &doomed {
             store.delete(key).await?;
         }
-        tracing::info!(table, partitions = dirs.len(), files = doomed.len(), "lake: retention deleted partitions");
+        tracing::info!(
+            table,
+            partitions = dirs.len(),
+            files = doomed.len(),
+            "lake: retention deleted partitions"
+        );
         deleted.extend(dirs);
     }
     Ok(deleted)

@@ -243,10 +243,7 @@ pub fn partition_of(ts_us: i64) -> (String, String) {
 pub fn partition_of_hour(hour_bucket: i64) -> (String, String) {
     let secs = hour_bucket.saturating_mul(3600);
     match chrono::DateTime::from_timestamp(secs, 0) {
-        Some(t) => (
-            t.format("%Y-%m-%d").to_string(),
-            t.format("%H").to_string(),
-        ),
+        Some(t) => (t.format("%Y-%m-%d").to_string(), t.format("%H").to_string()),
         // Out of chrono's range (beyond ±262,000 years): the protocol's clock-skew checks
         // refuse such readings, so only a replayed record from a foreign tool could get here.
         None => ("0000-01-01".to_owned(), "00".to_owned()),

@@ -56,7 +56,9 @@ async fn footer(store: &LakeStore, key: &str, size: u64) -> Result<ParquetMetaDa
         reason,
     };
     if size < 12 {
-        return Err(corrupt(format!("{size} bytes is too short for a parquet file")));
+        return Err(corrupt(format!(
+            "{size} bytes is too short for a parquet file"
+        )));
     }
     let os = store.object_store();
     let path = store.path(key);
@@ -73,7 +75,9 @@ async fn footer(store: &LakeStore, key: &str, size: u64) -> Result<ParquetMetaDa
     }
     let len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
     if len + 8 > size {
-        return Err(corrupt(format!("footer length {len} exceeds the file size {size}")));
+        return Err(corrupt(format!(
+            "footer length {len} exceeds the file size {size}"
+        )));
     }
     let meta_bytes = os
         .get_range(&path, size - 8 - len..size - 8)

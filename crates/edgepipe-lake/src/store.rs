@@ -100,7 +100,9 @@ impl LakeStore {
                 &s3.region
             });
             if !s3.endpoint.is_empty() {
-                b = b.with_endpoint(&s3.endpoint).with_virtual_hosted_style_request(false);
+                b = b
+                    .with_endpoint(&s3.endpoint)
+                    .with_virtual_hosted_style_request(false);
             }
             if !s3.access_key_id.is_empty() {
                 b = b.with_access_key_id(&s3.access_key_id);

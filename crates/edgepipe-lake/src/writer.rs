@@ -132,12 +132,28 @@ impl LakeWriter {
         config: LakeConfig,
         metrics: Arc<LakeMetrics>,
     ) -> Result<Self> {
+        Self::open_with(store, wal, config, metrics, FreshBuffer::default()).await
+    }
+
+    /// Like [`open`](Self::open), reusing a fresh buffer that queries already hold (after a
+    /// writer restart the buffer is reset to the checkpoint).
+    pub async fn open_with(
+        store: LakeStore,
+        wal: Arc<Wal>,
+        config: LakeConfig,
+        metrics: Arc<LakeMetrics>,
+        fresh: FreshBuffer,
+    ) -> Result<Self> {
         let consumer = wal.consumer(CONSUMER)?;
         let position = consumer.position();
         recover_pending(&store, position, &metrics).await?;
         crate::compact::recover_compactions(&store).await?;
-        let fresh = FreshBuffer::default();
-        fresh.lock().committed = position;
+        {
+            let mut s = fresh.lock();
+            s.committed = position;
+            s.batches.clear();
+            s.rows = 0;
+        }
         let late_after_us = i64::try_from(config.late_after.as_micros()).unwrap_or(i64::MAX);
         Ok(Self {
             store,
@@ -271,7 +287,9 @@ impl LakeWriter {
             };
             let marker_bytes = serde_json::to_vec(&marker)
                 .map_err(|e| Error::Config(format!("marker encode: {e}")))?;
-            self.store.put(&marker_key, Bytes::from(marker_bytes)).await?;
+            self.store
+                .put(&marker_key, Bytes::from(marker_bytes))
+                .await?;
             let mut bytes = 0u64;
             for (key, data) in &files {
                 bytes += data.len() as u64;
@@ -310,11 +328,7 @@ impl LakeWriter {
         let mut s = self.fresh.lock();
         s.committed = committed;
         let n = flushed_batches.min(s.batches.len());
-        let removed: usize = s
-            .batches
-            .drain(..n)
-            .map(|b| b.num_rows())
-            .sum();
+        let removed: usize = s.batches.drain(..n).map(|b| b.num_rows()).sum();
         s.rows = s.rows.saturating_sub(removed);
     }
 }
@@ -361,7 +375,10 @@ pub(crate) fn sort_readings(batch: &RecordBatch) -> Result<RecordBatch> {
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
         .ok_or_else(|| Error::Config("ts column is not timestamp(us)".into()))?;
-    let hours: Int64Array = ts.iter().map(|t| t.map(|t| t.div_euclid(HOUR_US))).collect();
+    let hours: Int64Array = ts
+        .iter()
+        .map(|t| t.map(|t| t.div_euclid(HOUR_US)))
+        .collect();
     let col = |name: &str| -> Result<ArrayRef> {
         batch
             .column_by_name(name)

@@ -60,9 +60,12 @@ pub fn write_output(
             writeln!(out, "{t}").map_err(|e| Error::Encode(e.to_string()))?;
         }
         OutputFormat::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
             if batches.is_empty() {
-                w.write(&RecordBatch::new_empty(schema.clone())).map_err(enc)?;
+                w.write(&RecordBatch::new_empty(schema.clone()))
+                    .map_err(enc)?;
             }
             for b in batches {
                 w.write(b).map_err(enc)?;
@@ -76,7 +79,9 @@ pub fn write_output(
             if batches.iter().all(|b| b.num_rows() == 0) {
                 // ArrayWriter writes nothing for no rows; a JSON client expects an array.
                 let inner = w.into_inner();
-                inner.write_all(b"[]").map_err(|e| Error::Encode(e.to_string()))?;
+                inner
+                    .write_all(b"[]")
+                    .map_err(|e| Error::Encode(e.to_string()))?;
             }
         }
         OutputFormat::Arrow => {

@@ -23,7 +23,6 @@ mod series;
 #[cfg(test)]
 mod tests;
 
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -69,8 +69,8 @@ impl QueryEngine {
     pub async fn series(&self, req: &SeriesRequest) -> Result<SeriesResponse> {
         let device = DeviceId::new(req.device.clone())
             .map_err(|e| Error::BadRequest(format!("device: {e}")))?;
-        let metric =
-            Metric::new(req.metric.clone()).map_err(|e| Error::BadRequest(format!("metric: {e}")))?;
+        let metric = Metric::new(req.metric.clone())
+            .map_err(|e| Error::BadRequest(format!("metric: {e}")))?;
         if req.to <= req.from {
             return Err(Error::BadRequest(format!(
                 "to ({}) must be after from ({})",

@@ -59,12 +59,66 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+    /// Run SQL over the lake (through the running server, which adds rows not yet flushed, or
+    /// directly on the lake files when no server runs).
+    Query(QueryArgs),
+    /// Lake maintenance: stats, compact, verify.
+    Lake {
+        /// Action.
+        #[command(subcommand)]
+        action: LakeCmd,
+        /// Config file and data directory.
+        #[command(flatten)]
+        args: LakeArgs,
+    },
     /// Benchmarks.
     Bench {
         /// Which benchmark.
         #[command(subcommand)]
         which: BenchCmd,
     },
+}
+
+/// `query` flags.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SQL (tables: readings, rollup_1m, rollup_1h).
+    pub sql: String,
+    /// Output: table, csv, json or arrow (Arrow IPC stream on stdout).
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Config file and data directory.
+    #[command(flatten)]
+    pub lake: LakeArgs,
+}
+
+/// Where the lake is.
+#[derive(Debug, Args)]
+pub struct LakeArgs {
+    /// TOML configuration file (for `[lake]` settings such as an S3 URL).
+    #[arg(long, env = "EDGEPIPE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (the lake is `<data-dir>/lake` unless `lake.url` says otherwise).
+    #[arg(long, env = "EDGEPIPE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `lake` actions.
+#[derive(Debug, Subcommand)]
+pub enum LakeCmd {
+    /// Files, rows and bytes per table and partition.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Show every partition, not only table totals.
+        #[arg(long)]
+        partitions: bool,
+    },
+    /// Compact every partition now (the server must be stopped; it compacts on its own).
+    Compact,
+    /// Check every file's footer and schema.
+    Verify,
 }
 
 /// Config file flag.
@@ -240,6 +294,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices { action, data_dir } => devices(action, data_dir),
         Command::Deadletters { action, data_dir } => deadletters(action, data_dir).await,
         Command::WalDump { data_dir, from } => wal_dump(data_dir, from),
+        Command::Query(a) => query_cmd(a).await,
+        Command::Lake { action, args } => lake_cmd(action, args).await,
         Command::Bench { which } => match which {
             BenchCmd::Ingest(a) => bench_ingest(a).await,
         },
@@ -269,7 +325,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(r) = a.device_rate {
         cfg.limits.device_msgs_per_sec = r;
     }
-    let server = RunningServer::start(&cfg)?;
+    let server = RunningServer::start(&cfg).await?;
     println!(
         "edgepipe serving: mqtt://{}  http://{}  data: {}",
         server.mqtt_addr,
@@ -304,7 +360,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     };
     cfg.mqtt_addr = free_or_ephemeral(cfg.mqtt_addr);
     cfg.http_addr = free_or_ephemeral(cfg.http_addr);
-    let server = RunningServer::start(&cfg)?;
+    let server = RunningServer::start(&cfg).await?;
     println!(
         "edgepipe demo: {} simulated devices x {} metrics",
         a.devices, a.metrics
@@ -405,6 +461,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         Err(e) => eprintln!("simulator task: {e}"),
     }
     let snap = stats.snapshot();
+    let lake_rows = server
+        .query
+        .query("SELECT count(*) AS readings, count(DISTINCT device_id) AS devices FROM readings")
+        .await;
     let m = ing.metrics();
     println!(
         "demo finished: {} messages published, {} acked; server wrote {} readings in {} messages; {} dead letters",
@@ -414,6 +474,26 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         m.messages_written.load(Ordering::Relaxed),
         ing.deadletters().stats().total,
     );
+    match lake_rows {
+        Ok(out) => {
+            let mut t = Vec::new();
+            edgepipe_query::write_output(
+                edgepipe_query::OutputFormat::Table,
+                &out.schema,
+                &out.batches,
+                &mut t,
+            )?;
+            println!(
+                "lake (SQL over Parquet + fresh rows):\n{}",
+                String::from_utf8_lossy(&t).trim_end()
+            );
+            println!(
+                "try: edgepipe query --data-dir {} \"SELECT device_id, metric, avg(value) FROM readings GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 10\"",
+                cfg.data_dir.display()
+            );
+        }
+        Err(e) => eprintln!("lake query failed: {e}"),
+    }
     drop(ing);
     server.shutdown().await;
     Ok(())
@@ -593,7 +673,7 @@ async fn bench_ingest(a: BenchIngestArgs) -> anyhow::Result<()> {
             cfg.auto_register = true;
             cfg.limits.device_msgs_per_sec = 0;
             cfg.wal = edgepipe_wal::WalConfig::default();
-            let s = RunningServer::start(&cfg)?;
+            let s = RunningServer::start(&cfg).await?;
             eprintln!(
                 "bench: edgepipe server on {} (data {})",
                 s.mqtt_addr,
@@ -642,4 +722,208 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let base = std::env::temp_dir().join(format!("edgepipe-bench-{}", std::process::id()));
     std::fs::create_dir_all(&base)?;
     Ok(base)
+}
+
+fn lake_config(a: &LakeArgs) -> anyhow::Result<ServerConfig> {
+    let mut cfg = ServerConfig::load(a.config.as_deref(), std::env::vars())?;
+    if let Some(d) = &a.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    for (key, msg) in cfg.lake.problems() {
+        bail!("{key}: {msg}");
+    }
+    Ok(cfg)
+}
+
+/// The running server's HTTP address, if one holds the data directory.
+fn running_server(data_dir: &std::path::Path) -> Option<String> {
+    match crate::server::lock_data_dir(data_dir) {
+        Ok(_) => None,
+        Err(_) => {
+            let info: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(data_dir.join("server.json")).ok()?).ok()?;
+            info["http"].as_str().map(str::to_owned)
+        }
+    }
+}
+
+async fn http_post(addr: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the running server at {addr}"))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP status line")?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        bail!("unexpected chunked response from {addr}");
+    }
+    Ok((status, buf[split + 4..].to_vec()))
+}
+
+async fn query_cmd(a: QueryArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let format = edgepipe_query::OutputFormat::parse(&a.format)?;
+    let cfg = lake_config(&a.lake)?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_message("running query");
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let (schema, batches) = if let Some(addr) = running_server(&cfg.data_dir) {
+        let (status, body) =
+            http_post(&addr, "/api/v1/query?format=arrow", a.sql.as_bytes()).await?;
+        bar.finish_and_clear();
+        if status != 200 {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            bail!(
+                "{}",
+                v["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("server answered {status}"))
+            );
+        }
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?;
+        let schema = reader.schema();
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        (schema, batches)
+    } else {
+        let store = crate::lake::open_store(&cfg.data_dir, &cfg.lake)?;
+        eprintln!(
+            "note: no server is running on {}; reading lake files only (records still in the WAL reach the lake at the next start)",
+            cfg.data_dir.display()
+        );
+        let engine = edgepipe_query::QueryEngine::new(
+            store,
+            None,
+            edgepipe_lake::SwapLock::default(),
+            cfg.query.clone(),
+        );
+        let out = engine.query(&a.sql).await;
+        bar.finish_and_clear();
+        let out = out?;
+        (out.schema, out.batches)
+    };
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    edgepipe_query::write_output(format, &schema, &batches, &mut w)?;
+    if format == edgepipe_query::OutputFormat::Json {
+        writeln!(w)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+async fn lake_cmd(action: LakeCmd, a: LakeArgs) -> anyhow::Result<()> {
+    let cfg = lake_config(&a)?;
+    let store = crate::lake::open_store(&cfg.data_dir, &cfg.lake)?;
+    match action {
+        LakeCmd::Stats { json, partitions } => {
+            let stats = edgepipe_lake::lake_stats(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+                return Ok(());
+            }
+            println!(
+                "{:<12} {:>8} {:>14} {:>14} {:>10}",
+                "table", "files", "rows", "bytes", "B/row"
+            );
+            for t in &stats {
+                let per = if t.rows > 0 {
+                    t.bytes as f64 / t.rows as f64
+                } else {
+                    0.0
+                };
+                println!(
+                    "{:<12} {:>8} {:>14} {:>14} {:>10.2}",
+                    t.table, t.files, t.rows, t.bytes, per
+                );
+                if partitions {
+                    for p in &t.partitions {
+                        println!(
+                            "  {:<26} {:>8} {:>14} {:>14}",
+                            p.partition, p.files, p.rows, p.bytes
+                        );
+                    }
+                }
+            }
+        }
+        LakeCmd::Compact => {
+            let _lock = crate::server::lock_data_dir(&cfg.data_dir).map_err(|e| match e {
+                crate::server::StartError::Locked(_) => anyhow::anyhow!(
+                    "a server is running on {}; it compacts in the background (lake.compaction_interval)",
+                    cfg.data_dir.display()
+                ),
+                e => e.into(),
+            })?;
+            let wal = edgepipe_wal::Wal::open(cfg.data_dir.join("wal"), cfg.wal.clone())?;
+            let committed = wal
+                .consumers()
+                .get(edgepipe_lake::LAKE_CONSUMER)
+                .copied()
+                .unwrap_or(0);
+            wal.close();
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("compacting");
+            bar.enable_steady_tick(Duration::from_millis(120));
+            let r = edgepipe_lake::compact(
+                &store,
+                &cfg.lake,
+                &edgepipe_lake::SwapLock::default(),
+                committed,
+                chrono_now_ms(),
+                true,
+            )
+            .await;
+            bar.finish_and_clear();
+            let r = r?;
+            println!(
+                "compacted {} partitions: {} files -> {}, {} rows -> {} ({} duplicates removed), {} -> {} bytes",
+                r.partitions,
+                r.files_in,
+                r.files_out,
+                r.rows_in,
+                r.rows_out,
+                r.duplicates_removed,
+                r.bytes_in,
+                r.bytes_out
+            );
+        }
+        LakeCmd::Verify => {
+            let (problems, checked) = edgepipe_lake::verify(&store).await?;
+            for p in &problems {
+                println!("{}: {}", p.key, p.problem);
+            }
+            if !problems.is_empty() {
+                bail!("{} problems in {checked} files", problems.len());
+            }
+            println!("{checked} files verified: footers and schemas are sound");
+        }
+    }
+    Ok(())
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

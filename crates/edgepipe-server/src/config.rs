@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edgepipe_lake::LakeConfig;
 use edgepipe_protocol::mapping::{TopicMapping, TopicMappingConfig};
+use edgepipe_query::QueryConfig;
 use edgepipe_wal::{FullPolicy, WalConfig};
 use serde::Deserialize;
 
@@ -71,6 +73,10 @@ pub struct ServerConfig {
     pub deadletters: DeadLetterConfig,
     /// Topic mappings for fleets with their own topic schemes.
     pub topic_mappings: Vec<TopicMappingConfig>,
+    /// The Parquet lake.
+    pub lake: LakeConfig,
+    /// Per-query limits.
+    pub query: QueryConfig,
 }
 
 /// Limits on what devices may send.
@@ -136,6 +142,8 @@ impl Default for ServerConfig {
             wal: WalConfig::default(),
             deadletters: DeadLetterConfig::default(),
             topic_mappings: Vec::new(),
+            lake: LakeConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }
@@ -191,6 +199,11 @@ impl ServerConfig {
                     Err(e) => errors.push(format!("EDGEPIPE_HTTP_ADDR={v:?}: {e}")),
                 },
                 "AUTO_REGISTER" => cfg.auto_register = matches!(v.as_str(), "1" | "true" | "yes"),
+                "LAKE_URL" => cfg.lake.url = v,
+                "LAKE_FLUSH_INTERVAL" => match humantime::parse_duration(&v) {
+                    Ok(d) => cfg.lake.flush_interval = d,
+                    Err(e) => errors.push(format!("EDGEPIPE_LAKE_FLUSH_INTERVAL={v:?}: {e}")),
+                },
                 "LOG" => {}
                 _ => {}
             }
@@ -245,6 +258,15 @@ impl ServerConfig {
                 "mqtt_addr and http_addr are both {}; give them different ports",
                 self.mqtt_addr
             ));
+        }
+        for (key, msg) in self.lake.problems() {
+            errors.push(format!("{key}: {msg}"));
+        }
+        if self.query.max_rows == 0 {
+            errors.push("query.max_rows: must be at least 1".to_string());
+        }
+        if self.query.max_memory_bytes < 1024 * 1024 {
+            errors.push("query.max_memory_bytes: must be at least 1 MiB".to_string());
         }
         let mut mappings = Vec::new();
         for (i, m) in self.topic_mappings.iter().enumerate() {

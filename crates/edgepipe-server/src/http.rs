@@ -89,19 +89,33 @@ impl From<Rejection> for ApiError {
 #[derive(Debug, Clone)]
 struct AppState {
     ingestor: Arc<Ingestor>,
+    lake: LakeApi,
+}
+
+/// What the API needs from the lake stage.
+#[derive(Debug, Clone)]
+pub struct LakeApi {
+    /// SQL engine.
+    pub engine: edgepipe_query::QueryEngine,
+    /// Writer counters.
+    pub metrics: Arc<edgepipe_lake::LakeMetrics>,
+    /// Rows not yet flushed.
+    pub fresh: edgepipe_lake::FreshBuffer,
 }
 
 /// Builds the router. `max_body` bytes → larger bodies get 413.
-pub fn router(ingestor: Arc<Ingestor>, max_body: usize) -> Router {
+pub fn router(ingestor: Arc<Ingestor>, max_body: usize, lake: LakeApi) -> Router {
     Router::new()
         .route("/api/v1/ingest", post(ingest))
+        .route("/api/v1/query", post(query))
+        .route("/api/v1/series", get(series))
         .route("/api/v1/deadletters", get(list_deadletters))
         .route("/api/v1/deadletters/{id}", get(get_deadletter))
         .route("/api/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(AppState { ingestor })
+        .with_state(AppState { ingestor, lake })
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,7 +295,24 @@ pub fn status_json(ing: &Ingestor) -> serde_json::Value {
 }
 
 async fn status(State(st): State<AppState>) -> Response {
-    Json(status_json(&st.ingestor)).into_response()
+    let mut v = status_json(&st.ingestor);
+    v["lake"] = lake_json(&st.lake);
+    Json(v).into_response()
+}
+
+fn lake_json(l: &LakeApi) -> serde_json::Value {
+    let m = &l.metrics;
+    json!({
+        "rows_written": m.rows_written.load(Ordering::Relaxed),
+        "files_written": m.files_written.load(Ordering::Relaxed),
+        "bytes_written": m.bytes_written.load(Ordering::Relaxed),
+        "flushes": m.flushes.load(Ordering::Relaxed),
+        "committed_wal_seq": l.fresh.committed(),
+        "fresh_rows": l.fresh.rows(),
+        "last_flush_unix_ms": m.last_flush_unix_ms.load(Ordering::Relaxed),
+        "records_undecodable": m.records_undecodable.load(Ordering::Relaxed),
+        "records_lost_to_wal_budget": m.records_lost_to_wal_budget.load(Ordering::Relaxed),
+    })
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
@@ -320,6 +351,40 @@ async fn metrics(State(st): State<AppState>) -> Response {
             "Dead letters deleted by the disk budget.",
             d.dropped,
         ),
+        (
+            "edgepipe_lake_rows_written_total",
+            "Rows written to lake Parquet files.",
+            st.lake.metrics.rows_written.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_lake_files_written_total",
+            "Parquet files written by the lake writer.",
+            st.lake.metrics.files_written.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_lake_bytes_written_total",
+            "Parquet bytes written by the lake writer.",
+            st.lake.metrics.bytes_written.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_lake_fresh_rows",
+            "Rows read from the WAL and queryable, not yet in lake files.",
+            st.lake.fresh.rows() as u64,
+        ),
+        (
+            "edgepipe_lake_wal_lag_records",
+            "WAL records not yet committed to the lake.",
+            w.next_seq.saturating_sub(st.lake.fresh.committed()),
+        ),
+        (
+            "edgepipe_lake_records_dropped_total",
+            "WAL records that never reached the lake (undecodable or deleted by the WAL budget).",
+            st.lake.metrics.records_undecodable.load(Ordering::Relaxed)
+                + st.lake
+                    .metrics
+                    .records_lost_to_wal_budget
+                    .load(Ordering::Relaxed),
+        ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
@@ -330,4 +395,104 @@ async fn healthz(State(st): State<AppState>) -> Response {
     } else {
         (StatusCode::OK, "ok\n").into_response()
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryParams {
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+impl From<edgepipe_query::Error> for ApiError {
+    fn from(e: edgepipe_query::Error) -> Self {
+        use edgepipe_query::Error as E;
+        let code = match &e {
+            E::Sql(_) => "bad_sql",
+            E::MemoryLimit { .. } => "memory_limit",
+            E::RowLimit { .. } => "row_limit",
+            E::Timeout(_) => "timeout",
+            E::BadRequest(_) => "bad_request",
+            E::Execution(_) | E::Encode(_) => "query_failed",
+        };
+        if e.is_client_error() {
+            let status = match &e {
+                E::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                E::MemoryLimit { .. } | E::RowLimit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, code, e.to_string())
+        } else {
+            tracing::error!(error = %e, "query failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                code,
+                "the query failed on the server; see the server log",
+            )
+        }
+    }
+}
+
+/// `POST /api/v1/query`: body `{"sql": "...", "format": "json|csv|arrow"}` (JSON) or the SQL
+/// itself as text with `?format=`. JSON answers `{"columns": [...], "rows": [...]}`.
+async fn query(
+    State(st): State<AppState>,
+    Query(q): Query<QueryParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    let (sql, fmt) = if is_json {
+        let b: QueryBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body must be {{\"sql\": \"...\", \"format\": \"json\"}}: {e}"),
+            )
+        })?;
+        (b.sql, b.format.or(q.format))
+    } else {
+        let sql = String::from_utf8(body.to_vec()).map_err(|_| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "SQL must be UTF-8")
+        })?;
+        (sql, q.format)
+    };
+    let format = edgepipe_query::OutputFormat::parse(fmt.as_deref().unwrap_or("json"))?;
+    let out = st.lake.engine.query(&sql).await?;
+    if format == edgepipe_query::OutputFormat::Json {
+        let mut rows = Vec::new();
+        edgepipe_query::write_output(format, &out.schema, &out.batches, &mut rows)?;
+        let rows: serde_json::Value = serde_json::from_slice(&rows)
+            .map_err(|e| edgepipe_query::Error::Encode(e.to_string()))?;
+        let columns: Vec<serde_json::Value> = out
+            .schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+            .collect();
+        return Ok(
+            Json(json!({"columns": columns, "rows": rows, "row_count": out.rows})).into_response(),
+        );
+    }
+    let mut buf = Vec::new();
+    edgepipe_query::write_output(format, &out.schema, &out.batches, &mut buf)?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], buf).into_response())
+}
+
+/// `GET /api/v1/series?device&metric&from&to&step&points`: min/max/avg per bucket.
+async fn series(
+    State(st): State<AppState>,
+    Query(req): Query<edgepipe_query::SeriesRequest>,
+) -> Result<Response, ApiError> {
+    let r = st.lake.engine.series(&req).await?;
+    Ok(Json(r).into_response())
 }

@@ -4,8 +4,11 @@
 //!
 //! One reading's path through this crate: [`mqtt`] or [`http`] authenticates the device →
 //! [`ingest::Ingestor`] routes, decodes (`edgepipe-protocol`), drops agent-batch replays and
-//! appends an [`edgepipe_types::IngestRecord`] to the WAL (`edgepipe-wal`) → the ack is written.
-//! Anything refused is stored by [`deadletter`] first.
+//! appends an [`edgepipe_types::IngestRecord`] to the WAL (`edgepipe-wal`) → the ack is written
+//! → [`lake`] runs the lake writer (a WAL consumer) that makes it queryable at once and writes
+//! it to Parquet (`edgepipe-lake`), and the query engine (`edgepipe-query`) behind
+//! `POST /api/v1/query`, `GET /api/v1/series` and `edgepipe query`. Anything refused is stored
+//! by [`deadletter`] first.
 
 pub mod cli;
 pub mod config;
@@ -13,6 +16,7 @@ pub mod deadletter;
 pub mod devices;
 pub mod http;
 pub mod ingest;
+pub mod lake;
 pub mod metrics;
 pub mod mqtt;
 pub mod server;

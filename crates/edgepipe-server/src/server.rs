@@ -1,7 +1,7 @@
 //! Starting and stopping a server: lock the data directory, open the WAL, the dead-letter store
 //! and the device registry, bind both ports (a taken port is a clear error naming the flag),
-//! start the MQTT endpoint and the HTTP API; shut down in order: stop accepting, let in-flight
-//! publishes finish, flush and close the WALs.
+//! start the lake writer, the MQTT endpoint and the HTTP API; shut down in order: stop
+//! accepting, let in-flight publishes finish, flush the lake, close the WALs.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -14,6 +14,7 @@ use crate::config::ServerConfig;
 use crate::deadletter::{DeadLetterError, DeadLetters};
 use crate::devices::{DeviceError, DeviceRegistry};
 use crate::ingest::{Ingestor, IngestorParts, SystemClock};
+use crate::lake::LakeService;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttHandle, MqttSettings};
 
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The device registry did not open.
     #[error(transparent)]
     Devices(#[from] DeviceError),
+    /// The lake did not open.
+    #[error("opening the lake: {0}")]
+    Lake(#[from] edgepipe_lake::Error),
     /// Other I/O.
     #[error("{what}: {source}")]
     Io {
@@ -103,6 +107,11 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     /// The shared ingest core (for status lines and tests).
     pub ingestor: Arc<Ingestor>,
+    /// SQL over the lake and fresh rows.
+    pub query: edgepipe_query::QueryEngine,
+    /// Lake writer counters.
+    pub lake_metrics: Arc<edgepipe_lake::LakeMetrics>,
+    lake: Option<LakeService>,
     mqtt: Option<MqttHandle>,
     http_cancel: CancellationToken,
     http_task: Option<tokio::task::JoinHandle<()>>,
@@ -110,8 +119,8 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Starts the server. Must be called inside a tokio runtime (the HTTP API runs on it).
-    pub fn start(cfg: &ServerConfig) -> Result<RunningServer, StartError> {
+    /// Starts the server. The HTTP API, lake writer and compactor run on the calling runtime.
+    pub async fn start(cfg: &ServerConfig) -> Result<RunningServer, StartError> {
         let mappings = cfg.validate()?;
         let lock = lock_data_dir(&cfg.data_dir)?;
         let mqtt_listener = bind(cfg.mqtt_addr, "MQTT", "--mqtt-addr")?;
@@ -131,6 +140,9 @@ impl RunningServer {
                 "recovered wal: truncated a torn tail (never acknowledged)"
             );
         }
+        let store = crate::lake::open_store(&cfg.data_dir, &cfg.lake)?;
+        let lake =
+            LakeService::start(store, wal.clone(), cfg.lake.clone(), cfg.query.clone()).await?;
         let deadletters = DeadLetters::open(&cfg.data_dir, &cfg.deadletters)?;
         let devices = DeviceRegistry::open(&cfg.data_dir)?;
         let ingestor = Arc::new(Ingestor::new(IngestorParts {
@@ -168,8 +180,16 @@ impl RunningServer {
             .map_err(io("http listener"))?;
         let http_listener =
             tokio::net::TcpListener::from_std(http_listener).map_err(io("http listener"))?;
-        let app = crate::http::router(ingestor.clone(), cfg.limits.max_payload_bytes)
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = crate::http::router(
+            ingestor.clone(),
+            cfg.limits.max_payload_bytes,
+            crate::http::LakeApi {
+                engine: lake.engine.clone(),
+                metrics: lake.metrics.clone(),
+                fresh: lake.fresh.clone(),
+            },
+        )
+        .into_make_service_with_connect_info::<SocketAddr>();
         let cancel = CancellationToken::new();
         let c = cancel.clone();
         let http_task = tokio::spawn(async move {
@@ -192,6 +212,9 @@ impl RunningServer {
             mqtt_addr,
             http_addr,
             ingestor,
+            query: lake.engine.clone(),
+            lake_metrics: lake.metrics.clone(),
+            lake: Some(lake),
             mqtt: Some(mqtt),
             http_cancel: cancel,
             http_task: Some(http_task),
@@ -200,7 +223,8 @@ impl RunningServer {
     }
 
     /// Ordered shutdown: stop accepting on both endpoints, let in-flight requests finish (their
-    /// WAL appends complete and are acknowledged), then close the WALs.
+    /// WAL appends complete and are acknowledged), flush buffered rows to the lake, then close
+    /// the WALs.
     pub async fn shutdown(mut self) {
         if let Some(m) = self.mqtt.take() {
             let _ = tokio::task::spawn_blocking(move || m.stop()).await;
@@ -208,6 +232,9 @@ impl RunningServer {
         self.http_cancel.cancel();
         if let Some(t) = self.http_task.take() {
             let _ = t.await;
+        }
+        if let Some(l) = self.lake.take() {
+            l.shutdown().await;
         }
         let ing = self.ingestor.clone();
         ing.wal().clone().close();

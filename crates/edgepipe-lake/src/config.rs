@@ -45,7 +45,7 @@ pub struct LakeConfig {
 }
 
 /// Age limits per table, in days of event time; `0` keeps forever.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Raw readings.
@@ -54,16 +54,6 @@ pub struct RetentionConfig {
     pub rollup_1m_days: u32,
     /// 1-hour rollups.
     pub rollup_1h_days: u32,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        Self {
-            readings_days: 0,
-            rollup_1m_days: 0,
-            rollup_1h_days: 0,
-        }
-    }
 }
 
 impl Default for LakeConfig {

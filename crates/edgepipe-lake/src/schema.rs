@@ -257,3 +257,112 @@ pub fn hour_of_partition(date: &str, hour: &str) -> Option<i64> {
     let t = d.and_hms_opt(h, 0, 0)?;
     Some(t.and_utc().timestamp().div_euclid(3600))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The partition a reading lands in names the hour its timestamp is in, and reading the
+        /// partition's name back gives that hour (years 1970..9999).
+        #[test]
+        fn partition_names_round_trip(ts_us in 0i64..253_402_300_799_000_000) {
+            let (date, hour) = partition_of(ts_us);
+            let h = hour_of_partition(&date, &hour);
+            prop_assert!(h.is_some(), "partition {} {} does not parse", date, hour);
+            let h = h.unwrap_or_default();
+            prop_assert_eq!(h, ts_us.div_euclid(HOUR_US));
+            prop_assert_eq!(date.len(), 10);
+            prop_assert_eq!(hour.len(), 2);
+        }
+    }
+
+    #[test]
+    fn rows_keep_every_value_kind_without_loss() -> Result<()> {
+        use arrow::array::{Array, BooleanArray, Int64Array, StringArray};
+        use edgepipe_types::{BatchOrigin, DeviceId, Metric, Reading};
+        let m = |s: &str| Metric::new(s).map_err(|e| Error::Config(e.to_string()));
+        let rec = IngestRecord {
+            device_id: DeviceId::new("d1").map_err(|e| Error::Config(e.to_string()))?,
+            received_at: 1_000_000,
+            transport: Transport::Mqtt5,
+            origin: Some(BatchOrigin {
+                source: "gw".into(),
+                stream: "s".into(),
+                seq: 7,
+            }),
+            tags: vec![("line".into(), "3".into())],
+            readings: vec![
+                Reading {
+                    metric: m("big")?,
+                    ts: 1_000_000,
+                    value: Value::I64(i64::MAX),
+                    ts_source: TsSource::Device,
+                },
+                Reading {
+                    metric: m("on")?,
+                    ts: 1_000_000,
+                    value: Value::Bool(true),
+                    ts_source: TsSource::Device,
+                },
+                Reading {
+                    metric: m("state")?,
+                    ts: 1,
+                    value: Value::Str("idle".into()),
+                    ts_source: TsSource::Server,
+                },
+            ],
+        };
+        let mut b = RowsBuilder::new(300_000_000);
+        b.push_record(42, &rec);
+        let batch = b.finish()?;
+        assert_eq!(batch.num_rows(), 3);
+        let ints = batch
+            .column(4)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or(Error::Config("int".into()))?;
+        assert_eq!(ints.value(0), i64::MAX);
+        let bools = batch
+            .column(5)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or(Error::Config("bool".into()))?;
+        assert!(bools.value(1));
+        let strs = batch
+            .column(6)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or(Error::Config("str".into()))?;
+        assert_eq!(strs.value(2), "idle");
+        let quality = batch
+            .column(7)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or(Error::Config("q".into()))?;
+        assert_eq!(quality.value(2), "server_time");
+        let replayed = batch
+            .column(9)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or(Error::Config("r".into()))?;
+        assert!(!replayed.value(0), "on time");
+        assert!(replayed.value(2), "received ~17 minutes after its ts");
+        let source = batch
+            .column(10)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or(Error::Config("s".into()))?;
+        assert_eq!(source.value(0), "agent:gw/s");
+        let tags = batch
+            .column(11)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or(Error::Config("t".into()))?;
+        assert_eq!(tags.value(0), r#"{"line":"3"}"#);
+        assert!(!batch.column(3).is_null(1), "booleans also count as 0/1");
+        Ok(())
+    }
+}

@@ -88,7 +88,7 @@ impl QueryEngine {
         let step = req.step.unwrap_or(1).max(min_step).max(1);
         // Ids are validated to [A-Za-z0-9_.:-], so they are safe inside SQL quotes.
         let sql = format!(
-            "SELECT date_bin(INTERVAL '{step} milliseconds', ts, TIMESTAMP '1970-01-01T00:00:00Z') AS t, \
+            "SELECT date_bin(INTERVAL '{step} milliseconds', ts, TIMESTAMP '{from}') AS t, \
              min(value) AS min, max(value) AS max, avg(value) AS avg, count(*) AS count \
              FROM readings WHERE device_id = '{d}' AND metric = '{m}' \
              AND ts >= '{from}' AND ts < '{to}' GROUP BY 1 ORDER BY 1",
@@ -100,11 +100,19 @@ impl QueryEngine {
         let out = self.query(&sql).await?;
         let mut pts = Vec::new();
         for b in &out.batches {
-            let t = b
-                .column(0)
+            // date_bin keeps its origin's unit; normalise to µs.
+            let t = arrow::compute::cast(
+                b.column(0),
+                &arrow::datatypes::DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Microsecond,
+                    None,
+                ),
+            )
+            .map_err(|e| Error::Execution(format!("series: bucket: {e}")))?;
+            let t = t
                 .as_any()
                 .downcast_ref::<TimestampMicrosecondArray>()
-                .ok_or_else(|| Error::Execution("series: bucket is not timestamp(us)".into()))?;
+                .ok_or_else(|| Error::Execution("series: bucket is not a timestamp".into()))?;
             let f = |i: usize| {
                 b.column(i)
                     .as_any()

@@ -238,6 +238,29 @@ pub enum DeadCmd {
 pub enum BenchCmd {
     /// MQTT ingest throughput and PUBACK latency.
     Ingest(BenchIngestArgs),
+    /// Lake writer throughput, compaction size and three standard queries, on generated 1 Hz
+    /// series; prints JSON (scripts/bench-lake.sh runs pyarrow and DuckDB beside it).
+    Lake(BenchLakeArgs),
+}
+
+/// `bench lake` flags.
+#[derive(Debug, Args)]
+pub struct BenchLakeArgs {
+    /// Devices.
+    #[arg(long, default_value_t = 20)]
+    pub devices: usize,
+    /// Metrics per device.
+    #[arg(long, default_value_t = 5)]
+    pub metrics: usize,
+    /// Hours of 1 Hz data per series.
+    #[arg(long, default_value_t = 6)]
+    pub hours: usize,
+    /// Directory to keep the lake in (for peers to read); a temporary one when absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Runs per query (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 /// `bench ingest` flags.
@@ -298,6 +321,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lake { action, args } => lake_cmd(action, args).await,
         Command::Bench { which } => match which {
             BenchCmd::Ingest(a) => bench_ingest(a).await,
+            BenchCmd::Lake(a) => crate::bench_lake::run(a).await,
         },
     }
 }
@@ -729,8 +753,14 @@ fn lake_config(a: &LakeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(d) = &a.data_dir {
         cfg.data_dir = d.clone();
     }
-    for (key, msg) in cfg.lake.problems() {
-        bail!("{key}: {msg}");
+    let problems: Vec<String> = cfg
+        .lake
+        .problems()
+        .into_iter()
+        .map(|(key, msg)| format!("{key}: {msg}"))
+        .collect();
+    if !problems.is_empty() {
+        bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
     }
     Ok(cfg)
 }

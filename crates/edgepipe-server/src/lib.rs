@@ -10,6 +10,7 @@
 //! `POST /api/v1/query`, `GET /api/v1/series` and `edgepipe query`. Anything refused is stored
 //! by [`deadletter`] first.
 
+pub mod bench_lake;
 pub mod cli;
 pub mod config;
 pub mod deadletter;

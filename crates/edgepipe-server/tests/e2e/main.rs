@@ -1,7 +1,8 @@
 //! End-to-end tests: the real `edgepipe` binary on ephemeral ports, driven by clients we did not
-//! write (mosquitto_pub, paho-mqtt, curl).
+//! write (mosquitto_pub, paho-mqtt, curl, pyarrow, DuckDB, pyspark, moto's S3 server).
 
 mod durability;
 mod http;
+mod lake;
 mod mqtt;
 mod support;

@@ -36,7 +36,19 @@ impl Server {
         http: &str,
         extra: &[&str],
     ) -> TestResult<Server> {
+        Self::start_on_env(data, mqtt, http, extra, &[])
+    }
+
+    /// Like [`start_on`](Self::start_on) with extra environment variables for the server.
+    pub(crate) fn start_on_env(
+        data: &Path,
+        mqtt: &str,
+        http: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestResult<Server> {
         let mut child = Command::new(bin())
+            .envs(env.iter().copied())
             .args(["serve", "--data-dir"])
             .arg(data)
             .args(["--mqtt-addr", mqtt, "--http-addr", http])

@@ -1,0 +1,197 @@
+//! `edgepipe bench lake`: the lake writer's throughput on the real path (WAL records → rows →
+//! sorted, partitioned Parquet on the local store), bytes per reading after compaction, and the
+//! three standard queries through the query engine. Prints one JSON object; the peers (pyarrow
+//! writing the same rows, DuckDB running the same queries on the same files) run beside it in
+//! `scripts/bench-lake.sh`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgepipe_lake::{LakeConfig, LakeStore, LakeWriter, SwapLock};
+use edgepipe_query::{QueryConfig, QueryEngine};
+use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
+use edgepipe_wal::{Wal, WalConfig};
+
+use crate::cli::BenchLakeArgs;
+
+/// 2026-01-01T00:00:00Z in ms: generated data starts here.
+pub const BENCH_T0_MS: i64 = 1_767_225_600_000;
+
+/// The standard queries, in DataFusion's SQL (DuckDB's spelling is in scripts/bench-lake.sh).
+pub fn standard_queries() -> [(&'static str, String); 3] {
+    [
+        (
+            "last value per series",
+            "SELECT device_id, metric, last_value(value ORDER BY ts) AS v FROM readings GROUP BY 1, 2"
+                .to_owned(),
+        ),
+        (
+            "hourly avg/min/max per device for a day",
+            "SELECT device_id, date_trunc('hour', ts) AS h, avg(value), min(value), max(value) \
+             FROM readings WHERE ts >= '2026-01-01T00:00:00Z' AND ts < '2026-01-02T00:00:00Z' \
+             GROUP BY 1, 2"
+                .to_owned(),
+        ),
+        (
+            "one series' raw points for an hour",
+            "SELECT ts, value FROM readings WHERE device_id = 'dev-0003' AND metric = 'm2' \
+             AND ts >= '2026-01-01T02:00:00Z' AND ts < '2026-01-01T03:00:00Z' ORDER BY ts"
+                .to_owned(),
+        ),
+    ]
+}
+
+/// A sensor-like value: a slow daily wave plus noise, kept at two decimals as sensors report.
+fn value(device: usize, metric: usize, t: usize) -> f64 {
+    let base = 20.0 + 5.0 * (device as f64 * 0.37 + metric as f64).sin();
+    let wave = 3.0 * ((t as f64) * std::f64::consts::TAU / 86_400.0).sin();
+    // Deterministic pseudo-noise (splitmix-style hash), ±0.25.
+    let mut x = (device as u64) << 40 ^ (metric as u64) << 32 ^ t as u64;
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let noise = ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.5;
+    ((base + wave + noise) * 100.0).round() / 100.0
+}
+
+/// Runs the benchmark.
+pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
+    let tmp = tempfile_dir()?;
+    let root = a.out.clone().unwrap_or_else(|| tmp.clone());
+    std::fs::create_dir_all(&root)?;
+    let wal_dir = root.join("wal");
+    let _ = std::fs::remove_dir_all(&wal_dir);
+    let _ = std::fs::remove_dir_all(root.join("lake"));
+    let wal = Wal::open(
+        &wal_dir,
+        WalConfig {
+            max_bytes: 64 * 1024 * 1024 * 1024,
+            ..WalConfig::default()
+        },
+    )?;
+    // One WAL record per device per second with all its metrics, as a gateway writes them.
+    let seconds = a.hours * 3600;
+    let rows = (a.devices * a.metrics * seconds) as u64;
+    let bar = indicatif::ProgressBar::new(seconds as u64);
+    bar.set_message("writing WAL records");
+    let devices: Vec<DeviceId> = (0..a.devices)
+        .map(|d| DeviceId::new(format!("dev-{d:04}")))
+        .collect::<Result<_, _>>()?;
+    let metrics: Vec<Metric> = (0..a.metrics)
+        .map(|m| Metric::new(format!("m{m}")))
+        .collect::<Result<_, _>>()?;
+    for t in 0..seconds {
+        let ts = BENCH_T0_MS + t as i64 * 1000;
+        let mut batch = Vec::with_capacity(a.devices);
+        for (d, dev) in devices.iter().enumerate() {
+            let rec = IngestRecord {
+                device_id: dev.clone(),
+                received_at: ts + 20,
+                transport: Transport::Mqtt5,
+                origin: None,
+                tags: Vec::new(),
+                readings: metrics
+                    .iter()
+                    .enumerate()
+                    .map(|(m, metric)| Reading {
+                        metric: metric.clone(),
+                        ts,
+                        value: Value::F64(value(d, m, t)),
+                        ts_source: TsSource::Device,
+                    })
+                    .collect(),
+            };
+            batch.push(rec.encode());
+        }
+        wal.append_batch(batch).await?;
+        if t % 600 == 0 {
+            bar.set_position(t as u64);
+        }
+    }
+    bar.finish_and_clear();
+
+    let store = LakeStore::local(root.join("lake"))?;
+    let cfg = LakeConfig {
+        flush_max_rows: 1_000_000,
+        compaction_interval: std::time::Duration::ZERO,
+        ..LakeConfig::default()
+    };
+    let wal = Arc::new(wal);
+    let mut w = LakeWriter::open(store.clone(), wal.clone(), cfg.clone(), Arc::default()).await?;
+    let started = Instant::now();
+    loop {
+        let more = w.read_available()?;
+        w.flush().await?;
+        if !more {
+            break;
+        }
+    }
+    let write_s = started.elapsed().as_secs_f64();
+    let before = edgepipe_lake::lake_stats(&store).await?;
+    let swap = SwapLock::default();
+    let committed = w.fresh().committed();
+    let c0 = Instant::now();
+    let report = edgepipe_lake::compact(&store, &cfg, &swap, committed, i64::MAX / 4, true).await?;
+    let compact_s = c0.elapsed().as_secs_f64();
+    let after = edgepipe_lake::lake_stats(&store).await?;
+    let readings_after = after
+        .iter()
+        .find(|t| t.table == "readings")
+        .cloned()
+        .unwrap_or_default();
+    let readings_before = before
+        .iter()
+        .find(|t| t.table == "readings")
+        .cloned()
+        .unwrap_or_default();
+
+    let engine = QueryEngine::new(store.clone(), None, swap, QueryConfig::default());
+    let mut queries = Vec::new();
+    for (name, sql) in standard_queries() {
+        let mut times = Vec::new();
+        let mut rows_out = 0;
+        for _ in 0..a.runs.max(1) {
+            let t = Instant::now();
+            let out = engine.query(&sql).await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            rows_out = out.rows;
+        }
+        times.sort_by(f64::total_cmp);
+        queries.push(serde_json::json!({
+            "name": name, "sql": sql, "rows": rows_out,
+            "median_ms": times[times.len() / 2], "runs_ms": times,
+        }));
+    }
+    let out = serde_json::json!({
+        "rows": rows,
+        "series": a.devices * a.metrics,
+        "lake_dir": root.join("lake"),
+        "write_seconds": write_s,
+        "write_rows_per_sec": rows as f64 / write_s,
+        "files_before_compaction": readings_before.files,
+        "bytes_before_compaction": readings_before.bytes,
+        "compaction_seconds": compact_s,
+        "compaction": report,
+        "files_after_compaction": readings_after.files,
+        "bytes_after_compaction": readings_after.bytes,
+        "bytes_per_reading": readings_after.bytes as f64 / rows.max(1) as f64,
+        "queries": queries,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if a.out.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "edgepipe-bench-lake-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

@@ -24,6 +24,7 @@ mod config;
 mod parquet_io;
 pub mod retention;
 pub mod schema;
+pub mod sink;
 mod stats;
 mod store;
 mod writer;
@@ -46,8 +47,10 @@ pub mod tables {
     pub const ROLLUP_1M: &str = "rollup_1m";
     /// Per series and hour: count, min, max, avg, sum.
     pub const ROLLUP_1H: &str = "rollup_1h";
+    /// Every message the gateway refused (from the dead-letter store).
+    pub const DEADLETTERS: &str = "deadletters";
     /// Every table the lake manages.
-    pub const ALL: [&str; 3] = [READINGS, ROLLUP_1M, ROLLUP_1H];
+    pub const ALL: [&str; 4] = [READINGS, ROLLUP_1M, ROLLUP_1H, DEADLETTERS];
 }
 
 /// Errors from the lake.

@@ -74,6 +74,29 @@ static ROLLUP: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+static DEADLETTERS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("time", ts_type(), false),
+        Field::new("device_id", DataType::Utf8, true),
+        Field::new("peer", DataType::Utf8, true),
+        Field::new("endpoint", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, false),
+        Field::new("raw", DataType::Binary, false),
+        Field::new("truncated", DataType::Boolean, false),
+        Field::new("original_len", DataType::Int64, false),
+    ]))
+});
+
+/// The `deadletters` file schema, partitioned by `time` (when the message was refused): the
+/// dead-letter store's id, the device if authenticated, peer address, endpoint
+/// (`mqtt:<topic>` / `http:<path>#line`), machine-readable reason, human-readable detail, the
+/// raw bytes (truncated to `deadletters.max_raw_bytes`, flagged) and the original length.
+pub fn deadletters_schema() -> SchemaRef {
+    DEADLETTERS.clone()
+}
+
 /// The `readings` file schema (without the partition columns).
 pub fn readings_schema() -> SchemaRef {
     READINGS.clone()

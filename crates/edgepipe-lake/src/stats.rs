@@ -133,10 +133,10 @@ pub async fn verify(store: &LakeStore) -> Result<(Vec<VerifyProblem>, usize)> {
     let mut problems = Vec::new();
     let mut checked = 0;
     for table in tables::ALL {
-        let expected = if table == tables::READINGS {
-            readings_schema()
-        } else {
-            rollup_schema()
+        let expected = match table {
+            tables::READINGS => readings_schema(),
+            tables::DEADLETTERS => crate::schema::deadletters_schema(),
+            _ => rollup_schema(),
         };
         for (key, meta) in store.list(&format!("{table}/")).await? {
             if !key.ends_with(".parquet") {

@@ -19,7 +19,6 @@ use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take};
 use bytes::Bytes;
 use edgepipe_types::IngestRecord;
 use edgepipe_wal::{Consumer, Wal};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::LakeConfig;
@@ -30,7 +29,6 @@ use crate::{Error, Result, tables};
 
 /// Name of the lake writer's WAL consumer.
 pub const CONSUMER: &str = "lake";
-const PENDING_PREFIX: &str = "_edgepipe/pending/";
 const READ_BATCH: usize = 4096;
 
 /// Counters of the lake writer, shared with the metrics endpoint.
@@ -104,13 +102,6 @@ impl FreshBuffer {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct PendingFlush {
-    first: u64,
-    last: u64,
-    files: Vec<String>,
-}
-
 /// The WAL → Parquet writer.
 #[derive(Debug)]
 pub struct LakeWriter {
@@ -146,7 +137,10 @@ impl LakeWriter {
     ) -> Result<Self> {
         let consumer = wal.consumer(CONSUMER)?;
         let position = consumer.position();
-        recover_pending(&store, position, &metrics).await?;
+        let undone = crate::sink::recover(&store, tables::READINGS, position).await?;
+        metrics
+            .flushes_recovered
+            .fetch_add(undone as u64, Ordering::Relaxed);
         crate::compact::recover_compactions(&store).await?;
         {
             let mut s = fresh.lock();
@@ -279,25 +273,13 @@ impl LakeWriter {
             })
             .await
             .map_err(|e| Error::Config(format!("encode task failed: {e}")))??;
-            let marker_key = format!("{PENDING_PREFIX}readings-{first:020}.json");
-            let marker = PendingFlush {
-                first,
-                last,
-                files: files.iter().map(|(k, _)| k.clone()).collect(),
-            };
-            let marker_bytes = serde_json::to_vec(&marker)
-                .map_err(|e| Error::Config(format!("marker encode: {e}")))?;
-            self.store
-                .put(&marker_key, Bytes::from(marker_bytes))
-                .await?;
-            let mut bytes = 0u64;
-            for (key, data) in &files {
-                bytes += data.len() as u64;
-                self.store.put(key, data.clone()).await?;
-            }
-            self.consumer.commit(last + 1)?;
+            let bytes: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+            let consumer = &mut self.consumer;
+            crate::sink::store_flush(&self.store, tables::READINGS, first, last, &files, || {
+                consumer.commit(last + 1).map_err(Error::from)
+            })
+            .await?;
             self.commit_fresh(last + 1, snap.batches.len());
-            self.store.delete(&marker_key).await?;
             self.metrics
                 .rows_written
                 .fetch_add(rows as u64, Ordering::Relaxed);
@@ -416,33 +398,3 @@ pub(crate) fn sort_readings(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(batch.schema(), cols)?)
 }
 
-async fn recover_pending(store: &LakeStore, position: u64, metrics: &LakeMetrics) -> Result<()> {
-    for (key, _) in store.list(PENDING_PREFIX).await? {
-        let data = store.get(&key).await?;
-        let marker: PendingFlush = match serde_json::from_slice(&data) {
-            Ok(m) => m,
-            Err(e) => {
-                // A marker is stored atomically, so this is damage from outside; its files
-                // cannot be identified, and leaving it would block nothing, so report loudly.
-                return Err(Error::Corrupt {
-                    key,
-                    reason: format!("flush marker does not parse: {e}"),
-                });
-            }
-        };
-        if marker.last >= position {
-            tracing::warn!(
-                first = marker.first,
-                last = marker.last,
-                files = marker.files.len(),
-                "lake: undoing a flush interrupted by a crash; the range is rewritten from the WAL"
-            );
-            for f in &marker.files {
-                store.delete(f).await?;
-            }
-            metrics.flushes_recovered.fetch_add(1, Ordering::Relaxed);
-        }
-        store.delete(&key).await?;
-    }
-    Ok(())
-}

@@ -9,6 +9,8 @@
 //!   or missed at the boundary. A reading is queryable as soon as the lake writer has read its
 //!   WAL record (it tails the WAL, woken by every durable append).
 //! - `rollup_1m`, `rollup_1h`: per series and bucket count/min/max/avg/sum, written at compaction.
+//! - `deadletters`: every refused message with its reason and raw bytes, exported from the
+//!   dead-letter store every flush interval.
 //!
 //! Time predicates on `ts` (`ts >= '…'`, `BETWEEN`, `now() - interval '1 hour'`) are turned
 //! into `date`/`hour` partition predicates, so only the partitions in range are listed and read.
@@ -189,12 +191,53 @@ pub struct QueryOutput {
 }
 
 /// The query engine: one per server (or per CLI invocation over a lake directory).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct QueryEngine {
     store: LakeStore,
     fresh: Option<FreshBuffer>,
     swap: SwapLock,
     config: QueryConfig,
+    caches: Caches,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Parquet footer and statistics caches shared by every query of an engine (each query has its
+/// own runtime for its memory limit). Entries are validated against the file's size and
+/// modification time, so a file rewritten under the same name is read again. File listings are
+/// never cached: compaction and retention change them.
+#[derive(Clone)]
+struct Caches {
+    metadata: Arc<datafusion::execution::cache::cache_manager::FileMetadataCache>,
+    statistics: Arc<datafusion::execution::cache::cache_manager::FileStatisticsCache>,
+}
+
+impl Caches {
+    fn new() -> Self {
+        use datafusion::execution::cache::TableScopedPath;
+        use datafusion::execution::cache::cache_manager::{
+            CachedFileMetadata, CachedFileMetadataEntry,
+        };
+        use datafusion::execution::cache::default_cache::DefaultCache;
+        use object_store::path::Path;
+        Self {
+            metadata: Arc::new(
+                DefaultCache::<Path, CachedFileMetadataEntry>::new(64 * 1024 * 1024)
+                    .with_name("edgepipe_parquet_metadata"),
+            ),
+            statistics: Arc::new(
+                DefaultCache::<TableScopedPath, CachedFileMetadata>::new(16 * 1024 * 1024)
+                    .with_name("edgepipe_file_statistics"),
+            ),
+        }
+    }
 }
 
 impl QueryEngine {
@@ -211,6 +254,7 @@ impl QueryEngine {
             fresh,
             swap,
             config,
+            caches: Caches::new(),
         }
     }
 
@@ -269,7 +313,13 @@ impl QueryEngine {
     /// A session with the lake's tables registered over a fresh snapshot.
     async fn context(&self) -> Result<SessionContext> {
         let limit_bytes = self.config.max_memory_bytes;
+        let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+            .with_file_metadata_cache(Some(self.caches.metadata.clone()))
+            .with_file_statistics_cache(Some(self.caches.statistics.clone()))
+            .with_list_files_cache(None)
+            .with_list_files_cache_limit(0);
         let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(caches)
             .with_memory_limit(limit_bytes, 1.0)
             .build_arc()
             .map_err(df_err(limit_bytes))?;
@@ -299,8 +349,12 @@ impl QueryEngine {
             .map_err(df_err(limit_bytes))?;
         ctx.register_table(tables::READINGS, view.into_view())
             .map_err(df_err(limit_bytes))?;
-        for t in [tables::ROLLUP_1M, tables::ROLLUP_1H] {
-            let p = self.listing(t, rollup_schema())?;
+        for (t, schema) in [
+            (tables::ROLLUP_1M, rollup_schema()),
+            (tables::ROLLUP_1H, rollup_schema()),
+            (tables::DEADLETTERS, edgepipe_lake::schema::deadletters_schema()),
+        ] {
+            let p = self.listing(t, schema)?;
             ctx.register_table(t, Arc::new(pruning::PrunedTable::new(p)))
                 .map_err(df_err(limit_bytes))?;
         }

@@ -181,6 +181,29 @@ impl DeadLetters {
         }
     }
 
+    /// A named consumer of the store (the lake exporter), with its durable checkpoint.
+    pub fn consumer(&self, name: &str) -> Result<edgepipe_wal::Consumer, DeadLetterError> {
+        Ok(self.wal.consumer(name)?)
+    }
+
+    /// Up to `limit` entries from `from` on, skipping entries the disk budget already deleted.
+    /// Returns the entries and the next id to read.
+    pub fn read_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<DeadLetter>, u64), DeadLetterError> {
+        let st = self.wal.stats();
+        let from = from.max(st.first_seq);
+        let rows = self.wal.read(from, limit)?;
+        let next = rows.last().map_or(from, |(id, _)| id + 1);
+        let entries = rows
+            .into_iter()
+            .map(|(id, bytes)| decode(id, &bytes))
+            .collect::<Result<_, _>>()?;
+        Ok((entries, next))
+    }
+
     /// Closes the store's writer.
     pub fn close(self) {
         self.wal.close();

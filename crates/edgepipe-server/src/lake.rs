@@ -41,6 +41,8 @@ pub struct LakeService {
     stop: watch::Sender<bool>,
     writer: Option<tokio::task::JoinHandle<()>>,
     compactor: Option<tokio::task::JoinHandle<()>>,
+    exporter: Option<tokio::task::JoinHandle<()>>,
+    config: LakeConfig,
 }
 
 impl LakeService {
@@ -74,6 +76,7 @@ impl LakeService {
             stop_rx.clone(),
         ));
         let swap = SwapLock::default();
+        let lake_cfg = lake.clone();
         let compactor = Compactor {
             store: store.clone(),
             config: lake,
@@ -90,7 +93,19 @@ impl LakeService {
             stop,
             writer: Some(writer),
             compactor: Some(compactor),
+            exporter: None,
+            config: lake_cfg,
         })
+    }
+
+    /// Starts exporting the ingestor's dead-letter store to the `deadletters` table.
+    pub fn export_deadletters(&mut self, ing: Arc<crate::ingest::Ingestor>) {
+        self.exporter = Some(tokio::spawn(export_deadletters(
+            ing,
+            self.store.clone(),
+            self.config.clone(),
+            self.stop.subscribe(),
+        )));
     }
 
     /// Stops the compactor, flushes every buffered row to the lake and stops the writer. Call
@@ -98,6 +113,9 @@ impl LakeService {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.compactor.take() {
+            let _ = t.await;
+        }
+        if let Some(t) = self.exporter.take() {
             let _ = t.await;
         }
         if let Some(t) = self.writer.take() {
@@ -162,4 +180,118 @@ async fn wait_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
     }
+}
+
+/// Exports the dead-letter store to the lake's `deadletters` table (partitioned by the time a
+/// message was refused), with the same crash-safe flush protocol as readings. Runs every
+/// `lake.flush_interval` until `stop`.
+pub async fn export_deadletters(
+    ing: Arc<crate::ingest::Ingestor>,
+    store: LakeStore,
+    cfg: LakeConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = export_deadletters_once(ing.deadletters(), &store, cfg.row_group_rows).await
+        {
+            tracing::error!(error = %e, "lake: exporting dead letters failed; retrying");
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.flush_interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// One export round: everything the `lake` consumer of the dead-letter store has not passed.
+pub async fn export_deadletters_once(
+    dl: &crate::deadletter::DeadLetters,
+    store: &LakeStore,
+    row_group_rows: usize,
+) -> anyhow::Result<usize> {
+    use arrow::array::{
+        BinaryBuilder, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder,
+        TimestampMicrosecondBuilder,
+    };
+    let mut consumer = dl.consumer(edgepipe_lake::LAKE_CONSUMER)?;
+    let position = consumer.position();
+    edgepipe_lake::sink::recover(store, edgepipe_lake::tables::DEADLETTERS, position).await?;
+    let (entries, next) = dl.read_from(position, 100_000)?;
+    if entries.is_empty() {
+        if next > position {
+            consumer.commit(next)?;
+        }
+        return Ok(0);
+    }
+    let first = entries.first().map_or(position, |e| e.id);
+    let last = next - 1;
+    let mut by_hour: std::collections::BTreeMap<i64, Vec<&crate::deadletter::DeadLetter>> =
+        std::collections::BTreeMap::new();
+    for e in &entries {
+        by_hour
+            .entry(e.time_ms.saturating_mul(1000).div_euclid(edgepipe_lake::schema::HOUR_US))
+            .or_default()
+            .push(e);
+    }
+    let schema = edgepipe_lake::schema::deadletters_schema();
+    let mut files = Vec::new();
+    for (hour, es) in by_hour {
+        let mut id = Int64Builder::new();
+        let mut time = TimestampMicrosecondBuilder::new();
+        let mut device = StringBuilder::new();
+        let mut peer = StringBuilder::new();
+        let mut endpoint = StringBuilder::new();
+        let mut reason = StringBuilder::new();
+        let mut detail = StringBuilder::new();
+        let mut raw = BinaryBuilder::new();
+        let mut truncated = BooleanBuilder::new();
+        let mut original_len = Int64Builder::new();
+        for e in es {
+            id.append_value(i64::try_from(e.id).unwrap_or(i64::MAX));
+            time.append_value(e.time_ms.saturating_mul(1000));
+            device.append_option(e.device.as_deref());
+            peer.append_option(e.peer.as_deref());
+            endpoint.append_value(&e.endpoint);
+            reason.append_value(&e.reason);
+            detail.append_value(&e.detail);
+            raw.append_value(&e.raw);
+            truncated.append_value(e.truncated);
+            original_len.append_value(i64::try_from(e.original_len).unwrap_or(i64::MAX));
+        }
+        let cols: Vec<arrow::array::ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(time.finish().with_timezone("UTC")),
+            Arc::new(device.finish()),
+            Arc::new(peer.finish()),
+            Arc::new(endpoint.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(detail.finish()),
+            Arc::new(raw.finish()),
+            Arc::new(truncated.finish()),
+            Arc::new(original_len.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), cols)?;
+        let (date, hh) = edgepipe_lake::schema::partition_of_hour(hour);
+        let key = format!(
+            "{}/date={date}/hour={hh}/part-{first:020}-{last:020}.parquet",
+            edgepipe_lake::tables::DEADLETTERS
+        );
+        files.push((
+            key,
+            edgepipe_lake::encode_parquet(&schema, &[batch], row_group_rows)?,
+        ));
+    }
+    edgepipe_lake::sink::store_flush(
+        store,
+        edgepipe_lake::tables::DEADLETTERS,
+        first,
+        last,
+        &files,
+        || consumer.commit(next).map_err(edgepipe_lake::Error::from),
+    )
+    .await?;
+    Ok(entries.len())
 }

@@ -141,7 +141,7 @@ impl RunningServer {
             );
         }
         let store = crate::lake::open_store(&cfg.data_dir, &cfg.lake)?;
-        let lake =
+        let mut lake =
             LakeService::start(store, wal.clone(), cfg.lake.clone(), cfg.query.clone()).await?;
         let deadletters = DeadLetters::open(&cfg.data_dir, &cfg.deadletters)?;
         let devices = DeviceRegistry::open(&cfg.data_dir)?;
@@ -157,6 +157,8 @@ impl RunningServer {
             metrics: Arc::new(Metrics::default()),
             auto_register: cfg.auto_register,
         })?);
+
+        lake.export_deadletters(ingestor.clone());
 
         let workers = if cfg.mqtt_workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())

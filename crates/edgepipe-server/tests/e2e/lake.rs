@@ -217,7 +217,13 @@ fn query_and_series_apis_answer_json_csv_and_clear_errors() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let token = add_device(&data, "api")?;
-    let srv = Server::start(&data, &[])?;
+    let srv = Server::start_on_env(
+        &data,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[],
+        &[("EDGEPIPE_LAKE_FLUSH_INTERVAL", "200ms")],
+    )?;
     // 1,000 readings one second apart, an hour and a bit ago.
     let base = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -271,6 +277,25 @@ fn query_and_series_apis_answer_json_csv_and_clear_errors() -> TestResult {
     assert_eq!(v["columns"][0]["name"], "n");
     let out = q(r#"{"sql": "SELECT count(*) AS n FROM readings"}"#, "csv")?;
     assert_eq!(String::from_utf8(out.stdout)?, "n\n1000\n");
+    // The CLI asks the running server (Arrow IPC on the wire) and prints CSV.
+    let d = data.to_str().ok_or("path")?;
+    let out = edgepipe(&[
+        "query",
+        "--data-dir",
+        d,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n, min(value) AS lo FROM readings",
+    ])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout)?, "n,lo\n1000,0.5\n");
+    let out = edgepipe(&["query", "--data-dir", d, "SELECT nope"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nope"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = curl(&[
         "-w",
         "\n%{http_code}",

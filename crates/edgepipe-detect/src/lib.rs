@@ -24,3 +24,10 @@ pub trait PointScorer {
     /// including NaN and infinities.
     fn score(&mut self, ts: TimestampMs, value: f64) -> f64;
 }
+
+/// Any closure `(ts, value) -> score` is a scorer (handy for evaluation runs).
+impl<F: FnMut(TimestampMs, f64) -> f64> PointScorer for F {
+    fn score(&mut self, ts: TimestampMs, value: f64) -> f64 {
+        self(ts, value)
+    }
+}

@@ -12,7 +12,7 @@ pub mod ensemble;
 mod error;
 pub mod nab;
 
-pub use ensemble::{Assessment, Detector, EnsembleConfig, SeriesState, Snapshot};
+pub use ensemble::{Assessment, EnsembleConfig, SeriesDetector, SeriesState, Snapshot};
 pub use error::{Error, Result};
 
 use edgepipe_types::TimestampMs;

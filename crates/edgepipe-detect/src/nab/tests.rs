@@ -105,7 +105,7 @@ fn results_with_wrong_row_count_are_refused() {
 fn run_nab_writes_layout_and_scores_the_default_ensemble() {
     let out = tempfile::tempdir().expect("tempdir");
     let report = run_nab(nab_dir(), out.path(), "edgepipe", || {
-        crate::Detector::new(crate::EnsembleConfig::default()).expect("default config")
+        crate::SeriesDetector::new(crate::EnsembleConfig::default()).expect("default config")
     })
     .expect("run_nab");
     assert_eq!(report.files, 41);

@@ -71,7 +71,7 @@ pub struct SeriesState {
     tail: f64,
     /// Per-detector running high quantiles of the weighted surprise (0 = not started), used
     /// when `tail.per_detector` is on.
-    tails: [f64; 10],
+    tails: [f64; DetectorKind::ALL.len()],
     peak: f64,
     /// Readings left in the refractory period after an alarm.
     refractory: u32,

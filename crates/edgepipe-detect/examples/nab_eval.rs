@@ -83,7 +83,12 @@ fn main() -> Result {
         }
     }
     if let Ok(name) = std::env::var("EDGEPIPE_DUMP") {
-        dump(&corpus, &config, &name, report.scores.profiles.first().and_then(|p| p.threshold));
+        dump(
+            &corpus,
+            &config,
+            &name,
+            report.scores.profiles.first().and_then(|p| p.threshold),
+        );
     }
     if loco {
         leave_out(&corpus, config)?;
@@ -264,12 +269,24 @@ fn leave_out(corpus: &NabCorpus, base: EnsembleConfig) -> Result {
 fn dump(corpus: &NabCorpus, cfg: &EnsembleConfig, name: &str, t: Option<f64>) {
     let t = t.unwrap_or(f64::INFINITY);
     for f in corpus.files.iter().filter(|f| f.name.contains(name)) {
-        println!("{} rows {} probation {} windows {:?}", f.name, f.len(), edgepipe_detect::nab::probationary_len(f.len()), f.windows);
+        println!(
+            "{} rows {} probation {} windows {:?}",
+            f.name,
+            f.len(),
+            edgepipe_detect::nab::probationary_len(f.len()),
+            f.windows
+        );
         let mut st = SeriesState::default();
         for (i, (&ts, &v)) in f.timestamps.iter().zip(&f.values).enumerate() {
             let a = st.update(cfg, ts, v);
             if a.score >= t || (a.raw >= 0.7 && std::env::var("EDGEPIPE_DUMP_RAW").is_ok()) {
-                println!("  {i:>6} v {v:>12.3} score {:.3} raw {:.2} {:?} in {}", a.score, a.raw, a.strongest, f.in_window(i));
+                println!(
+                    "  {i:>6} v {v:>12.3} score {:.3} raw {:.2} {:?} in {}",
+                    a.score,
+                    a.raw,
+                    a.strongest,
+                    f.in_window(i)
+                );
             }
         }
     }

@@ -10,10 +10,19 @@
 pub mod detectors;
 pub mod ensemble;
 mod error;
+pub mod live;
+pub mod model;
+pub mod multivariate;
 pub mod nab;
 
 pub use ensemble::{Assessment, EnsembleConfig, SeriesDetector, SeriesState, Snapshot};
 pub use error::{Error, Result};
+pub use live::{
+    Contribution, Detector, DetectorConfig, Event, EventKind, Explanation, Feedback, Score,
+    ScoreStatus, SeriesKey, SilenceConfig,
+};
+pub use model::{FitOptions, MODEL_PARAMS_VERSION, ModelParams, SeriesParams, fit};
+pub use multivariate::MultivariateConfig;
 
 use edgepipe_types::TimestampMs;
 

@@ -106,6 +106,23 @@ impl SeriesState {
             + self.likelihood.heap_bytes()
     }
 
+    /// The seasonal period found, in blocks of `seasonal.block` readings.
+    pub fn seasonal_period(&self) -> Option<usize> {
+        self.seasonal.period()
+    }
+
+    /// Seeds a fresh state's level baseline with a fitted `mean` and `scale` (standard
+    /// deviation), so it scores from the first reading. Does nothing once readings were seen
+    /// or when `scale` is not positive.
+    pub fn seed(&mut self, cfg: &EnsembleConfig, mean: f64, scale: f64) {
+        if self.n > 0 {
+            return;
+        }
+        let settled = (1.0 / cfg.ewma.alpha).ceil() as u64;
+        self.ewma
+            .seed(mean, scale, settled.max(u64::from(cfg.ewma.warmup)));
+    }
+
     /// Checks that a deserialised state fits `cfg` (buffer sizes, finite numbers).
     pub fn check(&self, cfg: &EnsembleConfig) -> Result<()> {
         let ok = self.ewma.valid()

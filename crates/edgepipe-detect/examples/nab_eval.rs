@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use edgepipe_detect::nab::{
-    NabCorpus, PROFILES, Profile, STANDARD, file_scores, read_results, run_nab, score_corpus,
+    NabCorpus, PROFILES, Profile, STANDARD, eval_nab, file_scores, read_results, score_corpus,
 };
 use edgepipe_detect::{EnsembleConfig, SeriesState};
 
@@ -40,10 +40,7 @@ fn main() -> Result {
         Err(_) => EnsembleConfig::default(),
     };
     config.validate()?;
-    let report = run_nab(&data, &out, "edgepipe", || {
-        let mut st = SeriesState::default();
-        move |ts, v| st.update(&config, ts, v).score
-    })?;
+    let report = eval_nab(&data, &out, &config)?;
     for p in &report.scores.profiles {
         println!(
             "{:<20} {:>7.2}  threshold {:?}  detected {}/{}  fp {}",

@@ -84,7 +84,7 @@ pub struct RowVerdict {
     /// Squared prediction error outside it.
     pub q: f64,
     /// Each metric's share of the statistic that dominated (same order as the row), and its
-    /// standardised deviation.
+    /// standardised deviation; empty when `level` is below the threshold.
     pub contributions: Vec<(f64, f64)>,
 }
 
@@ -140,19 +140,21 @@ impl Pca {
         if row.len() != m || !row.iter().all(|v| learnable(*v)) {
             return None;
         }
-        let z: Vec<f64> = row
-            .iter()
-            .zip(&self.stats)
-            .map(|(&x, s)| {
-                let sd = s.std().max(1e-9 * (1.0 + s.mean.abs()));
-                if s.n < 2 { 0.0 } else { (x - s.mean) / sd }
-            })
-            .collect();
-        let verdict = (self.k > 0 && self.vals.len() == m).then(|| self.score(&z));
+        // Fixed-size scratch: no allocation per row.
+        let mut zbuf = [0.0f64; MAX_METRICS];
+        for ((z, &x), s) in zbuf.iter_mut().zip(row).zip(&self.stats) {
+            let sd = s.std().max(1e-9 * (1.0 + s.mean.abs()));
+            *z = if s.n < 2 { 0.0 } else { (x - s.mean) / sd };
+        }
+        let z = &zbuf[..m];
+        let verdict = (self.k > 0 && self.vals.len() == m).then(|| self.score(z, cfg.threshold));
         // Learn: the covariance of the standardised vector, then the per-metric statistics.
         let a = cfg.alpha.max(1.0 / (self.rows as f64 + 1.0));
         if self.rows >= 2 {
-            let zc: Vec<f64> = z.iter().map(|v| v.clamp(-10.0, 10.0)).collect();
+            let mut zc = [0.0f64; MAX_METRICS];
+            for (c, v) in zc.iter_mut().zip(z) {
+                *c = v.clamp(-10.0, 10.0);
+            }
             for i in 0..m {
                 for j in 0..m {
                     let c = &mut self.cov[i * m + j];
@@ -178,12 +180,14 @@ impl Pca {
         Some(verdict)
     }
 
-    fn score(&self, z: &[f64]) -> RowVerdict {
+    /// Scores the standardised row `z`; contributions are only worked out for a row at or
+    /// above `threshold` (the rest never need explaining).
+    fn score(&self, z: &[f64], threshold: f64) -> RowVerdict {
         let m = self.m;
         let k = self.k.min(m - 1);
         let mut t2 = 0.0;
-        let mut proj = vec![0.0; m];
-        let mut t2_parts = vec![0.0; m];
+        let mut proj = [0.0f64; MAX_METRICS];
+        let mut t2_parts = [0.0f64; MAX_METRICS];
         for i in 0..k {
             let u = &self.vecs[i * m..(i + 1) * m];
             let t: f64 = u.iter().zip(z).map(|(a, b)| a * b).sum();
@@ -194,7 +198,11 @@ impl Pca {
                 t2_parts[j] += t / lam * u[j] * z[j];
             }
         }
-        let resid: Vec<f64> = z.iter().zip(&proj).map(|(a, b)| a - b).collect();
+        let mut resid = [0.0f64; MAX_METRICS];
+        for ((r, a), b) in resid.iter_mut().zip(z).zip(&proj) {
+            *r = a - b;
+        }
+        let resid = &resid[..m];
         let q: f64 = resid.iter().map(|r| r * r).sum();
         // Limits: T² ~ chi²(k); Q ~ g·chi²(h) with g, h matched to the discarded eigenvalues'
         // first two moments (Box's approximation).
@@ -213,23 +221,29 @@ impl Pca {
             floor
         };
         let (lt, lq) = (t2 / t2_lim, q / q_lim);
-        let parts: Vec<f64> = if lq >= lt {
-            resid.iter().map(|r| r * r).collect()
-        } else {
-            t2_parts.iter().map(|v| v.max(0.0)).collect()
-        };
-        let total: f64 = parts.iter().sum::<f64>().max(1e-300);
         let level = lt.max(lq);
-        RowVerdict {
-            level: if level.is_finite() { level } else { 0.0 },
-            alarm: false,
-            t2,
-            q,
-            contributions: parts
+        let level = if level.is_finite() { level } else { 0.0 };
+        let contributions = if level >= threshold {
+            let parts: Vec<f64> = if lq >= lt {
+                resid.iter().map(|r| r * r).collect()
+            } else {
+                t2_parts[..m].iter().map(|v| v.max(0.0)).collect()
+            };
+            let total: f64 = parts.iter().sum::<f64>().max(1e-300);
+            parts
                 .iter()
                 .zip(z)
                 .map(|(p, zj)| (p / total, *zj))
-                .collect(),
+                .collect()
+        } else {
+            Vec::new()
+        };
+        RowVerdict {
+            level,
+            alarm: false,
+            t2,
+            q,
+            contributions,
         }
     }
 

@@ -421,10 +421,10 @@ impl Detector {
         if !cfg.enabled {
             return None;
         }
-        let dev = self
-            .devices
-            .entry(key.device.clone())
-            .or_insert_with(DeviceEntry::new);
+        if !self.devices.contains_key(&key.device) {
+            self.devices.insert(key.device.clone(), DeviceEntry::new());
+        }
+        let dev = self.devices.get_mut(&key.device)?;
         dev.silent = false;
         let idx = match dev.metrics.iter().position(|m| *m == key.metric) {
             Some(i) => i,

@@ -111,13 +111,26 @@ fn score_all(corpus: &NabCorpus, cfg: &EnsembleConfig) -> Vec<Vec<f64>> {
 
 /// The normalised score of `scores` on `corpus` under `profile` at a fixed threshold.
 fn score_at(corpus: &NabCorpus, scores: &[Vec<f64>], p: &Profile, t: Option<f64>) -> Result<f64> {
-    let raw: f64 = file_scores(corpus, scores, p, t)?
+    Ok(normalised(
+        raw_at(corpus, scores, p, t)?,
+        corpus.window_count,
+        p,
+    ))
+}
+
+/// The raw score of `scores` on `corpus` under `profile` at a fixed threshold.
+fn raw_at(corpus: &NabCorpus, scores: &[Vec<f64>], p: &Profile, t: Option<f64>) -> Result<f64> {
+    Ok(file_scores(corpus, scores, p, t)?
         .iter()
         .map(|f| f.raw)
-        .sum();
-    let nw = corpus.window_count as f64;
+        .sum())
+}
+
+/// NAB's normalisation of a raw score over `windows` windows.
+fn normalised(raw: f64, windows: usize, p: &Profile) -> f64 {
+    let nw = windows as f64;
     let (null, perfect) = (-p.fn_weight * nw, p.tp_weight * nw);
-    Ok(100.0 * (raw - null) / (perfect - null))
+    100.0 * (raw - null) / (perfect - null)
 }
 
 /// A small grid of global configurations around `base`: the knobs that set how readily the
@@ -201,7 +214,11 @@ fn leave_out(corpus: &NabCorpus, base: EnsembleConfig) -> Result {
         "{:<22} {:<20} {:<26} {:>9} {:>9} {:>11}",
         "held out", "profile", "chosen on the rest", "train", "held-out", "held-out@all"
     );
-    for (name, held) in &splits {
+    // Pooled over the category folds: every file scored by the configuration and threshold
+    // chosen without its category, normalised over all windows.
+    let mut pooled = [0.0f64; 3];
+    let category_folds = folds.len();
+    for (fold_no, (name, held)) in splits.iter().enumerate() {
         let pick = |keep: bool| {
             let mut it = held.iter();
             corpus.subset(|_| it.next().is_some_and(|h| *h == keep))
@@ -214,7 +231,7 @@ fn leave_out(corpus: &NabCorpus, base: EnsembleConfig) -> Result {
                 .map(|(s, _)| s.clone())
                 .collect()
         };
-        for p in &PROFILES {
+        for (pi, p) in PROFILES.iter().enumerate() {
             let mut best: Option<(usize, f64, Option<f64>)> = None;
             for (i, run) in runs.iter().enumerate() {
                 let s = score_corpus(&train, "c", &part(run, false))?;
@@ -228,6 +245,9 @@ fn leave_out(corpus: &NabCorpus, base: EnsembleConfig) -> Result {
             let Some((i, train_score, t)) = best else {
                 continue;
             };
+            if fold_no < category_folds {
+                pooled[pi] += raw_at(&test, &part(&runs[i], true), p, t)?;
+            }
             let held_score = if test.window_count > 0 {
                 format!("{:>9.2}", score_at(&test, &part(&runs[i], true), p, t)?)
             } else {
@@ -258,6 +278,13 @@ fn leave_out(corpus: &NabCorpus, base: EnsembleConfig) -> Result {
                 name, p.name, candidates[i].0, train_score
             );
         }
+    }
+    for (p, raw) in PROFILES.iter().zip(pooled) {
+        println!(
+            "pooled leave-one-category-out {:<20} {:>7.2}",
+            p.name,
+            normalised(raw, corpus.window_count, p)
+        );
     }
     Ok(())
 }

@@ -79,6 +79,23 @@ fn main() -> Result {
             );
         }
     }
+    if std::env::var_os("EDGEPIPE_WINDOWS").is_some() {
+        let scores = read_results(&corpus, &out, "edgepipe")?;
+        let t = report.scores.profiles.first().and_then(|p| p.threshold);
+        let reference = data.join("reference-results");
+        let theirs = read_results(&corpus, &reference, "numenta").ok();
+        let tn = theirs.as_ref().and_then(|s| {
+            score_corpus(&corpus, "numenta", s)
+                .ok()
+                .and_then(|sc| sc.profiles.first().and_then(|p| p.threshold))
+        });
+        windows_report(
+            &corpus,
+            &scores,
+            t.unwrap_or(f64::INFINITY),
+            theirs.as_deref().zip(tn),
+        );
+    }
     if let Ok(name) = std::env::var("EDGEPIPE_DUMP") {
         dump(
             &corpus,
@@ -314,4 +331,44 @@ fn dump(corpus: &NabCorpus, cfg: &EnsembleConfig, name: &str, t: Option<f64>) {
             }
         }
     }
+}
+
+/// Per-window first detection position and credit, ours against `numenta` (analysis aid,
+/// `EDGEPIPE_WINDOWS=1`).
+fn windows_report(
+    corpus: &NabCorpus,
+    ours: &[Vec<f64>],
+    t: f64,
+    theirs: Option<(&[Vec<f64>], f64)>,
+) {
+    let credit = |i: usize, s: usize, e: usize| {
+        let y = -((e as f64) - (i as f64) + 1.0) / ((e - s + 1) as f64);
+        let c = |y: f64| 2.0 / (1.0 + (5.0 * y).exp()) - 1.0;
+        c(y) / c(-1.0)
+    };
+    let (mut sum_o, mut sum_t) = (0.0, 0.0);
+    for (fi, f) in corpus.files.iter().enumerate() {
+        for w in &f.windows {
+            let first = |sc: &[f64], th: f64| {
+                (w.start..=w.end).find(|&i| sc.get(i).is_some_and(|&v| v >= th))
+            };
+            let o = first(&ours[fi], t);
+            let n = theirs.and_then(|(s, th)| first(&s[fi], th));
+            let co = o.map_or(-1.0, |i| credit(i, w.start, w.end));
+            let cn = n.map_or(-1.0, |i| credit(i, w.start, w.end));
+            sum_o += co;
+            sum_t += cn;
+            println!(
+                "{:<50} [{:>5},{:>5}] ours {:>6} {:>6.3}  numenta {:>6} {:>6.3}",
+                f.name,
+                w.start,
+                w.end,
+                o.map_or("-".to_owned(), |i| (i - w.start).to_string()),
+                co,
+                n.map_or("-".to_owned(), |i| (i - w.start).to_string()),
+                cn
+            );
+        }
+    }
+    println!("window credit: ours {sum_o:.2}, numenta {sum_t:.2}");
 }

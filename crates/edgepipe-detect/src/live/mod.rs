@@ -206,6 +206,17 @@ pub enum Feedback {
     },
 }
 
+/// A series' place in its device's multivariate model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Slot {
+    /// Not considered yet (the first reading decides).
+    Unassigned,
+    /// Not in the model (the device has `max_metrics` already, or the model was past warm-up).
+    Excluded,
+    /// Column of the device's model.
+    In(u8),
+}
+
 /// Per-series live state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct SeriesEntry {
@@ -218,10 +229,13 @@ struct SeriesEntry {
     quiet: u32,
     in_anomaly: bool,
     silent: bool,
+    /// Index of the device in the detector's device list.
+    device: u32,
+    slot: Slot,
 }
 
 impl SeriesEntry {
-    fn new(params: Option<&SeriesParams>, ensemble: &crate::EnsembleConfig) -> Self {
+    fn new(params: Option<&SeriesParams>, ensemble: &crate::EnsembleConfig, device: u32) -> Self {
         let mut state = SeriesState::default();
         if let Some(p) = params {
             state.seed(ensemble, p.mean, p.scale);
@@ -234,6 +248,8 @@ impl SeriesEntry {
             quiet: 0,
             in_anomaly: false,
             silent: false,
+            device,
+            slot: Slot::Unassigned,
         }
     }
 }
@@ -283,8 +299,12 @@ struct DetectorSnapshot {
 pub struct Detector {
     config: DetectorConfig,
     params: ModelParams,
-    series: HashMap<SeriesKey, SeriesEntry>,
-    devices: HashMap<DeviceId, DeviceEntry>,
+    /// Series in creation order, found through `index` (one hash per reading).
+    series: Vec<(SeriesKey, SeriesEntry)>,
+    index: HashMap<SeriesKey, u32>,
+    /// Devices in creation order; series refer to them by position.
+    devices: Vec<(DeviceId, DeviceEntry)>,
+    device_index: HashMap<DeviceId, u32>,
 }
 
 impl Detector {
@@ -295,8 +315,10 @@ impl Detector {
         Ok(Self {
             config,
             params,
-            series: HashMap::new(),
-            devices: HashMap::new(),
+            series: Vec::new(),
+            index: HashMap::new(),
+            devices: Vec::new(),
+            device_index: HashMap::new(),
         })
     }
 
@@ -315,7 +337,8 @@ impl Detector {
         self.series.len()
     }
 
-    /// Approximate bytes of state (series and device models, without map overhead).
+    /// Approximate bytes of state: series (with their keys and index entries) and device
+    /// models.
     pub fn memory_bytes(&self) -> usize {
         let s: usize = self
             .series
@@ -323,16 +346,20 @@ impl Detector {
             .map(|(k, e)| {
                 std::mem::size_of::<SeriesEntry>() - std::mem::size_of::<SeriesState>()
                     + e.state.memory_bytes()
-                    + std::mem::size_of::<SeriesKey>()
-                    + k.device.as_str().len()
-                    + k.metric.as_str().len()
+                    // The key is held twice (list and index), plus the index's slot.
+                    + 2 * (std::mem::size_of::<SeriesKey>()
+                        + k.device.as_str().len()
+                        + k.metric.as_str().len())
+                    + 4
             })
             .sum();
         let d: usize = self
             .devices
-            .values()
-            .map(|d| {
+            .iter()
+            .map(|(id, d)| {
                 std::mem::size_of::<DeviceEntry>()
+                    + 2 * (24 + id.as_str().len())
+                    + 4
                     + d.pca.as_ref().map_or(0, Pca::heap_bytes)
                     + d.row.capacity() * 8
                     + d.metrics
@@ -344,19 +371,39 @@ impl Detector {
         s + d
     }
 
+    /// The position of `key`'s series, created (with its device) if new and there is room.
+    fn series_slot(&mut self, key: &SeriesKey) -> Option<usize> {
+        if let Some(&i) = self.index.get(key) {
+            return Some(i as usize);
+        }
+        if self.series.len() >= self.config.max_series || self.series.len() >= u32::MAX as usize {
+            return None;
+        }
+        let device = match self.device_index.get(&key.device) {
+            Some(&d) => d,
+            None => {
+                let d = self.devices.len() as u32;
+                self.devices.push((key.device.clone(), DeviceEntry::new()));
+                self.device_index.insert(key.device.clone(), d);
+                d
+            }
+        };
+        let entry = SeriesEntry::new(self.params.series.get(key), &self.params.ensemble, device);
+        let i = self.series.len();
+        self.series.push((key.clone(), entry));
+        self.index.insert(key.clone(), i as u32);
+        Some(i)
+    }
+
     /// Scores the reading `value` of series `key` at event time `ts`, learns it, and reports
     /// an event when the series crosses into anomaly or the device's metrics together are
     /// anomalous. Never panics, whatever the value (NaN, infinities) or timestamp.
     pub fn score(&mut self, key: &SeriesKey, ts: TimestampMs, value: f64) -> Score {
+        let Some(i) = self.series_slot(key) else {
+            return Score::unscored(ScoreStatus::Overflow);
+        };
         let ensemble = &self.params.ensemble;
-        if !self.series.contains_key(key) {
-            if self.series.len() >= self.config.max_series {
-                return Score::unscored(ScoreStatus::Overflow);
-            }
-            let fresh = SeriesEntry::new(self.params.series.get(key), ensemble);
-            self.series.insert(key.clone(), fresh);
-        }
-        let Some(entry) = self.series.get_mut(key) else {
+        let Some((_, entry)) = self.series.get_mut(i) else {
             return Score::unscored(ScoreStatus::Overflow);
         };
         if entry.last_ts.is_some_and(|l| ts <= l) {
@@ -375,7 +422,12 @@ impl Detector {
         entry.last_ts = Some(ts);
         entry.silent = false;
         let a = entry.state.update(ensemble, ts, value);
-        let threshold = self.params.alarm_score(key);
+        let threshold = self
+            .params
+            .series
+            .get(key)
+            .and_then(|p| p.alarm_score)
+            .unwrap_or(ensemble.onset.alarm_score);
         let anomalous = a.score >= threshold;
         let mut event = None;
         if anomalous {
@@ -405,7 +457,7 @@ impl Detector {
                 entry.quiet = 0;
             }
         }
-        let device_event = self.multivariate(key, ts, value);
+        let device_event = self.multivariate(i, ts, value);
         Score {
             score: a.score,
             anomalous,
@@ -415,20 +467,20 @@ impl Detector {
         }
     }
 
-    /// Feeds the device's row assembly; returns an event when a row is closed and anomalous.
-    fn multivariate(&mut self, key: &SeriesKey, ts: TimestampMs, value: f64) -> Option<Event> {
+    /// Feeds series `i`'s reading into its device's row assembly; returns an event when a row
+    /// is closed and anomalous.
+    fn multivariate(&mut self, i: usize, ts: TimestampMs, value: f64) -> Option<Event> {
         let cfg = &self.config.multivariate;
         if !cfg.enabled {
             return None;
         }
-        if !self.devices.contains_key(&key.device) {
-            self.devices.insert(key.device.clone(), DeviceEntry::new());
-        }
-        let dev = self.devices.get_mut(&key.device)?;
+        let (key, entry) = self.series.get_mut(i)?;
+        let (device_id, dev) = self.devices.get_mut(entry.device as usize)?;
         dev.silent = false;
-        let idx = match dev.metrics.iter().position(|m| *m == key.metric) {
-            Some(i) => i,
-            None => {
+        let idx = match entry.slot {
+            Slot::In(s) => usize::from(s),
+            Slot::Excluded => return None,
+            Slot::Unassigned => {
                 // Metrics join the model until it has learned its warm-up; a join restarts
                 // the (still young) model with the new dimension.
                 let young = dev
@@ -436,14 +488,18 @@ impl Detector {
                     .as_ref()
                     .is_none_or(|p| p.rows() < u64::from(cfg.warmup));
                 if dev.metrics.len() >= cfg.max_metrics || !young {
+                    entry.slot = Slot::Excluded;
                     return None;
                 }
                 dev.metrics.push(key.metric.clone());
                 dev.row.push(0.0);
                 dev.seen = 0;
+                dev.have = 0;
                 dev.row_ts = None;
                 dev.pca = (dev.metrics.len() >= 2).then(|| Pca::new(dev.metrics.len()));
-                dev.metrics.len() - 1
+                let s = dev.metrics.len() - 1;
+                entry.slot = Slot::In(s as u8);
+                s
             }
         };
         let bit = 1u16 << idx;
@@ -454,12 +510,11 @@ impl Detector {
             Some(rt) if ts > rt => {
                 // A newer row starts: close the previous one if it was not complete yet.
                 if dev.seen != full && dev.have == full {
-                    let row_ts = rt;
                     verdict = dev
                         .pca
                         .as_mut()
                         .and_then(|p| p.update(cfg, &dev.row))
-                        .map(|v| (row_ts, v));
+                        .map(|v| (rt, v));
                 }
                 dev.row_ts = Some(ts);
                 dev.seen = 0;
@@ -498,15 +553,17 @@ impl Detector {
             })
             .collect();
         contributing.sort_by(|a, b| b.share.total_cmp(&a.share));
-        let l = v.level.ln_1p();
-        let l2 = (cfg.threshold).ln_1p();
+        let squash = |x: f64| {
+            let l = x.ln_1p();
+            l / (1.0 + l)
+        };
         Some(Event {
             kind: EventKind::Multivariate,
-            device: key.device.clone(),
+            device: device_id.clone(),
             metric: None,
             ts: row_ts,
-            score: l / (1.0 + l),
-            threshold: l2 / (1.0 + l2),
+            score: squash(v.level),
+            threshold: squash(cfg.threshold),
             explanation: Explanation {
                 contributing,
                 t2_q: Some((v.t2, v.q)),
@@ -526,9 +583,9 @@ impl Detector {
         if !cfg.enabled {
             return Vec::new();
         }
-        let mut overdue: Vec<(SeriesKey, i64, i64)> = Vec::new();
-        let mut active_devices: HashMap<&DeviceId, bool> = HashMap::new();
-        for (key, e) in &self.series {
+        let mut overdue: Vec<(usize, i64, i64)> = Vec::new();
+        let mut reporting = vec![false; self.devices.len()];
+        for (i, (key, e)) in self.series.iter().enumerate() {
             let Some(last) = e.last_ts else { continue };
             let fitted = self.params.series.get(key).and_then(|p| p.interval_ms);
             let usual = match fitted {
@@ -540,31 +597,29 @@ impl Detector {
                 let limit = (cfg.factor * u).max(cfg.min_gap_ms as f64);
                 gap as f64 > limit
             });
-            let reporting = active_devices.entry(&key.device).or_insert(false);
             if late {
                 if !e.silent {
-                    overdue.push((key.clone(), gap, usual.unwrap_or(0.0) as i64));
+                    overdue.push((i, gap, usual.unwrap_or(0.0) as i64));
                 }
-            } else if !e.silent {
-                *reporting = true;
+            } else if !e.silent
+                && let Some(r) = reporting.get_mut(e.device as usize)
+            {
+                *r = true;
             }
         }
-        let device_silent: HashMap<DeviceId, bool> = active_devices
-            .into_iter()
-            .map(|(d, reporting)| (d.clone(), !reporting))
-            .collect();
-        overdue.sort_by(|a, b| a.0.cmp(&b.0));
+        overdue.sort_by(|a, b| self.series[a.0].0.cmp(&self.series[b.0].0));
         let mut events = Vec::new();
-        for (key, gap, usual) in overdue {
-            if let Some(e) = self.series.get_mut(&key) {
-                e.silent = true;
-            }
-            let whole = device_silent.get(&key.device).copied().unwrap_or(false);
+        for (i, gap, usual) in overdue {
+            let Some((key, e)) = self.series.get_mut(i) else {
+                continue;
+            };
+            e.silent = true;
+            let d = e.device as usize;
+            let whole = !reporting.get(d).copied().unwrap_or(true);
             if whole {
-                let dev = self
-                    .devices
-                    .entry(key.device.clone())
-                    .or_insert_with(DeviceEntry::new);
+                let Some((_, dev)) = self.devices.get_mut(d) else {
+                    continue;
+                };
                 if dev.silent {
                     continue;
                 }
@@ -607,7 +662,8 @@ impl Detector {
             if e.state.check(&params.ensemble).is_err() {
                 *e = SeriesEntry {
                     last_ts: e.last_ts,
-                    ..SeriesEntry::new(params.series.get(key), &params.ensemble)
+                    slot: e.slot,
+                    ..SeriesEntry::new(params.series.get(key), &params.ensemble, e.device)
                 };
                 reset += 1;
             }
@@ -640,25 +696,21 @@ impl Detector {
     /// The whole state (parameters, every series and device model) as bytes (postcard).
     /// [`restore`](Self::restore) continues from it bit-identically.
     pub fn snapshot(&self) -> Result<Vec<u8>> {
-        let mut series: Vec<(SeriesKey, SeriesEntry)> = self
-            .series
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        series.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut devices: Vec<(DeviceId, DeviceEntry)> = self
-            .devices
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        devices.sort_by(|a, b| a.0.cmp(&b.0));
-        let snap = DetectorSnapshot {
+        #[derive(Serialize)]
+        struct View<'a> {
+            version: u32,
+            params: &'a ModelParams,
+            series: &'a [(SeriesKey, SeriesEntry)],
+            devices: &'a [(DeviceId, DeviceEntry)],
+        }
+        // Same layout as `DetectorSnapshot`, serialised without copying the state.
+        let view = View {
             version: DETECTOR_SNAPSHOT_VERSION,
-            params: self.params.clone(),
-            series,
-            devices,
+            params: &self.params,
+            series: &self.series,
+            devices: &self.devices,
         };
-        postcard::to_allocvec(&snap).map_err(|e| Error::Snapshot(e.to_string()))
+        postcard::to_allocvec(&view).map_err(|e| Error::Snapshot(e.to_string()))
     }
 
     /// A detector that continues from `bytes` (a [`snapshot`](Self::snapshot)) under
@@ -675,15 +727,9 @@ impl Detector {
             )));
         }
         snap.params.validate()?;
-        for (key, e) in &snap.series {
-            e.state
-                .check(&snap.params.ensemble)
-                .map_err(|err| Error::Snapshot(format!("series {key}: {err}")))?;
-            if !e.interval.is_finite() {
-                return Err(Error::Snapshot(format!("series {key}: bad interval")));
-            }
-        }
-        for (dev, d) in &snap.devices {
+        let bad = |what: String| Error::Snapshot(what);
+        let mut device_index = HashMap::with_capacity(snap.devices.len());
+        for (i, (dev, d)) in snap.devices.iter().enumerate() {
             let m = d.metrics.len();
             let ok = m <= config.multivariate.max_metrics
                 && d.row.len() == m
@@ -691,17 +737,39 @@ impl Detector {
                     .as_ref()
                     .is_none_or(|p| p.metrics() == m && p.valid(&config.multivariate))
                 && u32::from(d.have | d.seen) < (1u32 << m);
-            if !ok {
-                return Err(Error::Snapshot(format!(
-                    "device {dev}: model does not fit the configuration"
+            if !ok || device_index.insert(dev.clone(), i as u32).is_some() {
+                return Err(bad(format!(
+                    "device {dev}: model does not fit the configuration, or listed twice"
+                )));
+            }
+        }
+        let mut index = HashMap::with_capacity(snap.series.len());
+        for (i, (key, e)) in snap.series.iter().enumerate() {
+            e.state
+                .check(&snap.params.ensemble)
+                .map_err(|err| bad(format!("series {key}: {err}")))?;
+            let dev = snap.devices.get(e.device as usize);
+            let ok = e.interval.is_finite()
+                && dev.is_some_and(|(id, d)| {
+                    *id == key.device
+                        && match e.slot {
+                            Slot::In(s) => d.metrics.get(usize::from(s)) == Some(&key.metric),
+                            Slot::Unassigned | Slot::Excluded => true,
+                        }
+                });
+            if !ok || index.insert(key.clone(), i as u32).is_some() {
+                return Err(bad(format!(
+                    "series {key}: inconsistent with its device, or listed twice"
                 )));
             }
         }
         Ok(Self {
             config,
             params: snap.params,
-            series: snap.series.into_iter().collect(),
-            devices: snap.devices.into_iter().collect(),
+            series: snap.series,
+            index,
+            devices: snap.devices,
+            device_index,
         })
     }
 }

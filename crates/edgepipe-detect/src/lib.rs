@@ -6,6 +6,13 @@
 //! The core is pure and synchronous: a detector takes `(timestamp, value)` and returns a score;
 //! it never reads a clock or a file. Only [`nab`] performs I/O, to read the benchmark and write
 //! its results layout.
+//!
+//! - [`Detector`] (module [`live`]): the many-series detector a WAL consumer drives —
+//!   `score(key, ts, value)`, `tick(now)` for silence, `snapshot()`/`restore()`, `set_params`,
+//!   `apply_feedback`.
+//! - [`ModelParams`] (module [`model`]): the versioned, fitted, hot-swappable parameters.
+//! - [`ensemble`] and [`detectors`]: the univariate ensemble and its parts; [`multivariate`]:
+//!   the per-device streaming PCA.
 
 pub mod detectors;
 pub mod ensemble;

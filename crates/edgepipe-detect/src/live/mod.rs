@@ -421,6 +421,9 @@ impl Detector {
         }
         entry.last_ts = Some(ts);
         entry.silent = false;
+        if let Some((_, dev)) = self.devices.get_mut(entry.device as usize) {
+            dev.silent = false;
+        }
         let a = entry.state.update(ensemble, ts, value);
         let threshold = self
             .params
@@ -476,10 +479,14 @@ impl Detector {
         }
         let (key, entry) = self.series.get_mut(i)?;
         let (device_id, dev) = self.devices.get_mut(entry.device as usize)?;
-        dev.silent = false;
         let idx = match entry.slot {
             Slot::In(s) => usize::from(s),
             Slot::Excluded => return None,
+            Slot::Unassigned if let Some(s) = dev.metrics.iter().position(|m| *m == key.metric) => {
+                // A series re-created after `remove_series` takes its old column back.
+                entry.slot = Slot::In(s as u8);
+                s
+            }
             Slot::Unassigned => {
                 // Metrics join the model until it has learned its warm-up; a join restarts
                 // the (still young) model with the new dimension.
@@ -570,6 +577,27 @@ impl Detector {
                 ..Explanation::default()
             },
         })
+    }
+
+    /// Forgets series `key` (a deleted device or metric); returns whether it was tracked. Its
+    /// column stays in the device's multivariate model, which then closes rows with the last
+    /// value carried forward.
+    pub fn remove_series(&mut self, key: &SeriesKey) -> bool {
+        let Some(i) = self.index.remove(key) else {
+            return false;
+        };
+        let i = i as usize;
+        if i >= self.series.len() {
+            return false;
+        }
+        self.series.swap_remove(i);
+        if let Some((moved, _)) = self.series.get(i)
+            && let Some(slot) = self.index.get_mut(moved)
+        {
+            *slot = i as u32;
+        }
+        self.params.series.remove(key);
+        true
     }
 
     /// Reports, as of `now` (the caller's clock, in the readings' time base), every series

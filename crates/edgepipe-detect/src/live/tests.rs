@@ -136,6 +136,43 @@ fn silence_of_a_metric_and_of_a_device() {
 }
 
 #[test]
+fn device_silence_is_raised_again_without_the_multivariate_model() {
+    let mut config = DetectorConfig::test_config();
+    config.multivariate.enabled = false;
+    let mut d = Detector::new(config, ModelParams::default()).expect("valid");
+    let k = key("dev", "m");
+    for i in 0..20i64 {
+        d.score(&k, i * MIN, 1.0);
+    }
+    assert_eq!(d.tick(30 * MIN).len(), 1);
+    for i in 31..50i64 {
+        d.score(&k, i * MIN, 1.0);
+    }
+    let ev = d.tick(60 * MIN);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].metric, None);
+}
+
+#[test]
+fn removed_series_start_afresh() {
+    let mut d = detector();
+    let (a, b, c) = (key("d", "a"), key("d", "b"), key("e", "c"));
+    for i in 0..10i64 {
+        for k in [&a, &b, &c] {
+            d.score(k, i * MIN, 1.0);
+        }
+    }
+    assert!(d.remove_series(&a));
+    assert!(!d.remove_series(&a));
+    assert_eq!(d.series_count(), 2);
+    // The moved series is still found; the removed one starts over.
+    assert_eq!(d.score(&c, 5 * MIN, 1.0).status, ScoreStatus::Late);
+    assert_eq!(d.score(&a, 5 * MIN, 1.0).status, ScoreStatus::Scored);
+    let bytes = d.snapshot().expect("snapshot");
+    assert_eq!(Detector::restore(*d.config(), &bytes).expect("restore"), d);
+}
+
+#[test]
 fn fitted_interval_detects_silence_from_the_first_reading() {
     let k = key("new", "m");
     let mut params = ModelParams::default();

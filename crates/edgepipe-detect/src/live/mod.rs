@@ -232,6 +232,10 @@ struct SeriesEntry {
     /// Index of the device in the detector's device list.
     device: u32,
     slot: Slot,
+    /// From the model parameters (kept here so a reading needs no parameter lookup): the
+    /// series' alarm threshold and fitted reporting interval.
+    threshold: f64,
+    fitted_interval: Option<i64>,
 }
 
 impl SeriesEntry {
@@ -240,6 +244,7 @@ impl SeriesEntry {
         if let Some(p) = params {
             state.seed(ensemble, p.mean, p.scale);
         }
+        let (threshold, fitted_interval) = cached(params, ensemble);
         Self {
             state,
             last_ts: None,
@@ -250,8 +255,20 @@ impl SeriesEntry {
             silent: false,
             device,
             slot: Slot::Unassigned,
+            threshold,
+            fitted_interval,
         }
     }
+}
+
+/// The per-series values a reading or a tick needs from the parameters.
+fn cached(params: Option<&SeriesParams>, ensemble: &crate::EnsembleConfig) -> (f64, Option<i64>) {
+    (
+        params
+            .and_then(|p| p.alarm_score)
+            .unwrap_or(ensemble.onset.alarm_score),
+        params.and_then(|p| p.interval_ms),
+    )
 }
 
 /// Per-device live state: the multivariate model and row assembly.
@@ -425,12 +442,7 @@ impl Detector {
             dev.silent = false;
         }
         let a = entry.state.update(ensemble, ts, value);
-        let threshold = self
-            .params
-            .series
-            .get(key)
-            .and_then(|p| p.alarm_score)
-            .unwrap_or(ensemble.onset.alarm_score);
+        let threshold = entry.threshold;
         let anomalous = a.score >= threshold;
         let mut event = None;
         if anomalous {
@@ -613,10 +625,9 @@ impl Detector {
         }
         let mut overdue: Vec<(usize, i64, i64)> = Vec::new();
         let mut reporting = vec![false; self.devices.len()];
-        for (i, (key, e)) in self.series.iter().enumerate() {
+        for (i, (_, e)) in self.series.iter().enumerate() {
             let Some(last) = e.last_ts else { continue };
-            let fitted = self.params.series.get(key).and_then(|p| p.interval_ms);
-            let usual = match fitted {
+            let usual = match e.fitted_interval {
                 Some(i) => Some(i as f64),
                 None => (e.intervals >= cfg.min_intervals).then_some(e.interval),
             };
@@ -687,14 +698,16 @@ impl Detector {
         }
         let mut reset = 0;
         for (key, e) in &mut self.series {
+            let p = params.series.get(key);
             if e.state.check(&params.ensemble).is_err() {
                 *e = SeriesEntry {
                     last_ts: e.last_ts,
                     slot: e.slot,
-                    ..SeriesEntry::new(params.series.get(key), &params.ensemble, e.device)
+                    ..SeriesEntry::new(p, &params.ensemble, e.device)
                 };
                 reset += 1;
             }
+            (e.threshold, e.fitted_interval) = cached(p, &params.ensemble);
         }
         self.params = params;
         Ok(reset)
@@ -717,6 +730,11 @@ impl Detector {
         if next != current {
             let p = self.params.series.entry(key.clone()).or_default();
             p.alarm_score = Some(next);
+            if let Some(&i) = self.index.get(key)
+                && let Some((_, e)) = self.series.get_mut(i as usize)
+            {
+                e.threshold = next;
+            }
         }
         next
     }
@@ -772,7 +790,13 @@ impl Detector {
             }
         }
         let mut index = HashMap::with_capacity(snap.series.len());
-        for (i, (key, e)) in snap.series.iter().enumerate() {
+        let mut series = snap.series;
+        for (key, e) in &mut series {
+            // Derived from the parameters: recomputed, not trusted.
+            (e.threshold, e.fitted_interval) =
+                cached(snap.params.series.get(key), &snap.params.ensemble);
+        }
+        for (i, (key, e)) in series.iter().enumerate() {
             e.state
                 .check(&snap.params.ensemble)
                 .map_err(|err| bad(format!("series {key}: {err}")))?;
@@ -794,7 +818,7 @@ impl Detector {
         Ok(Self {
             config,
             params: snap.params,
-            series: snap.series,
+            series,
             index,
             devices: snap.devices,
             device_index,

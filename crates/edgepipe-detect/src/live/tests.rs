@@ -256,6 +256,15 @@ fn feedback_raises_the_threshold_of_one_series() {
         d.apply_feedback(&a, Feedback::FalsePositive { score: f64::NAN }),
         t2
     );
+    // The live threshold follows: at 0.999 even a huge spike is not anomalous for `a`.
+    d.apply_feedback(&a, Feedback::FalsePositive { score: 0.99 });
+    let s = d.score(&a, 2000 * MIN, 1e6);
+    assert!(!s.anomalous && s.event.is_none(), "{s:?}");
+    assert!(d.score(&b, 2000 * MIN, 1e6).anomalous);
+    // ... and survives a snapshot.
+    let r = Detector::restore(*d.config(), &d.snapshot().expect("snapshot")).expect("restore");
+    assert_eq!(r.params().alarm_score(&a), 0.999);
+    assert_eq!(r, d);
 }
 
 #[test]

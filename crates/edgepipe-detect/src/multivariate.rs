@@ -101,6 +101,8 @@ pub struct Pca {
     vals: Vec<f64>,
     /// Components kept.
     k: usize,
+    /// Limits of T² and Q at 99.99 %, worked out at each decomposition.
+    limits: (f64, f64),
     refractory: u32,
 }
 
@@ -204,22 +206,7 @@ impl Pca {
         }
         let resid = &resid[..m];
         let q: f64 = resid.iter().map(|r| r * r).sum();
-        // Limits: T² ~ chi²(k); Q ~ g·chi²(h) with g, h matched to the discarded eigenvalues'
-        // first two moments (Box's approximation).
-        let t2_lim = chi2_quantile(k as f64);
-        let theta1: f64 = self.vals[k..].iter().map(|v| v.max(0.0)).sum::<f64>();
-        let theta2: f64 = self.vals[k..]
-            .iter()
-            .map(|v| v.max(0.0).powi(2))
-            .sum::<f64>();
-        let floor = 1e-3 * m as f64;
-        let q_lim = if theta1 > 1e-9 && theta2 > 1e-18 {
-            let g = theta2 / theta1;
-            let h = theta1 * theta1 / theta2;
-            (g * chi2_quantile(h)).max(floor)
-        } else {
-            floor
-        };
+        let (t2_lim, q_lim) = self.limits;
         let (lt, lq) = (t2 / t2_lim, q / q_lim);
         let level = lt.max(lq);
         let level = if level.is_finite() { level } else { 0.0 };
@@ -268,6 +255,26 @@ impl Pca {
         self.vals = vals;
         self.vecs = vecs;
         self.k = k.max(1);
+        self.limits = self.limits_now();
+    }
+
+    /// The 99.99 % limits of T² and Q for the current decomposition: T² ~ chi²(k); Q ~
+    /// g·chi²(h) with g, h matched to the discarded eigenvalues' first two moments (Box's
+    /// approximation).
+    fn limits_now(&self) -> (f64, f64) {
+        let k = self.k.min(self.m - 1);
+        let rest = self.vals.get(k..).unwrap_or_default();
+        let theta1: f64 = rest.iter().map(|v| v.max(0.0)).sum();
+        let theta2: f64 = rest.iter().map(|v| v.max(0.0).powi(2)).sum();
+        let floor = 1e-3 * self.m as f64;
+        let q_lim = if theta1 > 1e-9 && theta2 > 1e-18 {
+            let g = theta2 / theta1;
+            let h = theta1 * theta1 / theta2;
+            (g * chi2_quantile(h)).max(floor)
+        } else {
+            floor
+        };
+        (chi2_quantile(k as f64), q_lim)
     }
 
     pub(crate) fn valid(&self, cfg: &MultivariateConfig) -> bool {
@@ -277,6 +284,8 @@ impl Pca {
             && self.cov.len() == m * m
             && (self.vals.is_empty() || (self.vals.len() == m && self.vecs.len() == m * m))
             && self.k < m
+            && self.limits.0.is_finite()
+            && self.limits.1.is_finite()
             && self
                 .cov
                 .iter()

@@ -108,11 +108,12 @@ pub struct Score {
     pub anomalous: bool,
     /// What happened to the reading.
     pub status: ScoreStatus,
-    /// Set when the series crossed into anomaly with this reading (once per episode).
-    pub event: Option<Event>,
+    /// Set when the series crossed into anomaly with this reading (once per episode). Boxed:
+    /// events are rare, and a small `Score` is cheap to return for every reading.
+    pub event: Option<Box<Event>>,
     /// Set when this reading completed (or closed) a row of the device's metrics that the
     /// multivariate model found anomalous.
-    pub device_event: Option<Event>,
+    pub device_event: Option<Box<Event>>,
 }
 
 impl Score {
@@ -449,7 +450,7 @@ impl Detector {
             entry.quiet = 0;
             if !entry.in_anomaly {
                 entry.in_anomaly = true;
-                event = Some(Event {
+                event = Some(Box::new(Event {
                     kind: EventKind::Anomaly,
                     device: key.device.clone(),
                     metric: Some(key.metric.clone()),
@@ -463,7 +464,7 @@ impl Detector {
                         expected: a.expected,
                         ..Explanation::default()
                     },
-                });
+                }));
             }
         } else if entry.in_anomaly {
             entry.quiet = entry.quiet.saturating_add(1);
@@ -484,7 +485,7 @@ impl Detector {
 
     /// Feeds series `i`'s reading into its device's row assembly; returns an event when a row
     /// is closed and anomalous.
-    fn multivariate(&mut self, i: usize, ts: TimestampMs, value: f64) -> Option<Event> {
+    fn multivariate(&mut self, i: usize, ts: TimestampMs, value: f64) -> Option<Box<Event>> {
         let cfg = &self.config.multivariate;
         if !cfg.enabled {
             return None;
@@ -576,7 +577,7 @@ impl Detector {
             let l = x.ln_1p();
             l / (1.0 + l)
         };
-        Some(Event {
+        Some(Box::new(Event {
             kind: EventKind::Multivariate,
             device: device_id.clone(),
             metric: None,
@@ -588,7 +589,7 @@ impl Detector {
                 t2_q: Some((v.t2, v.q)),
                 ..Explanation::default()
             },
-        })
+        }))
     }
 
     /// Forgets series `key` (a deleted device or metric); returns whether it was tracked. Its

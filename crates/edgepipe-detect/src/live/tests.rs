@@ -34,7 +34,7 @@ fn one_event_per_episode_with_explanation() {
         let s = d.score(&k, i * MIN, x);
         assert_eq!(s.status, ScoreStatus::Scored);
         if let Some(e) = s.event {
-            events.push(e);
+            events.push(*e);
         }
     }
     assert_eq!(events.len(), 1, "{events:?}");
@@ -199,7 +199,7 @@ fn broken_correlation_between_metrics_is_a_device_event() {
     let run = |d: &mut Detector, ev: &mut Vec<Event>, i: i64, l: f64, t: f64, c: f64| {
         for (k, v) in keys.iter().zip([l, t, c]) {
             if let Some(e) = d.score(k, i * MIN, v).device_event {
-                ev.push(e);
+                ev.push(*e);
             }
         }
     };

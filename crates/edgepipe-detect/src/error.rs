@@ -54,6 +54,9 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// Model parameters (an artifact, a series key, fit options) are invalid.
+    #[error("model parameters: {0}")]
+    Params(String),
     /// A snapshot did not decode or belongs to an incompatible configuration.
     #[error("snapshot does not restore: {0}")]
     Snapshot(String),

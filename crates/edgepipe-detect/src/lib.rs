@@ -6,14 +6,30 @@
 //! The core is pure and synchronous: a detector takes `(timestamp, value)` and returns a score;
 //! it never reads a clock or a file. Only [`nab`] performs I/O, to read the benchmark and write
 //! its results layout.
+//!
+//! - [`Detector`] (module [`live`]): the many-series detector a WAL consumer drives —
+//!   `score(key, ts, value)`, `tick(now)` for silence, `snapshot()`/`restore()`, `set_params`,
+//!   `apply_feedback`.
+//! - [`ModelParams`] (module [`model`]): the versioned, fitted, hot-swappable parameters.
+//! - [`ensemble`] and [`detectors`]: the univariate ensemble and its parts; [`multivariate`]:
+//!   the per-device streaming PCA.
 
 pub mod detectors;
 pub mod ensemble;
 mod error;
+pub mod live;
+pub mod model;
+pub mod multivariate;
 pub mod nab;
 
-pub use ensemble::{Assessment, Detector, EnsembleConfig, SeriesState, Snapshot};
+pub use ensemble::{Assessment, EnsembleConfig, SeriesDetector, SeriesState, Snapshot};
 pub use error::{Error, Result};
+pub use live::{
+    Contribution, Detector, DetectorConfig, Event, EventKind, Explanation, Feedback, Score,
+    ScoreStatus, SeriesKey, SilenceConfig,
+};
+pub use model::{FitOptions, MODEL_PARAMS_VERSION, ModelParams, SeriesParams, fit};
+pub use multivariate::MultivariateConfig;
 
 use edgepipe_types::TimestampMs;
 
@@ -23,4 +39,11 @@ pub trait PointScorer {
     /// Scores the reading at `ts` with `value` and updates the state. Never panics on any input,
     /// including NaN and infinities.
     fn score(&mut self, ts: TimestampMs, value: f64) -> f64;
+}
+
+/// Any closure `(ts, value) -> score` is a scorer (handy for evaluation runs).
+impl<F: FnMut(TimestampMs, f64) -> f64> PointScorer for F {
+    fn score(&mut self, ts: TimestampMs, value: f64) -> f64 {
+        self(ts, value)
+    }
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::path::PathBuf;
 
-use edgepipe_detect::{Detector, EnsembleConfig};
+use edgepipe_detect::{EnsembleConfig, SeriesDetector};
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -13,7 +13,7 @@ fn golden_dir() -> PathBuf {
 fn detect(csv: &str) -> String {
     let mut cfg = EnsembleConfig::default();
     cfg.limits.min = Some(0.0);
-    let mut det = Detector::new(cfg).expect("default config is valid");
+    let mut det = SeriesDetector::new(cfg).expect("default config is valid");
     let mut out = String::from("row,timestamp_s,value,score,fired,expected_lo,expected_hi\n");
     for (row, line) in csv.lines().skip(1).enumerate() {
         let (ts, v) = line.split_once(',').expect("two columns");

@@ -94,6 +94,18 @@ impl EwmaZ {
         )
     }
 
+    /// Starts the baseline at `mean` and `std` as if `n` values had been learned (a fitted
+    /// series needs no warm-up).
+    pub(crate) fn seed(&mut self, mean: f64, std: f64, n: u64) {
+        if mean.is_finite() && std.is_finite() && std > 0.0 {
+            self.stats = Ewm {
+                n,
+                mean,
+                var: std * std,
+            };
+        }
+    }
+
     /// Current mean and standard deviation.
     pub fn mean_std(&self) -> (f64, f64) {
         (self.stats.mean, self.stats.std())

@@ -77,11 +77,13 @@ pub enum DetectorKind {
     Seasonal,
     /// [`EwmaZ`] of the fast-smoothed series (sustained moderate shifts).
     SmoothZ,
+    /// A rise of the recent spread (or spike density) over the baseline's.
+    Volatility,
 }
 
 impl DetectorKind {
     /// All kinds, in bit order of [`Fired`].
-    pub const ALL: [DetectorKind; 9] = [
+    pub const ALL: [DetectorKind; 10] = [
         DetectorKind::EwmaZ,
         DetectorKind::Pewma,
         DetectorKind::RobustMad,
@@ -91,6 +93,7 @@ impl DetectorKind {
         DetectorKind::Limits,
         DetectorKind::Seasonal,
         DetectorKind::SmoothZ,
+        DetectorKind::Volatility,
     ];
 
     /// A stable lowercase name.
@@ -105,6 +108,7 @@ impl DetectorKind {
             DetectorKind::Limits => "limits",
             DetectorKind::Seasonal => "seasonal",
             DetectorKind::SmoothZ => "smooth_z",
+            DetectorKind::Volatility => "volatility",
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Weights {
     pub seasonal: f64,
     /// Weight of the smoothed-series z-score (0 also skips its work).
     pub smooth_z: f64,
+    /// Weight of the volatility detector (0 also skips its work).
+    pub volatility: f64,
 }
 
 impl Default for Weights {
@@ -46,6 +48,7 @@ impl Default for Weights {
             limits: 1.0,
             seasonal: 1.0,
             smooth_z: 0.75,
+            volatility: 0.0,
         }
     }
 }
@@ -101,6 +104,30 @@ impl Default for SmoothConfig {
     }
 }
 
+/// The volatility detector: a fast EWMA of the squared baseline z-score (clipped, so one spike
+/// counts little). It is 1 for a series that behaves as its baseline expects and rises when the
+/// spread or the density of spikes grows for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolatilityConfig {
+    /// Weight of each new squared z in the fast average.
+    pub alpha: f64,
+    /// |z| clip before squaring.
+    pub clip: f64,
+    /// Average squared z at which the detector fires (> 1).
+    pub threshold: f64,
+}
+
+impl Default for VolatilityConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 0.05,
+            clip: 3.0,
+            threshold: 4.0,
+        }
+    }
+}
+
 /// Per-series tail normalisation: a running estimate `q` of the `quantile` of the raw surprise
 /// (multiplicative stochastic-approximation updates of step `rate`); the raw surprise is divided
 /// by `max(1, q / reference)`, so only series whose ordinary surprises exceed what a well-modelled
@@ -117,6 +144,11 @@ pub struct TailConfig {
     /// Smallest divisor: below 1, a series quieter than `reference` has its surprises scaled
     /// up (at most by `1 / min_factor`).
     pub min_factor: f64,
+    /// Scale each detector's surprise by its own running quantile before the strongest is
+    /// taken (so a detector that is often surprised on this series counts less).
+    pub per_detector: bool,
+    /// Scale the strongest surprise by the running quantile of the strongest surprise.
+    pub overall: bool,
 }
 
 impl Default for TailConfig {
@@ -126,6 +158,8 @@ impl Default for TailConfig {
             rate: 0.02,
             reference: 1.0,
             min_factor: 1.0,
+            per_detector: false,
+            overall: true,
         }
     }
 }
@@ -165,6 +199,8 @@ pub struct EnsembleConfig {
     pub seasonal: SeasonalConfig,
     /// Smoothed-series z-score.
     pub smooth: SmoothConfig,
+    /// Volatility (spread or spike-density change).
+    pub volatility: VolatilityConfig,
     /// Detector weights in the raw score.
     pub weights: Weights,
     /// Learn `ln(1 + raw)` rather than `raw` in the likelihood stage (tames heavy tails).
@@ -194,6 +230,14 @@ impl EnsembleConfig {
         self.limits.validate(&mut errs);
         self.seasonal.validate(&mut errs);
         crate::detectors::check_unit(&mut errs, "smooth.alpha", self.smooth.alpha);
+        crate::detectors::check_unit(&mut errs, "volatility.alpha", self.volatility.alpha);
+        check_positive(&mut errs, "volatility.clip", self.volatility.clip);
+        if !(self.volatility.threshold > 1.0 && self.volatility.threshold.is_finite()) {
+            errs.push(Error::InvalidConfig {
+                field: "volatility.threshold",
+                reason: format!("{} is not a finite number > 1", self.volatility.threshold),
+            });
+        }
         self.smooth.z.validate(&mut errs);
         self.likelihood.validate(&mut errs);
         self.recurrence.validate(&mut errs);
@@ -217,6 +261,7 @@ impl EnsembleConfig {
             ("weights.limits", w.limits),
             ("weights.seasonal", w.seasonal),
             ("weights.smooth_z", w.smooth_z),
+            ("weights.volatility", w.volatility),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 errs.push(Error::InvalidConfig {

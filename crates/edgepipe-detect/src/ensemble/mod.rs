@@ -2,7 +2,7 @@
 //! the anomaly-likelihood stage into a score in [0, 1], with an explanation.
 //!
 //! Per-series state is [`SeriesState`] (a few hundred bytes, bounded by the configuration);
-//! one [`EnsembleConfig`] is shared by all series. [`Detector`] bundles the two for a single
+//! one [`EnsembleConfig`] is shared by all series. [`SeriesDetector`] bundles the two for a single
 //! series.
 
 mod config;
@@ -14,7 +14,9 @@ mod tests;
 use edgepipe_types::TimestampMs;
 use serde::{Deserialize, Serialize};
 
-pub use config::{Calibration, EnsembleConfig, OnsetConfig, SmoothConfig, TailConfig, Weights};
+pub use config::{
+    Calibration, EnsembleConfig, OnsetConfig, SmoothConfig, TailConfig, VolatilityConfig, Weights,
+};
 pub use likelihood::{Likelihood, LikelihoodConfig, MAX_SHORT_WINDOW};
 pub use recurrence::{MAX_EVENTS, Recurrence, RecurrenceConfig};
 
@@ -46,7 +48,7 @@ pub struct Assessment {
 pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// All the state of one series. Serialise it with any serde format; restore with
-/// [`Detector::restore`] or [`SeriesState::check`].
+/// [`SeriesDetector::restore`] or [`SeriesState::check`].
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SeriesState {
     n: u64,
@@ -61,10 +63,15 @@ pub struct SeriesState {
     /// Fast EWMA of the values and the z-score of it against its own slow baseline.
     smooth: Option<f64>,
     smooth_z: EwmaZ,
+    /// Fast EWMA of the clipped squared baseline z-score (a change of spread or spike density).
+    vol: f64,
     likelihood: Likelihood,
     recurrence: Recurrence,
     /// Running estimate of a high quantile of the raw surprise (0 = not started).
     tail: f64,
+    /// Per-detector running high quantiles of the weighted surprise (0 = not started), used
+    /// when `tail.per_detector` is on.
+    tails: [f64; DetectorKind::ALL.len()],
     peak: f64,
     /// Readings left in the refractory period after an alarm.
     refractory: u32,
@@ -99,6 +106,23 @@ impl SeriesState {
             + self.likelihood.heap_bytes()
     }
 
+    /// The seasonal period found, in blocks of `seasonal.block` readings.
+    pub fn seasonal_period(&self) -> Option<usize> {
+        self.seasonal.period()
+    }
+
+    /// Seeds a fresh state's level baseline with a fitted `mean` and `scale` (standard
+    /// deviation), so it scores from the first reading. Does nothing once readings were seen
+    /// or when `scale` is not positive.
+    pub fn seed(&mut self, cfg: &EnsembleConfig, mean: f64, scale: f64) {
+        if self.n > 0 {
+            return;
+        }
+        let settled = (1.0 / cfg.ewma.alpha).ceil() as u64;
+        self.ewma
+            .seed(mean, scale, settled.max(u64::from(cfg.ewma.warmup)));
+    }
+
     /// Checks that a deserialised state fits `cfg` (buffer sizes, finite numbers).
     pub fn check(&self, cfg: &EnsembleConfig) -> Result<()> {
         let ok = self.ewma.valid()
@@ -113,7 +137,9 @@ impl SeriesState {
             && self.likelihood.valid(&cfg.likelihood)
             && self.recurrence.valid(&cfg.recurrence)
             && self.peak.is_finite()
-            && self.tail.is_finite();
+            && self.tail.is_finite()
+            && self.vol.is_finite()
+            && self.tails.iter().all(|v| v.is_finite());
         if ok {
             Ok(())
         } else {
@@ -136,13 +162,31 @@ impl SeriesState {
 
         let mut best = (0.0f64, None, None);
         let mut fired = Fired::default();
+        let t = &cfg.tail;
+        let per = t.per_detector && t.rate > 0.0;
+        let mut tails = self.tails;
         // Every detector runs and explains (it fired when its own level reached 1); the weights
         // decide how much each one counts in the score.
         let mut consider = |kind: DetectorKind, weight: f64, s: Signal| {
             if s.level >= 1.0 {
                 fired.insert(kind);
             }
-            let level = weight * s.level;
+            let mut level = weight * s.level;
+            if per && weight > 0.0 {
+                let slot = &mut tails[kind as usize];
+                if *slot <= 0.0 {
+                    *slot = t.reference;
+                }
+                let q = *slot;
+                let up = if level > q {
+                    t.quantile
+                } else {
+                    t.quantile - 1.0
+                };
+                *slot = (q * (t.rate * up).exp())
+                    .clamp(t.reference * 1e-3, crate::detectors::MAX_LEVEL);
+                level /= (q / t.reference).max(t.min_factor);
+            }
             if level > best.0 {
                 best = (level, Some(kind), s.expected);
             }
@@ -194,6 +238,23 @@ impl SeriesState {
                 self.smooth_z.update(&cfg.smooth.z, s),
             );
         }
+        if w.volatility > 0.0
+            && let Some(z) = baseline_z.filter(|z| z.is_finite())
+        {
+            let v = &cfg.volatility;
+            let z2 = z.clamp(-v.clip, v.clip).powi(2);
+            let prev = self.vol;
+            self.vol = if prev <= 0.0 {
+                1.0
+            } else {
+                prev + v.alpha * (z2 - prev)
+            };
+            consider(
+                DetectorKind::Volatility,
+                w.volatility,
+                Signal::new((self.vol - 1.0).max(0.0) / (v.threshold - 1.0), None),
+            );
+        }
         if w.seasonal > 0.0 {
             consider(
                 DetectorKind::Seasonal,
@@ -206,9 +267,9 @@ impl SeriesState {
             w.limits,
             Limits::check(&cfg.limits, x),
         );
+        self.tails = tails;
         let (mut raw, strongest, expected) = best;
-        let t = &cfg.tail;
-        if t.rate > 0.0 && raw.is_finite() {
+        if t.rate > 0.0 && t.overall && raw.is_finite() {
             // Judge this reading against the series' own usual surprises: a series whose
             // surprises often run high (spiky, heavy-tailed) needs a bigger one to alarm.
             if self.tail <= 0.0 {
@@ -275,12 +336,12 @@ impl SeriesState {
 
 /// One series' ensemble: configuration plus state.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Detector {
+pub struct SeriesDetector {
     config: EnsembleConfig,
     state: SeriesState,
 }
 
-impl Detector {
+impl SeriesDetector {
     /// A fresh detector, after validating `config`.
     pub fn new(config: EnsembleConfig) -> Result<Self> {
         config.validate()?;
@@ -325,7 +386,7 @@ impl Detector {
     }
 }
 
-impl PointScorer for Detector {
+impl PointScorer for SeriesDetector {
     fn score(&mut self, ts: TimestampMs, value: f64) -> f64 {
         self.update(ts, value).score
     }

@@ -47,8 +47,13 @@ fn all_detectors() -> EnsembleConfig {
             limits: 1.0,
             seasonal: 1.0,
             smooth_z: 1.0,
+            volatility: 1.0,
         },
         calibration: Calibration::Both,
+        tail: TailConfig {
+            per_detector: true,
+            ..TailConfig::default()
+        },
         limits: crate::detectors::LimitsConfig {
             min: Some(-100.0),
             max: Some(100.0),
@@ -61,10 +66,10 @@ fn all_detectors() -> EnsembleConfig {
 fn snapshot_restore_continues_bit_identically() {
     let data = series(3000);
     for cfg in [EnsembleConfig::default(), all_detectors()] {
-        let mut reference = Detector::new(cfg).expect("config");
+        let mut reference = SeriesDetector::new(cfg).expect("config");
         let expected: Vec<Assessment> = data.iter().map(|&(t, x)| reference.update(t, x)).collect();
         for cut in [0, 1, 49, 250, 1499, 1500, 2999] {
-            let mut d = Detector::new(cfg).expect("config");
+            let mut d = SeriesDetector::new(cfg).expect("config");
             for &(t, x) in &data[..cut] {
                 d.update(t, x);
             }
@@ -74,7 +79,7 @@ fn snapshot_restore_continues_bit_identically() {
             }
             let json = serde_json::to_string(&d.snapshot()).expect("serialise");
             let snap: Snapshot = serde_json::from_str(&json).expect("deserialise");
-            let mut restored = Detector::restore(cfg, snap).expect("restore");
+            let mut restored = SeriesDetector::restore(cfg, snap).expect("restore");
             for (i, &(t, x)) in data.iter().enumerate().skip(cut) {
                 let got = restored.update(t, x);
                 assert!(
@@ -90,7 +95,7 @@ fn snapshot_restore_continues_bit_identically() {
 #[test]
 fn detects_spike_and_explains_it() {
     let data = series(2000);
-    let mut d = Detector::new(EnsembleConfig::default()).expect("config");
+    let mut d = SeriesDetector::new(EnsembleConfig::default()).expect("config");
     let out: Vec<Assessment> = data.iter().map(|&(t, x)| d.update(t, x)).collect();
     let spike = &out[1000];
     assert!(spike.alarm, "{spike:?}");
@@ -105,7 +110,7 @@ fn detects_spike_and_explains_it() {
 fn state_is_small() {
     // Largest while the seasonal warm-up buffer is held, and after it is freed.
     for cfg in [EnsembleConfig::default(), all_detectors()] {
-        let mut d = Detector::new(cfg).expect("config");
+        let mut d = SeriesDetector::new(cfg).expect("config");
         let mut peak = 0;
         for (t, x) in series(5000) {
             d.update(t, x);
@@ -124,7 +129,7 @@ fn invalid_configs_are_refused_with_every_problem() {
     cfg.onset.damping = -1.0;
     assert_eq!(cfg.problems().len(), 3);
     assert!(matches!(
-        Detector::new(cfg),
+        SeriesDetector::new(cfg),
         Err(crate::Error::InvalidConfig {
             field: "ewma.alpha",
             ..
@@ -136,16 +141,16 @@ fn invalid_configs_are_refused_with_every_problem() {
 fn restore_refuses_mismatched_state() {
     let mut big = EnsembleConfig::default();
     big.mad.window = 64;
-    let mut d = Detector::new(big).expect("config");
+    let mut d = SeriesDetector::new(big).expect("config");
     for (t, x) in series(200) {
         d.update(t, x);
     }
     let snap = d.snapshot();
     // The same state under a smaller window would hold more values than configured.
-    assert!(Detector::restore(EnsembleConfig::default(), snap.clone()).is_err());
+    assert!(SeriesDetector::restore(EnsembleConfig::default(), snap.clone()).is_err());
     let mut wrong = snap;
     wrong.version = 99;
-    assert!(Detector::restore(big, wrong).is_err());
+    assert!(SeriesDetector::restore(big, wrong).is_err());
 }
 
 proptest! {
@@ -164,13 +169,13 @@ proptest! {
         cut in 0usize..400,
     ) {
         let cfg = all_detectors();
-        let mut a = Detector::new(cfg).expect("config");
-        let mut b = Detector::new(cfg).expect("config");
+        let mut a = SeriesDetector::new(cfg).expect("config");
+        let mut b = SeriesDetector::new(cfg).expect("config");
         for (i, &x) in values.iter().enumerate() {
             if i == cut {
                 let json = serde_json::to_string(&b.snapshot()).expect("serialise");
                 let snap: Snapshot = serde_json::from_str(&json).expect("deserialise");
-                b = Detector::restore(cfg, snap).expect("restore");
+                b = SeriesDetector::restore(cfg, snap).expect("restore");
             }
             let ra = a.update(i as i64, x);
             let rb = b.update(i as i64, x);

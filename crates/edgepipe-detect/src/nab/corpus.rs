@@ -145,6 +145,43 @@ impl NabCorpus {
         })
     }
 
+    /// The files whose category satisfies `keep`, with windows renumbered, so the subset scores
+    /// like a corpus of its own (leave-one-category-out and split-half evaluation).
+    pub fn subset(&self, mut keep: impl FnMut(&NabFile) -> bool) -> Self {
+        let mut files = Vec::new();
+        let mut window_count = 0;
+        for file in &self.files {
+            if !keep(file) {
+                continue;
+            }
+            let mut f = file.clone();
+            let first = f.rows.iter().find_map(|r| match r.kind {
+                RowKind::InWindow(w) => Some(w),
+                _ => None,
+            });
+            if let Some(first) = first {
+                for r in &mut f.rows {
+                    if let RowKind::InWindow(w) = r.kind {
+                        r.kind = RowKind::InWindow(w - first + window_count);
+                    }
+                }
+            }
+            window_count += f.windows.len();
+            files.push(f);
+        }
+        Self {
+            files,
+            window_count,
+        }
+    }
+
+    /// The distinct categories, sorted.
+    pub fn categories(&self) -> Vec<String> {
+        let mut c: Vec<String> = self.files.iter().map(|f| f.category.clone()).collect();
+        c.dedup();
+        c
+    }
+
     /// Total rows over all files.
     pub fn row_count(&self) -> usize {
         self.files.iter().map(NabFile::len).sum()

@@ -9,7 +9,7 @@ mod runner;
 mod scorer;
 
 pub use corpus::{NabCorpus, NabFile, Window, parse_timestamp, probationary_len};
-pub use runner::{NabReport, run_nab, write_results};
+pub use runner::{NabReport, eval_nab, run_nab, write_nab_results};
 pub use scorer::{
     DetectorScores, FileScore, PROFILES, Profile, ProfileScore, REWARD_LOW_FN, REWARD_LOW_FP,
     STANDARD, file_scores, read_results, results_path, score_corpus, score_results_dir,

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::corpus::NabCorpus;
 use super::scorer::{DetectorScores, results_path, score_results_dir};
+use crate::{EnsembleConfig, SeriesState};
 use crate::{Error, PointScorer, Result};
 
 /// What [`run_nab`] did and how the detector scored.
@@ -57,7 +58,7 @@ where
             .collect();
         all.push(scores);
     }
-    write_results(&corpus, out_dir, detector, &all)?;
+    write_nab_results(out_dir, detector, &corpus, &all)?;
     let scores = score_results_dir(&corpus, out_dir, detector)?;
     Ok(NabReport {
         detector: detector.to_owned(),
@@ -69,14 +70,39 @@ where
     })
 }
 
-/// Writes per-file scores (one `Vec` per corpus file, in corpus order) in NAB's results layout.
-/// Scores are clamped to [0, 1]; a NaN is written as 0.
-pub fn write_results(
-    corpus: &NabCorpus,
+/// Runs the default detector of this crate (the ensemble under `config`, one fresh state per
+/// file) over the NAB corpus at `data_dir`, writes `out_dir/edgepipe/...` in NAB's layout and
+/// scores it: what `edgepipe eval nab --data D --out DIR` does.
+pub fn eval_nab(
+    data_dir: impl AsRef<Path>,
+    out_dir: impl AsRef<Path>,
+    config: &EnsembleConfig,
+) -> Result<NabReport> {
+    config.validate()?;
+    let config = *config;
+    run_nab(data_dir, out_dir, "edgepipe", || {
+        let mut state = SeriesState::default();
+        move |ts, v| state.update(&config, ts, v).score
+    })
+}
+
+/// Writes per-file scores (one `Vec` per corpus file, in corpus order) in NAB's results layout:
+/// `out_dir/<detector>/<category>/<detector>_<file>.csv` with the header
+/// `timestamp,value,anomaly_score,label`, timestamps and values copied as written in the data
+/// file and `label` 1 inside a window, so NAB's own scorer reads it. Scores are clamped to
+/// [0, 1]; a NaN is written as 0; a missing score is written as 0.
+pub fn write_nab_results(
     out_dir: &Path,
     detector: &str,
+    corpus: &NabCorpus,
     scores: &[Vec<f64>],
 ) -> Result<()> {
+    if detector.is_empty() || detector.contains(['/', '\\']) || detector.starts_with('.') {
+        return Err(Error::InvalidConfig {
+            field: "detector",
+            reason: format!("{detector:?} is not a plain folder name"),
+        });
+    }
     for (file, file_scores) in corpus.files.iter().zip(scores) {
         let path = results_path(out_dir, detector, file);
         if let Some(parent) = path.parent() {

@@ -105,7 +105,7 @@ fn results_with_wrong_row_count_are_refused() {
 fn run_nab_writes_layout_and_scores_the_default_ensemble() {
     let out = tempfile::tempdir().expect("tempdir");
     let report = run_nab(nab_dir(), out.path(), "edgepipe", || {
-        crate::Detector::new(crate::EnsembleConfig::default()).expect("default config")
+        crate::SeriesDetector::new(crate::EnsembleConfig::default()).expect("default config")
     })
     .expect("run_nab");
     assert_eq!(report.files, 41);
@@ -139,4 +139,31 @@ fn run_nab_writes_layout_and_scores_the_default_ensemble() {
             "NAB scores {got:?}, recorded {want:?}"
         );
     }
+}
+
+#[test]
+fn eval_nab_matches_run_nab_and_subset_renumbers_windows() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = eval_nab(nab_dir(), out.path(), &crate::EnsembleConfig::default()).expect("eval");
+    assert_eq!(report.detector, "edgepipe");
+    assert!((report.scores.standard() - 68.97).abs() < 0.006);
+    // Scoring a subset as a corpus of its own: the subset's windows are numbered from 0.
+    let c = corpus();
+    let scores = read_results(&c, out.path(), "edgepipe").expect("read back");
+    let traffic = c.subset(|f| f.category == "realTraffic");
+    assert_eq!(traffic.files.len(), 7);
+    assert_eq!(traffic.window_count, 14);
+    let part: Vec<Vec<f64>> = c
+        .files
+        .iter()
+        .zip(&scores)
+        .filter(|(f, _)| f.category == "realTraffic")
+        .map(|(_, s)| s.clone())
+        .collect();
+    let s = score_corpus(&traffic, "edgepipe", &part).expect("score subset");
+    assert!(s.standard() > 0.0 && s.standard() <= 100.0);
+    assert!(
+        write_nab_results(out.path(), "../x", &c, &scores).is_err(),
+        "a detector name must not escape the output directory"
+    );
 }

@@ -42,7 +42,7 @@ for name, sql in queries:
     rows = 0
     for _ in range(runs):
         t = time.perf_counter()
-        rows = len(con.execute(sql).fetchall())
+        rows = con.execute(sql).fetch_arrow_table().num_rows
         ts.append((time.perf_counter() - t) * 1000)
     out_q.append({"name": name, "rows": rows, "median_ms": statistics.median(ts), "runs_ms": ts})
 print(json.dumps({

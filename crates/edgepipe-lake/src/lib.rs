@@ -49,8 +49,10 @@ pub mod tables {
     pub const ROLLUP_1H: &str = "rollup_1h";
     /// Every message the gateway refused (from the dead-letter store).
     pub const DEADLETTERS: &str = "deadletters";
+    /// Anomaly events from the detection stage.
+    pub const ANOMALIES: &str = "anomalies";
     /// Every table the lake manages.
-    pub const ALL: [&str; 4] = [READINGS, ROLLUP_1M, ROLLUP_1H, DEADLETTERS];
+    pub const ALL: [&str; 5] = [READINGS, ROLLUP_1M, ROLLUP_1H, DEADLETTERS, ANOMALIES];
 }
 
 /// Errors from the lake.

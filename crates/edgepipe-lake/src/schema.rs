@@ -97,6 +97,33 @@ pub fn deadletters_schema() -> SchemaRef {
     DEADLETTERS.clone()
 }
 
+static ANOMALIES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, true),
+        Field::new("ts", ts_type(), false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("threshold", DataType::Float64, false),
+        Field::new("value", DataType::Float64, true),
+        Field::new("expected_lo", DataType::Float64, true),
+        Field::new("expected_hi", DataType::Float64, true),
+        Field::new("explanation", DataType::Utf8, false),
+        Field::new("model_version", DataType::Utf8, false),
+        Field::new("replayed", DataType::Boolean, false),
+        Field::new("wal_seq", DataType::Int64, false),
+    ]))
+});
+
+/// The `anomalies` file schema, partitioned by the event's `ts`: a stable `event_id`, the
+/// device and metric (null for device-wide findings), kind (`anomaly`, `multivariate`,
+/// `silence`), score and threshold, the value and the expected range, the detector's
+/// explanation as JSON, the model version, whether replayed data raised it, and its WAL record.
+pub fn anomalies_schema() -> SchemaRef {
+    ANOMALIES.clone()
+}
+
 /// The `readings` file schema (without the partition columns).
 pub fn readings_schema() -> SchemaRef {
     READINGS.clone()

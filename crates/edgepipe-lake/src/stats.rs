@@ -136,6 +136,7 @@ pub async fn verify(store: &LakeStore) -> Result<(Vec<VerifyProblem>, usize)> {
         let expected = match table {
             tables::READINGS => readings_schema(),
             tables::DEADLETTERS => crate::schema::deadletters_schema(),
+            tables::ANOMALIES => crate::schema::anomalies_schema(),
             _ => rollup_schema(),
         };
         for (key, meta) in store.list(&format!("{table}/")).await? {

@@ -9,6 +9,7 @@
 //!   or missed at the boundary. A reading is queryable as soon as the lake writer has read its
 //!   WAL record (it tails the WAL, woken by every durable append).
 //! - `rollup_1m`, `rollup_1h`: per series and bucket count/min/max/avg/sum, written at compaction.
+//! - `anomalies`: anomaly events from the detection stage, with explanation and model version.
 //! - `deadletters`: every refused message with its reason and raw bytes, exported from the
 //!   dead-letter store every flush interval.
 //!
@@ -353,6 +354,7 @@ impl QueryEngine {
             (tables::ROLLUP_1M, rollup_schema()),
             (tables::ROLLUP_1H, rollup_schema()),
             (tables::DEADLETTERS, edgepipe_lake::schema::deadletters_schema()),
+            (tables::ANOMALIES, edgepipe_lake::schema::anomalies_schema()),
         ] {
             let p = self.listing(t, schema)?;
             ctx.register_table(t, Arc::new(pruning::PrunedTable::new(p)))

@@ -71,11 +71,32 @@ pub enum Command {
         #[command(flatten)]
         args: LakeArgs,
     },
+    /// Evaluate the detector on a public benchmark.
+    Eval {
+        /// Which benchmark.
+        #[command(subcommand)]
+        which: EvalCmd,
+    },
     /// Benchmarks.
     Bench {
         /// Which benchmark.
         #[command(subcommand)]
         which: BenchCmd,
+    },
+}
+
+/// `eval` benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum EvalCmd {
+    /// Run the detector online over the Numenta Anomaly Benchmark and score it with NAB's rules;
+    /// writes NAB's results layout (`OUT/edgepipe/<category>/edgepipe_<file>.csv`).
+    Nab {
+        /// NAB directory (with `data/` and `labels/`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -318,6 +339,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deadletters { action, data_dir } => deadletters(action, data_dir).await,
         Command::WalDump { data_dir, from } => wal_dump(data_dir, from),
         Command::Query(a) => query_cmd(a).await,
+        Command::Eval {
+            which: EvalCmd::Nab { data, out },
+        } => eval_nab(data, out),
         Command::Lake { action, args } => lake_cmd(action, args).await,
         Command::Bench { which } => match which {
             BenchCmd::Ingest(a) => bench_ingest(a).await,
@@ -956,4 +980,26 @@ fn chrono_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+fn eval_nab(data: PathBuf, out: PathBuf) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(format!("scoring NAB at {}", data.display()));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let started = Instant::now();
+    let r = edgepipe_detect::nab::eval_nab(&data, &out, &edgepipe_detect::EnsembleConfig::default());
+    bar.finish_and_clear();
+    let r = r?;
+    println!(
+        "NAB: {} files, {} rows, {} windows in {:.1} s; results in {}",
+        r.files,
+        r.rows,
+        r.windows,
+        started.elapsed().as_secs_f64(),
+        r.results_dir.display()
+    );
+    for p in &r.scores.profiles {
+        println!("  {:<22} {:>6.2}", p.profile, p.score);
+    }
+    Ok(())
 }

@@ -50,6 +50,20 @@ mod duration_str {
     }
 }
 
+/// Durations serialised as `"500ms"`, `"30s"`, `"5m"` (for config structs that round-trip).
+pub(crate) mod duration_serde {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::duration_str::deserialize(d)
+    }
+}
+
 /// Top-level server configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -77,6 +91,8 @@ pub struct ServerConfig {
     pub lake: LakeConfig,
     /// Per-query limits.
     pub query: QueryConfig,
+    /// The detection stage.
+    pub detect: crate::detect::DetectConfig,
 }
 
 /// Limits on what devices may send.
@@ -144,6 +160,7 @@ impl Default for ServerConfig {
             topic_mappings: Vec::new(),
             lake: LakeConfig::default(),
             query: QueryConfig::default(),
+            detect: crate::detect::DetectConfig::default(),
         }
     }
 }
@@ -261,6 +278,12 @@ impl ServerConfig {
         }
         for (key, msg) in self.lake.problems() {
             errors.push(format!("{key}: {msg}"));
+        }
+        for e in self.detect.detector.problems() {
+            errors.push(format!("detect.detector: {e}"));
+        }
+        if self.detect.checkpoint_interval.is_zero() {
+            errors.push("detect.checkpoint_interval: must be greater than 0".to_string());
         }
         if self.query.max_rows == 0 {
             errors.push("query.max_rows: must be at least 1".to_string());

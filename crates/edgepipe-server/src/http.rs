@@ -101,6 +101,8 @@ pub struct LakeApi {
     pub metrics: Arc<edgepipe_lake::LakeMetrics>,
     /// Rows not yet flushed.
     pub fresh: edgepipe_lake::FreshBuffer,
+    /// Detection stage counters.
+    pub detect: Arc<crate::detect::DetectMetrics>,
 }
 
 /// Builds the router. `max_body` bytes → larger bodies get 413.
@@ -297,6 +299,7 @@ pub fn status_json(ing: &Ingestor) -> serde_json::Value {
 async fn status(State(st): State<AppState>) -> Response {
     let mut v = status_json(&st.ingestor);
     v["lake"] = lake_json(&st.lake);
+    v["detect"] = detect_json(&st.lake.detect);
     Json(v).into_response()
 }
 
@@ -312,6 +315,17 @@ fn lake_json(l: &LakeApi) -> serde_json::Value {
         "last_flush_unix_ms": m.last_flush_unix_ms.load(Ordering::Relaxed),
         "records_undecodable": m.records_undecodable.load(Ordering::Relaxed),
         "records_lost_to_wal_budget": m.records_lost_to_wal_budget.load(Ordering::Relaxed),
+    })
+}
+
+fn detect_json(d: &crate::detect::DetectMetrics) -> serde_json::Value {
+    json!({
+        "scored": d.scored.load(Ordering::Relaxed),
+        "late": d.late.load(Ordering::Relaxed),
+        "skipped_non_numeric": d.skipped_non_numeric.load(Ordering::Relaxed),
+        "events": d.events.load(Ordering::Relaxed),
+        "checkpoints": d.checkpoints.load(Ordering::Relaxed),
+        "checkpointed_wal_seq": d.position.load(Ordering::Relaxed),
     })
 }
 
@@ -375,6 +389,27 @@ async fn metrics(State(st): State<AppState>) -> Response {
             "edgepipe_lake_wal_lag_records",
             "WAL records not yet committed to the lake.",
             w.next_seq.saturating_sub(st.lake.fresh.committed()),
+        ),
+        (
+            "edgepipe_detect_readings_scored_total",
+            "Readings scored by the detection stage.",
+            st.lake.detect.scored.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_detect_events_total",
+            "Anomaly events stored by the detection stage.",
+            st.lake.detect.events.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_detect_wal_lag_records",
+            "WAL records not yet checkpointed by the detection stage.",
+            w.next_seq
+                .saturating_sub(st.lake.detect.position.load(Ordering::Relaxed)),
+        ),
+        (
+            "edgepipe_detect_scoring_microseconds_total",
+            "Time spent scoring readings (divide by readings scored for the mean latency).",
+            st.lake.detect.scoring_nanos.load(Ordering::Relaxed) / 1_000,
         ),
         (
             "edgepipe_lake_records_dropped_total",

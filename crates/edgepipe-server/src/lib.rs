@@ -8,12 +8,14 @@
 //! → [`lake`] runs the lake writer (a WAL consumer) that makes it queryable at once and writes
 //! it to Parquet (`edgepipe-lake`), and the query engine (`edgepipe-query`) behind
 //! `POST /api/v1/query`, `GET /api/v1/series` and `edgepipe query`. Anything refused is stored
-//! by [`deadletter`] first.
+//! by [`deadletter`] first. [`detect`] is the detection stage (another WAL consumer) that scores
+//! every reading and stores anomaly events in the lake.
 
 pub mod bench_lake;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
+pub mod detect;
 pub mod devices;
 pub mod http;
 pub mod ingest;

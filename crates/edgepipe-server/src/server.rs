@@ -112,6 +112,8 @@ pub struct RunningServer {
     /// Lake writer counters.
     pub lake_metrics: Arc<edgepipe_lake::LakeMetrics>,
     lake: Option<LakeService>,
+    detect_stop: tokio::sync::watch::Sender<bool>,
+    detect_task: Option<tokio::task::JoinHandle<()>>,
     mqtt: Option<MqttHandle>,
     http_cancel: CancellationToken,
     http_task: Option<tokio::task::JoinHandle<()>>,
@@ -159,6 +161,23 @@ impl RunningServer {
         })?);
 
         lake.export_deadletters(ingestor.clone());
+        let detect_metrics: Arc<crate::detect::DetectMetrics> = Arc::default();
+        let (detect_stop, detect_stop_rx) = tokio::sync::watch::channel(false);
+        if !cfg.detect.enabled {
+            // A disabled stage must not hold back WAL retention with a stale checkpoint.
+            let _ = ingestor.wal().remove_consumer(crate::detect::CONSUMER);
+        }
+        let detect_task = cfg.detect.enabled.then(|| {
+            tokio::spawn(crate::detect::run_stage(
+                cfg.data_dir.clone(),
+                ingestor.wal().clone(),
+                lake.store.clone(),
+                cfg.detect.clone(),
+                None,
+                detect_metrics.clone(),
+                detect_stop_rx,
+            ))
+        });
 
         let workers = if cfg.mqtt_workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -189,6 +208,7 @@ impl RunningServer {
                 engine: lake.engine.clone(),
                 metrics: lake.metrics.clone(),
                 fresh: lake.fresh.clone(),
+                detect: detect_metrics.clone(),
             },
         )
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -217,6 +237,8 @@ impl RunningServer {
             query: lake.engine.clone(),
             lake_metrics: lake.metrics.clone(),
             lake: Some(lake),
+            detect_stop,
+            detect_task,
             mqtt: Some(mqtt),
             http_cancel: cancel,
             http_task: Some(http_task),
@@ -233,6 +255,10 @@ impl RunningServer {
         }
         self.http_cancel.cancel();
         if let Some(t) = self.http_task.take() {
+            let _ = t.await;
+        }
+        let _ = self.detect_stop.send(true);
+        if let Some(t) = self.detect_task.take() {
             let _ = t.await;
         }
         if let Some(l) = self.lake.take() {

@@ -1,0 +1,513 @@
+//! The detection stage: a WAL consumer that scores every numeric reading with the live
+//! `edgepipe-detect` detector, writes anomaly events to the lake's `anomalies` table and hands
+//! them to an [`AnomalyHandler`] (the case manager, when it exists).
+//!
+//! Exactly-once firing through crashes: the detector is deterministic, and its state is
+//! checkpointed together with the WAL position it has consumed. A checkpoint stores the events
+//! of the WAL range since the last one through the lake's crash-safe flush protocol, and inside
+//! that protocol's commit step writes the detector snapshot (atomically: temp file, fsync,
+//! rename) and then moves the WAL checkpoint. After a crash the stage restores the last
+//! snapshot, the lake undoes the half-written range, and replaying the same WAL records yields
+//! the same events under the same ids: nothing fires twice, nothing is missed, and there is no
+//! re-warm-up.
+//!
+//! Replayed (late, backfilled) readings are scored and learned, but the events they raise are
+//! recorded with `replayed = true` and not handed to the case manager: a condition that has
+//! already cleared does not page anyone. Silence is checked against the newest receive time in
+//! the WAL (deterministic on replay).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use edgepipe_detect::{Detector, DetectorConfig, Event, ModelParams, ScoreStatus, SeriesKey};
+use edgepipe_lake::LakeStore;
+use edgepipe_types::{IngestRecord, Transport, Value};
+use edgepipe_wal::Wal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// Name of the stage's WAL consumer and lake table.
+pub const CONSUMER: &str = "detect";
+/// Lake table of anomaly events.
+pub const TABLE: &str = edgepipe_lake::tables::ANOMALIES;
+
+/// `[detect]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Run the detection stage.
+    pub enabled: bool,
+    /// Checkpoint detector state (and store events) at least this often.
+    #[serde(with = "crate::config::duration_serde")]
+    pub checkpoint_interval: Duration,
+    /// Readings received more than this after their event time are replayed: scored, but their
+    /// events are not handed to the case manager.
+    #[serde(with = "crate::config::duration_serde")]
+    pub late_after: Duration,
+    /// The live detector's settings.
+    pub detector: DetectorConfig,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            checkpoint_interval: Duration::from_secs(10),
+            late_after: Duration::from_secs(300),
+            detector: DetectorConfig::default(),
+        }
+    }
+}
+
+/// An anomaly event as stored and handed on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnomalyEvent {
+    /// Stable id: `<wal_seq>-<n>` (or `silence-<ts>-<device>[-<metric>]`); the same event
+    /// replayed after a crash has the same id.
+    pub id: String,
+    /// The WAL record that raised it.
+    pub wal_seq: u64,
+    /// Model version (hash of the model parameters in force).
+    pub model_version: String,
+    /// Raised by replayed (late) data: recorded, not handed to cases.
+    pub replayed: bool,
+    /// The detector's finding with its explanation.
+    pub event: Event,
+}
+
+/// Receives anomaly events once they are durable in the lake. Implementations must be cheap
+/// (they run on the stage's task) and idempotent on [`AnomalyEvent::id`]: after a crash the
+/// events of the last unfinished checkpoint are delivered again.
+pub trait AnomalyHandler: Send + Sync + std::fmt::Debug {
+    /// Called with the events of one checkpoint, in WAL order.
+    fn handle(&self, events: &[AnomalyEvent]);
+}
+
+/// Counters for metrics and status.
+#[derive(Debug, Default)]
+pub struct DetectMetrics {
+    /// Readings scored.
+    pub scored: AtomicU64,
+    /// Readings not scored: non-numeric values.
+    pub skipped_non_numeric: AtomicU64,
+    /// Readings at or before their series' newest timestamp (late duplicates).
+    pub late: AtomicU64,
+    /// Anomaly events stored.
+    pub events: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// WAL position consumed and checkpointed.
+    pub position: AtomicU64,
+    /// Nanoseconds spent scoring (for the per-reading latency).
+    pub scoring_nanos: AtomicU64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    next_seq: u64,
+    silence_clock: i64,
+    detector: Vec<u8>,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// The version string of a parameter set: the first 12 hex digits of the SHA-256 of its JSON.
+pub fn model_version(params: &ModelParams) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(params).unwrap_or_default();
+    let h = sha2::Sha256::digest(&json);
+    format!("m{}-{}", params.version, &hex::encode(h)[..12])
+}
+
+/// The running stage.
+#[derive(Debug)]
+pub struct DetectStage {
+    wal: Wal,
+    store: LakeStore,
+    state_path: PathBuf,
+    cfg: DetectConfig,
+    detector: Detector,
+    model_version: String,
+    next_seq: u64,
+    silence_clock: i64,
+    pending: Vec<AnomalyEvent>,
+    first_uncheckpointed: u64,
+    handler: Option<Arc<dyn AnomalyHandler>>,
+    metrics: Arc<DetectMetrics>,
+}
+
+impl DetectStage {
+    /// Opens the stage: restores the last checkpoint (or starts fresh), undoes a half-written
+    /// event range.
+    pub async fn open(
+        data_dir: &Path,
+        wal: Wal,
+        store: LakeStore,
+        cfg: DetectConfig,
+        handler: Option<Arc<dyn AnomalyHandler>>,
+        metrics: Arc<DetectMetrics>,
+    ) -> anyhow::Result<Self> {
+        let dir = data_dir.join("detect");
+        std::fs::create_dir_all(&dir)?;
+        let state_path = dir.join("state.bin");
+        let consumer = wal.consumer(CONSUMER)?;
+        let (detector, next_seq, silence_clock) = match std::fs::read(&state_path) {
+            Ok(bytes) => {
+                let st: StateFile = postcard::from_bytes(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", state_path.display()))?;
+                anyhow::ensure!(
+                    st.version == STATE_VERSION,
+                    "{}: state version {} is not {STATE_VERSION}",
+                    state_path.display(),
+                    st.version
+                );
+                (
+                    Detector::restore(cfg.detector, &st.detector)?,
+                    st.next_seq,
+                    st.silence_clock,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                Detector::new(cfg.detector, ModelParams::default())?,
+                consumer.position(),
+                i64::MIN,
+            ),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", state_path.display())),
+        };
+        drop(consumer);
+        edgepipe_lake::sink::recover(&store, TABLE, next_seq).await?;
+        let model_version = model_version(detector.params());
+        metrics.position.store(next_seq, Ordering::Relaxed);
+        Ok(Self {
+            wal,
+            store,
+            state_path,
+            cfg,
+            detector,
+            model_version,
+            next_seq,
+            silence_clock,
+            pending: Vec::new(),
+            first_uncheckpointed: next_seq,
+            handler,
+            metrics,
+        })
+    }
+
+    /// Scores records until `stop`, checkpointing every `checkpoint_interval` and at the end.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut last_checkpoint = Instant::now();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let progressed = self.step()?;
+            if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
+                self.checkpoint().await?;
+                last_checkpoint = Instant::now();
+            }
+            if progressed {
+                continue;
+            }
+            let wal = self.wal.clone();
+            let after = self.next_seq;
+            let wait = self
+                .cfg
+                .checkpoint_interval
+                .saturating_sub(last_checkpoint.elapsed())
+                .max(Duration::from_millis(1));
+            tokio::select! {
+                r = wal.wait_beyond(after) => {
+                    if let Err(edgepipe_wal::Error::Closed) = r {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        self.step()?;
+        self.checkpoint().await
+    }
+
+    /// Scores every durable record not yet scored. Returns whether anything was read.
+    pub fn step(&mut self) -> anyhow::Result<bool> {
+        let records = match self.wal.read(self.next_seq, 2048) {
+            Ok(r) => r,
+            Err(edgepipe_wal::Error::Truncated { oldest, .. }) => {
+                self.next_seq = oldest;
+                return Ok(true);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if records.is_empty() {
+            return Ok(false);
+        }
+        let late_ms = i64::try_from(self.cfg.late_after.as_millis()).unwrap_or(i64::MAX);
+        let t0 = Instant::now();
+        for (seq, payload) in &records {
+            self.next_seq = seq + 1;
+            let Ok(rec) = IngestRecord::decode(payload) else {
+                // The lake writer logs and counts undecodable records; nothing to score.
+                continue;
+            };
+            self.score_record(*seq, &rec, late_ms);
+            if rec.received_at > self.silence_clock {
+                self.silence_clock = rec.received_at;
+                for e in self.detector.tick(self.silence_clock) {
+                    let id = format!(
+                        "silence-{}-{}{}",
+                        e.ts,
+                        e.device.as_str(),
+                        e.metric
+                            .as_ref()
+                            .map(|m| format!("-{}", m.as_str()))
+                            .unwrap_or_default()
+                    );
+                    self.push_event(id, *seq, false, e);
+                }
+            }
+        }
+        self.metrics
+            .scoring_nanos
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn score_record(&mut self, seq: u64, rec: &IngestRecord, late_ms: i64) {
+        let mut n = 0usize;
+        for r in &rec.readings {
+            let v = match &r.value {
+                Value::F64(v) => *v,
+                Value::I64(v) => *v as f64,
+                Value::Bool(b) => f64::from(u8::from(*b)),
+                Value::Str(_) => {
+                    self.metrics
+                        .skipped_non_numeric
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let key = SeriesKey::new(rec.device_id.clone(), r.metric.clone());
+            let s = self.detector.score(&key, r.ts, v);
+            match s.status {
+                ScoreStatus::Scored => {
+                    self.metrics.scored.fetch_add(1, Ordering::Relaxed);
+                }
+                ScoreStatus::Late => {
+                    self.metrics.late.fetch_add(1, Ordering::Relaxed);
+                }
+                ScoreStatus::Overflow => {}
+            }
+            let replayed =
+                rec.transport == Transport::Replay || rec.received_at - r.ts > late_ms;
+            for e in [s.event, s.device_event].into_iter().flatten() {
+                let id = format!("{seq}-{n}");
+                n += 1;
+                self.push_event(id, seq, replayed, *e);
+            }
+        }
+    }
+
+    fn push_event(&mut self, id: String, seq: u64, replayed: bool, event: Event) {
+        self.pending.push(AnomalyEvent {
+            id,
+            wal_seq: seq,
+            model_version: self.model_version.clone(),
+            replayed,
+            event,
+        });
+    }
+
+    /// Stores pending events, the detector snapshot and the WAL position, in that order.
+    pub async fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let first = self.first_uncheckpointed;
+        if self.next_seq == first {
+            return Ok(());
+        }
+        let last = self.next_seq - 1;
+        let files = encode_events(&self.pending, first, last)?;
+        let state = StateFile {
+            version: STATE_VERSION,
+            next_seq: self.next_seq,
+            silence_clock: self.silence_clock,
+            detector: self.detector.snapshot()?,
+        };
+        let state_bytes = postcard::to_allocvec(&state)?;
+        let state_path = self.state_path.clone();
+        let wal = self.wal.clone();
+        let next = self.next_seq;
+        edgepipe_lake::sink::store_flush(&self.store, TABLE, first, last, &files, move || {
+            write_atomically(&state_path, &state_bytes).map_err(|source| {
+                edgepipe_lake::Error::Io {
+                    path: state_path.clone(),
+                    source,
+                }
+            })?;
+            wal.consumer(CONSUMER)?.commit(next)?;
+            Ok(())
+        })
+        .await?;
+        if let Some(h) = &self.handler {
+            let live: Vec<AnomalyEvent> =
+                self.pending.iter().filter(|e| !e.replayed).cloned().collect();
+            if !live.is_empty() {
+                h.handle(&live);
+            }
+        }
+        self.metrics
+            .events
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.metrics.position.store(next, Ordering::Relaxed);
+        self.pending.clear();
+        self.first_uncheckpointed = next;
+        Ok(())
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn encode_events(
+    events: &[AnomalyEvent],
+    first: u64,
+    last: u64,
+) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
+    let mut by_hour: std::collections::BTreeMap<i64, Vec<&AnomalyEvent>> = Default::default();
+    for e in events {
+        by_hour
+            .entry(
+                e.event
+                    .ts
+                    .saturating_mul(1000)
+                    .div_euclid(edgepipe_lake::schema::HOUR_US),
+            )
+            .or_default()
+            .push(e);
+    }
+    let schema = edgepipe_lake::schema::anomalies_schema();
+    let mut files = Vec::new();
+    for (hour, es) in by_hour {
+        let mut id = StringBuilder::new();
+        let mut dev = StringBuilder::new();
+        let mut met = StringBuilder::new();
+        let mut ts = TimestampMicrosecondBuilder::new();
+        let mut kind = StringBuilder::new();
+        let mut score = Float64Builder::new();
+        let mut thr = Float64Builder::new();
+        let mut value = Float64Builder::new();
+        let mut lo = Float64Builder::new();
+        let mut hi = Float64Builder::new();
+        let mut expl = StringBuilder::new();
+        let mut mv = StringBuilder::new();
+        let mut rep = BooleanBuilder::new();
+        let mut seq = Int64Builder::new();
+        for e in es {
+            let ev = &e.event;
+            id.append_value(&e.id);
+            dev.append_value(ev.device.as_str());
+            met.append_option(ev.metric.as_ref().map(|m| m.as_str()));
+            ts.append_value(ev.ts.saturating_mul(1000));
+            kind.append_value(
+                serde_json::to_value(ev.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            );
+            score.append_value(ev.score);
+            thr.append_value(ev.threshold);
+            value.append_option(ev.explanation.value);
+            lo.append_option(ev.explanation.expected.map(|x| x.0));
+            hi.append_option(ev.explanation.expected.map(|x| x.1));
+            expl.append_value(serde_json::to_string(&ev.explanation)?);
+            mv.append_value(&e.model_version);
+            rep.append_value(e.replayed);
+            seq.append_value(i64::try_from(e.wal_seq).unwrap_or(i64::MAX));
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(dev.finish()),
+            Arc::new(met.finish()),
+            Arc::new(ts.finish().with_timezone("UTC")),
+            Arc::new(kind.finish()),
+            Arc::new(score.finish()),
+            Arc::new(thr.finish()),
+            Arc::new(value.finish()),
+            Arc::new(lo.finish()),
+            Arc::new(hi.finish()),
+            Arc::new(expl.finish()),
+            Arc::new(mv.finish()),
+            Arc::new(rep.finish()),
+            Arc::new(seq.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), cols)?;
+        let (date, hh) = edgepipe_lake::schema::partition_of_hour(hour);
+        files.push((
+            format!("{TABLE}/date={date}/hour={hh}/part-{first:020}-{last:020}.parquet"),
+            edgepipe_lake::encode_parquet(&schema, &[batch], 64 * 1024)?,
+        ));
+    }
+    Ok(files)
+}
+
+/// Runs the stage until `stop`, reopening it after an error (with backoff): the WAL keeps the
+/// records meanwhile.
+pub async fn run_stage(
+    data_dir: PathBuf,
+    wal: Wal,
+    store: LakeStore,
+    cfg: DetectConfig,
+    handler: Option<Arc<dyn AnomalyHandler>>,
+    metrics: Arc<DetectMetrics>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let r = match DetectStage::open(
+            &data_dir,
+            wal.clone(),
+            store.clone(),
+            cfg.clone(),
+            handler.clone(),
+            metrics.clone(),
+        )
+        .await
+        {
+            Ok(stage) => stage.run(stop.clone()).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), retry_in = ?backoff, "detect: stage failed; retrying");
+                let mut s = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = s.changed() => {}
+                }
+                if *stop.borrow() {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -368,7 +368,7 @@ impl StreamSender {
     pub fn new(q: Arc<StreamQueue>, metrics: &Metrics) -> crate::Result<Self> {
         let ack = q.load_acked()?;
         let m = metrics.stream(&q.name);
-        Ok(Self {
+        let mut s = Self {
             q,
             m,
             ack,
@@ -381,7 +381,9 @@ impl StreamSender {
             backlog_reader: None,
             live_reader: None,
             oldest_cache: None,
-        })
+        };
+        s.refresh_metrics(0);
+        Ok(s)
     }
 
     fn on_connect(&mut self) {

@@ -411,6 +411,28 @@ impl AgentConfig {
                         ));
                     }
                 }
+                CollectorKind::Modbus(m) => {
+                    if m.registers.is_empty() {
+                        p.push(Problem::new(
+                            format!("{path}.registers"),
+                            "must not be empty",
+                        ));
+                    }
+                    for (j, r) in m.registers.iter().enumerate() {
+                        if edgepipe_types::Metric::new(r.metric.as_str()).is_err() {
+                            p.push(Problem::new(
+                                format!("{path}.registers[{j}].metric"),
+                                "not a valid metric name",
+                            ));
+                        }
+                        if !r.scale.is_finite() {
+                            p.push(Problem::new(
+                                format!("{path}.registers[{j}].scale"),
+                                "must be finite",
+                            ));
+                        }
+                    }
+                }
                 CollectorKind::File(_) | CollectorKind::Stdin(_) | CollectorKind::System(_) => {}
             }
         }

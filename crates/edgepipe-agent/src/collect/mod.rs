@@ -11,9 +11,11 @@
 //! | `generator` | deterministic counter series (tests, benchmarks) | counter |
 //! | `simulator` | sine waves with injected anomalies (demos) | — |
 //! | `system` | the gateway's own CPU, memory, load, uptime | — |
+//! | `modbus` | Modbus TCP registers polled every `interval` | — |
 
 pub mod file;
 pub mod lines;
+pub mod modbus;
 pub mod mqtt;
 pub mod sim;
 pub mod stdin;
@@ -47,6 +49,8 @@ pub enum CollectorKind {
     Simulator(sim::SimulatorConfig),
     /// Gateway system metrics.
     System(system::SystemConfig),
+    /// Modbus TCP polling.
+    Modbus(modbus::ModbusConfig),
 }
 
 /// `type = "http"`: readings pushed to `POST /api/v1/push` on `[http] listen` (JSON, NDJSON or
@@ -138,6 +142,7 @@ pub fn spawn(kind: CollectorKind, ctx: Ctx, agent_id: &str) {
             CollectorKind::Generator(c) => sim::run_generator(c, ctx).await,
             CollectorKind::Simulator(c) => sim::run_simulator(c, ctx).await,
             CollectorKind::System(c) => system::run(c, ctx).await,
+            CollectorKind::Modbus(c) => modbus::run(c, ctx).await,
             CollectorKind::Http(_) => Ok(()),
         };
         if let Err(e) = r {

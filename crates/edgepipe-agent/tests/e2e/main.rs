@@ -3,5 +3,6 @@
 //! this crate's tests (`cargo test --workspace` builds it).
 
 mod durability;
+mod modbus;
 mod mosquitto;
 mod support;

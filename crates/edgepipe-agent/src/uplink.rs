@@ -82,6 +82,8 @@ pub struct UplinkConfig {
     pub device_id: Option<String>,
     /// The device token (MQTT password); also `EDGEPIPE_AGENT_TOKEN`. Default: empty.
     pub token: String,
+    /// For `mqtts://`: PEM file of the CA certificates to trust. Default: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// MQTT keep-alive. Default "30s".
     #[serde(with = "dur")]
     pub keep_alive: Duration,
@@ -113,6 +115,7 @@ impl Default for UplinkConfig {
             protocol: MqttVersion::V311,
             device_id: None,
             token: String::new(),
+            ca_file: None,
             keep_alive: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_inflight: 32,
@@ -150,10 +153,17 @@ impl UplinkConfig {
 
     pub(crate) fn check(&self, agent_id: &str, problems: &mut Vec<Problem>) {
         match self.endpoint() {
-            Ok((true, _, _)) => problems.push(Problem::new(
+            Ok((true, _, _)) if !cfg!(feature = "tls") => problems.push(Problem::new(
                 "uplink.url",
-                "mqtts:// (TLS) is not available in this build",
+                "mqtts:// needs the agent built with the `tls` feature",
             )),
+            Ok((true, _, _)) =>
+            {
+                #[cfg(feature = "tls")]
+                if let Err(e) = tls_config(self.ca_file.as_deref()) {
+                    problems.push(Problem::new("uplink.ca_file", e));
+                }
+            }
             Ok(_) => {}
             Err(e) => problems.push(Problem::new("uplink.url", e)),
         }
@@ -218,6 +228,48 @@ impl Backoff {
     }
 }
 
+// ---------------------------------------------------------------- TLS
+
+/// A rustls client configuration (ring provider, chosen explicitly) trusting `ca_file`'s
+/// certificates, or the system's roots.
+#[cfg(feature = "tls")]
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no certificate in the file", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err("no system root certificates found; set uplink.ca_file".into());
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 // ---------------------------------------------------------------- MQTT link
 
 enum Link {
@@ -243,8 +295,29 @@ enum LinkEvent {
 }
 
 impl Link {
-    fn new(cfg: &UplinkConfig, host: String, port: u16, client_id: String, user: String) -> Link {
+    fn new(
+        cfg: &UplinkConfig,
+        host: String,
+        port: u16,
+        client_id: String,
+        user: String,
+        tls: bool,
+    ) -> Result<Link, String> {
         let cap = cfg.max_inflight * 2 + 16;
+        #[cfg(feature = "tls")]
+        let transport = if tls {
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls_config(
+                cfg.ca_file.as_deref(),
+            )?))
+        } else {
+            rumqttc::Transport::Tcp
+        };
+        #[cfg(not(feature = "tls"))]
+        let transport = if tls {
+            return Err("mqtts:// needs the agent built with the `tls` feature".into());
+        } else {
+            rumqttc::Transport::Tcp
+        };
         let inflight = u16::try_from(cfg.max_inflight * 2).unwrap_or(u16::MAX);
         match cfg.protocol {
             MqttVersion::V311 => {
@@ -253,9 +326,10 @@ impl Link {
                     .set_clean_session(true)
                     .set_credentials(user, cfg.token.clone())
                     .set_max_packet_size(1024 * 1024, 1024 * 1024)
-                    .set_inflight(inflight);
+                    .set_inflight(inflight)
+                    .set_transport(transport);
                 let (c, e) = rumqttc::AsyncClient::new(o, cap);
-                Link::V4(c, Box::new(e))
+                Ok(Link::V4(c, Box::new(e)))
             }
             MqttVersion::V5 => {
                 let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
@@ -263,9 +337,10 @@ impl Link {
                     .set_clean_start(true)
                     .set_credentials(user, cfg.token.clone())
                     .set_max_packet_size(Some(1024 * 1024))
-                    .set_outgoing_inflight_upper_limit(inflight);
+                    .set_outgoing_inflight_upper_limit(inflight)
+                    .set_transport(transport);
                 let (c, e) = rumqttc::v5::AsyncClient::new(o, cap);
-                Link::V5(c, Box::new(e))
+                Ok(Link::V5(c, Box::new(e)))
             }
         }
     }
@@ -738,7 +813,7 @@ impl Uplink {
     /// Runs until `cancel`; persists every stream's acknowledged position before returning.
     pub async fn run(mut self, cancel: CancellationToken) {
         self.senders.sort_by_key(|s| s.q.priority);
-        let (_, host, port) = match self.cfg.endpoint() {
+        let (tls, host, port) = match self.cfg.endpoint() {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "uplink url invalid; uplink disabled");
@@ -768,10 +843,15 @@ impl Uplink {
                 port,
                 format!("{}-uplink-{conn_no}", self.agent_id),
                 user.clone(),
+                tls,
             );
-            let end = self
-                .session(link, &topic, &mut backoff, &mut bucket, &cancel)
-                .await;
+            let end = match link {
+                Ok(link) => {
+                    self.session(link, &topic, &mut backoff, &mut bucket, &cancel)
+                        .await
+                }
+                Err(e) => End::Lost(e),
+            };
             for s in &mut self.senders {
                 s.on_disconnect();
                 s.persist(true);

@@ -6,3 +6,4 @@ mod durability;
 mod modbus;
 mod mosquitto;
 mod support;
+mod tls;

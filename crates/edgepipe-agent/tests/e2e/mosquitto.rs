@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::support::*;
 
 /// Three sensors publish 200 readings each with `mosquitto_pub` (QoS 1) to the local Mosquitto;
-/// the agent subscribes through a topic mapping and forwards; every reading arrives once.
+/// the agent subscribes through a topic mapping and forwards over MQTT 5; every reading arrives
+/// once.
 #[test]
 fn mosquitto_sensors_reach_the_server_through_the_agent() -> TestResult {
     let tmp = tempfile::tempdir()?;
@@ -30,6 +31,7 @@ topic_mappings = [{{ pattern = "{run}/{{device_id}}/{{metric}}", payload = "raw"
 "#
         ),
     )?;
+    use_mqtt5(&cfg)?;
     let agent = Agent::start(&cfg)?;
     let publish = |sensor: &str, lines: String| -> TestResult {
         let mut child = Command::new("mosquitto_pub")

@@ -319,6 +319,14 @@ pub(crate) fn assert_exactly_once(counts: &BTreeMap<i64, u32>, n: i64) {
     );
 }
 
+/// Switches a written agent config's uplink to MQTT 5.
+pub(crate) fn use_mqtt5(config: &Path) -> TestResult {
+    let text = std::fs::read_to_string(config)?
+        .replace("[uplink]\n", "[uplink]\nprotocol = \"v5\"\n");
+    std::fs::write(config, text)?;
+    Ok(())
+}
+
 /// Writes an agent config; `extra` is appended verbatim.
 pub(crate) fn agent_config(
     dir: &Path,

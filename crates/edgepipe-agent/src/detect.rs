@@ -241,3 +241,43 @@ async fn deliver(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A steady, slightly noisy series then one large spike: the default ensemble (the server's)
+    /// raises exactly the spike, and the anomaly reading names the metric.
+    pub(crate) fn series_with_spike() -> Vec<Reading> {
+        (0..3000i64)
+            .map(|i| {
+                let noise = ((i * 7919) % 13) as f64 / 13.0 - 0.5;
+                let v = if i == 2500 { 500.0 } else { 20.0 + noise };
+                Reading {
+                    metric: Metric::new("temp").unwrap_or_else(|e| panic!("{e}")),
+                    ts: 1_700_000_000_000 + i * 1000,
+                    value: Value::F64(v),
+                    ts_source: TsSource::Device,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn default_ensemble_flags_the_spike() {
+        let mut d = LocalDetector::new(&DetectConfig::default(), EnsembleConfig::default());
+        let found = d.observe(&series_with_spike());
+        assert!(
+            found
+                .iter()
+                .any(|a| a.ts == 1_700_000_000_000 + 2500 * 1000),
+            "{found:?}"
+        );
+        assert!(found.len() <= 5, "too many alarms: {found:?}");
+        let r = found[0].reading();
+        assert_eq!(
+            r.map(|r| r.metric.as_str().to_string()),
+            Some("anomaly.temp".into())
+        );
+    }
+}

@@ -12,8 +12,9 @@
 //!   backlog and the uplink is not flooded.
 //! - **normal**: every stream's backlog is sent; only the live lane runs.
 //!
-//! Every choice of the next batch takes, in order: live batches by stream priority (alerts,
-//! telemetry, bulk), then backlog batches by priority. Within a stream each lane is sent in
+//! Every choice of the next batch takes, in order: alerts batches (live, then backlog; not
+//! rate-limited, they are few), then live batches by stream priority (telemetry, bulk), then
+//! backlog batches by priority within the catch-up rate. Within a stream each lane is sent in
 //! sequence order, and a batch's `seq` is its queue sequence number, so the server orders and
 //! deduplicates by `(source, stream, seq)`. The live lane may run at most `max_live_ahead`
 //! batches ahead of the stream's oldest unacknowledged batch: the server's replay window is
@@ -44,7 +45,7 @@ use crate::clock::SharedClock;
 use crate::config::{Problem, dur};
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::pipeline::{ALERTS_STREAM, Input, InputTx};
-use crate::queue::{AckState, QueueRecord, StreamQueue};
+use crate::queue::{AckState, Priority, QueueRecord, StreamQueue};
 
 /// MQTT protocol version of the uplink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -999,11 +1000,26 @@ impl Uplink {
             // Fill the in-flight window: live by priority, then backlog by priority.
             while inflight < self.cfg.max_inflight {
                 let max_ahead = self.cfg.max_live_ahead;
+                let alerts = |s: &StreamSender| s.q.priority == Priority::Alerts;
+                // Alerts (live, then backlog, never rate-limited: they are few), then live by
+                // priority, then backlog by priority within the catch-up rate.
                 let pick = self
                     .senders
                     .iter()
-                    .position(|s| s.live_ready(max_ahead))
+                    .position(|s| alerts(s) && s.live_ready(max_ahead))
                     .map(|i| (i, true))
+                    .or_else(|| {
+                        self.senders
+                            .iter()
+                            .position(|s| alerts(s) && s.backlog_ready())
+                            .map(|i| (i, false))
+                    })
+                    .or_else(|| {
+                        self.senders
+                            .iter()
+                            .position(|s| s.live_ready(max_ahead))
+                            .map(|i| (i, true))
+                    })
                     .or_else(|| {
                         if !bucket.ready() {
                             return None;
@@ -1054,7 +1070,7 @@ impl Uplink {
                     s.unsend(ready.seq, live);
                     break;
                 }
-                if !live {
+                if !live && s.q.priority != Priority::Alerts {
                     bucket.take(ready.rec.readings.len() as u64);
                 }
                 s.sent(ready.seq, &ready.rec);

@@ -101,10 +101,16 @@ pub async fn run(cfg: FileConfig, ctx: Ctx) -> Result<(), String> {
             }
         }
         let Some(o) = cur.as_mut() else { continue };
-        let mut chunk = vec![0u8; 64 * 1024];
-        let n = o.file.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n > 0 {
+        // Complete lines already buffered go first; read only when none is left.
+        let n = if buf.contains(&b'\n') {
+            0
+        } else {
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = o.file.read(&mut chunk).await.map_err(|e| e.to_string())?;
             buf.extend_from_slice(&chunk[..n]);
+            n
+        };
+        if buf.contains(&b'\n') {
             let mut readings = Vec::new();
             let mut consumed = 0usize;
             let mut lines = 0usize;
@@ -133,6 +139,10 @@ pub async fn run(cfg: FileConfig, ctx: Ctx) -> Result<(), String> {
                 o.offset = offset;
                 buf.drain(..consumed);
             }
+            continue;
+        }
+        if n > 0 {
+            // A partial line: wait for the rest.
             continue;
         }
         // At the end of the open file: rotated, truncated, or just no new data?

@@ -321,8 +321,8 @@ pub(crate) fn assert_exactly_once(counts: &BTreeMap<i64, u32>, n: i64) {
 
 /// Switches a written agent config's uplink to MQTT 5.
 pub(crate) fn use_mqtt5(config: &Path) -> TestResult {
-    let text = std::fs::read_to_string(config)?
-        .replace("[uplink]\n", "[uplink]\nprotocol = \"v5\"\n");
+    let text =
+        std::fs::read_to_string(config)?.replace("[uplink]\n", "[uplink]\nprotocol = \"v5\"\n");
     std::fs::write(config, text)?;
     Ok(())
 }

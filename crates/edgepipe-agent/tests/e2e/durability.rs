@@ -23,10 +23,9 @@ impl Rng {
     }
 }
 
-fn generator(rate: u32, limit: u64, catch_up: u64) -> String {
+fn generator(rate: u32, limit: u64) -> String {
     format!(
         r#"
-[uplink_extra_marker]
 [[collectors]]
 type = "generator"
 name = "gen"
@@ -35,8 +34,6 @@ series = 10
 limit = {limit}
 "#
     )
-    .replace("[uplink_extra_marker]\n", "")
-        + &format!("\n# catch-up rate is set in [uplink] via the template\n# {catch_up}\n")
 }
 
 fn config_with_rate(
@@ -48,7 +45,7 @@ fn config_with_rate(
     limit: u64,
     catch_up: u64,
 ) -> TestResult<std::path::PathBuf> {
-    let path = agent_config(dir, id, server, token, &generator(rate, limit, catch_up))?;
+    let path = agent_config(dir, id, server, token, &generator(rate, limit))?;
     let text = std::fs::read_to_string(&path)?.replace(
         "connect_timeout = \"2s\"\n",
         &format!("connect_timeout = \"2s\"\ncatch_up_rate = {catch_up}\n"),

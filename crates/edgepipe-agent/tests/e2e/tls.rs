@@ -119,15 +119,13 @@ fn uplink_over_tls_is_acknowledged_by_a_tls_broker() -> TestResult {
         "gw-tls",
         &format!("localhost:{port}"),
         "unused",
-        &format!(
-            r#"
+        r#"
 [[collectors]]
 type = "generator"
 name = "gen"
 rate = 1000
 limit = 3000
-"#
-        ),
+"#,
     )?;
     let text = std::fs::read_to_string(&cfg)?
         .replace("url = \"mqtt://", "url = \"mqtts://")

@@ -582,3 +582,15 @@ transforms = [{ type = "filter", expr = "value >" }, { type = "rename", from = "
         }
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_validates() {
+        let text = include_str!("../agent.example.toml");
+        let cfg = AgentConfig::parse(text);
+        assert!(cfg.is_ok(), "{:#?}", cfg.err());
+    }
+}

@@ -42,8 +42,9 @@ pub enum TransformConfig {
         #[serde(default, with = "opt_dur")]
         max_silence: Option<Duration>,
     },
-    /// Replace readings of matching metrics by per-window aggregates, emitted as
-    /// `<metric>.<fn>` at the window's end time once the window closes.
+    /// Replace readings of matching metrics by per-window aggregates (event-time windows),
+    /// emitted as `<metric>.<fn>` at the window's end time once the window closes: when a
+    /// reading of a later window arrives, or after the window has been idle for its length.
     Aggregate {
         /// Metric globs this applies to. Default `["*"]`.
         #[serde(default = "all")]
@@ -419,6 +420,8 @@ impl Expr {
 #[derive(Debug, Clone)]
 struct Window {
     start: i64,
+    /// Wall time of the last reading added (for closing idle windows).
+    touched: i64,
     min: f64,
     max: f64,
     sum: f64,
@@ -681,6 +684,7 @@ impl Step {
                     }
                     let w = open.entry(key).or_insert(Window {
                         start,
+                        touched: now_ms,
                         min: f64::INFINITY,
                         max: f64::NEG_INFINITY,
                         sum: 0.0,
@@ -692,8 +696,8 @@ impl Step {
                     w.sum += x;
                     w.count += 1;
                     w.last = x;
+                    w.touched = now_ms;
                 }
-                out.extend(self.close_windows(now_ms));
                 out
             }
         }
@@ -707,9 +711,14 @@ impl Step {
             return Vec::new();
         };
         let w_ms = *window_ms;
+        // A window closes when a reading of a later window arrives (in `apply`), or here once
+        // its end has passed and it has been idle for one window length of wall time, so
+        // backfilled data is aggregated by event time and a stopped stream still flushes.
         let closed: Vec<(String, Window)> = open
             .iter()
-            .filter(|(_, w)| w.start.saturating_add(w_ms) <= now_ms)
+            .filter(|(_, w)| {
+                w.start.saturating_add(w_ms) <= now_ms && now_ms.saturating_sub(w.touched) >= w_ms
+            })
             .map(|(k, w)| (k.clone(), w.clone()))
             .collect();
         let mut out = Vec::new();

@@ -307,3 +307,93 @@ format = "csv"
     );
     Ok(())
 }
+
+/// The simulator, system-metrics and stdin collectors, and the agent's own health telemetry,
+/// all reach the server; a stream's transforms (filter + windowed aggregation) shape what goes.
+#[test]
+fn simulator_system_stdin_and_health_reach_the_server_through_transforms() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let srv = tmp.path().join("server");
+    let token = add_device(&srv, "gw-misc")?;
+    let server = Server::start(&srv, "127.0.0.1:0")?;
+    let input = tmp.path().join("stdin.jsonl");
+    let lines: String = (0..50)
+        .map(|i| {
+            format!(
+                "{{\"ts\": {}, \"metrics\": {{\"piped\": {i}, \"noise\": 1}}}}\n",
+                1_700_000_000_000i64 + i * 100
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines)?;
+    let cfg = agent_config(
+        tmp.path(),
+        "gw-misc",
+        &server.mqtt.to_string(),
+        &token,
+        r#"
+[[streams]]
+name = "piped"
+transforms = [
+  { type = "drop", metrics = ["noise"] },
+  { type = "filter", expr = "value >= 10" },
+  { type = "aggregate", window = "1s", functions = ["count", "max"] },
+]
+[[collectors]]
+type = "simulator"
+name = "sim"
+devices = 2
+interval = "100ms"
+[[collectors]]
+type = "system"
+name = "gw"
+interval = "200ms"
+[[collectors]]
+type = "stdin"
+name = "pipe"
+stream = "piped"
+"#,
+    )?;
+    let agent = Agent::start_with(&cfg, std::fs::File::open(&input)?.into())?;
+    let ok = wait_until(Duration::from_secs(60), || {
+        agent.metric("edgepipe_agent_readings_sent_total{stream=\"health\"}") >= 1.0
+            && agent.metric("edgepipe_agent_readings_sent_total{stream=\"piped\"}") >= 8.0
+            && agent.metric("edgepipe_agent_readings_sent_total{stream=\"telemetry\"}") >= 40.0
+    });
+    assert!(ok, "not sent: {:?}", agent.metrics()?);
+    agent.stop()?;
+    server.stop()?;
+    let stored = stored_at_server(&srv, "gw-misc")?;
+    let has = |m: &str| stored.iter().any(|s| s.readings.iter().any(|r| r.0 == m));
+    for m in [
+        "sim-0.temp",
+        "sim-1.pressure",
+        "system.mem_total_bytes",
+        "agent.rss_bytes",
+        "agent.telemetry.queue_depth",
+        "agent.telemetry.oldest_unsent_age_s",
+        "agent.sent_per_sec",
+    ] {
+        assert!(has(m), "{m} not at the server");
+    }
+    // stdin readings 10..49 at 100 ms steps from a whole second: windows of 10 readings.
+    assert!(
+        !has("piped") && !has("noise"),
+        "raw readings passed the aggregation"
+    );
+    let counts: Vec<i64> = stored
+        .iter()
+        .flat_map(|s| s.readings.iter())
+        .filter(|r| r.0 == "piped.count")
+        .filter_map(|r| int_value(&r.2))
+        .collect();
+    assert_eq!(counts, [10, 10, 10, 10], "window counts");
+    let maxes: Vec<f64> = stored
+        .iter()
+        .flat_map(|s| s.readings.iter())
+        .filter(|r| r.0 == "piped.max")
+        .filter_map(|r| r.2.get("F64").and_then(serde_json::Value::as_f64))
+        .collect();
+    assert_eq!(maxes, [19.0, 29.0, 39.0, 49.0]);
+    Ok(())
+}

@@ -138,10 +138,16 @@ pub(crate) struct Agent {
 
 impl Agent {
     pub(crate) fn start(config: &Path) -> TestResult<Agent> {
+        Self::start_with(config, Stdio::null())
+    }
+
+    /// Starts the agent with `stdin` as its standard input (for the stdin collector).
+    pub(crate) fn start_with(config: &Path, stdin: Stdio) -> TestResult<Agent> {
         let mut child = Command::new(agent_bin())
             .args(["run", "--config"])
             .arg(config)
             .env("EDGEPIPE_LOG", "warn")
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;

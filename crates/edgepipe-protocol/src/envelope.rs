@@ -99,11 +99,11 @@ pub fn try_encode(
     let body = match compression {
         Compression::None => body,
         Compression::Lz4 => lz4_flex::block::compress_prepend_size(&body),
-        Compression::Zstd => zstd::bulk::compress(&body, ZSTD_LEVEL).map_err(|e| {
-            Error::Compress {
+        Compression::Zstd => {
+            zstd::bulk::compress(&body, ZSTD_LEVEL).map_err(|e| Error::Compress {
                 reason: e.to_string(),
-            }
-        })?,
+            })?
+        }
     };
     let mut out = Vec::with_capacity(6 + header.len() + body.len());
     out.extend_from_slice(MAGIC);
@@ -231,9 +231,10 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>> {
 /// allocating more than it has decoded.
 fn decompress_zstd(body: &[u8], limit: usize) -> Result<Vec<u8>> {
     use std::io::Read;
-    let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|e| Error::Decompress {
-        reason: format!("zstd: {e}"),
-    })?;
+    let decoder =
+        zstd::stream::read::Decoder::with_buffer(body).map_err(|e| Error::Decompress {
+            reason: format!("zstd: {e}"),
+        })?;
     let mut out = Vec::new();
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     decoder

@@ -96,7 +96,7 @@ impl Metrics {
         let one = |v: u64| vec![(String::new(), v.to_string())];
         line(
             "edgepipe_agent_readings_received_total",
-            "Readings handed to the pipeline by collectors.",
+            "Readings handed to the pipeline by collectors (a batch resubmitted after a refused append counts again).",
             "counter",
             one(ld(&self.received)),
         );

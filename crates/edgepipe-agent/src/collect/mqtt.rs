@@ -136,7 +136,10 @@ pub async fn run(cfg: MqttCollectorConfig, ctx: Ctx, agent_id: String) -> Result
                     let _ = acker.ack(&publish).await;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "append refused; message left unacknowledged for redelivery")
+                    // The broker redelivers unacknowledged QoS 1 messages only on a new
+                    // connection of the persistent session: reconnect to get it again.
+                    tracing::warn!(error = %e, "append refused; reconnecting so the broker redelivers");
+                    let _ = acker.disconnect().await;
                 }
                 Err(_) => return,
             }

@@ -51,6 +51,9 @@ fn tick() -> Duration {
     Duration::from_millis(20)
 }
 
+/// Most readings the generator hands over at once.
+const MAX_BATCH: u64 = 1000;
+
 /// The generator's reading number `i`.
 pub fn generated(prefix: &str, series: u32, rate: u32, base: i64, i: u64) -> Option<Reading> {
     let s = i % u64::from(series.max(1));
@@ -89,8 +92,9 @@ pub async fn run_generator(cfg: GeneratorConfig, ctx: Ctx) -> Result<(), String>
             }
         }
         if target > next {
-            // Bound one batch so a long pause does not build one huge record.
-            let end = target.min(next + 10_000);
+            // Bound one batch so a long pause (or a full queue with the reject policy) does not
+            // build one huge append that could never fit the disk budget.
+            let end = target.min(next + MAX_BATCH);
             let readings: Vec<Reading> = (next..end)
                 .filter_map(|i| generated(&cfg.prefix, cfg.series, cfg.rate, base, i))
                 .collect();

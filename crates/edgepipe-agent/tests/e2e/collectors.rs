@@ -397,3 +397,50 @@ stream = "piped"
     assert_eq!(maxes, [19.0, 29.0, 39.0, 49.0]);
     Ok(())
 }
+
+/// `edgepipe-agent validate` exits 2 and lists every problem with its key path.
+#[test]
+fn validate_lists_every_problem_with_its_key_path() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+agent_id = "gw 1"
+[uplink]
+url = "http://nope"
+[queue]
+batch_max_wait = "soon"
+[[streams]]
+name = "bulk"
+transforms = [{ type = "filter", expr = "value >" }]
+[[collectors]]
+type = "generator"
+name = "g"
+stream = "nowhere"
+"#,
+    )?;
+    let out = Command::new(agent_bin())
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "agent_id:",
+        "uplink.url:",
+        "queue:",
+        "streams[0].transforms[0].expr:",
+        "collectors[0].stream:",
+    ] {
+        assert!(text.contains(path), "{path} missing in:\n{text}");
+    }
+    let good = tmp.path().join("good.toml");
+    std::fs::write(&good, "agent_id = \"gw-1\"\n")?;
+    let out = Command::new(agent_bin())
+        .args(["validate", "--config"])
+        .arg(&good)
+        .output()?;
+    assert!(out.status.success());
+    Ok(())
+}

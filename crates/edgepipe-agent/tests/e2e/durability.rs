@@ -283,3 +283,56 @@ limit = {LIMIT}
     );
     Ok(())
 }
+
+/// The other budget policy: with `full_policy = "reject"` nothing is shed; the generator waits
+/// while the queue is full, and once the server is back every reading arrives exactly once.
+#[test]
+fn disk_budget_with_reject_policy_pauses_the_source_and_loses_nothing() -> TestResult {
+    const LIMIT: u64 = 12_000;
+    let tmp = tempfile::tempdir()?;
+    let srv = tmp.path().join("server");
+    let token = add_device(&srv, "gw-reject")?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let extra = format!(
+        r#"
+[queue]
+segment_bytes = 8192
+batch_max_readings = 100
+full_policy = "reject"
+[[streams]]
+name = "telemetry"
+max_bytes = 32768
+[[collectors]]
+type = "generator"
+name = "gen"
+rate = 4000
+series = 10
+limit = {LIMIT}
+"#
+    );
+    let cfg = agent_config(tmp.path(), "gw-reject", &addr, &token, &extra)?;
+    let agent = Agent::start(&cfg)?;
+    // The queue fills and stays full: appends are refused, the generator waits.
+    let full = wait_until(Duration::from_secs(30), || {
+        agent.metric("edgepipe_agent_queue_bytes{stream=\"telemetry\"}") >= 24_000.0
+    });
+    assert!(full, "queue did not fill: {:?}", agent.metrics()?);
+    std::thread::sleep(Duration::from_secs(2));
+    let written = agent.metric("edgepipe_agent_readings_written_total");
+    assert!(written < LIMIT as f64, "nothing was held back: {written}");
+    let server = Server::start(&srv, &addr)?;
+    let done = wait_until(Duration::from_secs(120), || {
+        agent.metric("edgepipe_agent_readings_sent_total{stream=\"telemetry\"}") >= LIMIT as f64
+    });
+    assert!(done, "not everything was sent: {:?}", agent.metrics()?);
+    assert_eq!(
+        agent.metric("edgepipe_agent_gaps_total{stream=\"telemetry\"}"),
+        0.0
+    );
+    agent.stop()?;
+    server.stop()?;
+    let stored = stored_at_server(&srv, "gw-reject")?;
+    assert_exactly_once(&generator_counts(&stored, "gen"), LIMIT as i64);
+    Ok(())
+}

@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::Ctx;
 use super::lines::{LineFormat, LineParser};
+use super::{Ctx, Error};
 use crate::config::dur;
 
 /// `type = "file"` settings.
@@ -69,7 +69,7 @@ async fn open(path: &PathBuf) -> Option<(tokio::fs::File, u64, u64)> {
 }
 
 /// Runs the tail until cancelled.
-pub async fn run(cfg: FileConfig, ctx: Ctx) -> Result<(), String> {
+pub async fn run(cfg: FileConfig, ctx: Ctx) -> Result<(), Error> {
     let (k_ino, k_off) = (ctx.key("inode"), ctx.key("offset"));
     let mut parser = LineParser::new(cfg.format);
     let mut cur: Option<Open> = None;
@@ -106,7 +106,11 @@ pub async fn run(cfg: FileConfig, ctx: Ctx) -> Result<(), String> {
             0
         } else {
             let mut chunk = vec![0u8; 64 * 1024];
-            let n = o.file.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            let n = o
+                .file
+                .read(&mut chunk)
+                .await
+                .map_err(Error::io(&cfg.path))?;
             buf.extend_from_slice(&chunk[..n]);
             n
         };
@@ -152,12 +156,12 @@ pub async fn run(cfg: FileConfig, ctx: Ctx) -> Result<(), String> {
                 // Lines the writer added to the old file just before renaming it come first.
                 let before = o.offset + buf.len() as u64;
                 let mut tail = [0u8; 1];
-                let extra = o.file.read(&mut tail).await.map_err(|e| e.to_string())?;
+                let extra = o.file.read(&mut tail).await.map_err(Error::io(&cfg.path))?;
                 if extra > 0 {
                     o.file
                         .seek(std::io::SeekFrom::Start(before))
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(Error::io(&cfg.path))?;
                     continue;
                 }
                 tracing::info!(collector = %ctx.name, "file rotated; continuing with the new one");
@@ -181,7 +185,7 @@ pub async fn run(cfg: FileConfig, ctx: Ctx) -> Result<(), String> {
                 o.file
                     .seek(std::io::SeekFrom::Start(0))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Error::io(&cfg.path))?;
                 o.offset = 0;
                 buf.clear();
             }

@@ -27,9 +27,54 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use std::path::PathBuf;
+
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::pipeline::{Input, InputTx};
+
+/// Why a collector stopped or a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pipeline stopped (shutdown).
+    #[error("the agent pipeline has stopped")]
+    PipelineClosed,
+    /// The queue refused the readings (disk budget full with `reject`, fsync failure).
+    #[error("append refused: {0}")]
+    Refused(String),
+    /// Reading the source failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or stream.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A setting cannot be used (checked again at start).
+    #[error("{what}: {reason}")]
+    Setting {
+        /// The setting.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A Modbus request failed.
+    #[error("modbus register {metric:?}: {reason}")]
+    Modbus {
+        /// The register's metric.
+        metric: String,
+        /// Timeout, transport error or Modbus exception.
+        reason: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}
 
 /// What kind of collector and its settings (`type = "..."` in `[[collectors]]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -95,7 +140,7 @@ impl Ctx {
         &self,
         readings: Vec<edgepipe_types::Reading>,
         positions: Vec<(String, u64)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Input {
@@ -106,12 +151,14 @@ impl Ctx {
                 raw: false,
             })
             .await
-            .map_err(|_| "pipeline stopped".to_string())?;
-        rx.await.map_err(|_| "pipeline stopped".to_string())?
+            .map_err(|_| Error::PipelineClosed)?;
+        rx.await
+            .map_err(|_| Error::PipelineClosed)?
+            .map_err(Error::Refused)
     }
 
     /// Sends readings without waiting for durability (sources that cannot resend anyway).
-    pub async fn send(&self, readings: Vec<edgepipe_types::Reading>) -> Result<(), String> {
+    pub async fn send(&self, readings: Vec<edgepipe_types::Reading>) -> Result<(), Error> {
         self.tx
             .send(Input {
                 stream: self.stream.clone(),
@@ -121,7 +168,7 @@ impl Ctx {
                 raw: false,
             })
             .await
-            .map_err(|_| "pipeline stopped".to_string())
+            .map_err(|_| Error::PipelineClosed)
     }
 
     /// The position key `kind:name:what`.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio_modbus::Slave;
 use tokio_modbus::client::{Context, Reader};
 
-use super::Ctx;
+use super::{Ctx, Error};
 use crate::config::dur;
 
 /// `type = "modbus"` settings.
@@ -133,17 +133,21 @@ async fn poll_once(
     cfg: &ModbusConfig,
     client: &mut Context,
     ts: i64,
-) -> Result<Vec<Reading>, String> {
+) -> Result<Vec<Reading>, Error> {
     let mut out = Vec::new();
     for r in &cfg.registers {
-        let metric = Metric::new(r.metric.as_str()).map_err(|e| e.to_string())?;
+        let fail = |reason: String| Error::Modbus {
+            metric: r.metric.clone(),
+            reason,
+        };
+        let metric = Metric::new(r.metric.as_str()).map_err(|e| fail(e.to_string()))?;
         let value = match r.kind {
             RegisterKind::Coil => {
                 let bits = tokio::time::timeout(cfg.timeout, client.read_coils(r.address, 1))
                     .await
-                    .map_err(|_| "timeout".to_string())?
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("exception {e:?}"))?;
+                    .map_err(|_| fail("timeout".into()))?
+                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(format!("exception {e:?}")))?;
                 bits.first().map(|b| Value::Bool(*b))
             }
             kind => {
@@ -157,9 +161,9 @@ async fn poll_once(
                 };
                 let words = tokio::time::timeout(cfg.timeout, fut)
                     .await
-                    .map_err(|_| "timeout".to_string())?
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("exception {e:?}"))?;
+                    .map_err(|_| fail("timeout".into()))?
+                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(format!("exception {e:?}")))?;
                 decode(r.data_type, &words, r.scale)
             }
         };
@@ -176,7 +180,7 @@ async fn poll_once(
 }
 
 /// Polls until cancelled.
-pub async fn run(cfg: ModbusConfig, ctx: Ctx) -> Result<(), String> {
+pub async fn run(cfg: ModbusConfig, ctx: Ctx) -> Result<(), Error> {
     let mut tick = tokio::time::interval(cfg.interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client: Option<Context> = None;

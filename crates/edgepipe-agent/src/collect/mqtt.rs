@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Ctx;
+use super::{Ctx, Error};
 use crate::pipeline::Input;
 
 /// `type = "mqtt"` settings.
@@ -100,15 +100,22 @@ fn decode(
 type Pending = (oneshot::Receiver<Result<(), String>>, rumqttc::Publish);
 
 /// Runs the subscription until cancelled.
-pub async fn run(cfg: MqttCollectorConfig, ctx: Ctx, agent_id: String) -> Result<(), String> {
-    let mappings: Vec<TopicMapping> = compile(&cfg).into_iter().collect::<Result<_, _>>()?;
+pub async fn run(cfg: MqttCollectorConfig, ctx: Ctx, agent_id: String) -> Result<(), Error> {
+    let setting = |what: &str, reason: String| Error::Setting {
+        what: format!("collector {}: {what}", ctx.name),
+        reason,
+    };
+    let mappings: Vec<TopicMapping> = compile(&cfg)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| setting("topic_mappings", e))?;
     let (host, port) = cfg
         .addr
         .rsplit_once(':')
-        .ok_or_else(|| format!("bad addr {:?}", cfg.addr))?;
+        .ok_or_else(|| setting("addr", format!("{:?} is not host:port", cfg.addr)))?;
     let port: u16 = port
         .parse()
-        .map_err(|_| format!("bad port in {:?}", cfg.addr))?;
+        .map_err(|_| setting("addr", format!("bad port in {:?}", cfg.addr)))?;
     let id = cfg
         .client_id
         .clone()

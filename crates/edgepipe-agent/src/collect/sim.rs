@@ -12,8 +12,8 @@ use edgepipe_types::{Metric, Reading, TsSource, Value};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::Ctx;
 use super::file::sleep_or_cancel;
+use super::{Ctx, Error};
 use crate::config::dur;
 
 /// `type = "generator"` settings.
@@ -67,7 +67,7 @@ pub fn generated(prefix: &str, series: u32, rate: u32, base: i64, i: u64) -> Opt
 }
 
 /// Runs the generator until cancelled or `limit` is reached.
-pub async fn run_generator(cfg: GeneratorConfig, ctx: Ctx) -> Result<(), String> {
+pub async fn run_generator(cfg: GeneratorConfig, ctx: Ctx) -> Result<(), Error> {
     let (k_count, k_base) = (ctx.key("counter"), ctx.key("base"));
     let mut next = ctx.positions.get(&k_count).copied().unwrap_or(0);
     let base = ctx
@@ -149,7 +149,7 @@ fn seed() -> u64 {
 }
 
 /// Runs the simulator until cancelled.
-pub async fn run_simulator(cfg: SimulatorConfig, ctx: Ctx) -> Result<(), String> {
+pub async fn run_simulator(cfg: SimulatorConfig, ctx: Ctx) -> Result<(), Error> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(cfg.seed);
     let mut tick = tokio::time::interval(cfg.interval.max(Duration::from_millis(1)));
     loop {

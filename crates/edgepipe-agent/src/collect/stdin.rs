@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 
-use super::Ctx;
 use super::lines::{LineFormat, LineParser};
+use super::{Ctx, Error};
 
 /// `type = "stdin"` settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -16,12 +16,12 @@ pub struct StdinConfig {
 }
 
 /// Reads standard input line by line; each line is durable before the next is read.
-pub async fn run(cfg: StdinConfig, ctx: Ctx) -> Result<(), String> {
+pub async fn run(cfg: StdinConfig, ctx: Ctx) -> Result<(), Error> {
     let mut parser = LineParser::new(cfg.format);
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         let line = tokio::select! {
-            l = lines.next_line() => l.map_err(|e| e.to_string())?,
+            l = lines.next_line() => l.map_err(Error::io("stdin"))?,
             _ = ctx.cancel.cancelled() => return Ok(()),
         };
         let Some(line) = line else { return Ok(()) };

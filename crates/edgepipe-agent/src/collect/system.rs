@@ -6,7 +6,7 @@ use std::time::Duration;
 use edgepipe_types::{Metric, Reading, TsSource, Value};
 use serde::{Deserialize, Serialize};
 
-use super::Ctx;
+use super::{Ctx, Error};
 use crate::config::dur;
 
 /// `type = "system"` settings.
@@ -50,7 +50,7 @@ pub fn own_rss() -> Option<f64> {
 }
 
 /// Samples until cancelled.
-pub async fn run(cfg: SystemConfig, ctx: Ctx) -> Result<(), String> {
+pub async fn run(cfg: SystemConfig, ctx: Ctx) -> Result<(), Error> {
     let mut tick = tokio::time::interval(cfg.interval.max(Duration::from_millis(100)));
     let mut prev = cpu_times();
     loop {

@@ -89,7 +89,7 @@ pub async fn run(
                 for lane in lanes.values_mut() {
                     let out = lane.chain.tick(now);
                     if !out.is_empty() {
-                        lane.writer.push(out, Vec::new(), None);
+                        lane.writer.push(out, Vec::new(), None, true);
                     }
                 }
             }
@@ -139,14 +139,19 @@ fn handle(
         (false, Some(d)) => d.observe(&readings),
         _ => Vec::new(),
     };
-    lane.writer.push(readings, input.positions, input.ack);
+    let dup = lane
+        .writer
+        .push(readings, input.positions, input.ack, input.raw);
+    if dup > 0 {
+        metrics.reject("duplicate_identity", dup as u64);
+    }
     if !anomalies.is_empty() {
         metrics
             .anomalies
             .fetch_add(anomalies.len() as u64, Ordering::Relaxed);
         let events: Vec<Reading> = anomalies.iter().filter_map(|a| a.reading()).collect();
         if let Some(lane) = lanes.get_mut(ALERTS_STREAM) {
-            lane.writer.push(events, Vec::new(), None);
+            lane.writer.push(events, Vec::new(), None, true);
         }
         if let Some(sink) = alerts {
             for a in anomalies {

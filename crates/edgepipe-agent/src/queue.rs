@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgepipe_types::Reading;
+use edgepipe_types::{Reading, TsSource};
 use edgepipe_wal::{FullPolicy, Wal, WalConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -306,6 +306,7 @@ pub struct StreamWriter {
     next_reading: u64,
     positions: BTreeMap<String, u64>,
     pending: Vec<Reading>,
+    identities: std::collections::HashSet<(edgepipe_types::Metric, i64)>,
     acks: Vec<Ack>,
     opened: Option<Instant>,
     max_readings: usize,
@@ -328,6 +329,7 @@ impl StreamWriter {
             next_reading,
             positions,
             pending: Vec::new(),
+            identities: std::collections::HashSet::new(),
             acks: Vec::new(),
             opened: None,
             max_readings: cfg.batch_max_readings,
@@ -341,17 +343,45 @@ impl StreamWriter {
     }
 
     /// Adds readings (and a source position reached after them) to the open batch.
-    pub fn push(&mut self, readings: Vec<Reading>, position: Vec<(String, u64)>, ack: Option<Ack>) {
+    ///
+    /// A batch never holds two readings with the same identity `(metric, ts)`: the envelope body
+    /// groups readings by timestamp, and the server refuses (dead-letters) a body with a repeated
+    /// metric in one object. A reading whose timestamp the agent assigned (server time, or the
+    /// agent's own events) moves to the next free millisecond; a second reading with the same
+    /// device timestamp is the same reading by identity and is dropped. Returns how many were
+    /// dropped.
+    pub fn push(
+        &mut self,
+        readings: Vec<Reading>,
+        position: Vec<(String, u64)>,
+        ack: Option<Ack>,
+        own_ts: bool,
+    ) -> usize {
         if self.opened.is_none() {
             self.opened = Some(Instant::now());
         }
-        self.pending.extend(readings);
+        let mut dropped = 0;
+        for mut r in readings {
+            let movable = own_ts || r.ts_source == TsSource::Server;
+            loop {
+                if self.identities.insert((r.metric.clone(), r.ts)) {
+                    self.pending.push(r);
+                    break;
+                }
+                if !movable {
+                    dropped += 1;
+                    break;
+                }
+                r.ts = r.ts.saturating_add(1);
+            }
+        }
         for (k, v) in position {
             self.positions.insert(k, v);
         }
         if let Some(a) = ack {
             self.acks.push(a);
         }
+        dropped
     }
 
     /// Readings in the open batch whose source does not wait for an answer (none are pending
@@ -386,6 +416,7 @@ impl StreamWriter {
             return Ok(0);
         }
         let readings = std::mem::take(&mut self.pending);
+        self.identities.clear();
         let acks = std::mem::take(&mut self.acks);
         let n = readings.len();
         let positions: Vec<(String, u64)> = self
@@ -495,6 +526,7 @@ mod tests {
                 vec![reading(0), reading(1), reading(2)],
                 vec![("gen:x".into(), 3)],
                 Some(tx),
+                false,
             );
             assert_eq!(w.flush(1).await?, 3);
             assert_eq!(rx.await.ok(), Some(Ok(())));
@@ -524,6 +556,62 @@ mod tests {
             }
         );
         assert_eq!(q.read_at(1)?.map(|r| r.first_reading), Some(2));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use edgepipe_types::{Metric, Value};
+
+    use super::*;
+
+    fn r(ts: i64, src: TsSource) -> Reading {
+        Reading {
+            metric: Metric::new("m").unwrap_or_else(|e| panic!("{e}")),
+            ts,
+            value: Value::I64(ts),
+            ts_source: src,
+        }
+    }
+
+    /// Regression: two readings of one metric in the same millisecond in one batch made the
+    /// server dead-letter the whole envelope (a repeated key in one JSON object).
+    #[tokio::test]
+    async fn a_batch_never_repeats_an_identity() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(Error::io("tempdir"))?;
+        let q = Arc::new(StreamQueue::open(
+            dir.path(),
+            "s",
+            Priority::Telemetry,
+            &WalConfig::test_config(),
+        )?);
+        let mut w = StreamWriter::new(q.clone(), &QueueConfig::default())?;
+        let dropped = w.push(
+            vec![
+                r(5, TsSource::Server),
+                r(5, TsSource::Server),
+                r(5, TsSource::Device),
+                r(7, TsSource::Device),
+                r(7, TsSource::Device),
+            ],
+            Vec::new(),
+            None,
+            false,
+        );
+        assert_eq!(dropped, 2);
+        assert_eq!(
+            w.push(vec![r(5, TsSource::Device)], Vec::new(), None, true),
+            0
+        );
+        let ts: Vec<i64> = w.pending.iter().map(|r| r.ts).collect();
+        assert_eq!(ts, [5, 6, 7, 8]);
+        w.flush(1).await?;
+        // A new batch starts with a clean slate.
+        assert_eq!(
+            w.push(vec![r(5, TsSource::Device)], Vec::new(), None, false),
+            0
+        );
         Ok(())
     }
 }

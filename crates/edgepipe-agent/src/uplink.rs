@@ -412,6 +412,7 @@ struct Entry {
     span: u64,
     first_reading: u64,
     count: u64,
+    first_ts: i64,
     last_ts: i64,
     state: St,
 }
@@ -569,6 +570,7 @@ impl StreamSender {
                 span: 1,
                 first_reading: rec.first_reading,
                 count: rec.readings.len() as u64,
+                first_ts: rec.first_ts(),
                 last_ts: rec.last_ts(),
                 state: St::Sent,
             },
@@ -653,7 +655,7 @@ impl StreamSender {
         let mut shed = Vec::new();
         for (k, e) in known {
             if k > s {
-                shed.push((s, k, at, e.first_reading, ts_before, e.last_ts));
+                shed.push((s, k, at, e.first_reading, ts_before, e.first_ts));
             }
             s = k + e.span;
             at = e.first_reading + e.count;
@@ -677,6 +679,7 @@ impl StreamSender {
                     span: to_seq - from_seq,
                     first_reading: from_reading,
                     count,
+                    first_ts: from_ts,
                     last_ts: from_ts,
                     state: St::Shed,
                 },

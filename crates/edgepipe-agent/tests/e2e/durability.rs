@@ -227,8 +227,9 @@ limit = {LIMIT}
     );
     let cfg = agent_config(tmp.path(), "gw-budget", &addr, &token, &extra)?;
     let agent = Agent::start(&cfg)?;
+    // received counts collector input only (written also counts the health stream).
     let produced = wait_until(Duration::from_secs(60), || {
-        agent.metric("edgepipe_agent_readings_written_total") >= LIMIT as f64
+        agent.metric("edgepipe_agent_readings_received_total") >= LIMIT as f64
             && agent.metric("edgepipe_agent_gaps_total{stream=\"telemetry\"}") >= 1.0
     });
     assert!(
@@ -268,6 +269,38 @@ limit = {LIMIT}
         gap_total,
         missing.len()
     );
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for &m in &missing {
+        match runs.last_mut() {
+            Some(r) if r.1 + 1 == m => r.1 = m,
+            _ => runs.push((m, m)),
+        }
+    }
+    let gaps: Vec<(i64, i64)> = stored
+        .iter()
+        .flat_map(|s| s.readings.iter())
+        .filter(|(m, _, _)| m == "agent.gap.telemetry.count")
+        .map(|(_, ts, v)| (*ts, int_value(v).unwrap_or(-1)))
+        .collect();
+    eprintln!("missing runs {runs:?}; gap events (to_ts, count) {gaps:?}");
+    if gap_total as usize != missing.len() {
+        let dl = std::process::Command::new(server_bin()?)
+            .args(["deadletters", "--data-dir"])
+            .arg(&srv)
+            .arg("list")
+            .output()?;
+        eprintln!("dead letters:\n{}", String::from_utf8_lossy(&dl.stdout));
+        let telemetry: Vec<u64> = stored
+            .iter()
+            .filter_map(|s| {
+                s.origin
+                    .as_ref()
+                    .filter(|o| o.0 == "telemetry")
+                    .map(|o| o.1)
+            })
+            .collect();
+        eprintln!("telemetry seqs in arrival order: {telemetry:?}");
+    }
     assert!(gap_total > 0, "no gap event reached the server");
     assert_eq!(
         gap_total as usize,

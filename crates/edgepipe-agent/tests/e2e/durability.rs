@@ -369,3 +369,88 @@ limit = {LIMIT}
     assert_exactly_once(&generator_counts(&stored, "gen"), LIMIT as i64);
     Ok(())
 }
+
+/// Shedding while online: the server returns while the generator still overflows the budget,
+/// so live batches go out between shed ranges; every shed reading is still counted exactly.
+#[test]
+fn disk_budget_shedding_while_catching_up_counts_every_shed_reading() -> TestResult {
+    const LIMIT: u64 = 20_000;
+    let tmp = tempfile::tempdir()?;
+    let srv = tmp.path().join("server");
+    let token = add_device(&srv, "gw-budget2")?;
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let extra = format!(
+        r#"
+[queue]
+segment_bytes = 8192
+batch_max_readings = 100
+[[streams]]
+name = "telemetry"
+max_bytes = 32768
+[[collectors]]
+type = "generator"
+name = "gen"
+rate = 4000
+series = 10
+limit = {LIMIT}
+"#
+    );
+    let mut cfg_text = std::fs::read_to_string(agent_config(
+        tmp.path(),
+        "gw-budget2",
+        &addr,
+        &token,
+        &extra,
+    )?)?;
+    // A slow catch-up keeps the backlog on disk long enough for the budget to bite while online.
+    cfg_text = cfg_text.replace(
+        "connect_timeout = \"2s\"\n",
+        "connect_timeout = \"2s\"\ncatch_up_rate = 2000\n",
+    );
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(&cfg, cfg_text)?;
+    let agent = Agent::start(&cfg)?;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            agent.metric("edgepipe_agent_gaps_total{stream=\"telemetry\"}") >= 1.0
+        }),
+        "no gap while offline"
+    );
+    let server = Server::start(&srv, &addr)?;
+    let drained = wait_until(Duration::from_secs(120), || {
+        agent.metric("edgepipe_agent_readings_received_total") >= LIMIT as f64
+            && agent.metric("edgepipe_agent_queue_depth{stream=\"telemetry\"}") == 0.0
+            && agent.metric("edgepipe_agent_queue_depth{stream=\"alerts\"}") == 0.0
+    });
+    assert!(drained, "agent did not drain: {:?}", agent.metrics()?);
+    let shed_metric = agent.metric("edgepipe_agent_readings_shed_total{stream=\"telemetry\"}");
+    agent.stop()?;
+    server.stop()?;
+    let stored = stored_at_server(&srv, "gw-budget2")?;
+    let counts = generator_counts(&stored, "gen");
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "a reading was stored twice"
+    );
+    let gap_total: i64 = stored
+        .iter()
+        .flat_map(|s| s.readings.iter())
+        .filter(|(m, _, _)| m == "agent.gap.telemetry.count")
+        .filter_map(|(_, _, v)| int_value(v))
+        .sum();
+    let missing = (0..LIMIT as i64)
+        .filter(|i| !counts.contains_key(i))
+        .count();
+    eprintln!(
+        "online budget: {} stored, {gap_total} shed per gap events, {missing} missing",
+        counts.len()
+    );
+    assert!(gap_total > 0);
+    assert_eq!(
+        gap_total as usize, missing,
+        "gap count is not the number of shed readings"
+    );
+    assert_eq!(shed_metric as i64, gap_total);
+    Ok(())
+}

@@ -397,4 +397,3 @@ pub(crate) fn sort_readings(batch: &RecordBatch) -> Result<RecordBatch> {
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(batch.schema(), cols)?)
 }
-

@@ -2,15 +2,17 @@
 //!
 //! ```text
 //! b"EPB" | version: u8 = 1 | header_len: u16 big-endian | header: JSON | body
-//! header = {"source": "...", "stream": "...", "seq": 42, "compression": "none" | "lz4"}
+//! header = {"source": "...", "stream": "...", "seq": 42, "compression": "none" | "lz4" | "zstd"}
 //! body   = JSON array of reading objects, lz4-compressed (block format, 4-byte little-endian
-//!          uncompressed size prepended) when the header says so
+//!          uncompressed size prepended) or zstd-compressed (one standard zstd frame) when the
+//!          header says so
 //! ```
 //!
 //! `(source, stream, seq)` is the batch's identity ([`BatchOrigin`]): the server deduplicates
 //! replays of the same triple. The body uses the same reading objects as plain JSON payloads,
 //! so the same validation applies. Decompression is capped at [`MAX_DECOMPRESSED_LEN`]: a
-//! crafted size prefix is an error, not a 4 GiB allocation.
+//! crafted size prefix is an error, not a 4 GiB allocation, and a zstd frame is decoded as a
+//! stream that stops at the cap (its announced content size is never trusted for allocation).
 
 use edgepipe_types::{BatchOrigin, DeviceId, Reading};
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,8 @@ pub const MAGIC: &[u8; 3] = b"EPB";
 pub const VERSION: u8 = 1;
 /// Largest decompressed body accepted, in bytes.
 pub const MAX_DECOMPRESSED_LEN: usize = 64 * 1024 * 1024;
+/// zstd level used by [`encode`]: level 3 is zstd's default balance of speed and ratio.
+const ZSTD_LEVEL: i32 = 3;
 
 /// Body compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,6 +36,8 @@ pub enum Compression {
     None,
     /// lz4 block format with the uncompressed size prepended (4 bytes, little-endian).
     Lz4,
+    /// One zstd frame (level 3); what the edge agent sends.
+    Zstd,
 }
 
 impl Compression {
@@ -40,6 +46,7 @@ impl Compression {
         match self {
             Compression::None => "none",
             Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
         }
     }
 }
@@ -92,6 +99,11 @@ pub fn try_encode(
     let body = match compression {
         Compression::None => body,
         Compression::Lz4 => lz4_flex::block::compress_prepend_size(&body),
+        Compression::Zstd => {
+            zstd::bulk::compress(&body, ZSTD_LEVEL).map_err(|e| Error::Compress {
+                reason: e.to_string(),
+            })?
+        }
     };
     let mut out = Vec::with_capacity(6 + header.len() + body.len());
     out.extend_from_slice(MAGIC);
@@ -159,6 +171,10 @@ pub(crate) fn decode_inner(
             decompressed = decompress(body)?;
             &decompressed[..]
         }
+        "zstd" => {
+            decompressed = decompress_zstd(body, MAX_DECOMPRESSED_LEN)?;
+            &decompressed[..]
+        }
         _ => {
             return Err(Error::UnknownCompression {
                 found: header.compression,
@@ -211,6 +227,31 @@ fn decompress(body: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Decodes one zstd frame as a stream, refusing output beyond `limit` bytes without ever
+/// allocating more than it has decoded.
+fn decompress_zstd(body: &[u8], limit: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let decoder =
+        zstd::stream::read::Decoder::with_buffer(body).map_err(|e| Error::Decompress {
+            reason: format!("zstd: {e}"),
+        })?;
+    let mut out = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    decoder
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Decompress {
+            reason: format!("zstd: {e}"),
+        })?;
+    if out.len() > limit {
+        return Err(Error::DecompressedTooLarge {
+            size: out.len(),
+            limit,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use edgepipe_types::{Metric, TsSource, Value};
@@ -254,8 +295,8 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_uncompressed_and_lz4() -> Result<()> {
-        for c in [Compression::None, Compression::Lz4] {
+    fn round_trips_uncompressed_lz4_and_zstd() -> Result<()> {
+        for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
             let bytes = encode(&origin(), &readings()?, c);
             let d = decode(&bytes, NOW, &Limits::default())?;
             assert_eq!(d.origin, Some(origin()));
@@ -323,10 +364,45 @@ mod tests {
 
     #[test]
     fn unknown_compression_is_refused() {
-        let mut b = header_bytes(r#"{"source":"a","stream":"s","seq":1,"compression":"zstd"}"#);
+        let mut b = header_bytes(r#"{"source":"a","stream":"s","seq":1,"compression":"brotli"}"#);
         b.extend_from_slice(b"[]");
         let err = decode(&b, NOW, &Limits::default());
-        assert!(matches!(err, Err(Error::UnknownCompression { found }) if found == "zstd"));
+        assert!(matches!(err, Err(Error::UnknownCompression { found }) if found == "brotli"));
+    }
+
+    #[test]
+    fn zstd_output_above_cap_is_an_error_not_an_allocation() -> Result<()> {
+        // 1 MiB of one byte compresses to a few hundred bytes; a 64 KiB cap must refuse it.
+        let big = vec![b' '; 1024 * 1024];
+        let frame = zstd::bulk::compress(&big, 3).map_err(|e| Error::Compress {
+            reason: e.to_string(),
+        })?;
+        assert!(frame.len() < 1024);
+        let err = decompress_zstd(&frame, 64 * 1024);
+        assert!(
+            matches!(err, Err(Error::DecompressedTooLarge { limit: 65536, .. })),
+            "{err:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_zstd_frame_is_an_error() {
+        let mut b = header_bytes(r#"{"source":"a","stream":"s","seq":1,"compression":"zstd"}"#);
+        b.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff, 0x00, 0x01]);
+        let err = decode(&b, NOW, &Limits::default());
+        assert!(matches!(err, Err(Error::Decompress { .. })), "{err:?}");
+        let mut b = header_bytes(r#"{"source":"a","stream":"s","seq":1,"compression":"zstd"}"#);
+        b.extend_from_slice(b"not zstd at all");
+        assert!(decode(&b, NOW, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn truncated_zstd_frame_is_an_error() -> Result<()> {
+        let whole = encode(&origin(), &readings()?, Compression::Zstd);
+        let cut = &whole[..whole.len() - 3];
+        assert!(decode(cut, NOW, &Limits::default()).is_err());
+        Ok(())
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub enum Error {
         /// Header length.
         len: usize,
     },
-    /// The lz4 body announces a size above the cap.
+    /// The lz4 body announces, or the zstd body decodes to, a size above the cap.
     #[error("batch envelope: decompressed size {size} exceeds the limit of {limit} bytes")]
     DecompressedTooLarge {
         /// The announced size.
@@ -222,10 +222,16 @@ pub enum Error {
         /// The cap.
         limit: usize,
     },
-    /// The lz4 body does not decompress.
-    #[error("batch envelope: lz4 body does not decompress: {reason}")]
+    /// The lz4 or zstd body does not decompress.
+    #[error("batch envelope: body does not decompress: {reason}")]
     Decompress {
         /// The decoder's reason.
+        reason: String,
+    },
+    /// The encoder could not compress a body (zstd reports allocation failures this way).
+    #[error("batch envelope: body does not compress: {reason}")]
+    Compress {
+        /// The encoder's reason.
         reason: String,
     },
 

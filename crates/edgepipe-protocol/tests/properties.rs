@@ -125,8 +125,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn envelope_round_trips(o in origin(), rs in readings(), lz4 in any::<bool>()) {
-        let c = if lz4 { Compression::Lz4 } else { Compression::None };
+    fn envelope_round_trips(o in origin(), rs in readings(), c in 0..3usize) {
+        let c = [Compression::None, Compression::Lz4, Compression::Zstd][c];
         let bytes = envelope::encode(&o, &rs, c);
         let d = envelope::decode(&bytes, NOW, &Limits::default())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -246,6 +246,21 @@ proptest! {
         bytes.extend_from_slice(header);
         bytes.extend(lz4_flex::block::compress_prepend_size(&body));
         let _ = decode_payload(&bytes, NOW, &Limits::default());
+    }
+
+    /// An intact zstd envelope around a hostile body reaches the body decoder, and a hostile
+    /// zstd frame is an error, never a panic.
+    #[test]
+    fn envelope_with_hostile_zstd_never_panics(body in hostile_bytes()) {
+        let header = br#"{"source":"a","stream":"s","seq":1,"compression":"zstd"}"#;
+        let mut bytes = b"EPB\x01".to_vec();
+        bytes.extend_from_slice(&u16::try_from(header.len()).unwrap_or(0).to_be_bytes());
+        bytes.extend_from_slice(header);
+        let mut raw = bytes.clone();
+        bytes.extend(zstd::bulk::compress(&body, 3).unwrap_or_default());
+        let _ = decode_payload(&bytes, NOW, &Limits::default());
+        raw.extend_from_slice(&body);
+        let _ = decode_payload(&raw, NOW, &Limits::default());
     }
 
     #[test]

@@ -353,7 +353,10 @@ impl QueryEngine {
         for (t, schema) in [
             (tables::ROLLUP_1M, rollup_schema()),
             (tables::ROLLUP_1H, rollup_schema()),
-            (tables::DEADLETTERS, edgepipe_lake::schema::deadletters_schema()),
+            (
+                tables::DEADLETTERS,
+                edgepipe_lake::schema::deadletters_schema(),
+            ),
             (tables::ANOMALIES, edgepipe_lake::schema::anomalies_schema()),
         ] {
             let p = self.listing(t, schema)?;

@@ -431,40 +431,47 @@ async fn files_of_an_older_schema_version_read_with_nulls_and_compact() {
     )
     .await
     .expect("writer");
-    append(
-        &f.wal,
-        &[record("dev-a", T0, &[("temp", Value::F64(1.0))])],
-    )
-    .await;
+    append(&f.wal, &[record("dev-a", T0, &[("temp", Value::F64(1.0))])]).await;
     w.read_available().expect("read");
     w.flush().await.expect("flush");
-    // An "older" file: the same columns without `tags` and `source` (as if written before
-    // they were added), in the same partition.
+    // An "older" file: the same columns without the nullable `tags` (as if written before it
+    // was added; schema evolution only ever adds nullable columns), in the same partition.
     let full = edgepipe_lake::schema::readings_schema();
     let mut b = edgepipe_lake::schema::RowsBuilder::new(300_000_000);
     b.push_record(0, &record("dev-b", T0 + 1000, &[("temp", Value::F64(2.0))]));
     let batch = b.finish().expect("rows");
     let keep: Vec<usize> = (0..full.fields().len())
-        .filter(|i| !["tags", "source"].contains(&full.field(*i).name().as_str()))
+        .filter(|i| full.field(*i).name() != "tags")
         .collect();
     let old_schema = Arc::new(Schema::new(
-        keep.iter().map(|i| full.field(*i).clone()).collect::<Vec<_>>(),
+        keep.iter()
+            .map(|i| full.field(*i).clone())
+            .collect::<Vec<_>>(),
     ));
     let cols: Vec<ArrayRef> = keep.iter().map(|i| batch.column(*i).clone()).collect();
     let old = RecordBatch::try_new(old_schema.clone(), cols).expect("old batch");
     let data = edgepipe_lake::encode_parquet(&old_schema, &[old], 1024).expect("encode");
     f.store
         .put(
-            "readings/date=2025-11-24/hour=16/part-00000000000000000000-00000000000000000000.parquet",
+            "readings/date=2025-11-24/hour=16/compacted-00000000000000000000-00000000000000000000-000.parquet",
             data,
         )
         .await
         .expect("put");
-    let engine = QueryEngine::new(f.store.clone(), None, f.swap.clone(), QueryConfig::default());
+    let engine = QueryEngine::new(
+        f.store.clone(),
+        None,
+        f.swap.clone(),
+        QueryConfig::default(),
+    );
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 2);
     assert_eq!(
-        count(&engine, "SELECT count(*) FROM readings WHERE source IS NULL").await,
-        1
+        count(
+            &engine,
+            "SELECT count(*) FROM readings WHERE tags IS NULL AND source = 'mqtt311'"
+        )
+        .await,
+        2
     );
     let r = compact(
         &f.store,
@@ -495,15 +502,28 @@ async fn retention_deletes_partitions_past_each_tables_age() {
     .expect("writer");
     // Four days, one reading per day.
     let recs: Vec<_> = (0..4)
-        .map(|d| record("dev-a", T0 + d * 86_400_000, &[("temp", Value::F64(d as f64))]))
+        .map(|d| {
+            record(
+                "dev-a",
+                T0 + d * 86_400_000,
+                &[("temp", Value::F64(d as f64))],
+            )
+        })
         .collect();
     append(&f.wal, &recs).await;
     w.read_available().expect("read");
     w.flush().await.expect("flush");
     let mut cfg = LakeConfig::test_config();
-    compact(&f.store, &cfg, &f.swap, w.fresh().committed(), T0 + 10 * 86_400_000, true)
-        .await
-        .expect("compact");
+    compact(
+        &f.store,
+        &cfg,
+        &f.swap,
+        w.fresh().committed(),
+        T0 + 10 * 86_400_000,
+        true,
+    )
+    .await
+    .expect("compact");
     cfg.retention.readings_days = 2;
     cfg.retention.rollup_1h_days = 0;
     // "Now" is the last reading's day: readings older than 2 days go, rollups stay.
@@ -511,7 +531,12 @@ async fn retention_deletes_partitions_past_each_tables_age() {
         .await
         .expect("retention");
     assert_eq!(deleted.len(), 1, "{deleted:?}");
-    let engine = QueryEngine::new(f.store.clone(), None, f.swap.clone(), QueryConfig::default());
+    let engine = QueryEngine::new(
+        f.store.clone(),
+        None,
+        f.swap.clone(),
+        QueryConfig::default(),
+    );
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 3);
     assert_eq!(count(&engine, "SELECT count(*) FROM rollup_1h").await, 4);
 }

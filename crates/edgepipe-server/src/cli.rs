@@ -987,7 +987,8 @@ fn eval_nab(data: PathBuf, out: PathBuf) -> anyhow::Result<()> {
     bar.set_message(format!("scoring NAB at {}", data.display()));
     bar.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();
-    let r = edgepipe_detect::nab::eval_nab(&data, &out, &edgepipe_detect::EnsembleConfig::default());
+    let r =
+        edgepipe_detect::nab::eval_nab(&data, &out, &edgepipe_detect::EnsembleConfig::default());
     bar.finish_and_clear();
     let r = r?;
     println!(

@@ -306,8 +306,7 @@ impl DetectStage {
                 }
                 ScoreStatus::Overflow => {}
             }
-            let replayed =
-                rec.transport == Transport::Replay || rec.received_at - r.ts > late_ms;
+            let replayed = rec.transport == Transport::Replay || rec.received_at - r.ts > late_ms;
             for e in [s.event, s.device_event].into_iter().flatten() {
                 let id = format!("{seq}-{n}");
                 n += 1;
@@ -356,8 +355,12 @@ impl DetectStage {
         })
         .await?;
         if let Some(h) = &self.handler {
-            let live: Vec<AnomalyEvent> =
-                self.pending.iter().filter(|e| !e.replayed).cloned().collect();
+            let live: Vec<AnomalyEvent> = self
+                .pending
+                .iter()
+                .filter(|e| !e.replayed)
+                .cloned()
+                .collect();
             if !live.is_empty() {
                 h.handle(&live);
             }

@@ -232,7 +232,11 @@ pub async fn export_deadletters_once(
         std::collections::BTreeMap::new();
     for e in &entries {
         by_hour
-            .entry(e.time_ms.saturating_mul(1000).div_euclid(edgepipe_lake::schema::HOUR_US))
+            .entry(
+                e.time_ms
+                    .saturating_mul(1000)
+                    .div_euclid(edgepipe_lake::schema::HOUR_US),
+            )
             .or_default()
             .push(e);
     }

@@ -17,7 +17,11 @@ fn post(srv: &Server, token: &str, body: &str) -> TestResult {
         body,
         &format!("http://{}/api/v1/ingest", srv.http),
     ])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -41,7 +45,10 @@ fn readings(base: i64, from: usize, to: usize, spike_at: usize) -> String {
             } else {
                 20.0 + 2.0 * (i as f64 / 15.0).sin() + ((i * 7919) % 100) as f64 / 500.0
             };
-            format!("{{\"ts\": {}, \"metrics\": {{\"temp\": {v:.3}}}}}\n", base + i as i64 * 1000)
+            format!(
+                "{{\"ts\": {}, \"metrics\": {{\"temp\": {v:.3}}}}}\n",
+                base + i as i64 * 1000
+            )
         })
         .collect()
 }
@@ -61,8 +68,9 @@ fn a_spike_fires_once_through_kill9_during_checkpoints() -> TestResult {
     let mqtt = format!("127.0.0.1:{}", free_port()?);
     let http = format!("127.0.0.1:{}", free_port()?);
     let start = || Server::start_on(&data, &mqtt, &http, &["--config", cfg]);
-    let base = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()
-        as i64
+    let base = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64
         - 3000)
         * 1000;
     let mut srv = start()?;
@@ -94,7 +102,10 @@ fn a_spike_fires_once_through_kill9_during_checkpoints() -> TestResult {
         &srv,
         "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM anomalies",
     )?;
-    assert_eq!(v["rows"][0]["n"], v["rows"][0]["ids"], "an event fired twice: {v}");
+    assert_eq!(
+        v["rows"][0]["n"], v["rows"][0]["ids"],
+        "an event fired twice: {v}"
+    );
     let spike_ts = base + 1_300 * 1000;
     let v = query(
         &srv,
@@ -104,10 +115,16 @@ fn a_spike_fires_once_through_kill9_during_checkpoints() -> TestResult {
             spike_ts * 1000
         ),
     )?;
-    assert_eq!(v["row_count"], 1, "the spike must raise exactly one event: {v}");
+    assert_eq!(
+        v["row_count"], 1,
+        "the spike must raise exactly one event: {v}"
+    );
     assert_eq!(v["rows"][0]["value"], 80.0, "{v}");
     assert_eq!(v["rows"][0]["replayed"], false, "{v}");
-    let all = query(&srv, "SELECT count(*) AS n FROM anomalies WHERE kind = 'anomaly'")?;
+    let all = query(
+        &srv,
+        "SELECT count(*) AS n FROM anomalies WHERE kind = 'anomaly'",
+    )?;
     eprintln!("detect e2e: events {all}, spike {v}");
     srv.stop()?;
     Ok(())
@@ -115,17 +132,29 @@ fn a_spike_fires_once_through_kill9_during_checkpoints() -> TestResult {
 
 #[test]
 fn eval_nab_writes_nab_layout_and_reports_profile_scores() -> TestResult {
-    let nab = std::env::var("EDGEPIPE_NAB_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/datasets/nab").into());
+    let nab = std::env::var("EDGEPIPE_NAB_DIR").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/datasets/nab").into()
+    });
     assert!(
         std::path::Path::new(&nab).join("labels").exists(),
         "NAB data not found at {nab}; set EDGEPIPE_NAB_DIR (.ci/run does)"
     );
     let dir = tempfile::tempdir()?;
     let out_dir = dir.path().join("out");
-    let out = edgepipe(&["eval", "nab", "--data", &nab, "--out", out_dir.to_str().ok_or("path")?])?;
+    let out = edgepipe(&[
+        "eval",
+        "nab",
+        "--data",
+        &nab,
+        "--out",
+        out_dir.to_str().ok_or("path")?,
+    ])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("standard"), "{text}");
     let files = walk(&out_dir.join("edgepipe"))?;
     assert!(files > 10, "expected NAB result files, found {files}");

@@ -287,7 +287,11 @@ fn query_and_series_apis_answer_json_csv_and_clear_errors() -> TestResult {
         "csv",
         "SELECT count(*) AS n, min(value) AS lo FROM readings",
     ])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout)?, "n,lo\n1000,0.5\n");
     let out = edgepipe(&["query", "--data-dir", d, "SELECT nope"])?;
     assert!(!out.status.success());

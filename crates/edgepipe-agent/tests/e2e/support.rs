@@ -76,7 +76,8 @@ impl Server {
         Ok(())
     }
 
-    /// SIGINT and wait (ordered shutdown), so `wal-dump` can open the data directory.
+    /// SIGINT and wait (ordered shutdown: the lake is flushed), so `wal-dump` can open the data
+    /// directory.
     pub(crate) fn stop(mut self) -> TestResult {
         sigint(&self.child)?;
         wait_exit(&mut self.child, "server")
@@ -231,9 +232,9 @@ pub(crate) struct Stored {
     pub(crate) readings: Vec<(String, i64, serde_json::Value)>,
 }
 
-/// Everything the server stored for `device`, in arrival order. This is the one place that reads
-/// what reached the server: it counts in the server's WAL today and becomes a lake query once
-/// the lake lands. The server must be stopped.
+/// Everything the server stored for `device`, in arrival order, read from the server's WAL (which
+/// keeps batch origins and arrival order), checked against the lake: the lake must hold exactly
+/// as many readings of `device` as the WAL. The server must be stopped.
 pub(crate) fn stored_at_server(data: &Path, device: &str) -> TestResult<Vec<Stored>> {
     let out = Command::new(server_bin()?)
         .args(["wal-dump", "--data-dir"])
@@ -269,6 +270,31 @@ pub(crate) fn stored_at_server(data: &Path, device: &str) -> TestResult<Vec<Stor
             origin,
             readings,
         });
+    }
+    // The lake holds exactly the WAL's readings of this device (the server stopped in order, so
+    // every record is flushed): what the tests count in the WAL is what SQL and Spark see.
+    let sql = format!("SELECT count(*) AS n FROM readings WHERE device_id = '{device}'");
+    let out = Command::new(server_bin()?)
+        .args(["query", "--format", "csv", "--data-dir"])
+        .arg(data)
+        .arg(&sql)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "edgepipe query failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let in_lake: usize = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("unexpected query output {text:?}"))?;
+    let in_wal: usize = v.iter().map(|s| s.readings.len()).sum();
+    if in_lake != in_wal {
+        return Err(format!("lake holds {in_lake} readings of {device}, the WAL {in_wal}").into());
     }
     Ok(v)
 }

@@ -363,6 +363,21 @@ payload = "raw"
         Ok(())
     }
 
+    /// The configuration example in the README parses and validates (keeps the docs true).
+    #[test]
+    fn readme_config_example_is_valid() -> Result<(), Box<dyn std::error::Error>> {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").ok_or("no toml block in README")? + 8;
+        let len = readme[start..]
+            .find("```")
+            .ok_or("unterminated toml block")?;
+        let cfg: ServerConfig = toml::from_str(&readme[start..start + len])?;
+        cfg.validate()?;
+        assert!(cfg.detect.enabled);
+        assert_eq!(cfg.lake.flush_interval, Duration::from_secs(30));
+        Ok(())
+    }
+
     #[test]
     fn env_overrides_file() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = ServerConfig::load(

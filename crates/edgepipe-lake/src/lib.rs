@@ -31,7 +31,7 @@ mod writer;
 
 pub use compact::{CompactionReport, Compactor, SwapLock, compact};
 pub use config::{LakeConfig, RetentionConfig};
-pub use parquet_io::{decode_parquet, encode_parquet};
+pub use parquet_io::{decode_parquet, encode_parquet, encode_parquet_level};
 pub use stats::{PartitionStats, TableStats, VerifyProblem, lake_stats, verify};
 pub use store::{LakeStore, S3Config};
 pub use writer::{CONSUMER as LAKE_CONSUMER, FreshBuffer, FreshSnapshot, LakeMetrics, LakeWriter};

@@ -1,6 +1,6 @@
 //! Parquet encoding with the lake's writer settings, and decoding for compaction and verify.
 //!
-//! Settings, and why: zstd (level 3) on every column; dictionary encoding for the string ids
+//! Settings, and why: zstd on every column (level 1 for flushes, 3 for compacted files); dictionary encoding for the string ids
 //! (`device_id`, `metric`, `quality`, `source`); `DELTA_BINARY_PACKED` for the timestamps and
 //! `wal_seq` (regular 1 Hz series sort into near-constant deltas that pack to a few bits);
 //! page statistics everywhere so readers prune row groups on `ts`.
@@ -20,8 +20,8 @@ use parquet::schema::types::ColumnPath;
 
 use crate::{Error, Result};
 
-fn properties(schema: &SchemaRef, row_group_rows: usize) -> Result<WriterProperties> {
-    let zstd = Compression::ZSTD(ZstdLevel::try_new(3)?);
+fn properties(schema: &SchemaRef, row_group_rows: usize, level: i32) -> Result<WriterProperties> {
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(level)?);
     let mut b = WriterProperties::builder()
         .set_compression(zstd)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
@@ -41,17 +41,29 @@ fn properties(schema: &SchemaRef, row_group_rows: usize) -> Result<WriterPropert
     Ok(b.build())
 }
 
-/// Encodes batches (all of `schema`) as one Parquet file.
+/// Encodes batches (all of `schema`) as one Parquet file, zstd level 3 (compaction outputs and
+/// the small tables: files that live long).
 pub fn encode_parquet(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     row_group_rows: usize,
 ) -> Result<Bytes> {
+    encode_parquet_level(schema, batches, row_group_rows, 3)
+}
+
+/// Encodes with a chosen zstd level (the lake writer's flushes use 1: they are rewritten by
+/// compaction, so speed matters more than size).
+pub fn encode_parquet_level(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    row_group_rows: usize,
+    zstd_level: i32,
+) -> Result<Bytes> {
     let mut buf = Vec::new();
     let mut w = ArrowWriter::try_new(
         &mut buf,
         schema.clone(),
-        Some(properties(schema, row_group_rows)?),
+        Some(properties(schema, row_group_rows, zstd_level)?),
     )?;
     for b in batches {
         w.write(b)?;

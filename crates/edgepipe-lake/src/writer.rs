@@ -14,15 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take};
+use arrow::array::{
+    Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::compute::{concat_batches, take};
 use bytes::Bytes;
 use edgepipe_types::IngestRecord;
 use edgepipe_wal::{Consumer, Wal};
 use tokio::sync::watch;
 
 use crate::config::LakeConfig;
-use crate::parquet_io::encode_parquet;
+use crate::parquet_io::encode_parquet_level;
 use crate::schema::{COL_TS, HOUR_US, RowsBuilder, partition_of_hour, readings_schema};
 use crate::store::LakeStore;
 use crate::{Error, Result, tables};
@@ -344,7 +346,10 @@ fn partition_and_encode(
             "{}/date={date}/hour={hh}/part-{first:020}-{last:020}.parquet",
             tables::READINGS
         );
-        out.push((key, encode_parquet(&schema, &[part], row_group_rows)?));
+        out.push((
+            key,
+            encode_parquet_level(&schema, &[part], row_group_rows, 1)?,
+        ));
         start = end;
     }
     Ok(out)
@@ -357,43 +362,62 @@ pub(crate) fn sort_readings(batch: &RecordBatch) -> Result<RecordBatch> {
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
         .ok_or_else(|| Error::Config("ts column is not timestamp(us)".into()))?;
-    let hours: Int64Array = ts
-        .iter()
-        .map(|t| t.map(|t| t.div_euclid(HOUR_US)))
-        .collect();
-    let col = |name: &str| -> Result<ArrayRef> {
+    let strings = |name: &str| -> Result<&StringArray> {
         batch
             .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::Config(format!("column {name} missing")))
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| Error::Config(format!("column {name} is missing or not utf8")))
     };
-    let keys = vec![
-        SortColumn {
-            values: Arc::new(hours) as ArrayRef,
-            options: None,
-        },
-        SortColumn {
-            values: col("device_id")?,
-            options: None,
-        },
-        SortColumn {
-            values: col("metric")?,
-            options: None,
-        },
-        SortColumn {
-            values: col("ts")?,
-            options: None,
-        },
-        SortColumn {
-            values: col("wal_seq")?,
-            options: None,
-        },
-    ];
-    let idx = lexsort_to_indices(&keys, None)?;
+    let seq = batch
+        .column_by_name("wal_seq")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .ok_or_else(|| Error::Config("column wal_seq is missing or not int64".into()))?;
+    // Sorting on string columns compares bytes for every pair; a batch holds few distinct
+    // devices and metrics, so rank them once and sort plain integer tuples instead.
+    let dev = ranks(strings("device_id")?);
+    let met = ranks(strings("metric")?);
+    let n = batch.num_rows();
+    let mut keys: Vec<(i64, u32, u32, i64, i64, u32)> = (0..n)
+        .map(|i| {
+            let t = ts.value(i);
+            (
+                t.div_euclid(HOUR_US),
+                dev[i],
+                met[i],
+                t,
+                seq.value(i),
+                i as u32,
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    let idx = UInt32Array::from_iter_values(keys.iter().map(|k| k.5));
     let cols = batch
         .columns()
         .iter()
         .map(|c| take(c.as_ref(), &idx, None))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(batch.schema(), cols)?)
+}
+
+/// Each row's rank among the column's distinct values in byte order.
+fn ranks(col: &StringArray) -> Vec<u32> {
+    let mut ids: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    let mut distinct: Vec<&str> = Vec::new();
+    let first: Vec<u32> = (0..col.len())
+        .map(|i| {
+            let v = if col.is_null(i) { "" } else { col.value(i) };
+            *ids.entry(v).or_insert_with(|| {
+                distinct.push(v);
+                (distinct.len() - 1) as u32
+            })
+        })
+        .collect();
+    let mut order: Vec<u32> = (0..distinct.len() as u32).collect();
+    order.sort_unstable_by(|a, b| distinct[*a as usize].cmp(distinct[*b as usize]));
+    let mut rank = vec![0u32; distinct.len()];
+    for (r, id) in order.iter().enumerate() {
+        rank[*id as usize] = r as u32;
+    }
+    first.into_iter().map(|id| rank[id as usize]).collect()
 }

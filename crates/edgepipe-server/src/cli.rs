@@ -71,6 +71,15 @@ pub enum Command {
         #[command(flatten)]
         args: LakeArgs,
     },
+    /// Detection model artifacts: train from the lake, list, promote.
+    Models {
+        /// Action.
+        #[command(subcommand)]
+        action: ModelsCmd,
+        /// Config file and data directory.
+        #[command(flatten)]
+        args: LakeArgs,
+    },
     /// Evaluate the detector on a public benchmark.
     Eval {
         /// Which benchmark.
@@ -82,6 +91,27 @@ pub enum Command {
         /// Which benchmark.
         #[command(subcommand)]
         which: BenchCmd,
+    },
+}
+
+/// `models` actions.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCmd {
+    /// Fit per-series parameters from the lake's readings of the last `--since`.
+    Train {
+        /// History to fit on (e.g. 30d, 12h).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Promote the new artifact at once (the running server swaps it in).
+        #[arg(long)]
+        promote: bool,
+    },
+    /// List artifacts (`*` marks the promoted one).
+    List,
+    /// Promote an artifact: the running detection stage swaps it in at its next checkpoint.
+    Promote {
+        /// Version, as printed by `train` or `list`.
+        version: String,
     },
 }
 
@@ -339,6 +369,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deadletters { action, data_dir } => deadletters(action, data_dir).await,
         Command::WalDump { data_dir, from } => wal_dump(data_dir, from),
         Command::Query(a) => query_cmd(a).await,
+        Command::Models { action, args } => models_cmd(action, args).await,
         Command::Eval {
             which: EvalCmd::Nab { data, out },
         } => eval_nab(data, out),
@@ -1001,6 +1032,47 @@ fn eval_nab(data: PathBuf, out: PathBuf) -> anyhow::Result<()> {
     );
     for p in &r.scores.profiles {
         println!("  {:<22} {:>6.2}", p.profile, p.score);
+    }
+    Ok(())
+}
+
+async fn models_cmd(action: ModelsCmd, a: LakeArgs) -> anyhow::Result<()> {
+    let cfg = lake_config(&a)?;
+    match action {
+        ModelsCmd::Train { since, promote } => {
+            let since = humantime::parse_duration(&since)
+                .map_err(|e| anyhow::anyhow!("--since {since:?}: {e} (write e.g. 30d)"))?;
+            let store = crate::lake::open_store(&cfg.data_dir, &cfg.lake)?;
+            let mut qcfg = cfg.query.clone();
+            // Training reads raw history: lift the interactive row limit.
+            qcfg.max_rows = usize::MAX;
+            let engine = edgepipe_query::QueryEngine::new(
+                store,
+                None,
+                edgepipe_lake::SwapLock::default(),
+                qcfg,
+            );
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("reading history and fitting");
+            bar.enable_steady_tick(Duration::from_millis(120));
+            let r = crate::models::train(&cfg.data_dir, &engine, since).await;
+            bar.finish_and_clear();
+            let (version, series, rows) = r?;
+            println!("trained model {version}: {series} series fitted on {rows} readings");
+            if promote {
+                crate::models::promote(&cfg.data_dir, &version)?;
+                println!("promoted {version}");
+            }
+        }
+        ModelsCmd::List => {
+            for (v, series, current) in crate::models::list(&cfg.data_dir)? {
+                println!("{} {v}  ({series} series)", if current { "*" } else { " " });
+            }
+        }
+        ModelsCmd::Promote { version } => {
+            crate::models::promote(&cfg.data_dir, &version)?;
+            println!("promoted {version}; a running server swaps it in at its next checkpoint");
+        }
     }
     Ok(())
 }

@@ -106,6 +106,23 @@ pub struct DetectMetrics {
     pub position: AtomicU64,
     /// Nanoseconds spent scoring (for the per-reading latency).
     pub scoring_nanos: AtomicU64,
+    /// Version of the model parameters in force.
+    pub model_version: std::sync::Mutex<String>,
+}
+
+impl DetectMetrics {
+    fn set_model_version(&self, v: &str) {
+        let mut g = self.model_version.lock().unwrap_or_else(|p| p.into_inner());
+        v.clone_into(&mut g);
+    }
+
+    /// Version of the model parameters in force.
+    pub fn model_version(&self) -> String {
+        self.model_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,6 +158,7 @@ pub struct DetectStage {
     first_uncheckpointed: u64,
     handler: Option<Arc<dyn AnomalyHandler>>,
     metrics: Arc<DetectMetrics>,
+    data_dir: PathBuf,
 }
 
 impl DetectStage {
@@ -185,7 +203,8 @@ impl DetectStage {
         edgepipe_lake::sink::recover(&store, TABLE, next_seq).await?;
         let model_version = model_version(detector.params());
         metrics.position.store(next_seq, Ordering::Relaxed);
-        Ok(Self {
+        metrics.set_model_version(&model_version);
+        let mut stage = Self {
             wal,
             store,
             state_path,
@@ -198,7 +217,33 @@ impl DetectStage {
             first_uncheckpointed: next_seq,
             handler,
             metrics,
-        })
+            data_dir: data_dir.to_path_buf(),
+        };
+        stage.swap_model_if_promoted();
+        Ok(stage)
+    }
+
+    /// Hot-swaps the promoted model (`<data>/models/CURRENT`) when it differs from the one in
+    /// force. Called at open and at every checkpoint; a broken artifact is logged and skipped.
+    fn swap_model_if_promoted(&mut self) {
+        match crate::models::load_current(&self.data_dir) {
+            Ok(Some((version, params))) if version != self.model_version => {
+                match self.detector.set_params(params) {
+                    Ok(reset) => {
+                        tracing::info!(from = %self.model_version, to = %version, series_reset = reset, "detect: promoted model swapped in");
+                        self.model_version = version;
+                        self.metrics.set_model_version(&self.model_version);
+                    }
+                    Err(e) => {
+                        tracing::error!(version, error = %e, "detect: promoted model refused")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "detect: reading the promoted model failed")
+            }
+        }
     }
 
     /// Scores records until `stop`, checkpointing every `checkpoint_interval` and at the end.
@@ -372,6 +417,7 @@ impl DetectStage {
         self.metrics.position.store(next, Ordering::Relaxed);
         self.pending.clear();
         self.first_uncheckpointed = next;
+        self.swap_model_if_promoted();
         Ok(())
     }
 }

@@ -326,6 +326,7 @@ fn detect_json(d: &crate::detect::DetectMetrics) -> serde_json::Value {
         "events": d.events.load(Ordering::Relaxed),
         "checkpoints": d.checkpoints.load(Ordering::Relaxed),
         "checkpointed_wal_seq": d.position.load(Ordering::Relaxed),
+        "model_version": d.model_version(),
     })
 }
 

@@ -21,5 +21,6 @@ pub mod http;
 pub mod ingest;
 pub mod lake;
 pub mod metrics;
+pub mod models;
 pub mod mqtt;
 pub mod server;

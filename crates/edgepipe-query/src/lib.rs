@@ -10,6 +10,7 @@
 //!   WAL record (it tails the WAL, woken by every durable append).
 //! - `rollup_1m`, `rollup_1h`: per series and bucket count/min/max/avg/sum, written at compaction.
 //! - `anomalies`: anomaly events from the detection stage, with explanation and model version.
+//! - `gaps` (a view over `readings`): what edge agents had to shed, per gap event.
 //! - `deadletters`: every refused message with its reason and raw bytes, exported from the
 //!   dead-letter store every flush interval.
 //!
@@ -282,6 +283,9 @@ impl QueryEngine {
         // no query is running.
         let _guard = self.swap.read().await;
         let ctx = self.context().await?;
+        if sql.to_ascii_lowercase().contains("gaps") {
+            ctx.sql(GAPS_VIEW).await.map_err(df_err(limit_bytes))?;
+        }
         let opts = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -382,6 +386,16 @@ impl QueryEngine {
         Ok(Arc::new(t))
     }
 }
+
+/// `gaps`: data an edge agent had to shed (disk budget), one row per gap event, from the
+/// `agent.gap.<stream>.{count,from_ts,to_ts,cause}` readings agents send upstream.
+const GAPS_VIEW: &str = "CREATE VIEW gaps AS SELECT device_id AS agent, \
+    split_part(metric, '.', 3) AS stream, ts AS reported_at, \
+    max(CASE WHEN ends_with(metric, '.count') THEN value_int END) AS readings_shed, \
+    max(CASE WHEN ends_with(metric, '.from_ts') THEN value_int END) AS from_ts_ms, \
+    max(CASE WHEN ends_with(metric, '.to_ts') THEN value_int END) AS to_ts_ms, \
+    max(CASE WHEN ends_with(metric, '.cause') THEN value_str END) AS cause \
+    FROM readings WHERE starts_with(metric, 'agent.gap.') GROUP BY 1, 2, 3";
 
 /// The `readings` schema with the partition columns appended (what SQL sees).
 pub fn readings_table_schema() -> SchemaRef {

@@ -309,6 +309,19 @@ limit = {LIMIT}
     );
     assert_eq!(shed_metric as i64, gap_total);
     assert_eq!(counts.len() + missing.len(), LIMIT as usize);
+    // The lake's `gaps` view reports the same shed count.
+    let out = std::process::Command::new(server_bin()?)
+        .args(["query", "--format", "csv", "--data-dir"])
+        .arg(&srv)
+        .arg("SELECT sum(readings_shed) AS n, min(cause) AS cause FROM gaps WHERE agent = 'gw-budget' AND stream = 'telemetry'")
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    assert_eq!(
+        text,
+        format!("n,cause\n{gap_total},disk_budget\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Shed readings are the oldest: one contiguous run from the start of a segment onward.
     assert!(
         missing.windows(2).all(|w| w[1] == w[0] + 1),

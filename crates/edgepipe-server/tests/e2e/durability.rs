@@ -180,3 +180,114 @@ fn kill9_under_http_load_keeps_every_200_batch_exactly_once() -> TestResult {
     );
     Ok(())
 }
+
+/// A disk whose fdatasync fails (an LD_PRELOAD shim returns EIO once a flag file exists): the
+/// server stops acknowledging at once and for good (503 over HTTP, never a false 200), reports
+/// the WAL poisoned, and after a restart on a healthy disk every acknowledged batch is there.
+#[test]
+fn fsync_failure_stops_acknowledging_and_never_pretends() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let shim = dir.path().join("fail_fdatasync.so");
+    let cc = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(script("fail_fdatasync.c"))
+        .arg("-ldl")
+        .output()
+        .map_err(|e| format!("cc (gcc, present on the CI machine): {e}"))?;
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let data = dir.path().join("data");
+    let token = add_device(&data, "disk")?;
+    let flag = dir.path().join("fail-now");
+    let shim_s = shim.to_str().ok_or("path")?;
+    let flag_s = flag.to_str().ok_or("path")?;
+    let srv = Server::start_on_env(
+        &data,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[],
+        &[
+            ("LD_PRELOAD", shim_s),
+            ("EDGEPIPE_TEST_FAIL_FDATASYNC_FLAG", flag_s),
+        ],
+    )?;
+    let post = |n: i64| -> TestResult<String> {
+        let body = format!(
+            "{{\"ts\": {}, \"metrics\": {{\"n\": {n}}}}}\n",
+            1_764_000_000_000 + n
+        );
+        let out = curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/x-ndjson",
+            "--data-binary",
+            &body,
+            &format!("http://{}/api/v1/ingest", srv.http),
+        ])?;
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    for n in 0..5 {
+        assert!(post(n)?.ends_with("\n200"), "healthy disk must acknowledge");
+    }
+    std::fs::write(&flag, b"")?;
+    let failed = post(5)?;
+    assert!(
+        failed.ends_with("\n503"),
+        "after an fsync failure: {failed}"
+    );
+    // The disk "recovers", but a WAL that lost an fsync cannot know what is on disk: it stays
+    // refused until a restart re-reads and verifies it.
+    std::fs::remove_file(&flag)?;
+    let again = post(6)?;
+    assert!(
+        again.ends_with("\n503"),
+        "a poisoned WAL must keep refusing: {again}"
+    );
+    let status = srv.status()?;
+    assert_eq!(status["wal"]["poisoned"], true, "{status}");
+    let metrics = curl(&[&format!("http://{}/metrics", srv.http)])?;
+    assert!(
+        String::from_utf8_lossy(&metrics.stdout).contains("edgepipe_wal_poisoned 1"),
+        "metrics must show the poisoned WAL"
+    );
+    drop(srv);
+
+    let srv = Server::start(&data, &[])?;
+    assert!(post_after_restart(&srv, &token)?.ends_with("\n200"));
+    srv.stop()?;
+    let ns: Vec<i64> = wal_readings(&data)?
+        .into_iter()
+        .filter(|(_, m, _, _)| m == "n")
+        .filter_map(|(_, _, _, v)| v["I64"].as_i64())
+        .collect();
+    for n in 0..5 {
+        assert_eq!(
+            ns.iter().filter(|x| **x == n).count(),
+            1,
+            "acknowledged reading {n} must be stored once: {ns:?}"
+        );
+    }
+    Ok(())
+}
+
+fn post_after_restart(srv: &Server, token: &str) -> TestResult<String> {
+    let out = curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        "{\"ts\": 1764000000100, \"metrics\": {\"n\": 100}}\n",
+        &format!("http://{}/api/v1/ingest", srv.http),
+    ])?;
+    Ok(String::from_utf8(out.stdout)?)
+}

@@ -145,6 +145,24 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_default();
 
+    // Encode only: the same rows, already in Arrow and sorted, to one zstd-1 Parquet file (what
+    // pyarrow's write_table does), median of 3.
+    let mut all = Vec::new();
+    for (key, _) in store.list("readings/").await? {
+        let (_, bs) = edgepipe_lake::decode_parquet(store.get(&key).await?)?;
+        all.extend(bs);
+    }
+    let schema = edgepipe_lake::schema::readings_schema();
+    let mut enc = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let bytes = edgepipe_lake::encode_parquet_level(&schema, &all, cfg.row_group_rows, 1)?;
+        enc.push(t.elapsed().as_secs_f64());
+        drop(bytes);
+    }
+    enc.sort_by(f64::total_cmp);
+    let encode_rows_per_sec = rows as f64 / enc[1];
+
     let engine = QueryEngine::new(store.clone(), None, swap, QueryConfig::default());
     let mut queries = Vec::new();
     for (name, sql) in standard_queries() {
@@ -168,6 +186,7 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
         "lake_dir": root.join("lake"),
         "write_seconds": write_s,
         "write_rows_per_sec": rows as f64 / write_s,
+        "encode_only_rows_per_sec": encode_rows_per_sec,
         "files_before_compaction": readings_before.files,
         "bytes_before_compaction": readings_before.bytes,
         "compaction_seconds": compact_s,

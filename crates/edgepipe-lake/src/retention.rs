@@ -1,6 +1,6 @@
 //! Retention: deletes whole partitions whose event-time day is older than the table's limit.
 //!
-//! A partition is deleted under the [`SwapLock`](crate::SwapLock), so our queries see it either
+//! A partition is deleted under the [`SwapLock`], so our queries see it either
 //! whole or not at all. Rollups usually live longer than raw readings (the hot/cold tiers of
 //! Timestream and InfluxDB): set `readings_days` low and the `rollup_*_days` high.
 

@@ -18,23 +18,23 @@ pub struct LakeConfig {
     pub s3: S3Config,
     /// Write buffered rows to Parquet at least this often. SQL sees rows before they are
     /// flushed (from the fresh buffer), so this trades file count against WAL replay length.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::duration_serde")]
     pub flush_interval: Duration,
     /// Flush as soon as this many rows are buffered.
     pub flush_max_rows: usize,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
     /// Readings received more than this after their event time are flagged `replayed`.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::duration_serde")]
     pub late_after: Duration,
     /// Run compaction this often (`0s` disables background compaction; `edgepipe lake compact`
     /// still works).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::duration_serde")]
     pub compaction_interval: Duration,
     /// Compact a partition once it holds this many small files, even if its hour is still open.
     pub compact_min_files: usize,
     /// Compact a closed hour (and write its rollups) once it has been closed this long.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::duration_serde")]
     pub compact_after: Duration,
     /// Target size of a compacted file, in bytes.
     pub target_file_bytes: u64,
@@ -128,22 +128,5 @@ impl LakeConfig {
             ));
         }
         out
-    }
-}
-
-/// Durations as humantime strings (`"500ms"`, `"30s"`, `"5m"`).
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
     }
 }

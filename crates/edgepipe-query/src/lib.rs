@@ -126,7 +126,7 @@ pub struct QueryConfig {
     /// Rows one query may return.
     pub max_rows: usize,
     /// Longest a query may run.
-    #[serde(with = "duration_str")]
+    #[serde(with = "edgepipe_lake::duration_serde")]
     pub timeout: Duration,
     /// Parallelism of one query (0 = number of cores).
     pub target_partitions: usize,
@@ -140,44 +140,6 @@ impl Default for QueryConfig {
             timeout: Duration::from_secs(60),
             target_partitions: 0,
         }
-    }
-}
-
-mod duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime_like(*d))
-    }
-
-    fn humantime_like(d: Duration) -> String {
-        format!("{}ms", d.as_millis())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} (use e.g. \"500ms\", \"30s\", \"5m\")"
-            ))
-        })
-    }
-
-    pub(super) fn parse(s: &str) -> Option<Duration> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-        let (num, unit) = s.split_at(split);
-        let n: f64 = num.parse().ok()?;
-        let secs = match unit.trim() {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => return None,
-        };
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
     }
 }
 
@@ -443,9 +405,4 @@ fn fresh_table(snapshot: &FreshSnapshot) -> Result<Arc<dyn TableProvider>> {
     let t = MemTable::try_new(schema, vec![batches])
         .map_err(|e| Error::Execution(format!("fresh rows: {e}")))?;
     Ok(Arc::new(t))
-}
-
-/// Parses a duration like `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    duration_str::parse(s)
 }

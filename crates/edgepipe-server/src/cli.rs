@@ -1007,7 +1007,7 @@ async fn lake_cmd(action: LakeCmd, a: LakeArgs) -> anyhow::Result<()> {
                 &cfg.lake,
                 &edgepipe_lake::SwapLock::default(),
                 committed,
-                chrono_now_ms(),
+                edgepipe_sim::now_ms(),
                 true,
             )
             .await;
@@ -1037,13 +1037,6 @@ async fn lake_cmd(action: LakeCmd, a: LakeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn chrono_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn eval_nab(data: PathBuf, out: PathBuf) -> anyhow::Result<()> {

@@ -50,20 +50,6 @@ mod duration_str {
     }
 }
 
-/// Durations serialised as `"500ms"`, `"30s"`, `"5m"` (for config structs that round-trip).
-pub(crate) mod duration_serde {
-    use serde::{Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        super::duration_str::deserialize(d)
-    }
-}
-
 /// Top-level server configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -44,11 +44,11 @@ pub struct DetectConfig {
     /// Run the detection stage.
     pub enabled: bool,
     /// Checkpoint detector state (and store events) at least this often.
-    #[serde(with = "crate::config::duration_serde")]
+    #[serde(with = "edgepipe_lake::duration_serde")]
     pub checkpoint_interval: Duration,
     /// Readings received more than this after their event time are replayed: scored, but their
     /// events are not handed to the case manager.
-    #[serde(with = "crate::config::duration_serde")]
+    #[serde(with = "edgepipe_lake::duration_serde")]
     pub late_after: Duration,
     /// The live detector's settings.
     pub detector: DetectorConfig,

@@ -35,21 +35,6 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-/// Durations in config are written as `"500ms"`, `"30s"`, `"5m"`.
-mod duration_str {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (write e.g. \"500ms\")"
-            ))
-        })
-    }
-}
-
 /// Top-level server configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -94,7 +79,7 @@ pub struct LimitsConfig {
     /// Most readings in one message.
     pub max_readings_per_message: usize,
     /// How far in the future a device timestamp may be.
-    #[serde(deserialize_with = "duration_str::deserialize")]
+    #[serde(deserialize_with = "edgepipe_lake::duration_serde::deserialize")]
     pub max_future_skew: Duration,
     /// Longest string value.
     pub max_string_len: usize,

@@ -147,6 +147,7 @@ pub fn model_version(params: &ModelParams) -> String {
 #[derive(Debug)]
 pub struct DetectStage {
     wal: Wal,
+    consumer: edgepipe_wal::Consumer,
     store: LakeStore,
     state_path: PathBuf,
     cfg: DetectConfig,
@@ -199,13 +200,13 @@ impl DetectStage {
             ),
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", state_path.display())),
         };
-        drop(consumer);
         edgepipe_lake::sink::recover(&store, TABLE, next_seq).await?;
         let model_version = model_version(detector.params());
         metrics.position.store(next_seq, Ordering::Relaxed);
         metrics.set_model_version(&model_version);
         let mut stage = Self {
             wal,
+            consumer,
             store,
             state_path,
             cfg,
@@ -226,22 +227,25 @@ impl DetectStage {
     /// Hot-swaps the promoted model (`<data>/models/CURRENT`) when it differs from the one in
     /// force. Called at open and at every checkpoint; a broken artifact is logged and skipped.
     fn swap_model_if_promoted(&mut self) {
-        match crate::models::load_current(&self.data_dir) {
-            Ok(Some((version, params))) if version != self.model_version => {
-                match self.detector.set_params(params) {
-                    Ok(reset) => {
-                        tracing::info!(from = %self.model_version, to = %version, series_reset = reset, "detect: promoted model swapped in");
-                        self.model_version = version;
-                        self.metrics.set_model_version(&self.model_version);
-                    }
-                    Err(e) => {
-                        tracing::error!(version, error = %e, "detect: promoted model refused")
-                    }
-                }
-            }
-            Ok(_) => {}
+        // Only the small CURRENT file is read per checkpoint; the artifact only when it changed.
+        let version = match crate::models::current_version(&self.data_dir) {
+            Ok(Some(v)) if v != self.model_version => v,
+            Ok(_) => return,
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "detect: reading the promoted model failed")
+                tracing::error!(error = %format!("{e:#}"), "detect: reading the promoted model failed");
+                return;
+            }
+        };
+        let swapped = crate::models::load(&self.data_dir, &version)
+            .and_then(|params| Ok(self.detector.set_params(params)?));
+        match swapped {
+            Ok(reset) => {
+                tracing::info!(from = %self.model_version, to = %version, series_reset = reset, "detect: promoted model swapped in");
+                self.model_version = version;
+                self.metrics.set_model_version(&self.model_version);
+            }
+            Err(e) => {
+                tracing::error!(version, error = %format!("{e:#}"), "detect: promoted model refused")
             }
         }
     }
@@ -385,17 +389,17 @@ impl DetectStage {
             detector: self.detector.snapshot()?,
         };
         let state_bytes = postcard::to_allocvec(&state)?;
-        let state_path = self.state_path.clone();
-        let wal = self.wal.clone();
+        let state_path = &self.state_path;
+        let consumer = &mut self.consumer;
         let next = self.next_seq;
-        edgepipe_lake::sink::store_flush(&self.store, TABLE, first, last, &files, move || {
-            write_atomically(&state_path, &state_bytes).map_err(|source| {
+        edgepipe_lake::sink::store_flush(&self.store, TABLE, first, last, &files, || {
+            write_atomically(state_path, &state_bytes).map_err(|source| {
                 edgepipe_lake::Error::Io {
                     path: state_path.clone(),
                     source,
                 }
             })?;
-            wal.consumer(CONSUMER)?.commit(next)?;
+            consumer.commit(next)?;
             Ok(())
         })
         .await?;

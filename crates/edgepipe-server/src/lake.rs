@@ -191,10 +191,17 @@ pub async fn export_deadletters(
     cfg: LakeConfig,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Undo a half-written range at start and after a failed round (a retry may cover a longer
+    // range under other file names); not on every healthy round.
+    let mut recover = true;
     loop {
-        if let Err(e) = export_deadletters_once(ing.deadletters(), &store, cfg.row_group_rows).await
+        match export_deadletters_once(ing.deadletters(), &store, cfg.row_group_rows, recover).await
         {
-            tracing::error!(error = %e, "lake: exporting dead letters failed; retrying");
+            Ok(_) => recover = false,
+            Err(e) => {
+                tracing::error!(error = %e, "lake: exporting dead letters failed; retrying");
+                recover = true;
+            }
         }
         if *stop.borrow() {
             return;
@@ -207,10 +214,12 @@ pub async fn export_deadletters(
 }
 
 /// One export round: everything the `lake` consumer of the dead-letter store has not passed.
+/// `recover` first undoes a range an earlier round or process left half-written.
 pub async fn export_deadletters_once(
     dl: &crate::deadletter::DeadLetters,
     store: &LakeStore,
     row_group_rows: usize,
+    recover: bool,
 ) -> anyhow::Result<usize> {
     use arrow::array::{
         BinaryBuilder, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder,
@@ -218,7 +227,9 @@ pub async fn export_deadletters_once(
     };
     let mut consumer = dl.consumer(edgepipe_lake::LAKE_CONSUMER)?;
     let position = consumer.position();
-    edgepipe_lake::sink::recover(store, edgepipe_lake::tables::DEADLETTERS, position).await?;
+    if recover {
+        edgepipe_lake::sink::recover(store, edgepipe_lake::tables::DEADLETTERS, position).await?;
+    }
     let (entries, next) = dl.read_from(position, 100_000)?;
     if entries.is_empty() {
         if next > position {

@@ -41,14 +41,6 @@ pub fn load(data_dir: &Path, version: &str) -> anyhow::Result<ModelParams> {
     Ok(ModelParams::from_json(&text)?)
 }
 
-/// The promoted artifact, if any.
-pub fn load_current(data_dir: &Path) -> anyhow::Result<Option<(String, ModelParams)>> {
-    match current_version(data_dir)? {
-        Some(v) => Ok(Some((v.clone(), load(data_dir, &v)?))),
-        None => Ok(None),
-    }
-}
-
 /// Promotes `version` (it must exist).
 pub fn promote(data_dir: &Path, version: &str) -> anyhow::Result<()> {
     load(data_dir, version)?;

@@ -22,6 +22,14 @@ struct PendingFlush {
     files: Vec<String>,
 }
 
+/// Key of the file a flush of WAL range `[first, last]` writes for one event-time hour of
+/// `table` (hours since the epoch): `<table>/date=YYYY-MM-DD/hour=HH/part-<first>-<last>.parquet`.
+/// Derived from the range, so writing the same range again after a crash overwrites it.
+pub fn part_key(table: &str, hour: i64, first: u64, last: u64) -> String {
+    let (date, hh) = crate::schema::partition_of_hour(hour);
+    format!("{table}/date={date}/hour={hh}/part-{first:020}-{last:020}.parquet")
+}
+
 /// Stores `files` for the WAL range `[first, last]` of `table`, calling `commit` (which moves
 /// the caller's WAL checkpoint past `last`) only after every file is stored. When this returns
 /// Ok, the range is in the lake and checkpointed.

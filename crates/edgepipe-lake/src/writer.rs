@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::LakeConfig;
 use crate::parquet_io::encode_parquet_level;
-use crate::schema::{COL_TS, HOUR_US, RowsBuilder, partition_of_hour, readings_schema};
+use crate::schema::{COL_TS, HOUR_US, RowsBuilder, readings_schema};
 use crate::store::LakeStore;
 use crate::{Error, Result, tables};
 
@@ -341,11 +341,7 @@ fn partition_and_encode(
             end += 1;
         }
         let part = sorted.slice(start, end - start);
-        let (date, hh) = partition_of_hour(hour);
-        let key = format!(
-            "{}/date={date}/hour={hh}/part-{first:020}-{last:020}.parquet",
-            tables::READINGS
-        );
+        let key = crate::sink::part_key(tables::READINGS, hour, first, last);
         out.push((
             key,
             encode_parquet_level(&schema, &[part], row_group_rows, 1)?,

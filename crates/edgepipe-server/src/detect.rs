@@ -512,9 +512,8 @@ fn encode_events(
             Arc::new(seq.finish()),
         ];
         let batch = RecordBatch::try_new(schema.clone(), cols)?;
-        let (date, hh) = edgepipe_lake::schema::partition_of_hour(hour);
         files.push((
-            format!("{TABLE}/date={date}/hour={hh}/part-{first:020}-{last:020}.parquet"),
+            edgepipe_lake::sink::part_key(TABLE, hour, first, last),
             edgepipe_lake::encode_parquet(&schema, &[batch], 64 * 1024)?,
         ));
     }

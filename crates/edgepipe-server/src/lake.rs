@@ -289,11 +289,8 @@ pub async fn export_deadletters_once(
             Arc::new(original_len.finish()),
         ];
         let batch = RecordBatch::try_new(schema.clone(), cols)?;
-        let (date, hh) = edgepipe_lake::schema::partition_of_hour(hour);
-        let key = format!(
-            "{}/date={date}/hour={hh}/part-{first:020}-{last:020}.parquet",
-            edgepipe_lake::tables::DEADLETTERS
-        );
+        let key =
+            edgepipe_lake::sink::part_key(edgepipe_lake::tables::DEADLETTERS, hour, first, last);
         files.push((
             key,
             edgepipe_lake::encode_parquet(&schema, &[batch], row_group_rows)?,

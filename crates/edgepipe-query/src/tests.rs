@@ -52,6 +52,27 @@ fn fixture() -> Fixture {
     }
 }
 
+async fn writer(f: &Fixture) -> LakeWriter {
+    LakeWriter::open(
+        f.store.clone(),
+        f.wal.clone(),
+        LakeConfig::test_config(),
+        Arc::default(),
+    )
+    .await
+    .expect("writer")
+}
+
+/// An engine over the fixture's lake; `fresh` adds the writer's unflushed rows.
+fn engine_over(f: &Fixture, fresh: Option<edgepipe_lake::FreshBuffer>) -> QueryEngine {
+    QueryEngine::new(
+        f.store.clone(),
+        fresh,
+        f.swap.clone(),
+        QueryConfig::default(),
+    )
+}
+
 async fn append(wal: &Wal, recs: &[IngestRecord]) {
     for r in recs {
         wal.append(r.encode()).await.expect("append");
@@ -71,20 +92,8 @@ async fn count(engine: &QueryEngine, sql: &str) -> i64 {
 #[tokio::test]
 async fn fresh_and_flushed_rows_are_seen_exactly_once() {
     let f = fixture();
-    let mut w = LakeWriter::open(
-        f.store.clone(),
-        f.wal.clone(),
-        LakeConfig::test_config(),
-        Arc::default(),
-    )
-    .await
-    .expect("writer");
-    let engine = QueryEngine::new(
-        f.store.clone(),
-        Some(w.fresh()),
-        f.swap.clone(),
-        QueryConfig::default(),
-    );
+    let mut w = writer(&f).await;
+    let engine = engine_over(&f, Some(w.fresh()));
     // 3 hours of data, 2 devices, 2 metrics.
     let mut recs = Vec::new();
     for i in 0..300 {
@@ -166,12 +175,7 @@ async fn a_flush_interrupted_by_a_crash_is_rewritten_not_duplicated() {
     )
     .await
     .expect("writer");
-    let engine = QueryEngine::new(
-        f.store.clone(),
-        Some(w.fresh()),
-        f.swap.clone(),
-        QueryConfig::default(),
-    );
+    let engine = engine_over(&f, Some(w.fresh()));
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 50);
     // Now a flush whose checkpoint did not move: stored file plus marker, then "crash".
     let more: Vec<_> = (50..80)
@@ -209,12 +213,7 @@ async fn a_flush_interrupted_by_a_crash_is_rewritten_not_duplicated() {
     );
     w.read_available().expect("read");
     w.flush().await.expect("flush");
-    let engine = QueryEngine::new(
-        f.store.clone(),
-        None,
-        f.swap.clone(),
-        QueryConfig::default(),
-    );
+    let engine = engine_over(&f, None);
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 80);
     assert_eq!(
         count(&engine, "SELECT sum(value_int) FROM readings").await,
@@ -225,14 +224,7 @@ async fn a_flush_interrupted_by_a_crash_is_rewritten_not_duplicated() {
 #[tokio::test]
 async fn compaction_dedups_last_write_wins_and_writes_rollups() {
     let f = fixture();
-    let mut w = LakeWriter::open(
-        f.store.clone(),
-        f.wal.clone(),
-        LakeConfig::test_config(),
-        Arc::default(),
-    )
-    .await
-    .expect("writer");
+    let mut w = writer(&f).await;
     // Three flushes in one hour; the last rewrites ts T0 with another value.
     for round in 0..3 {
         let recs: Vec<_> = (0..120)
@@ -255,12 +247,7 @@ async fn compaction_dedups_last_write_wins_and_writes_rollups() {
     .await;
     w.read_available().expect("read");
     w.flush().await.expect("flush");
-    let engine = QueryEngine::new(
-        f.store.clone(),
-        Some(w.fresh()),
-        f.swap.clone(),
-        QueryConfig::default(),
-    );
+    let engine = engine_over(&f, Some(w.fresh()));
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 361);
     let report = compact(
         &f.store,
@@ -330,14 +317,7 @@ fn time_filters_become_partition_filters() {
 #[tokio::test]
 async fn pruning_reads_only_partitions_in_range() {
     let f = fixture();
-    let mut w = LakeWriter::open(
-        f.store.clone(),
-        f.wal.clone(),
-        LakeConfig::test_config(),
-        Arc::default(),
-    )
-    .await
-    .expect("writer");
+    let mut w = writer(&f).await;
     let recs: Vec<_> = (0..48)
         .map(|h| {
             record(
@@ -350,12 +330,7 @@ async fn pruning_reads_only_partitions_in_range() {
     append(&f.wal, &recs).await;
     w.read_available().expect("read");
     w.flush().await.expect("flush");
-    let engine = QueryEngine::new(
-        f.store.clone(),
-        None,
-        f.swap.clone(),
-        QueryConfig::default(),
-    );
+    let engine = engine_over(&f, None);
     let out = engine
         .query(
             "EXPLAIN ANALYZE SELECT count(*) FROM readings \
@@ -423,14 +398,7 @@ async fn files_of_an_older_schema_version_read_with_nulls_and_compact() {
     use arrow::array::{ArrayRef, RecordBatch};
     use arrow::datatypes::Schema;
     let f = fixture();
-    let mut w = LakeWriter::open(
-        f.store.clone(),
-        f.wal.clone(),
-        LakeConfig::test_config(),
-        Arc::default(),
-    )
-    .await
-    .expect("writer");
+    let mut w = writer(&f).await;
     append(&f.wal, &[record("dev-a", T0, &[("temp", Value::F64(1.0))])]).await;
     w.read_available().expect("read");
     w.flush().await.expect("flush");
@@ -458,12 +426,7 @@ async fn files_of_an_older_schema_version_read_with_nulls_and_compact() {
         )
         .await
         .expect("put");
-    let engine = QueryEngine::new(
-        f.store.clone(),
-        None,
-        f.swap.clone(),
-        QueryConfig::default(),
-    );
+    let engine = engine_over(&f, None);
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 2);
     assert_eq!(
         count(
@@ -492,14 +455,7 @@ async fn files_of_an_older_schema_version_read_with_nulls_and_compact() {
 #[tokio::test]
 async fn retention_deletes_partitions_past_each_tables_age() {
     let f = fixture();
-    let mut w = LakeWriter::open(
-        f.store.clone(),
-        f.wal.clone(),
-        LakeConfig::test_config(),
-        Arc::default(),
-    )
-    .await
-    .expect("writer");
+    let mut w = writer(&f).await;
     // Four days, one reading per day.
     let recs: Vec<_> = (0..4)
         .map(|d| {
@@ -531,12 +487,7 @@ async fn retention_deletes_partitions_past_each_tables_age() {
         .await
         .expect("retention");
     assert_eq!(deleted.len(), 1, "{deleted:?}");
-    let engine = QueryEngine::new(
-        f.store.clone(),
-        None,
-        f.swap.clone(),
-        QueryConfig::default(),
-    );
+    let engine = engine_over(&f, None);
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 3);
     assert_eq!(count(&engine, "SELECT count(*) FROM rollup_1h").await, 4);
 }

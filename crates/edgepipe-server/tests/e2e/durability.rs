@@ -2,7 +2,7 @@
 //! PUBACKed reading exactly once (by content).
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -14,27 +14,12 @@ fn kill9_under_load_keeps_every_acked_reading_exactly_once() -> TestResult {
     let token = add_device(&data, "k9")?;
     let mqtt = format!("127.0.0.1:{}", free_port()?);
     let http = format!("127.0.0.1:{}", free_port()?);
-    let acked_path = dir.path().join("acked.txt");
-    let stop_path = dir.path().join("stop");
     let mut srv = Server::start_on(&data, &mqtt, &http, &["--device-rate", "0"])?;
-    let port = srv.mqtt.port().to_string();
-    let publisher = Command::new("python3")
-        .arg(script("paho_publisher.py"))
-        .args(["127.0.0.1", &port, "k9", &token])
-        .arg(&acked_path)
-        .arg(&stop_path)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let acked_count = || {
-        std::fs::read_to_string(&acked_path)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
+    let load = PahoLoad::start(dir.path(), srv.mqtt.port(), "k9", &token)?;
     let mut kills = 0;
     for round in 0..6 {
-        let before = acked_count();
         assert!(
-            wait_until(Duration::from_secs(30), || acked_count() > before + 200),
+            load.wait_progress(200),
             "publisher made no progress in round {round}"
         );
         std::thread::sleep(Duration::from_millis(100 + 137 * round as u64 % 400));
@@ -43,17 +28,10 @@ fn kill9_under_load_keeps_every_acked_reading_exactly_once() -> TestResult {
         std::thread::sleep(Duration::from_millis(200));
         srv = Server::start_on(&data, &mqtt, &http, &["--device-rate", "0"])?;
     }
-    let before = acked_count();
-    assert!(wait_until(Duration::from_secs(30), || acked_count() > before + 200));
-    std::fs::write(&stop_path, b"")?;
-    let out = publisher.wait_with_output()?;
-    assert!(out.status.success(), "publisher failed");
+    assert!(load.wait_progress(200));
+    let (acked, publisher_summary) = load.finish()?;
     srv.stop()?;
 
-    let acked: Vec<i64> = std::fs::read_to_string(&acked_path)?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
     let mut stored: HashMap<i64, usize> = HashMap::new();
     for (_, metric, _, value) in wal_readings(&data)? {
         if metric == "n" {
@@ -83,7 +61,7 @@ fn kill9_under_load_keeps_every_acked_reading_exactly_once() -> TestResult {
         "kill -9 x{kills}: {} readings acked, {} distinct stored, publisher: {}",
         acked.len(),
         stored.len(),
-        String::from_utf8_lossy(&out.stdout).trim()
+        publisher_summary
     );
     Ok(())
 }

@@ -80,30 +80,15 @@ fn kill9_during_flushes_every_acked_reading_is_in_the_lake_once_and_peers_agree(
     let token = add_device(&data, "lk9")?;
     let mqtt = format!("127.0.0.1:{}", free_port()?);
     let http = format!("127.0.0.1:{}", free_port()?);
-    let acked_path = dir.path().join("acked.txt");
-    let stop_path = dir.path().join("stop");
     // Flush every 100 ms so that kills land in the middle of flushes.
     let env = [("EDGEPIPE_LAKE_FLUSH_INTERVAL", "100ms")];
     let args = ["--device-rate", "0"];
     let mut srv = start_with_env(&data, &mqtt, &http, &args, &env)?;
-    let port = srv.mqtt.port().to_string();
-    let publisher = Command::new("python3")
-        .arg(script("paho_publisher.py"))
-        .args(["127.0.0.1", &port, "lk9", &token])
-        .arg(&acked_path)
-        .arg(&stop_path)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let acked_count = || {
-        std::fs::read_to_string(&acked_path)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
+    let load = PahoLoad::start(dir.path(), srv.mqtt.port(), "lk9", &token)?;
     let mut kills = 0;
     for round in 0..5u64 {
-        let before = acked_count();
         assert!(
-            wait_until(Duration::from_secs(30), || acked_count() > before + 300),
+            load.wait_progress(300),
             "publisher made no progress in round {round}"
         );
         std::thread::sleep(Duration::from_millis(50 + (round * 173) % 300));
@@ -111,18 +96,11 @@ fn kill9_during_flushes_every_acked_reading_is_in_the_lake_once_and_peers_agree(
         kills += 1;
         srv = start_with_env(&data, &mqtt, &http, &args, &env)?;
     }
-    let before = acked_count();
-    assert!(wait_until(Duration::from_secs(30), || acked_count() > before + 300));
-    std::fs::write(&stop_path, b"")?;
-    let out = publisher.wait_with_output()?;
-    assert!(out.status.success(), "publisher failed");
+    assert!(load.wait_progress(300));
+    let (acked, _) = load.finish()?;
     srv.stop()?;
 
     let d = data.to_str().ok_or("path")?;
-    let acked: Vec<i64> = std::fs::read_to_string(&acked_path)?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
     let rows = query_json(
         &["--data-dir", d],
         "SELECT value_int AS n FROM readings WHERE metric = 'n'",

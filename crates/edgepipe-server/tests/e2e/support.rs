@@ -223,3 +223,71 @@ pub(crate) fn number_after(line: &str, marker: &str) -> TestResult<u64> {
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("no number after {marker:?} in {line:?}"))?)
 }
+
+/// `paho_publisher.py` publishing numbered readings at QoS 1 to a server that the test kills
+/// and restarts; it records the number of every PUBACKed reading.
+pub(crate) struct PahoLoad {
+    child: Option<Child>,
+    acked_path: PathBuf,
+    stop_path: PathBuf,
+}
+
+impl PahoLoad {
+    pub(crate) fn start(dir: &Path, mqtt_port: u16, device: &str, token: &str) -> TestResult<Self> {
+        let acked_path = dir.join("acked.txt");
+        let stop_path = dir.join("stop");
+        let child = Command::new("python3")
+            .arg(script("paho_publisher.py"))
+            .args(["127.0.0.1", &mqtt_port.to_string(), device, token])
+            .arg(&acked_path)
+            .arg(&stop_path)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Self {
+            child: Some(child),
+            acked_path,
+            stop_path,
+        })
+    }
+
+    fn acked_count(&self) -> usize {
+        std::fs::read_to_string(&self.acked_path)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to 30 s) until `n` more readings are acknowledged.
+    pub(crate) fn wait_progress(&self, n: usize) -> bool {
+        let before = self.acked_count();
+        wait_until(Duration::from_secs(30), || self.acked_count() > before + n)
+    }
+
+    /// Stops publishing, waits for the publisher, returns the acknowledged numbers and the
+    /// publisher's summary line.
+    pub(crate) fn finish(mut self) -> TestResult<(Vec<i64>, String)> {
+        std::fs::write(&self.stop_path, b"")?;
+        let out = self
+            .child
+            .take()
+            .ok_or("publisher gone")?
+            .wait_with_output()?;
+        assert!(out.status.success(), "publisher failed");
+        let acked = std::fs::read_to_string(&self.acked_path)?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        Ok((
+            acked,
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        ))
+    }
+}
+
+impl Drop for PahoLoad {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

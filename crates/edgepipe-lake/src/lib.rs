@@ -21,7 +21,7 @@
 
 mod compact;
 mod config;
-pub mod duration_serde;
+pub use edgepipe_types::duration_serde;
 mod parquet_io;
 pub mod retention;
 pub mod schema;

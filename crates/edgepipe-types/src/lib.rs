@@ -6,6 +6,8 @@
 //! WAL: one accepted message (MQTT publish, HTTP line batch, agent envelope) with every reading it
 //! carried, encoded by [`IngestRecord::encode`] in a versioned binary form.
 
+pub mod duration_serde;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

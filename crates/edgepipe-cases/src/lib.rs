@@ -15,6 +15,8 @@ mod config;
 mod error;
 mod model;
 pub mod notify;
+#[cfg(test)]
+mod notify_tests;
 mod severity;
 pub mod store;
 #[cfg(test)]
@@ -24,4 +26,4 @@ pub use config::{CasesConfig, ChannelConfig, RouteConfig};
 pub use error::{Error, Result};
 pub use model::*;
 pub use severity::severity_of;
-pub use store::{CaseStore, SqlCaseStore};
+pub use store::{AuditEntry, CaseStore, Role, SqlCaseStore, User};

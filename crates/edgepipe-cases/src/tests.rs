@@ -111,6 +111,7 @@ async fn suite(b: &Backend) {
     labels_from_verdicts(b).await;
     list_filters_and_pages(b).await;
     reopens_after_restart(b).await;
+    users_and_audit(b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,6 +612,66 @@ async fn reopens_after_restart(b: &Backend) {
             .as_deref(),
         Some("7")
     );
+    s.close().await;
+}
+
+async fn users_and_audit(b: &Backend) {
+    use crate::store::Role;
+    let s = b.open(cfg()).await;
+    let tok = s
+        .user_put("alice", Role::Operator, false, "admin")
+        .await
+        .expect("add");
+    assert!(tok.starts_with("ept_") && tok.len() == 68);
+    let u = s
+        .authenticate(&tok)
+        .await
+        .expect("auth")
+        .expect("known token");
+    assert_eq!((u.name.as_str(), u.role), ("alice", Role::Operator));
+    assert!(s.authenticate("ept_wrong").await.expect("auth").is_none());
+    assert!(matches!(
+        s.user_put("alice", Role::Admin, false, "admin").await,
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        s.user_put("bad name", Role::Admin, false, "admin").await,
+        Err(Error::Invalid(_))
+    ));
+    let tok2 = s
+        .user_put("alice", Role::Viewer, true, "admin")
+        .await
+        .expect("rotate");
+    assert!(
+        s.authenticate(&tok).await.expect("auth").is_none(),
+        "old token revoked"
+    );
+    s.user_set_disabled("alice", true, "admin")
+        .await
+        .expect("disable");
+    assert!(
+        s.authenticate(&tok2).await.expect("auth").is_none(),
+        "disabled"
+    );
+    let t = 1_700_000_000_000;
+    let id = s
+        .ingest(&[ev("au1", "audit", "temp", t, 0.995)], t)
+        .await
+        .expect("ingest")
+        .opened[0];
+    s.act(id, &Action::Acknowledge, "carol", t + 1)
+        .await
+        .expect("ack");
+    let log = s.audit_log(None, 10).await.expect("audit");
+    assert_eq!(log[0].action, "case.acknowledge", "{}", b.name);
+    assert_eq!(
+        (log[0].actor.as_str(), log[0].target.clone()),
+        ("carol", format!("case:{id}"))
+    );
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    for a in ["user.add", "user.rotate_token", "user.disable"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
     s.close().await;
 }
 

@@ -61,6 +61,9 @@ pub struct RoundStats {
 impl Notifier {
     /// A notifier over `store` with the channels of `cfg`.
     pub fn new(store: Arc<dyn CaseStore>, cfg: Arc<CasesConfig>) -> Result<Self> {
+        // HTTPS webhooks use rustls with ring, installed explicitly (a no-op when the
+        // process already did).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()

@@ -9,9 +9,10 @@ pub(crate) enum Dialect {
 }
 
 /// `(version, statements)`. `{ID}` and `{F64}` are replaced per dialect.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE cases (
     id {ID},
     category TEXT NOT NULL,
@@ -103,7 +104,29 @@ CREATE TABLE edgepipe_meta (
     value TEXT NOT NULL
 )
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    disabled BIGINT NOT NULL DEFAULT 0,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE audit_log (
+    id {ID},
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_log_at ON audit_log (at)
+"#,
+    ),
+];
 
 /// The newest schema version this binary knows.
 pub(crate) fn latest() -> i64 {

@@ -1,11 +1,13 @@
 //! The case store: where cases, their anomalies, timeline, evidence, labels and the
 //! notification outbox live.
 
+mod access;
 mod migrations;
 mod sql;
 
 use async_trait::async_trait;
 
+pub use access::{AuditEntry, Role, User};
 pub use sql::SqlCaseStore;
 
 use crate::Result;

@@ -105,6 +105,10 @@ impl SqlCaseStore {
         Ok(store)
     }
 
+    pub(super) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// The configuration the store correlates and routes with.
     pub fn config(&self) -> &CasesConfig {
         &self.cfg
@@ -666,8 +670,17 @@ impl CaseStore for SqlCaseStore {
         c.updated_at = now;
         c.version += 1;
         let case = c.clone();
-        self.timeline(&mut tx, id, now, actor, action.name(), detail)
+        self.timeline(&mut tx, id, now, actor, action.name(), detail.clone())
             .await?;
+        super::access::audit_in(
+            &mut tx,
+            actor,
+            &format!("case.{}", action.name()),
+            &format!("case:{id}"),
+            detail,
+            now,
+        )
+        .await?;
         if let Action::Resolve { outcome, .. } = action {
             self.write_labels(&mut tx, &case, *outcome, actor, now)
                 .await?;
@@ -1036,7 +1049,7 @@ fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| ms(d))

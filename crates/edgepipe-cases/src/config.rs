@@ -16,12 +16,15 @@ pub struct CasesConfig {
     /// Case store URL: `sqlite://PATH` (default `<data dir>/cases.db`) or
     /// `postgres://user@host:port/db`.
     pub store_url: Option<String>,
-    /// Events of one device and category join its open case; a case with no event for this
-    /// long is resolved automatically (marked as automatic), unless someone is investigating.
+    /// Events of one device and category join its open case while they come within this time
+    /// (event time) of its last event. A case with no new event for this long (wall time) is
+    /// resolved automatically (marked as automatic), unless someone is investigating; an event
+    /// further than this past the last one (a backlog arriving fast) also closes it first.
     #[serde(with = "edgepipe_types::duration_serde")]
     pub window: Duration,
-    /// An automatically resolved case that gets a new event within this time is reopened
-    /// (counted as a flap, not notified again unless its severity rises) instead of a new case.
+    /// An automatically resolved case whose last event is within this time before a new event
+    /// (event time) is reopened (counted as a flap, not notified again unless its severity
+    /// rises) instead of opening a new case.
     #[serde(with = "edgepipe_types::duration_serde")]
     pub flap_window: Duration,
     /// How far before the first anomaly the evidence snapshot of raw readings reaches.

@@ -52,8 +52,10 @@ pub mod tables {
     pub const DEADLETTERS: &str = "deadletters";
     /// Anomaly events from the detection stage.
     pub const ANOMALIES: &str = "anomalies";
+    /// Operators' verdicts on cases: labelled intervals per series.
+    pub const LABELS: &str = "labels";
     /// Every table the lake manages.
-    pub const ALL: [&str; 5] = [READINGS, ROLLUP_1M, ROLLUP_1H, DEADLETTERS, ANOMALIES];
+    pub const ALL: [&str; 6] = [READINGS, ROLLUP_1M, ROLLUP_1H, DEADLETTERS, ANOMALIES, LABELS];
 }
 
 /// Errors from the lake.

@@ -124,6 +124,29 @@ pub fn anomalies_schema() -> SchemaRef {
     ANOMALIES.clone()
 }
 
+static LABELS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("label_id", DataType::Int64, false),
+        Field::new("case_id", DataType::Int64, false),
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, true),
+        Field::new("ts", ts_type(), false),
+        Field::new("end_ts", ts_type(), false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("max_score", DataType::Float64, false),
+        Field::new("root_cause", DataType::Utf8, true),
+        Field::new("actor", DataType::Utf8, false),
+        Field::new("created_at", ts_type(), false),
+    ]))
+});
+
+/// The `labels` file schema, partitioned by `ts` (the interval's start): one row per series
+/// and resolved case with a verdict (`confirmed` / `false_positive`), the interval
+/// `[ts, end_ts]`, the highest anomaly score in it, root cause and who decided.
+pub fn labels_schema() -> SchemaRef {
+    LABELS.clone()
+}
+
 /// The `readings` file schema (without the partition columns).
 pub fn readings_schema() -> SchemaRef {
     READINGS.clone()

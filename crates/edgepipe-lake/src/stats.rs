@@ -137,6 +137,7 @@ pub async fn verify(store: &LakeStore) -> Result<(Vec<VerifyProblem>, usize)> {
             tables::READINGS => readings_schema(),
             tables::DEADLETTERS => crate::schema::deadletters_schema(),
             tables::ANOMALIES => crate::schema::anomalies_schema(),
+            tables::LABELS => crate::schema::labels_schema(),
             _ => rollup_schema(),
         };
         for (key, meta) in store.list(&format!("{table}/")).await? {

@@ -324,6 +324,7 @@ impl QueryEngine {
                 edgepipe_lake::schema::deadletters_schema(),
             ),
             (tables::ANOMALIES, edgepipe_lake::schema::anomalies_schema()),
+            (tables::LABELS, edgepipe_lake::schema::labels_schema()),
         ] {
             let p = self.listing(t, schema)?;
             ctx.register_table(t, Arc::new(pruning::PrunedTable::new(p)))

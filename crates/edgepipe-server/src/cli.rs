@@ -1,4 +1,5 @@
-//! The `edgepipe` command line: `serve`, `validate`, `demo`, `devices`, `deadletters`, `bench`.
+//! The `edgepipe` command line: `serve`, `validate`, `demo`, `devices`, `cases`, `users`,
+//! `deadletters`, `query`, `lake`, `models`, `eval`, `bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,24 @@ pub enum Command {
         /// Data directory.
         #[arg(long, default_value = "./edgepipe-data", env = "EDGEPIPE_DATA_DIR")]
         data_dir: PathBuf,
+    },
+    /// Work cases: list, show, acknowledge, assign, comment, resolve, reopen.
+    Cases {
+        /// Action.
+        #[command(subcommand)]
+        action: CasesCmd,
+        /// Where the state store is.
+        #[command(flatten)]
+        store: LakeArgs,
+    },
+    /// Manage API users (tokens with a role: viewer, operator, admin).
+    Users {
+        /// Action.
+        #[command(subcommand)]
+        action: UsersCmd,
+        /// Where the state store is.
+        #[command(flatten)]
+        store: LakeArgs,
     },
     /// Inspect dead letters (refused messages).
     Deadletters {
@@ -268,6 +287,110 @@ pub enum DevicesCmd {
     },
 }
 
+/// `cases` actions.
+#[derive(Debug, Subcommand)]
+pub enum CasesCmd {
+    /// Cases, newest first.
+    List {
+        /// Only these states (comma-separated: open,acknowledged,investigating,resolved,false_positive).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this severity or higher (info, low, medium, high, critical).
+        #[arg(long)]
+        min_severity: Option<String>,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One case with its anomalies, timeline and evidence (JSON).
+    Show {
+        /// Case id.
+        id: i64,
+    },
+    /// open → acknowledged.
+    Ack {
+        /// Case id.
+        id: i64,
+    },
+    /// → investigating.
+    Investigate {
+        /// Case id.
+        id: i64,
+    },
+    /// Set the assignee (`-` to clear).
+    Assign {
+        /// Case id.
+        id: i64,
+        /// Who.
+        assignee: String,
+    },
+    /// Add a comment.
+    Comment {
+        /// Case id.
+        id: i64,
+        /// Text.
+        text: String,
+    },
+    /// Close with a verdict (confirmed unless --false-positive).
+    Resolve {
+        /// Case id.
+        id: i64,
+        /// It was not an anomaly (raises the series' thresholds).
+        #[arg(long)]
+        false_positive: bool,
+        /// Root cause.
+        #[arg(long)]
+        root_cause: Option<String>,
+        /// Note for the timeline.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Open a closed case again.
+    Reopen {
+        /// Case id.
+        id: i64,
+        /// Why.
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+/// `users` actions.
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// Add a user and print its API token (shown once).
+    Add {
+        /// Name.
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// List users.
+    List,
+    /// Refuse a user's token from now on.
+    Disable {
+        /// Name.
+        name: String,
+    },
+    /// Allow a disabled user again.
+    Enable {
+        /// Name.
+        name: String,
+    },
+    /// Issue a new token (the old one stops working), keeping the role.
+    RotateToken {
+        /// Name.
+        name: String,
+    },
+}
+
 /// `deadletters` actions.
 #[derive(Debug, Subcommand)]
 pub enum DeadCmd {
@@ -366,6 +489,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(a) => demo(a).await,
         Command::Devices { action, data_dir } => devices(action, data_dir),
+        Command::Cases { action, store } => cases_cmd(action, store).await,
+        Command::Users { action, store } => users_cmd(action, store).await,
         Command::Deadletters { action, data_dir } => deadletters(action, data_dir).await,
         Command::WalDump { data_dir, from } => wal_dump(data_dir, from),
         Command::Query(a) => query_cmd(a).await,
@@ -440,10 +565,22 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     cfg.mqtt_addr = free_or_ephemeral(cfg.mqtt_addr);
     cfg.http_addr = free_or_ephemeral(cfg.http_addr);
     let server = RunningServer::start(&cfg).await?;
+    // The demo's dashboard user: a fresh admin token each run, in the URL printed below.
+    let demo_token = match &server.cases {
+        Some(c) => Some(
+            c.store
+                .user_put("demo", edgepipe_cases::Role::Admin, true, "demo")
+                .await?,
+        ),
+        None => None,
+    };
     println!(
         "edgepipe demo: {} simulated devices x {} metrics",
         a.devices, a.metrics
     );
+    if let Some(t) = &demo_token {
+        println!("  dashboard http://{}/#token={t}", server.http_addr);
+    }
     println!("  MQTT     mqtt://{}", server.mqtt_addr);
     println!("  HTTP     http://{}/api/v1/status", server.http_addr);
     println!("  metrics  http://{}/metrics", server.http_addr);
@@ -608,6 +745,32 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         }
         Err(e) => eprintln!("anomalies query failed: {e}"),
     }
+    let cases = crate::cases::open_store(&cfg.data_dir, &cfg.cases).await?;
+    let page = edgepipe_cases::CaseStore::list(
+        &cases,
+        &edgepipe_cases::CaseFilter {
+            limit: Some(1000),
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!("cases: {}", page.cases.len());
+    for c in page.cases.iter().take(10) {
+        println!(
+            "  #{:<4} {:<8} {:<13} {}",
+            c.id,
+            c.severity.as_str(),
+            c.state.as_str(),
+            c.title
+        );
+    }
+    if !page.cases.is_empty() {
+        println!(
+            "try: edgepipe cases list --data-dir {}",
+            cfg.data_dir.display()
+        );
+    }
+    cases.close().await;
     Ok(())
 }
 
@@ -626,6 +789,180 @@ fn wal_dump(data_dir: PathBuf, from: u64) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
     }
     out.flush()?;
+    Ok(())
+}
+
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+async fn state_store(a: &LakeArgs) -> anyhow::Result<edgepipe_cases::SqlCaseStore> {
+    let mut cfg = ServerConfig::load(a.config.as_deref(), std::env::vars())?;
+    if let Some(d) = &a.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    let problems = cfg.cases.problems();
+    if !problems.is_empty() {
+        bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+    }
+    crate::cases::open_store(&cfg.data_dir, &cfg.cases).await
+}
+
+async fn cases_cmd(action: CasesCmd, a: LakeArgs) -> anyhow::Result<()> {
+    use edgepipe_cases::{Action, CaseFilter, CaseState, CaseStore, Outcome, Severity};
+    let store = state_store(&a).await?;
+    let actor = cli_actor();
+    let now = edgepipe_sim::now_ms();
+    let act = |id: i64, action: Action| {
+        let store = store.clone();
+        let actor = actor.clone();
+        async move {
+            let c = store.act(id, &action, &actor, now).await?;
+            println!(
+                "case {}: {} ({}), assignee {}",
+                c.id,
+                c.state.as_str(),
+                c.severity.as_str(),
+                c.assignee.as_deref().unwrap_or("-")
+            );
+            anyhow::Ok(())
+        }
+    };
+    match action {
+        CasesCmd::List {
+            state,
+            min_severity,
+            device,
+            limit,
+            json,
+        } => {
+            let mut f = CaseFilter {
+                device_id: device,
+                limit: Some(limit.clamp(1, 1000)),
+                ..Default::default()
+            };
+            if let Some(st) = state {
+                for x in st.split(',') {
+                    f.states.push(
+                        CaseState::parse(x.trim())
+                            .with_context(|| format!("--state {x:?}: not a case state"))?,
+                    );
+                }
+            }
+            if let Some(s) = min_severity {
+                f.min_severity = Some(
+                    Severity::parse(&s)
+                        .with_context(|| format!("--min-severity {s:?}: info, low, medium, high or critical"))?,
+                );
+            }
+            let page = store.list(&f).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                println!(
+                    "{:>6} {:<9} {:<15} {:<24} {:>9} TITLE",
+                    "ID", "SEVERITY", "STATE", "ASSIGNEE", "ANOMALIES"
+                );
+                for c in &page.cases {
+                    println!(
+                        "{:>6} {:<9} {:<15} {:<24} {:>9} {}",
+                        c.id,
+                        c.severity.as_str(),
+                        c.state.as_str(),
+                        c.assignee.as_deref().unwrap_or("-"),
+                        c.anomaly_count,
+                        c.title
+                    );
+                }
+                println!("{} cases{}", page.cases.len(), if page.next.is_some() { " (more: raise --limit)" } else { "" });
+            }
+        }
+        CasesCmd::Show { id } => {
+            println!("{}", serde_json::to_string_pretty(&store.get(id).await?)?);
+        }
+        CasesCmd::Ack { id } => act(id, Action::Acknowledge).await?,
+        CasesCmd::Investigate { id } => act(id, Action::Investigate).await?,
+        CasesCmd::Assign { id, assignee } => {
+            let assignee = (assignee != "-").then_some(assignee);
+            act(id, Action::Assign { assignee }).await?
+        }
+        CasesCmd::Comment { id, text } => act(id, Action::Comment { text }).await?,
+        CasesCmd::Resolve {
+            id,
+            false_positive,
+            root_cause,
+            note,
+        } => {
+            let outcome = if false_positive {
+                Outcome::FalsePositive
+            } else {
+                Outcome::Confirmed
+            };
+            act(
+                id,
+                Action::Resolve {
+                    outcome,
+                    root_cause,
+                    note,
+                },
+            )
+            .await?
+        }
+        CasesCmd::Reopen { id, note } => act(id, Action::Reopen { note }).await?,
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn users_cmd(action: UsersCmd, a: LakeArgs) -> anyhow::Result<()> {
+    use edgepipe_cases::Role;
+    let store = state_store(&a).await?;
+    let actor = cli_actor();
+    match action {
+        UsersCmd::Add { name, role } => {
+            let role = Role::parse(&role)
+                .with_context(|| format!("--role {role:?}: viewer, operator or admin"))?;
+            let token = store.user_put(&name, role, false, &actor).await?;
+            println!(
+                "user {name} ({}) added. API token (shown once, store it now):\n{token}",
+                role.as_str()
+            );
+        }
+        UsersCmd::List => {
+            println!("{:<32} {:<9} {:<9} CREATED (ms)", "USER", "ROLE", "DISABLED");
+            for u in store.users().await? {
+                println!(
+                    "{:<32} {:<9} {:<9} {}",
+                    u.name,
+                    u.role.as_str(),
+                    u.disabled,
+                    u.created_at
+                );
+            }
+        }
+        UsersCmd::Disable { name } => {
+            store.user_set_disabled(&name, true, &actor).await?;
+            println!("user {name} disabled");
+        }
+        UsersCmd::Enable { name } => {
+            store.user_set_disabled(&name, false, &actor).await?;
+            println!("user {name} enabled");
+        }
+        UsersCmd::RotateToken { name } => {
+            let u = store
+                .users()
+                .await?
+                .into_iter()
+                .find(|u| u.name == name)
+                .with_context(|| format!("no user named {name:?}"))?;
+            let token = store.user_put(&name, u.role, true, &actor).await?;
+            println!("user {name}: new API token (the old one no longer works):\n{token}");
+        }
+    }
+    store.close().await;
     Ok(())
 }
 
@@ -667,13 +1004,18 @@ fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Fetches JSON from the running server's API (plain HTTP/1.1 on loopback).
-async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+async fn http_get_json(remote: &Remote, path: &str) -> anyhow::Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = &remote.addr;
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the running server at {addr}"))?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            remote.token
+        )
+        .as_bytes(),
     )
     .await?;
     let mut buf = Vec::new();
@@ -735,11 +1077,8 @@ async fn deadletters(action: DeadCmd, data_dir: PathBuf) -> anyhow::Result<()> {
             items
         }
         Err(crate::server::StartError::Locked(_)) => {
-            let info: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(data_dir.join("server.json"))?)?;
-            let addr = info["http"]
-                .as_str()
-                .context("server.json has no http address")?;
+            let remote = remote_of(&data_dir)?;
+            let addr = &remote;
             match &action {
                 DeadCmd::List { limit } => {
                     let v =
@@ -853,25 +1192,46 @@ fn lake_config(a: &LakeArgs) -> anyhow::Result<ServerConfig> {
     Ok(cfg)
 }
 
-/// The running server's HTTP address, if one holds the data directory.
-fn running_server(data_dir: &std::path::Path) -> Option<String> {
+/// The running server that holds a data directory: its HTTP address and the local CLI's API
+/// token (`<data>/cli.token`, written by the server at start).
+#[derive(Debug, Clone)]
+struct Remote {
+    addr: String,
+    token: String,
+}
+
+/// The running server's HTTP address and token, if one holds the data directory.
+fn running_server(data_dir: &std::path::Path) -> Option<Remote> {
     match crate::server::lock_data_dir(data_dir) {
         Ok(_) => None,
-        Err(_) => {
-            let info: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(data_dir.join("server.json")).ok()?).ok()?;
-            info["http"].as_str().map(str::to_owned)
-        }
+        Err(_) => remote_of(data_dir).ok(),
     }
 }
 
-async fn http_post(addr: &str, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+fn remote_of(data_dir: &std::path::Path) -> anyhow::Result<Remote> {
+    let info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data_dir.join("server.json")).context("reading server.json")?,
+    )?;
+    let addr = info["http"]
+        .as_str()
+        .context("server.json has no http address")?
+        .to_owned();
+    let token = std::fs::read_to_string(data_dir.join("cli.token"))
+        .with_context(|| format!("reading {}", data_dir.join("cli.token").display()))?
+        .trim()
+        .to_owned();
+    Ok(Remote { addr, token })
+}
+
+async fn http_post(remote: &Remote, path: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = &remote.addr;
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the running server at {addr}"))?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        remote.token,
         body.len()
     );
     s.write_all(head.as_bytes()).await?;

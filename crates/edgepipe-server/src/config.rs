@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub query: QueryConfig,
     /// The detection stage.
     pub detect: crate::detect::DetectConfig,
+    /// Cases, notifications and the state store (cases, users, audit log).
+    pub cases: edgepipe_cases::CasesConfig,
 }
 
 /// Limits on what devices may send.
@@ -132,6 +134,7 @@ impl Default for ServerConfig {
             lake: LakeConfig::default(),
             query: QueryConfig::default(),
             detect: crate::detect::DetectConfig::default(),
+            cases: edgepipe_cases::CasesConfig::default(),
         }
     }
 }
@@ -192,6 +195,7 @@ impl ServerConfig {
                     Ok(d) => cfg.lake.flush_interval = d,
                     Err(e) => errors.push(format!("EDGEPIPE_LAKE_FLUSH_INTERVAL={v:?}: {e}")),
                 },
+                "CASES_STORE_URL" => cfg.cases.store_url = Some(v),
                 "LOG" => {}
                 _ => {}
             }
@@ -247,6 +251,7 @@ impl ServerConfig {
                 self.mqtt_addr
             ));
         }
+        errors.extend(self.cases.problems());
         for (key, msg) in self.lake.problems() {
             errors.push(format!("{key}: {msg}"));
         }

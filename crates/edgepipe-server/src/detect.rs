@@ -1,6 +1,7 @@
 //! The detection stage: a WAL consumer that scores every numeric reading with the live
 //! `edgepipe-detect` detector, writes anomaly events to the lake's `anomalies` table and hands
-//! them to an [`AnomalyHandler`] (the case manager, when it exists).
+//! them to an [`AnomalyHandler`] (the case manager), from which it also takes operator
+//! feedback (false positives raise that series' threshold).
 //!
 //! Exactly-once firing through crashes: the detector is deterministic, and its state is
 //! checkpointed together with the WAL position it has consumed. A checkpoint stores the events
@@ -10,6 +11,13 @@
 //! snapshot, the lake undoes the half-written range, and replaying the same WAL records yields
 //! the same events under the same ids: nothing fires twice, nothing is missed, and there is no
 //! re-warm-up.
+//!
+//! Live events go to the handler as soon as they are scored (not at the next checkpoint), so an
+//! anomaly reaches its case within a second; the handler dedups on the stable event id, so the
+//! redelivery after a crash is harmless. Feedback is applied at a checkpoint and the last
+//! applied feedback id is part of the snapshot.
+//!
+//! Agents' gap reports (`agent.gap.<stream>.count` readings) become `gap` events.
 //!
 //! Replayed (late, backfilled) readings are scored and learned, but the events they raise are
 //! recorded with `replayed = true` and not handed to the case manager: a condition that has
@@ -81,12 +89,29 @@ pub struct AnomalyEvent {
     pub event: Event,
 }
 
-/// Receives anomaly events once they are durable in the lake. Implementations must be cheap
-/// (they run on the stage's task) and idempotent on [`AnomalyEvent::id`]: after a crash the
-/// events of the last unfinished checkpoint are delivered again.
+/// Operator feedback on one series, as the detection stage applies it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackItem {
+    /// Increasing id; the stage checkpoints the last one it applied.
+    pub id: i64,
+    /// The series.
+    pub key: SeriesKey,
+    /// The verdict.
+    pub feedback: edgepipe_detect::Feedback,
+}
+
+/// Receives live (not replayed) anomaly events as soon as they are scored, before they are
+/// checkpointed, and supplies operator feedback. Implementations must be idempotent on
+/// [`AnomalyEvent::id`]: after a crash the events since the last checkpoint are delivered
+/// again. An error makes the stage restart from its last checkpoint (and deliver again), so
+/// nothing is skipped while the receiver is down.
+#[async_trait::async_trait]
 pub trait AnomalyHandler: Send + Sync + std::fmt::Debug {
-    /// Called with the events of one checkpoint, in WAL order.
-    fn handle(&self, events: &[AnomalyEvent]);
+    /// Called with new events in WAL order. When it returns `Ok`, they are taken.
+    async fn handle(&self, events: &[AnomalyEvent]) -> anyhow::Result<()>;
+
+    /// Feedback with id greater than `after`, in id order.
+    async fn feedback_since(&self, after: i64) -> anyhow::Result<Vec<FeedbackItem>>;
 }
 
 /// Counters for metrics and status.
@@ -106,6 +131,10 @@ pub struct DetectMetrics {
     pub position: AtomicU64,
     /// Nanoseconds spent scoring (for the per-reading latency).
     pub scoring_nanos: AtomicU64,
+    /// Operator feedback items applied to thresholds.
+    pub feedback_applied: AtomicU64,
+    /// Gap reports from agents turned into events.
+    pub gaps: AtomicU64,
     /// Version of the model parameters in force.
     pub model_version: std::sync::Mutex<String>,
 }
@@ -131,9 +160,38 @@ struct StateFile {
     next_seq: u64,
     silence_clock: i64,
     detector: Vec<u8>,
+    /// Last operator feedback id applied (version 2 on).
+    feedback_pos: i64,
 }
 
-const STATE_VERSION: u32 = 1;
+/// Version 1 had no `feedback_pos`.
+#[derive(Debug, Deserialize)]
+struct StateFileV1 {
+    version: u32,
+    next_seq: u64,
+    silence_clock: i64,
+    detector: Vec<u8>,
+}
+
+const STATE_VERSION: u32 = 2;
+
+fn decode_state(bytes: &[u8]) -> Result<StateFile, String> {
+    let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| e.to_string())?;
+    match version {
+        1 => {
+            let v1: StateFileV1 = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+            Ok(StateFile {
+                version: v1.version,
+                next_seq: v1.next_seq,
+                silence_clock: v1.silence_clock,
+                detector: v1.detector,
+                feedback_pos: 0,
+            })
+        }
+        STATE_VERSION => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
+        v => Err(format!("state version {v} is newer than this binary's {STATE_VERSION}")),
+    }
+}
 
 /// The version string of a parameter set: the first 12 hex digits of the SHA-256 of its JSON.
 pub fn model_version(params: &ModelParams) -> String {
@@ -156,6 +214,9 @@ pub struct DetectStage {
     next_seq: u64,
     silence_clock: i64,
     pending: Vec<AnomalyEvent>,
+    /// How many of `pending` the handler has taken.
+    delivered: usize,
+    feedback_pos: i64,
     first_uncheckpointed: u64,
     handler: Option<Arc<dyn AnomalyHandler>>,
     metrics: Arc<DetectMetrics>,
@@ -177,26 +238,22 @@ impl DetectStage {
         std::fs::create_dir_all(&dir)?;
         let state_path = dir.join("state.bin");
         let consumer = wal.consumer(CONSUMER)?;
-        let (detector, next_seq, silence_clock) = match std::fs::read(&state_path) {
+        let (detector, next_seq, silence_clock, feedback_pos) = match std::fs::read(&state_path) {
             Ok(bytes) => {
-                let st: StateFile = postcard::from_bytes(&bytes)
+                let st = decode_state(&bytes)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", state_path.display()))?;
-                anyhow::ensure!(
-                    st.version == STATE_VERSION,
-                    "{}: state version {} is not {STATE_VERSION}",
-                    state_path.display(),
-                    st.version
-                );
                 (
                     Detector::restore(cfg.detector, &st.detector)?,
                     st.next_seq,
                     st.silence_clock,
+                    st.feedback_pos,
                 )
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
                 Detector::new(cfg.detector, ModelParams::default())?,
                 consumer.position(),
                 i64::MIN,
+                0,
             ),
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", state_path.display())),
         };
@@ -215,6 +272,8 @@ impl DetectStage {
             next_seq,
             silence_clock,
             pending: Vec::new(),
+            delivered: 0,
+            feedback_pos,
             first_uncheckpointed: next_seq,
             handler,
             metrics,
@@ -258,6 +317,7 @@ impl DetectStage {
                 break;
             }
             let progressed = self.step()?;
+            self.deliver().await?;
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 self.checkpoint().await?;
                 last_checkpoint = Instant::now();
@@ -330,9 +390,85 @@ impl DetectStage {
         Ok(true)
     }
 
+    /// Hands events not yet taken to the handler (live ones only).
+    async fn deliver(&mut self) -> anyhow::Result<()> {
+        let Some(h) = &self.handler else {
+            self.delivered = self.pending.len();
+            return Ok(());
+        };
+        if self.delivered == self.pending.len() {
+            return Ok(());
+        }
+        let live: Vec<AnomalyEvent> = self.pending[self.delivered..]
+            .iter()
+            .filter(|e| !e.replayed)
+            .cloned()
+            .collect();
+        if !live.is_empty() {
+            h.handle(&live).await?;
+        }
+        self.delivered = self.pending.len();
+        Ok(())
+    }
+
+    /// Applies operator feedback that arrived since the last checkpoint.
+    async fn apply_feedback(&mut self) -> anyhow::Result<()> {
+        let Some(h) = &self.handler else {
+            return Ok(());
+        };
+        let items = h.feedback_since(self.feedback_pos).await?;
+        for it in items {
+            let thr = self.detector.apply_feedback(&it.key, it.feedback);
+            tracing::info!(device = it.key.device.as_str(), metric = it.key.metric.as_str(), feedback = ?it.feedback, threshold = thr, "detect: operator feedback applied");
+            self.feedback_pos = self.feedback_pos.max(it.id);
+            self.metrics.feedback_applied.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn score_record(&mut self, seq: u64, rec: &IngestRecord, late_ms: i64) {
         let mut n = 0usize;
         for r in &rec.readings {
+            // An agent's gap report (`agent.gap.<stream>.count`): a gap event, not a signal
+            // to model.
+            if let Some(stream) = r
+                .metric
+                .as_str()
+                .strip_prefix("agent.gap.")
+                .and_then(|m| m.strip_suffix(".count"))
+            {
+                let count = match &r.value {
+                    Value::F64(v) => *v,
+                    Value::I64(v) => *v as f64,
+                    _ => 0.0,
+                };
+                if count > 0.0 {
+                    let replayed =
+                        rec.transport == Transport::Replay || rec.received_at - r.ts > late_ms;
+                    let id = format!("{seq}-{n}");
+                    n += 1;
+                    self.metrics.gaps.fetch_add(1, Ordering::Relaxed);
+                    self.push_event(
+                        id,
+                        seq,
+                        replayed,
+                        Event {
+                            kind: edgepipe_detect::EventKind::Gap,
+                            device: rec.device_id.clone(),
+                            metric: Some(r.metric.clone()),
+                            ts: r.ts,
+                            score: 1.0,
+                            threshold: 0.0,
+                            explanation: edgepipe_detect::Explanation {
+                                value: Some(count),
+                                ..Default::default()
+                            },
+                        },
+                    );
+                    tracing::debug!(stream, count, "detect: agent gap report");
+                }
+                continue;
+            }
             let v = match &r.value {
                 Value::F64(v) => *v,
                 Value::I64(v) => *v as f64,
@@ -381,12 +517,15 @@ impl DetectStage {
             return Ok(());
         }
         let last = self.next_seq - 1;
+        self.deliver().await?;
+        self.apply_feedback().await?;
         let files = encode_events(&self.pending, first, last)?;
         let state = StateFile {
             version: STATE_VERSION,
             next_seq: self.next_seq,
             silence_clock: self.silence_clock,
             detector: self.detector.snapshot()?,
+            feedback_pos: self.feedback_pos,
         };
         let state_bytes = postcard::to_allocvec(&state)?;
         let state_path = &self.state_path;
@@ -403,23 +542,13 @@ impl DetectStage {
             Ok(())
         })
         .await?;
-        if let Some(h) = &self.handler {
-            let live: Vec<AnomalyEvent> = self
-                .pending
-                .iter()
-                .filter(|e| !e.replayed)
-                .cloned()
-                .collect();
-            if !live.is_empty() {
-                h.handle(&live);
-            }
-        }
         self.metrics
             .events
             .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.metrics.position.store(next, Ordering::Relaxed);
         self.pending.clear();
+        self.delivered = 0;
         self.first_uncheckpointed = next;
         self.swap_model_if_promoted();
         Ok(())

@@ -1,5 +1,7 @@
 //! The HTTP API: `POST /api/v1/ingest` (JSON, NDJSON, InfluxDB line protocol; bearer token =
-//! device token), dead letters, status, Prometheus `/metrics` and `/healthz`.
+//! device token); SQL, series, dead letters, status and the operator API of [`crate::api`]
+//! (bearer token = API token of a user with a role); Prometheus `/metrics`, `/healthz`,
+//! `/readyz`, the OpenAPI document and the dashboard (unauthenticated).
 //!
 //! Errors are `{"code": "...", "message": "..."}`; 4xx say what was wrong, 401 and 5xx are
 //! opaque with the detail in the log.
@@ -32,14 +34,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
         }
     }
-    fn unauthorized() -> Self {
+    pub(crate) fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -87,9 +89,10 @@ impl From<Rejection> for ApiError {
 }
 
 #[derive(Debug, Clone)]
-struct AppState {
-    ingestor: Arc<Ingestor>,
-    lake: LakeApi,
+pub(crate) struct AppState {
+    pub(crate) ingestor: Arc<Ingestor>,
+    pub(crate) lake: LakeApi,
+    pub(crate) cases: crate::api::CasesApi,
 }
 
 /// What the API needs from the lake stage.
@@ -106,18 +109,71 @@ pub struct LakeApi {
 }
 
 /// Builds the router. `max_body` bytes → larger bodies get 413.
-pub fn router(ingestor: Arc<Ingestor>, max_body: usize, lake: LakeApi) -> Router {
-    Router::new()
-        .route("/api/v1/ingest", post(ingest))
+pub fn router(
+    ingestor: Arc<Ingestor>,
+    max_body: usize,
+    lake: LakeApi,
+    cases: crate::api::CasesApi,
+) -> Router {
+    use crate::{api, dashboard};
+    let state = AppState {
+        ingestor,
+        lake,
+        cases,
+    };
+    let users = Router::new()
         .route("/api/v1/query", post(query))
         .route("/api/v1/series", get(series))
         .route("/api/v1/deadletters", get(list_deadletters))
         .route("/api/v1/deadletters/{id}", get(get_deadletter))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/whoami", get(api::whoami))
+        .route("/api/v1/fleet", get(api::fleet))
+        .route("/api/v1/cases", get(api::list_cases))
+        .route("/api/v1/cases/{id}", get(api::get_case))
+        .route("/api/v1/cases/{id}/actions", post(api::case_action))
+        .route("/api/v1/devices", get(api::list_devices).post(api::add_device))
+        .route("/api/v1/devices/{id}/{action}", post(api::device_action))
+        .route("/api/v1/users", get(api::list_users).post(api::add_user))
+        .route("/api/v1/audit", get(api::audit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::require_user,
+        ));
+    Router::new()
+        .route("/api/v1/ingest", post(ingest))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::asset))
+        .route("/api/openapi.json", get(dashboard::openapi))
+        .route("/api/docs", get(dashboard::api_docs))
+        .merge(users)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(AppState { ingestor, lake })
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no endpoint {} (see /api/openapi.json)", uri.path()),
+    )
+}
+
+/// `GET /readyz`: 200 when the server can take and serve data (WAL writable, state store
+/// reachable), 503 with the reason otherwise.
+async fn readyz(State(st): State<AppState>) -> Response {
+    if st.ingestor.wal().is_poisoned() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "wal poisoned\n").into_response();
+    }
+    if let Err(e) = edgepipe_cases::CaseStore::get_meta(&*st.cases.store, "ready-probe").await {
+        tracing::warn!(error = %e, "readyz: state store unreachable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,6 +356,22 @@ async fn status(State(st): State<AppState>) -> Response {
     let mut v = status_json(&st.ingestor);
     v["lake"] = lake_json(&st.lake);
     v["detect"] = detect_json(&st.lake.detect);
+    v["cases"] = crate::api::cases_status(&st.cases).await;
+    let m = st.ingestor.metrics();
+    v["ingest"] = json!({
+        "readings_written": m.readings_written.load(Ordering::Relaxed),
+        "messages_written": m.messages_written.load(Ordering::Relaxed),
+        "messages_received": m.messages_received.load(Ordering::Relaxed),
+        "mqtt_connections": m.mqtt_connections.load(Ordering::Relaxed),
+        "auth_failures": m.auth_failures.load(Ordering::Relaxed),
+    });
+    let w = st.ingestor.wal().stats();
+    v["consumers"] = json!([
+        {"name": "lake", "position": st.lake.fresh.committed(),
+         "lag_records": w.next_seq.saturating_sub(st.lake.fresh.committed())},
+        {"name": "detect", "position": st.lake.detect.position.load(Ordering::Relaxed),
+         "lag_records": w.next_seq.saturating_sub(st.lake.detect.position.load(Ordering::Relaxed))},
+    ]);
     Json(v).into_response()
 }
 
@@ -411,6 +483,31 @@ async fn metrics(State(st): State<AppState>) -> Response {
             "edgepipe_detect_scoring_microseconds_total",
             "Time spent scoring readings (divide by readings scored for the mean latency).",
             st.lake.detect.scoring_nanos.load(Ordering::Relaxed) / 1_000,
+        ),
+        (
+            "edgepipe_cases_events_received_total",
+            "Anomaly events handed to the case manager.",
+            st.cases.metrics.events_received.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_cases_opened_total",
+            "Cases opened.",
+            st.cases.metrics.opened.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_cases_auto_resolved_total",
+            "Cases resolved automatically after a quiet window.",
+            st.cases.metrics.auto_resolved.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_notifications_delivered_total",
+            "Notifications delivered (each one in a digest counts).",
+            st.cases.notify.delivered.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_notifications_failed_total",
+            "Failed notification delivery attempts (retried).",
+            st.cases.notify.failures.load(Ordering::Relaxed),
         ),
         (
             "edgepipe_lake_records_dropped_total",

@@ -9,11 +9,17 @@
 //! it to Parquet (`edgepipe-lake`), and the query engine (`edgepipe-query`) behind
 //! `POST /api/v1/query`, `GET /api/v1/series` and `edgepipe query`. Anything refused is stored
 //! by [`deadletter`] first. [`detect`] is the detection stage (another WAL consumer) that scores
-//! every reading and stores anomaly events in the lake.
+//! every reading and stores anomaly events in the lake; [`cases`] turns them into cases
+//! (`edgepipe-cases`), notifies, and feeds operators' verdicts back to detection. [`http`]
+//! also serves the dashboard ([`dashboard`]) and the case, fleet and user APIs, with API
+//! tokens and roles.
 
+pub mod api;
 pub mod bench_lake;
+pub mod cases;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod deadletter;
 pub mod detect;
 pub mod devices;

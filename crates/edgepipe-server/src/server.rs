@@ -53,6 +53,9 @@ pub enum StartError {
     /// The lake did not open.
     #[error("opening the lake: {0}")]
     Lake(#[from] edgepipe_lake::Error),
+    /// The state store (cases, users) did not open.
+    #[error("opening the case store: {0:#}")]
+    Cases(anyhow::Error),
     /// Other I/O.
     #[error("{what}: {source}")]
     Io {
@@ -84,6 +87,39 @@ pub fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
     }
 }
 
+/// The local CLI's API user: a fresh admin token at every start, in `<data>/cli.token`
+/// (readable by the owner only), so `edgepipe` commands on this machine can talk to the
+/// running server without a token on their command line.
+pub const CLI_USER: &str = "local-cli";
+
+async fn write_cli_token(
+    store: &edgepipe_cases::SqlCaseStore,
+    data_dir: &Path,
+) -> Result<(), StartError> {
+    let token = store
+        .user_put(CLI_USER, edgepipe_cases::Role::Admin, true, "system")
+        .await
+        .map_err(|e| StartError::Cases(e.into()))?;
+    let path = data_dir.join("cli.token");
+    let io = |source| StartError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        f.write_all(token.as_bytes()).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Binds a listener with an error that names the flag to change.
 pub fn bind(
     addr: SocketAddr,
@@ -112,6 +148,8 @@ pub struct RunningServer {
     /// Lake writer counters.
     pub lake_metrics: Arc<edgepipe_lake::LakeMetrics>,
     lake: Option<LakeService>,
+    /// The case service (cases, users, notifications).
+    pub cases: Option<crate::cases::CaseService>,
     detect_stop: tokio::sync::watch::Sender<bool>,
     detect_task: Option<tokio::task::JoinHandle<()>>,
     mqtt: Option<MqttHandle>,
@@ -161,6 +199,16 @@ impl RunningServer {
         })?);
 
         lake.export_deadletters(ingestor.clone());
+        let case_store = crate::cases::open_store(&cfg.data_dir, &cfg.cases)
+            .await
+            .map_err(StartError::Cases)?;
+        write_cli_token(&case_store, &cfg.data_dir).await?;
+        let cases = crate::cases::CaseService::start(
+            case_store,
+            lake.engine.clone(),
+            lake.store.clone(),
+        )
+        .map_err(StartError::Cases)?;
         let detect_metrics: Arc<crate::detect::DetectMetrics> = Arc::default();
         let (detect_stop, detect_stop_rx) = tokio::sync::watch::channel(false);
         if !cfg.detect.enabled {
@@ -173,7 +221,7 @@ impl RunningServer {
                 ingestor.wal().clone(),
                 lake.store.clone(),
                 cfg.detect.clone(),
-                None,
+                Some(cases.handler()),
                 detect_metrics.clone(),
                 detect_stop_rx,
             ))
@@ -210,6 +258,14 @@ impl RunningServer {
                 fresh: lake.fresh.clone(),
                 detect: detect_metrics.clone(),
             },
+            crate::api::CasesApi {
+                store: cases.store.clone(),
+                metrics: cases.metrics.clone(),
+                notify: cases.notify_metrics.clone(),
+                waker: cases.waker(),
+                evidence_before_ms: i64::try_from(cfg.cases.evidence_before.as_millis())
+                    .unwrap_or(i64::MAX),
+            },
         )
         .into_make_service_with_connect_info::<SocketAddr>();
         let cancel = CancellationToken::new();
@@ -237,6 +293,7 @@ impl RunningServer {
             query: lake.engine.clone(),
             lake_metrics: lake.metrics.clone(),
             lake: Some(lake),
+            cases: Some(cases),
             detect_stop,
             detect_task,
             mqtt: Some(mqtt),
@@ -260,6 +317,9 @@ impl RunningServer {
         let _ = self.detect_stop.send(true);
         if let Some(t) = self.detect_task.take() {
             let _ = t.await;
+        }
+        if let Some(c) = self.cases.take() {
+            c.shutdown().await;
         }
         if let Some(l) = self.lake.take() {
             l.shutdown().await;

@@ -317,8 +317,18 @@ impl SqlCaseStore {
             .bind(key.clone())
             .fetch_optional(&mut **tx)
             .await?;
-        let case_id = if let Some(row) = open {
-            let mut r = row_to_case(&row)?;
+        let window = ms(self.cfg.window);
+        let mut open = match open {
+            Some(row) => Some(row_to_case(&row)?),
+            None => None,
+        };
+        if let Some(r) = open.take_if(|r| ev.ts > r.case.last_event_ts.saturating_add(window)) {
+            // The stream has moved past the case's window in event time (data arriving faster
+            // than real time, e.g. a backlog): the case is over; this event starts the next.
+            self.close_quiet(tx, r, now, "no event within the window (event time)")
+                .await?;
+        }
+        let case_id = if let Some(mut r) = open {
             let c = &mut r.case;
             let mut new_metrics = Vec::new();
             for m in &metrics {
@@ -488,17 +498,54 @@ impl SqlCaseStore {
         Ok(())
     }
 
-    /// The case of `ev`'s device and category resolved automatically within the flap window.
+    /// Resolves a quiet case automatically (outcome `cleared`, marked automatic).
+    async fn close_quiet(
+        &self,
+        tx: &mut Transaction<'static, sqlx::Any>,
+        mut r: Row_,
+        now: Millis,
+        reason: &str,
+    ) -> Result<()> {
+        let c = &mut r.case;
+        let from = c.state;
+        c.state = CaseState::Resolved;
+        c.resolved_at = Some(now);
+        c.outcome = Some(Outcome::Cleared);
+        c.auto_resolved = true;
+        c.updated_at = now;
+        c.version += 1;
+        let case = c.clone();
+        self.timeline(
+            tx,
+            case.id,
+            now,
+            "system",
+            "auto_resolved",
+            serde_json::json!({
+                "from": from.as_str(),
+                "reason": reason,
+                "quiet_ms": now - case.last_seen_at,
+                "last_event_ts": case.last_event_ts,
+            }),
+        )
+        .await?;
+        self.notify(tx, &case, "resolved", now).await?;
+        self.save(tx, &r, false).await
+    }
+
+    /// The latest closed case of `ev`'s device and category, if it was resolved automatically
+    /// and its last event is within the flap window before `ev` (event time).
     async fn flapping(
         &self,
         tx: &mut Transaction<'static, sqlx::Any>,
         ev: &CaseEvent,
         now: Millis,
     ) -> Result<Option<Row_>> {
-        let since = now.saturating_sub(ms(self.cfg.flap_window));
+        let _ = now;
+        let since = ev.ts.saturating_sub(ms(self.cfg.flap_window));
         let sql = format!(
             "SELECT {CASE_COLUMNS} FROM cases WHERE category = $1 AND device_id = $2 \
-             AND resolved_at >= $3 ORDER BY resolved_at DESC, id DESC LIMIT 1"
+             AND open_key IS NULL AND last_event_ts >= $3 ORDER BY id DESC LIMIT 1"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(ev.category.as_str())
@@ -707,28 +754,10 @@ impl CaseStore for SqlCaseStore {
             .await?;
         let mut ids = Vec::new();
         for row in rows {
-            let mut r = row_to_case(&row)?;
-            let c = &mut r.case;
-            let from = c.state;
-            c.state = CaseState::Resolved;
-            c.resolved_at = Some(now);
-            c.outcome = Some(Outcome::Cleared);
-            c.auto_resolved = true;
-            c.updated_at = now;
-            c.version += 1;
-            let case = c.clone();
-            self.timeline(
-                &mut tx,
-                case.id,
-                now,
-                "system",
-                "auto_resolved",
-                serde_json::json!({ "from": from.as_str(), "quiet_ms": now - case.last_seen_at }),
-            )
-            .await?;
-            self.notify(&mut tx, &case, "resolved", now).await?;
-            self.save(&mut tx, &r, false).await?;
-            ids.push(case.id);
+            let r = row_to_case(&row)?;
+            ids.push(r.case.id);
+            self.close_quiet(&mut tx, r, now, "no event for the window")
+                .await?;
         }
         tx.commit().await?;
         Ok(ids)

@@ -138,6 +138,9 @@ pub enum EventKind {
     Multivariate,
     /// A series (metric set) or a whole device (metric unset) stopped reporting.
     Silence,
+    /// An edge agent reported a gap in its data (readings shed or lost before upload). Not
+    /// raised by the detector: the server's stage raises it from the agent's gap readings.
+    Gap,
 }
 
 /// A finding, with its explanation.

@@ -27,7 +27,7 @@ fn post(srv: &Server, token: &str, body: &str) -> TestResult {
 
 fn query(srv: &Server, sql: &str) -> TestResult<serde_json::Value> {
     let body = serde_json::json!({ "sql": sql }).to_string();
-    let out = curl(&[
+    let out = srv.api(&[
         "-H",
         "Content-Type: application/json",
         "-d",

@@ -62,7 +62,7 @@ fn curl_ndjson_mix_keeps_good_lines_and_reports_bad_ones() -> TestResult {
     );
 
     // Both bad lines are dead letters with their raw bytes.
-    let out = curl(&[&format!("http://{}/api/v1/deadletters?after=0", srv.http)])?;
+    let out = srv.api(&[&format!("http://{}/api/v1/deadletters?after=0", srv.http)])?;
     let dl: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let items = dl["items"].as_array().ok_or("items")?;
     assert_eq!(items.len(), 2, "{dl}");

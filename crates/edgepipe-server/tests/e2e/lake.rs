@@ -157,6 +157,7 @@ fn sql_sees_a_reading_right_after_its_puback() -> TestResult {
     // The default flush interval (30 s): visibility comes from the fresh buffer, not files.
     let srv = Server::start(&data, &[])?;
     let out = Command::new("python3")
+        .env("EDGEPIPE_API_TOKEN", srv.token()?)
         .arg(script("visibility.py"))
         .args([
             "127.0.0.1",
@@ -237,7 +238,7 @@ fn query_and_series_apis_answer_json_csv_and_clear_errors() -> TestResult {
     );
 
     let q = |body: &str, fmt: &str| {
-        curl(&[
+        srv.api(&[
             "-H",
             "Content-Type: application/json",
             "-d",
@@ -278,7 +279,7 @@ fn query_and_series_apis_answer_json_csv_and_clear_errors() -> TestResult {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = curl(&[
+    let out = srv.api(&[
         "-w",
         "\n%{http_code}",
         "-H",
@@ -291,7 +292,7 @@ fn query_and_series_apis_answer_json_csv_and_clear_errors() -> TestResult {
     assert!(text.ends_with("\n400"), "{text}");
     assert!(text.contains("bad_sql") && text.contains("nope"), "{text}");
 
-    let out = curl(&[&format!(
+    let out = srv.api(&[&format!(
         "http://{}/api/v1/series?device=api&metric=temp&from={}&to={}&points=10",
         srv.http,
         base,
@@ -303,7 +304,7 @@ fn query_and_series_apis_answer_json_csv_and_clear_errors() -> TestResult {
     let total: i64 = pts.iter().filter_map(|p| p["count"].as_i64()).sum();
     assert_eq!(total, 1000);
     assert_eq!(pts[0]["min"], 0.5);
-    let out = curl(&[
+    let out = srv.api(&[
         "-w",
         "\n%{http_code}",
         &format!(

@@ -161,7 +161,7 @@ fn publishing_under_another_device_id_closes_v311_connection() -> TestResult {
     assert!(!text.contains("received PUBACK"), "{text}");
     let st = srv.status()?;
     assert_eq!(st["readings_written"], 0);
-    let dl = curl(&[&format!("http://{}/api/v1/deadletters", srv.http)])?;
+    let dl = srv.api(&[&format!("http://{}/api/v1/deadletters", srv.http)])?;
     let v: serde_json::Value = serde_json::from_slice(&dl.stdout)?;
     assert_eq!(v["items"][0]["reason"], "not_authorized", "{v}");
     Ok(())
@@ -219,7 +219,7 @@ fn paho_mqtt5_gets_reason_codes_and_bad_payload_is_dead_lettered() -> TestResult
     assert_eq!(srv.status()?["readings_written"], 4);
 
     // The bad payload's raw bytes are in the dead-letter store, via API and CLI.
-    let dl = curl(&[&format!("http://{}/api/v1/deadletters?after=0", srv.http)])?;
+    let dl = srv.api(&[&format!("http://{}/api/v1/deadletters?after=0", srv.http)])?;
     let v: serde_json::Value = serde_json::from_slice(&dl.stdout)?;
     let items = v["items"].as_array().ok_or("items")?;
     let bad = items
@@ -457,7 +457,7 @@ fn oversized_payload_is_dead_lettered_truncated_and_huge_one_closes_the_connecti
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(
-        &curl(&[&format!("http://{}/api/v1/deadletters", srv.http)])?.stdout,
+        &srv.api(&[&format!("http://{}/api/v1/deadletters", srv.http)])?.stdout,
     )?;
     let d = &v["items"][0];
     assert_eq!(d["reason"], "too_large", "{v}");

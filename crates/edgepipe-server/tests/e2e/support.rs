@@ -23,6 +23,7 @@ pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) mqtt: SocketAddr,
     pub(crate) http: SocketAddr,
+    pub(crate) data: PathBuf,
 }
 
 impl Server {
@@ -72,7 +73,27 @@ impl Server {
             .and_then(|s| s.split_whitespace().next())
             .ok_or_else(|| format!("unexpected first line: {line:?}"))?
             .parse()?;
-        Ok(Server { child, mqtt, http })
+        Ok(Server {
+            child,
+            mqtt,
+            http,
+            data: data.to_path_buf(),
+        })
+    }
+
+    /// The admin API token the server wrote for local CLI use.
+    pub(crate) fn token(&self) -> TestResult<String> {
+        Ok(std::fs::read_to_string(self.data.join("cli.token"))?
+            .trim()
+            .to_owned())
+    }
+
+    /// curl with the admin API token.
+    pub(crate) fn api(&self, args: &[&str]) -> TestResult<Output> {
+        let auth = format!("Authorization: Bearer {}", self.token()?);
+        let mut all = vec!["-H", auth.as_str()];
+        all.extend_from_slice(args);
+        curl(&all)
     }
 
     pub(crate) fn kill9(&mut self) -> TestResult {
@@ -100,7 +121,7 @@ impl Server {
     }
 
     pub(crate) fn status(&self) -> TestResult<serde_json::Value> {
-        let out = curl(&[&format!("http://{}/api/v1/status", self.http)])?;
+        let out = self.api(&[&format!("http://{}/api/v1/status", self.http)])?;
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 }

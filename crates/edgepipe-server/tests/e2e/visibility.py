@@ -5,6 +5,7 @@ For i in 0..N: publish {"metrics": {"seq": i}} at QoS 1, wait for the PUBACK, th
 POST /api/v1/query until the reading is counted. Prints {"latencies_ms": [...], "timeouts": k}.
 """
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -20,7 +21,7 @@ c.loop_start()
 
 def visible(i):
     sql = f"SELECT count(*) AS c FROM readings WHERE device_id = '{device}' AND metric = 'seq' AND value_int = {i}"
-    req = urllib.request.Request(f"http://{http}/api/v1/query", data=json.dumps({"sql": sql}).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(f"http://{http}/api/v1/query", data=json.dumps({"sql": sql}).encode(), headers={"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["EDGEPIPE_API_TOKEN"]})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.load(r)["rows"][0]["c"] == 1
 

@@ -1,0 +1,483 @@
+//! The case service: wires `edgepipe-cases` into the server. It opens the state store
+//! (cases, users, audit log; `sqlite://<data>/cases.db` unless `cases.store_url` says
+//! otherwise), takes anomaly events from the detection stage ([`CaseManager`], an
+//! [`AnomalyHandler`]), keeps raw-reading evidence with new cases, runs the notifier, the
+//! auto-resolver and the export of labels to the lake, and hands operators' verdicts back to
+//! the detection stage as feedback.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use edgepipe_cases::notify::{Notifier, NotifyMetrics};
+use edgepipe_cases::{CaseEvent, CaseStore, CasesConfig, Category, Evidence, Label, SqlCaseStore};
+use edgepipe_detect::{EventKind, Feedback, SeriesKey};
+use edgepipe_lake::LakeStore;
+use edgepipe_types::{DeviceId, Metric};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::detect::{AnomalyEvent, AnomalyHandler, FeedbackItem};
+
+/// Counters of the case service.
+#[derive(Debug, Default)]
+pub struct CaseMetrics {
+    /// Anomaly events received from the detection stage.
+    pub events_received: AtomicU64,
+    /// Events already taken (redelivered after a restart).
+    pub events_duplicate: AtomicU64,
+    /// Cases opened.
+    pub opened: AtomicU64,
+    /// Cases brought back by flapping.
+    pub flapped: AtomicU64,
+    /// Cases resolved automatically.
+    pub auto_resolved: AtomicU64,
+    /// Evidence snapshots stored.
+    pub evidence_stored: AtomicU64,
+    /// Evidence snapshots that failed (the case is kept; the query in the case still works).
+    pub evidence_failed: AtomicU64,
+    /// Labels exported to the lake.
+    pub labels_exported: AtomicU64,
+}
+
+/// Opens the state store named by `cfg` (default: SQLite in the data directory).
+pub async fn open_store(data_dir: &Path, cfg: &CasesConfig) -> anyhow::Result<SqlCaseStore> {
+    let url = cfg
+        .store_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("cases.db").display()));
+    if url.starts_with("sqlite://") {
+        std::fs::create_dir_all(data_dir)?;
+    }
+    Ok(SqlCaseStore::open(&url, cfg.clone()).await?)
+}
+
+/// A request to keep evidence with a new case.
+#[derive(Debug)]
+struct EvidenceRequest {
+    case_id: i64,
+}
+
+/// The running case service.
+#[derive(Debug)]
+pub struct CaseService {
+    /// The state store.
+    pub store: Arc<SqlCaseStore>,
+    /// Settings.
+    pub cfg: Arc<CasesConfig>,
+    /// Counters.
+    pub metrics: Arc<CaseMetrics>,
+    /// Notifier counters.
+    pub notify_metrics: Arc<NotifyMetrics>,
+    waker: Arc<Notify>,
+    evidence_tx: mpsc::Sender<EvidenceRequest>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CaseService {
+    /// Starts the notifier, auto-resolver, evidence keeper and label exporter over `store`.
+    pub fn start(
+        store: SqlCaseStore,
+        engine: edgepipe_query::QueryEngine,
+        lake: LakeStore,
+    ) -> anyhow::Result<Self> {
+        let cfg = Arc::new(store.config().clone());
+        let store = Arc::new(store);
+        let notifier = Notifier::new(store.clone(), cfg.clone())?;
+        let waker = notifier.waker();
+        let notify_metrics = notifier.metrics();
+        let metrics: Arc<CaseMetrics> = Arc::default();
+        let (stop, stop_rx) = watch::channel(false);
+        let (evidence_tx, evidence_rx) = mpsc::channel(4096);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            notifier.run(Duration::from_secs(1), stop_rx.clone()),
+        ));
+        tasks.push(tokio::spawn(auto_resolve_loop(
+            store.clone(),
+            cfg.clone(),
+            waker.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(evidence_loop(
+            store.clone(),
+            cfg.clone(),
+            engine,
+            evidence_rx,
+            metrics.clone(),
+        )));
+        tasks.push(tokio::spawn(label_export_loop(
+            store.clone(),
+            lake,
+            metrics.clone(),
+            stop_rx,
+        )));
+        Ok(Self {
+            store,
+            cfg,
+            metrics,
+            notify_metrics,
+            waker,
+            evidence_tx,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The handler the detection stage hands its events to.
+    pub fn handler(&self) -> Arc<dyn AnomalyHandler> {
+        Arc::new(CaseManager {
+            store: self.store.clone(),
+            enabled: self.cfg.enabled,
+            waker: self.waker.clone(),
+            evidence_tx: self.evidence_tx.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Wakes the notifier (after an operator's change).
+    pub fn waker(&self) -> Arc<Notify> {
+        self.waker.clone()
+    }
+
+    /// Stops the background tasks (the notifier finishes its round; undelivered
+    /// notifications stay in the outbox for the next start).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        drop(self.evidence_tx);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        self.store.close().await;
+    }
+}
+
+/// Turns anomaly events into cases.
+#[derive(Debug)]
+pub struct CaseManager {
+    store: Arc<SqlCaseStore>,
+    enabled: bool,
+    waker: Arc<Notify>,
+    evidence_tx: mpsc::Sender<EvidenceRequest>,
+    metrics: Arc<CaseMetrics>,
+}
+
+/// The case-manager view of a detection event.
+pub fn case_event(e: &AnomalyEvent) -> CaseEvent {
+    let ev = &e.event;
+    let category = match ev.kind {
+        EventKind::Silence => Category::Silence,
+        EventKind::Gap => Category::Gap,
+        EventKind::Anomaly | EventKind::Multivariate => Category::Anomaly,
+    };
+    CaseEvent {
+        id: e.id.clone(),
+        category,
+        device_id: ev.device.as_str().to_owned(),
+        metric: ev.metric.as_ref().map(|m| m.as_str().to_owned()),
+        metrics: ev
+            .explanation
+            .contributing
+            .iter()
+            .map(|c| c.metric.as_str().to_owned())
+            .collect(),
+        ts: ev.ts,
+        kind: serde_json::to_value(ev.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        score: ev.score,
+        model_version: e.model_version.clone(),
+        explanation: serde_json::to_value(&ev.explanation).unwrap_or_default(),
+    }
+}
+
+#[async_trait::async_trait]
+impl AnomalyHandler for CaseManager {
+    async fn handle(&self, events: &[AnomalyEvent]) -> anyhow::Result<()> {
+        if !self.enabled || events.is_empty() {
+            return Ok(());
+        }
+        let evs: Vec<CaseEvent> = events.iter().map(case_event).collect();
+        let out = self.store.ingest(&evs, now_ms()).await?;
+        let m = &self.metrics;
+        m.events_received
+            .fetch_add(evs.len() as u64, Ordering::Relaxed);
+        m.events_duplicate
+            .fetch_add(out.duplicates, Ordering::Relaxed);
+        m.opened
+            .fetch_add(out.opened.len() as u64, Ordering::Relaxed);
+        m.flapped
+            .fetch_add(out.reopened.len() as u64, Ordering::Relaxed);
+        if out.notifications > 0 {
+            self.waker.notify_one();
+        }
+        for id in &out.opened {
+            if self
+                .evidence_tx
+                .try_send(EvidenceRequest { case_id: *id })
+                .is_err()
+            {
+                self.metrics.evidence_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(case = id, "cases: evidence queue full; case kept without a readings snapshot");
+            }
+        }
+        Ok(())
+    }
+
+    async fn feedback_since(&self, after: i64) -> anyhow::Result<Vec<FeedbackItem>> {
+        let labels = self.store.labels_since(after, 1000).await?;
+        let mut out = Vec::new();
+        for l in labels {
+            let Some(item) = feedback_item(&l) else {
+                continue;
+            };
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+fn feedback_item(l: &Label) -> Option<FeedbackItem> {
+    let device = DeviceId::new(l.device_id.as_str()).ok()?;
+    let metric = Metric::new(l.metric.as_deref()?).ok()?;
+    let feedback = match l.label.as_str() {
+        "false_positive" => Feedback::FalsePositive { score: l.max_score },
+        "confirmed" => Feedback::TruePositive { score: l.max_score },
+        _ => return None,
+    };
+    Some(FeedbackItem {
+        id: l.id,
+        key: SeriesKey::new(device, metric),
+        feedback,
+    })
+}
+
+async fn auto_resolve_loop(
+    store: Arc<SqlCaseStore>,
+    cfg: Arc<CasesConfig>,
+    waker: Arc<Notify>,
+    metrics: Arc<CaseMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Often enough that "quiet for the window" is met within a few percent of it.
+    let every = (cfg.window / 20).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        match store.auto_resolve(now_ms()).await {
+            Ok(ids) if !ids.is_empty() => {
+                metrics
+                    .auto_resolved
+                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                tracing::info!(count = ids.len(), "cases: resolved automatically after a quiet window");
+                waker.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cases: auto-resolve failed"),
+        }
+    }
+}
+
+/// The SQL that shows a case's raw readings from `before` ahead of `from` to `to`.
+pub fn window_query(device: &str, from_ms: i64, to_ms: i64) -> String {
+    format!(
+        "SELECT metric, ts, value FROM readings WHERE device_id = '{}' \
+         AND ts >= to_timestamp_millis({from_ms}) AND ts <= to_timestamp_millis({to_ms}) \
+         ORDER BY metric, ts",
+        device.replace('\'', "''")
+    )
+}
+
+async fn evidence_loop(
+    store: Arc<SqlCaseStore>,
+    cfg: Arc<CasesConfig>,
+    engine: edgepipe_query::QueryEngine,
+    mut rx: mpsc::Receiver<EvidenceRequest>,
+    metrics: Arc<CaseMetrics>,
+) {
+    let before = i64::try_from(cfg.evidence_before.as_millis()).unwrap_or(i64::MAX);
+    while let Some(req) = rx.recv().await {
+        let case = match store.get(req.case_id).await {
+            Ok(d) => d.case,
+            Err(e) => {
+                metrics.evidence_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(case = req.case_id, error = %e, "cases: loading a case for evidence failed");
+                continue;
+            }
+        };
+        let sql = format!(
+            "{} LIMIT {}",
+            window_query(
+                &case.device_id,
+                case.first_event_ts.saturating_sub(before),
+                case.last_event_ts
+            ),
+            cfg.evidence_max_rows
+        );
+        let rows = async {
+            let out = engine.query(&sql).await?;
+            let mut buf = Vec::new();
+            edgepipe_query::write_output(
+                edgepipe_query::OutputFormat::Json,
+                &out.schema,
+                &out.batches,
+                &mut buf,
+            )?;
+            let rows: serde_json::Value = serde_json::from_slice(&buf)?;
+            anyhow::Ok(rows)
+        }
+        .await;
+        let body = match rows {
+            Ok(rows) => serde_json::json!({"query": sql, "rows": rows}),
+            Err(e) => {
+                metrics.evidence_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(case = req.case_id, error = %format!("{e:#}"), "cases: evidence query failed");
+                continue;
+            }
+        };
+        let ev = Evidence {
+            kind: "readings".into(),
+            created_at: now_ms(),
+            body,
+        };
+        match store.add_evidence(req.case_id, &ev).await {
+            Ok(()) => {
+                metrics.evidence_stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                metrics.evidence_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(case = req.case_id, error = %e, "cases: storing evidence failed");
+            }
+        }
+    }
+}
+
+const LABEL_BLOCK: i64 = 1000;
+const LABELS_EXPORTED: &str = "lake.labels_exported";
+
+/// Exports labels to the lake's `labels` table. Labels are grouped in blocks of 1,000 ids;
+/// a block's files (one per event-time hour) are rewritten whole whenever it gains labels, so
+/// a crash between writing and remembering the position only rewrites the same files: no
+/// label is lost or duplicated.
+async fn label_export_loop(
+    store: Arc<SqlCaseStore>,
+    lake: LakeStore,
+    metrics: Arc<CaseMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => false,
+            _ = stop.changed() => true,
+        };
+        if let Err(e) = export_labels(&store, &lake, &metrics).await {
+            tracing::warn!(error = %format!("{e:#}"), "cases: exporting labels to the lake failed; will retry");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// One export round (public for tests and `lake` tooling).
+pub async fn export_labels(
+    store: &SqlCaseStore,
+    lake: &LakeStore,
+    metrics: &CaseMetrics,
+) -> anyhow::Result<u64> {
+    let done: i64 = store
+        .get_meta(LABELS_EXPORTED)
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let new = store.labels_since(done, 10_000).await?;
+    let Some(last) = new.last().map(|l| l.id) else {
+        return Ok(0);
+    };
+    let first_block = (done + 1).div_euclid(LABEL_BLOCK);
+    let last_block = last.div_euclid(LABEL_BLOCK);
+    for block in first_block..=last_block {
+        let start = block * LABEL_BLOCK;
+        let labels: Vec<Label> = store
+            .labels_since(start - 1, LABEL_BLOCK as u32)
+            .await?
+            .into_iter()
+            .filter(|l| l.id < start + LABEL_BLOCK)
+            .collect();
+        let mut by_hour: std::collections::BTreeMap<i64, Vec<&Label>> = Default::default();
+        for l in &labels {
+            by_hour
+                .entry(l.start_ts.saturating_mul(1000).div_euclid(edgepipe_lake::schema::HOUR_US))
+                .or_default()
+                .push(l);
+        }
+        for (hour, ls) in by_hour {
+            let key = edgepipe_lake::sink::part_key(
+                edgepipe_lake::tables::LABELS,
+                hour,
+                start as u64,
+                (start + LABEL_BLOCK - 1) as u64,
+            );
+            lake.put(&key, encode_labels(&ls)?).await?;
+        }
+    }
+    store.set_meta(LABELS_EXPORTED, &last.to_string()).await?;
+    let n = new.len() as u64;
+    metrics.labels_exported.fetch_add(n, Ordering::Relaxed);
+    Ok(n)
+}
+
+fn encode_labels(ls: &[&Label]) -> anyhow::Result<bytes::Bytes> {
+    let schema = edgepipe_lake::schema::labels_schema();
+    let mut id = Int64Builder::new();
+    let mut case = Int64Builder::new();
+    let mut dev = StringBuilder::new();
+    let mut met = StringBuilder::new();
+    let mut ts = TimestampMicrosecondBuilder::new();
+    let mut end = TimestampMicrosecondBuilder::new();
+    let mut label = StringBuilder::new();
+    let mut score = Float64Builder::new();
+    let mut cause = StringBuilder::new();
+    let mut actor = StringBuilder::new();
+    let mut created = TimestampMicrosecondBuilder::new();
+    for l in ls {
+        id.append_value(l.id);
+        case.append_value(l.case_id);
+        dev.append_value(&l.device_id);
+        met.append_option(l.metric.as_deref());
+        ts.append_value(l.start_ts.saturating_mul(1000));
+        end.append_value(l.end_ts.saturating_mul(1000));
+        label.append_value(&l.label);
+        score.append_value(l.max_score);
+        cause.append_option(l.root_cause.as_deref());
+        actor.append_value(&l.actor);
+        created.append_value(l.created_at.saturating_mul(1000));
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(case.finish()),
+        Arc::new(dev.finish()),
+        Arc::new(met.finish()),
+        Arc::new(ts.finish().with_timezone("UTC")),
+        Arc::new(end.finish().with_timezone("UTC")),
+        Arc::new(label.finish()),
+        Arc::new(score.finish()),
+        Arc::new(cause.finish()),
+        Arc::new(actor.finish()),
+        Arc::new(created.finish().with_timezone("UTC")),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(edgepipe_lake::encode_parquet(&schema, &[batch], 64 * 1024)?)
+}
+
+fn now_ms() -> i64 {
+    edgepipe_sim::now_ms()
+}

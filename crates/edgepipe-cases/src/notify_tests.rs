@@ -254,7 +254,7 @@ async fn email_reaches_a_real_smtp_server() {
         }
     }
     assert!(
-        found.contains("Subject: [edgepipe] low opened: #1 Anomaly on pump-7: temp"),
+        found.contains("Subject: [edgepipe] medium opened: #1 Anomaly on pump-7: temp"),
         "{found}"
     );
     assert!(found.contains("ops@example.com"), "{found}");

@@ -6,8 +6,8 @@ use crate::model::{Category, Millis, Severity};
 
 /// The severity of a case with these aggregates.
 ///
-/// - score: ≥ 0.999 → medium, ≥ 0.99 → low, below → info (the detector's alarm threshold is
-///   already ~0.99, so anything reaching a case is at least unusual);
+/// - score (the detector's calibrated anomaly score in [0, 1]): ≥ 0.9 → medium, ≥ 0.7 → low,
+///   below → info;
 /// - duration (first to last event time): ≥ 5 min +1, ≥ 1 h +2;
 /// - breadth: ≥ 2 metrics +1, ≥ 4 metrics +2 (capped at +2 together with duration);
 /// - the highest configured criticality among the metrics, −1..+2;
@@ -23,8 +23,8 @@ pub fn severity_of(
     let base: i64 = match category {
         Category::Silence | Category::Gap => 3,
         Category::Pipeline => 4,
-        Category::Anomaly if max_score >= 0.999 => 3,
-        Category::Anomaly if max_score >= 0.99 => 2,
+        Category::Anomaly if max_score >= 0.9 => 3,
+        Category::Anomaly if max_score >= 0.7 => 2,
         Category::Anomaly => 1,
     };
     let dur = last_ts.saturating_sub(first_ts);
@@ -61,35 +61,19 @@ mod tests {
     fn grows_with_score_duration_breadth_and_criticality() {
         let none = BTreeMap::new();
         let a = Category::Anomaly;
+        let t = m(&["t"]);
+        assert_eq!(severity_of(a, 0.6, 0, 0, &t, &none), Severity::Info);
+        assert_eq!(severity_of(a, 0.8, 0, 0, &t, &none), Severity::Low);
+        assert_eq!(severity_of(a, 0.95, 0, 0, &t, &none), Severity::Medium);
+        assert_eq!(severity_of(a, 0.95, 0, 600_000, &t, &none), Severity::High);
+        let four = m(&["a", "b", "c", "d"]);
         assert_eq!(
-            severity_of(a, 0.95, 0, 0, &m(&["t"]), &none),
-            Severity::Info
-        );
-        assert_eq!(
-            severity_of(a, 0.995, 0, 0, &m(&["t"]), &none),
-            Severity::Low
-        );
-        assert_eq!(
-            severity_of(a, 0.9995, 0, 0, &m(&["t"]), &none),
-            Severity::Medium
-        );
-        assert_eq!(
-            severity_of(a, 0.9995, 0, 600_000, &m(&["t"]), &none),
-            Severity::High
-        );
-        assert_eq!(
-            severity_of(a, 0.9995, 0, 7_200_000, &m(&["a", "b", "c", "d"]), &none),
+            severity_of(a, 0.95, 0, 7_200_000, &four, &none),
             Severity::Critical
         );
         let crit = BTreeMap::from([("p".to_owned(), 2), ("h".to_owned(), -1)]);
-        assert_eq!(
-            severity_of(a, 0.995, 0, 0, &m(&["p"]), &crit),
-            Severity::High
-        );
-        assert_eq!(
-            severity_of(a, 0.995, 0, 0, &m(&["h"]), &crit),
-            Severity::Info
-        );
+        assert_eq!(severity_of(a, 0.8, 0, 0, &m(&["p"]), &crit), Severity::High);
+        assert_eq!(severity_of(a, 0.8, 0, 0, &m(&["h"]), &crit), Severity::Info);
         assert_eq!(
             severity_of(Category::Pipeline, 0.0, 0, 0, &[], &none),
             Severity::High

@@ -55,7 +55,14 @@ pub mod tables {
     /// Operators' verdicts on cases: labelled intervals per series.
     pub const LABELS: &str = "labels";
     /// Every table the lake manages.
-    pub const ALL: [&str; 6] = [READINGS, ROLLUP_1M, ROLLUP_1H, DEADLETTERS, ANOMALIES, LABELS];
+    pub const ALL: [&str; 6] = [
+        READINGS,
+        ROLLUP_1M,
+        ROLLUP_1H,
+        DEADLETTERS,
+        ANOMALIES,
+        LABELS,
+    ];
 }
 
 /// Errors from the lake.

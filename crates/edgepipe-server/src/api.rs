@@ -196,7 +196,11 @@ pub(crate) async fn get_case(
     );
     let mut v = serde_json::to_value(&d).map_err(|e| {
         tracing::error!(error = %e, "encoding a case");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     })?;
     v["window_query"] = json!(q);
     Ok(Json(v).into_response())
@@ -250,8 +254,8 @@ pub(crate) async fn fleet(State(st): State<AppState>) -> Result<Response, ApiErr
         &out.batches,
         &mut buf,
     )?;
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&buf)
-        .map_err(|e| edgepipe_query::Error::Encode(e.to_string()))?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&buf).map_err(|e| edgepipe_query::Error::Encode(e.to_string()))?;
     let open = st.cases.store.open_by_device().await?;
     let mut devices: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
     if let Ok(list) = st.ingestor.devices().list() {
@@ -285,8 +289,10 @@ pub(crate) async fn fleet(State(st): State<AppState>) -> Result<Response, ApiErr
         e["open_cases"] = json!(n);
         e["max_open_severity"] = json!(Severity::from_level(sev));
     }
-    Ok(Json(json!({"devices": devices.into_values().collect::<Vec<_>>(), "now_ms": now}))
-        .into_response())
+    Ok(
+        Json(json!({"devices": devices.into_values().collect::<Vec<_>>(), "now_ms": now}))
+            .into_response(),
+    )
 }
 
 /// `GET /api/v1/devices`.
@@ -312,7 +318,11 @@ fn device_err(e: crate::devices::DeviceError) -> ApiError {
         D::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
         e => {
             tracing::error!(error = %e, "device registry failed");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
         }
     }
 }
@@ -335,9 +345,18 @@ pub(crate) async fn add_device(
     let token = st.ingestor.devices().add(&d.id).map_err(device_err)?;
     st.cases
         .store
-        .audit(&u.name, "device.add", &format!("device:{}", d.id), json!({}))
+        .audit(
+            &u.name,
+            "device.add",
+            &format!("device:{}", d.id),
+            json!({}),
+        )
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": d.id, "token": token}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": d.id, "token": token})),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/devices/{id}/{disable|enable|rotate-token}` (admin).
@@ -426,7 +445,11 @@ pub(crate) async fn add_user(
 ) -> Result<Response, ApiError> {
     need(&u, Role::Admin, "adding users")?;
     let n: NewUser = parse_json(&body, r#"{"name": "...", "role": "viewer|operator|admin"}"#)?;
-    let token = st.cases.store.user_put(&n.name, n.role, false, &u.name).await?;
+    let token = st
+        .cases
+        .store
+        .user_put(&n.name, n.role, false, &u.name)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"name": n.name, "role": n.role, "token": token})),

@@ -224,7 +224,10 @@ impl AnomalyHandler for CaseManager {
                 .is_err()
             {
                 self.metrics.evidence_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(case = id, "cases: evidence queue full; case kept without a readings snapshot");
+                tracing::warn!(
+                    case = id,
+                    "cases: evidence queue full; case kept without a readings snapshot"
+                );
             }
         }
         Ok(())
@@ -277,7 +280,10 @@ async fn auto_resolve_loop(
                 metrics
                     .auto_resolved
                     .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                tracing::info!(count = ids.len(), "cases: resolved automatically after a quiet window");
+                tracing::info!(
+                    count = ids.len(),
+                    "cases: resolved automatically after a quiet window"
+                );
                 waker.notify_one();
             }
             Ok(_) => {}
@@ -415,7 +421,11 @@ pub async fn export_labels(
         let mut by_hour: std::collections::BTreeMap<i64, Vec<&Label>> = Default::default();
         for l in &labels {
             by_hour
-                .entry(l.start_ts.saturating_mul(1000).div_euclid(edgepipe_lake::schema::HOUR_US))
+                .entry(
+                    l.start_ts
+                        .saturating_mul(1000)
+                        .div_euclid(edgepipe_lake::schema::HOUR_US),
+                )
                 .or_default()
                 .push(l);
         }

@@ -249,6 +249,18 @@ pub struct DemoArgs {
     /// How the simulated devices talk to the server.
     #[arg(long, value_enum, default_value_t = DemoTransport::Mqtt)]
     pub transport: DemoTransport,
+    /// Simulated seconds per wall-clock second (e.g. 60: an hour of fleet life per minute,
+    /// so detectors warm up and cases appear quickly).
+    #[arg(long, default_value_t = 1.0)]
+    pub speedup: f64,
+    /// Start the simulated fleet this far in the past (with --speedup, history that catches up
+    /// with the present).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub start_ago: Option<Duration>,
+    /// Server configuration file (`[detect]`, `[cases]`, ...); data dir and ports come from
+    /// the demo.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// Transport of the demo's simulated fleet.
@@ -557,11 +569,19 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     use edgepipe_sim::mqtt::{Credentials, FleetRunOptions, SimStats, run_fleet};
     use edgepipe_sim::signal::FleetConfig;
 
-    let mut cfg = ServerConfig {
-        data_dir: a.data_dir.clone(),
-        auto_register: true,
-        ..ServerConfig::default()
+    anyhow::ensure!(
+        a.speedup.is_finite() && a.speedup > 0.0,
+        "--speedup {}: must be a positive number",
+        a.speedup
+    );
+    let mut cfg = match &a.config {
+        Some(path) => ServerConfig::load(Some(path), std::iter::empty())?,
+        None => ServerConfig::default(),
     };
+    cfg.data_dir = a.data_dir.clone();
+    cfg.auto_register = true;
+    cfg.mqtt_addr = SocketAddr::from(([127, 0, 0, 1], 1883));
+    cfg.http_addr = SocketAddr::from(([127, 0, 0, 1], 8080));
     cfg.mqtt_addr = free_or_ephemeral(cfg.mqtt_addr);
     cfg.http_addr = free_or_ephemeral(cfg.http_addr);
     let server = RunningServer::start(&cfg).await?;
@@ -591,12 +611,17 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         metrics: a.metrics,
         seed: a.seed,
         interval: a.interval,
-        start_ms: edgepipe_sim::now_ms(),
+        start_ms: edgepipe_sim::now_ms()
+            - a.start_ago
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         ..FleetConfig::default()
     };
     if let Some(path) = &a.labels {
         let f = edgepipe_sim::signal::Fleet::new(fleet.clone())?;
-        let horizon = a.duration.unwrap_or(Duration::from_secs(24 * 3600));
+        let horizon = a
+            .duration
+            .unwrap_or(Duration::from_secs(24 * 3600))
+            .mul_f64(a.speedup);
         let labels = f.labels(fleet.start_ms, fleet.start_ms + horizon.as_millis() as i64);
         edgepipe_sim::signal::save_labels_csv(path, &labels)?;
         println!("  labels   {} ({} anomalies)", path.display(), labels.len());
@@ -610,6 +635,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         port: endpoint.port(),
         fleet,
         credentials: Credentials::Shared("demo-fleet-secret".into()),
+        speedup: a.speedup,
         ..FleetRunOptions::default()
     };
     let stats = Arc::new(SimStats::default());
@@ -853,10 +879,9 @@ async fn cases_cmd(action: CasesCmd, a: LakeArgs) -> anyhow::Result<()> {
                 }
             }
             if let Some(s) = min_severity {
-                f.min_severity = Some(
-                    Severity::parse(&s)
-                        .with_context(|| format!("--min-severity {s:?}: info, low, medium, high or critical"))?,
-                );
+                f.min_severity = Some(Severity::parse(&s).with_context(|| {
+                    format!("--min-severity {s:?}: info, low, medium, high or critical")
+                })?);
             }
             let page = store.list(&f).await?;
             if json {
@@ -877,7 +902,15 @@ async fn cases_cmd(action: CasesCmd, a: LakeArgs) -> anyhow::Result<()> {
                         c.title
                     );
                 }
-                println!("{} cases{}", page.cases.len(), if page.next.is_some() { " (more: raise --limit)" } else { "" });
+                println!(
+                    "{} cases{}",
+                    page.cases.len(),
+                    if page.next.is_some() {
+                        " (more: raise --limit)"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
         CasesCmd::Show { id } => {
@@ -932,7 +965,10 @@ async fn users_cmd(action: UsersCmd, a: LakeArgs) -> anyhow::Result<()> {
             );
         }
         UsersCmd::List => {
-            println!("{:<32} {:<9} {:<9} CREATED (ms)", "USER", "ROLE", "DISABLED");
+            println!(
+                "{:<32} {:<9} {:<9} CREATED (ms)",
+                "USER", "ROLE", "DISABLED"
+            );
             for u in store.users().await? {
                 println!(
                     "{:<32} {:<9} {:<9} {}",

@@ -21,8 +21,9 @@
 //!
 //! Replayed (late, backfilled) readings are scored and learned, but the events they raise are
 //! recorded with `replayed = true` and not handed to the case manager: a condition that has
-//! already cleared does not page anyone. Silence is checked against the newest receive time in
-//! the WAL (deterministic on replay).
+//! already cleared does not page anyone. Silence is checked against the newest event time in
+//! the WAL, clamped to its receive time (deterministic on replay; a fast backlog is not
+//! silence).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -189,7 +190,9 @@ fn decode_state(bytes: &[u8]) -> Result<StateFile, String> {
             })
         }
         STATE_VERSION => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
-        v => Err(format!("state version {v} is newer than this binary's {STATE_VERSION}")),
+        v => Err(format!(
+            "state version {v} is newer than this binary's {STATE_VERSION}"
+        )),
     }
 }
 
@@ -368,8 +371,13 @@ impl DetectStage {
                 continue;
             };
             self.score_record(*seq, &rec, late_ms);
-            if rec.received_at > self.silence_clock {
-                self.silence_clock = rec.received_at;
+            // The silence clock follows event time (clamped to receive time, so a device with
+            // a fast clock cannot move it ahead): a backlog replayed fast does not look like
+            // every series falling silent.
+            let newest = rec.readings.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
+            let clock = newest.min(rec.received_at);
+            if clock > self.silence_clock {
+                self.silence_clock = clock;
                 for e in self.detector.tick(self.silence_clock) {
                     let id = format!(
                         "silence-{}-{}{}",
@@ -421,7 +429,9 @@ impl DetectStage {
             let thr = self.detector.apply_feedback(&it.key, it.feedback);
             tracing::info!(device = it.key.device.as_str(), metric = it.key.metric.as_str(), feedback = ?it.feedback, threshold = thr, "detect: operator feedback applied");
             self.feedback_pos = self.feedback_pos.max(it.id);
-            self.metrics.feedback_applied.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .feedback_applied
+                .fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -132,7 +132,10 @@ pub fn router(
         .route("/api/v1/cases", get(api::list_cases))
         .route("/api/v1/cases/{id}", get(api::get_case))
         .route("/api/v1/cases/{id}/actions", post(api::case_action))
-        .route("/api/v1/devices", get(api::list_devices).post(api::add_device))
+        .route(
+            "/api/v1/devices",
+            get(api::list_devices).post(api::add_device),
+        )
         .route("/api/v1/devices/{id}/{action}", post(api::device_action))
         .route("/api/v1/users", get(api::list_users).post(api::add_user))
         .route("/api/v1/audit", get(api::audit))

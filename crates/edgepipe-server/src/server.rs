@@ -203,12 +203,9 @@ impl RunningServer {
             .await
             .map_err(StartError::Cases)?;
         write_cli_token(&case_store, &cfg.data_dir).await?;
-        let cases = crate::cases::CaseService::start(
-            case_store,
-            lake.engine.clone(),
-            lake.store.clone(),
-        )
-        .map_err(StartError::Cases)?;
+        let cases =
+            crate::cases::CaseService::start(case_store, lake.engine.clone(), lake.store.clone())
+                .map_err(StartError::Cases)?;
         let detect_metrics: Arc<crate::detect::DetectMetrics> = Arc::default();
         let (detect_stop, detect_stop_rx) = tokio::sync::watch::channel(false);
         if !cfg.detect.enabled {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `edgepipe` binary on ephemeral ports, driven by clients we did not
 //! write (mosquitto_pub, paho-mqtt, curl, pyarrow, DuckDB, pyspark, moto's S3 server).
 
+mod cases;
 mod detect;
 mod durability;
 mod http;

@@ -457,7 +457,8 @@ fn oversized_payload_is_dead_lettered_truncated_and_huge_one_closes_the_connecti
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(
-        &srv.api(&[&format!("http://{}/api/v1/deadletters", srv.http)])?.stdout,
+        &srv.api(&[&format!("http://{}/api/v1/deadletters", srv.http)])?
+            .stdout,
     )?;
     let d = &v["items"][0];
     assert_eq!(d["reason"], "too_large", "{v}");

@@ -552,7 +552,8 @@
         page.signal,
       ).then((res) => res.rows, (e) => { showError(e); return []; });
       if (seq !== loadSeq) return;
-      for (const a of anomalies) panelFor(a.metric);
+      // Device-wide findings (silence, multivariate) have no metric of their own to chart.
+      for (const a of anomalies) if (a.metric) panelFor(a.metric);
       if (!panels.size) {
         charts.replaceChildren(h('div', { class: 'panel muted', testid: 'no-metrics' }, `No metrics known for ${id}.`));
         return;

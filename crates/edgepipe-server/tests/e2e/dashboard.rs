@@ -1,0 +1,152 @@
+//! The dashboard in a real browser: Debian's Chromium driven by playwright-core
+//! (`tests/browser/dashboard.mjs`) against a running server with live data, an anomaly and
+//! open cases. Screenshots are kept in `target/browser-screenshots/`.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn ingest(http: std::net::SocketAddr, device: &str, body: &str) -> TestResult {
+    let out = curl(&[
+        "-f",
+        "-H",
+        "Authorization: Bearer dashboard-test",
+        "-H",
+        &format!("X-Device-Id: {device}"),
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        body,
+        &format!("http://{http}/api/v1/ingest"),
+    ])?;
+    if !out.status.success() {
+        return Err(format!("ingest: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn dashboard_in_chromium() -> TestResult {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let browser_dir = repo.join("tests/browser");
+    if !browser_dir.join("node_modules/playwright-core").exists() {
+        return Err(
+            "tests/browser/node_modules is missing: run `npm ci` in tests/browser (.ci/run does)"
+                .into(),
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"48h\"\n[lake]\nflush_interval = \"1s\"\n",
+    )?;
+    let srv = Server::start(
+        &data,
+        &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
+    )?;
+    let http = srv.http;
+    // History with one spike for pump-1 (the detector warms up on it and fires once).
+    let base = now_ms() - 2_400_000;
+    let history: String = (0..2000)
+        .map(|i| {
+            let v = if i == 1_500 {
+                80.0
+            } else {
+                20.0 + 2.0 * (i as f64 / 15.0).sin() + ((i * 7919) % 100) as f64 / 500.0
+            };
+            format!(
+                "{{\"ts\": {}, \"metrics\": {{\"temp\": {v:.3}}}}}\n",
+                base + i * 1000
+            )
+        })
+        .collect();
+    for chunk in history.lines().collect::<Vec<_>>().chunks(250) {
+        ingest(http, "pump-1", &(chunk.join("\n") + "\n"))?;
+    }
+    // Two gap reports open cases at once (one is acknowledged in the UI, one stays for the
+    // viewer's refused resolve).
+    for d in ["gw-1", "gw-2"] {
+        ingest(
+            http,
+            d,
+            &format!(
+                "{{\"ts\": {}, \"metrics\": {{\"agent.gap.modbus.count\": 5}}}}\n",
+                now_ms()
+            ),
+        )?;
+    }
+    // Live data while the browser looks.
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let live = std::thread::spawn(move || {
+        let mut i = 0;
+        while !s2.load(Ordering::Relaxed) {
+            for d in ["line-1", "line-2", "line-3"] {
+                let body = format!(
+                    "{{\"ts\": {}, \"metrics\": {{\"temp\": {}, \"power\": {}}}}}\n",
+                    now_ms(),
+                    21.0 + (i % 7) as f64 * 0.1,
+                    3.0 + (i % 5) as f64 * 0.05
+                );
+                let _ = ingest(http, d, &body);
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    // Wait until the spike's anomaly and the gap cases exist.
+    let t0 = Instant::now();
+    loop {
+        let st = srv.status()?;
+        if st["cases"]["cases_opened"].as_i64().unwrap_or(0) >= 3 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            stop.store(true, Ordering::Relaxed);
+            return Err(format!("cases did not open: {}", st["cases"]).into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = Command::new(bin())
+        .args(["users", "--data-dir"])
+        .arg(&data)
+        .args(["add", "vera", "--role", "viewer"])
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let viewer = String::from_utf8(out.stdout)?
+        .lines()
+        .last()
+        .ok_or("token")?
+        .trim()
+        .to_owned();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser-screenshots");
+    let out = Command::new("node")
+        .arg("dashboard.mjs")
+        .current_dir(&browser_dir)
+        .env("EDGEPIPE_URL", format!("http://{http}"))
+        .env("ADMIN_TOKEN", srv.token()?)
+        .env("VIEWER_TOKEN", &viewer)
+        .env("ANOMALY_DEVICE", "pump-1")
+        .env("SCREENSHOT_DIR", &shots)
+        .output()?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = live.join();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser checks failed:\n{text}");
+    srv.stop()?;
+    Ok(())
+}

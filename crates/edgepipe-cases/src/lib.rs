@@ -27,3 +27,12 @@ pub use error::{Error, Result};
 pub use model::*;
 pub use severity::severity_of;
 pub use store::{AuditEntry, CaseStore, Role, SqlCaseStore, User};
+
+/// Wall-clock time in ms since the Unix epoch (for stamps the store sets itself: migrations,
+/// audit entries, delivery times).
+pub(crate) fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

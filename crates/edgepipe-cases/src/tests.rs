@@ -88,15 +88,15 @@ impl Backend {
     }
 
     async fn drop_db(self) {
-        if let Some(db) = self.pg_db {
-            if let Ok(admin) = sqlx::AnyPool::connect(PG_ADMIN).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-                )))
-                .execute(&admin)
-                .await;
-                admin.close().await;
-            }
+        if let Some(db) = self.pg_db
+            && let Ok(admin) = sqlx::AnyPool::connect(PG_ADMIN).await
+        {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await;
+            admin.close().await;
         }
     }
 }

@@ -93,30 +93,29 @@ impl CaseService {
         let metrics: Arc<CaseMetrics> = Arc::default();
         let (stop, stop_rx) = watch::channel(false);
         let (evidence_tx, evidence_rx) = mpsc::channel(4096);
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(
-            notifier.run(Duration::from_secs(1), stop_rx.clone()),
-        ));
-        tasks.push(tokio::spawn(auto_resolve_loop(
-            store.clone(),
-            cfg.clone(),
-            waker.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(evidence_loop(
-            store.clone(),
-            cfg.clone(),
-            engine,
-            evidence_rx,
-            metrics.clone(),
-        )));
-        tasks.push(tokio::spawn(label_export_loop(
-            store.clone(),
-            lake,
-            metrics.clone(),
-            stop_rx,
-        )));
+        let tasks = vec![
+            tokio::spawn(notifier.run(Duration::from_secs(1), stop_rx.clone())),
+            tokio::spawn(auto_resolve_loop(
+                store.clone(),
+                cfg.clone(),
+                waker.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(evidence_loop(
+                store.clone(),
+                cfg.clone(),
+                engine,
+                evidence_rx,
+                metrics.clone(),
+            )),
+            tokio::spawn(label_export_loop(
+                store.clone(),
+                lake,
+                metrics.clone(),
+                stop_rx,
+            )),
+        ];
         Ok(Self {
             store,
             cfg,

@@ -427,6 +427,26 @@ pub enum BenchCmd {
     /// Lake writer throughput, compaction size and three standard queries, on generated 1 Hz
     /// series; prints JSON (scripts/bench-lake.sh runs pyarrow and DuckDB beside it).
     Lake(BenchLakeArgs),
+    /// Anomaly → case → webhook latency at a steady event rate, and listing open cases with
+    /// many cases stored (SQLite); prints JSON.
+    Cases(BenchCasesArgs),
+}
+
+/// `bench cases` flags.
+#[derive(Debug, Args)]
+pub struct BenchCasesArgs {
+    /// Anomaly events per second.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds of events.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Cases stored for the listing part.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub cases: u64,
+    /// Runs per listing query.
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
 }
 
 /// `bench lake` flags.
@@ -514,6 +534,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             BenchCmd::Ingest(a) => bench_ingest(a).await,
             BenchCmd::Lake(a) => crate::bench_lake::run(a).await,
+            BenchCmd::Cases(a) => crate::bench_cases::run(a).await,
         },
     }
 }

@@ -15,6 +15,7 @@
 //! tokens and roles.
 
 pub mod api;
+pub mod bench_cases;
 pub mod bench_lake;
 pub mod cases;
 pub mod cli;

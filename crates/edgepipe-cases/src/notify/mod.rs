@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use crate::config::{CasesConfig, ChannelConfig};
 use crate::model::{Millis, OutboxMessage};
 use crate::store::CaseStore;
-use crate::{Error, Result};
+use crate::{Error, Result, now_ms};
 
 pub use template::render;
 pub use webhook::sign;
@@ -276,13 +276,6 @@ fn backoff_ms(attempts: i64, max: Duration) -> i64 {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| ms(d))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

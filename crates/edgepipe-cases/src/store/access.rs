@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::sql::{SqlCaseStore, now_ms};
+use super::sql::SqlCaseStore;
 use crate::model::Millis;
-use crate::{Error, Result};
+use crate::{Error, Result, now_ms};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

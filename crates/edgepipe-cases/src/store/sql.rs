@@ -21,7 +21,7 @@ use crate::model::{
     TimelineEntry,
 };
 use crate::severity::severity_of;
-use crate::{Error, Result};
+use crate::{Error, Result, now_ms};
 
 const CASE_COLUMNS: &str = "id, category, device_id, state, severity, notified_severity, title, \
      metrics, assignee, opened_at, updated_at, first_event_ts, last_event_ts, last_seen_at, \
@@ -1076,13 +1076,6 @@ fn title(category: Category, device: &str, metrics: &[String]) -> String {
 
 fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| ms(d))
-        .unwrap_or(0)
 }
 
 fn json_col(r: &AnyRow, col: &str) -> Result<serde_json::Value> {

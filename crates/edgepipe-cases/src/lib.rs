@@ -11,6 +11,7 @@
 //! ([`CaseStore::act`]); resolving a case writes a labelled interval ([`Label`]) that the
 //! detection stage reads back as feedback and the lake exports as its `labels` table.
 
+pub mod bench;
 mod config;
 mod error;
 mod model;

@@ -84,6 +84,7 @@ impl CaseService {
         store: SqlCaseStore,
         engine: edgepipe_query::QueryEngine,
         lake: LakeStore,
+        alarms: Option<(crate::alarms::AlarmsConfig, crate::alarms::Watched)>,
     ) -> anyhow::Result<Self> {
         let cfg = Arc::new(store.config().clone());
         let store = Arc::new(store);
@@ -113,9 +114,19 @@ impl CaseService {
                 store.clone(),
                 lake,
                 metrics.clone(),
-                stop_rx,
+                stop_rx.clone(),
             )),
         ];
+        let mut tasks = tasks;
+        if let Some((cfg, watched)) = alarms {
+            tasks.push(tokio::spawn(crate::alarms::run(
+                cfg,
+                watched,
+                store.clone(),
+                waker.clone(),
+                stop_rx,
+            )));
+        }
         Ok(Self {
             store,
             cfg,

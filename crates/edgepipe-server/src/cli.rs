@@ -534,7 +534,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             BenchCmd::Ingest(a) => bench_ingest(a).await,
             BenchCmd::Lake(a) => crate::bench_lake::run(a).await,
-            BenchCmd::Cases(a) => crate::bench_cases::run(a).await,
+            BenchCmd::Cases(a) => {
+                let out = edgepipe_cases::bench::run(edgepipe_cases::bench::BenchArgs {
+                    rate: a.rate,
+                    seconds: a.seconds,
+                    cases: a.cases,
+                    runs: a.runs,
+                })
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                Ok(())
+            }
         },
     }
 }

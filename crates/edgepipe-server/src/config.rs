@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub detect: crate::detect::DetectConfig,
     /// Cases, notifications and the state store (cases, users, audit log).
     pub cases: edgepipe_cases::CasesConfig,
+    /// Pipeline alarms (raised as `pipeline` cases).
+    pub alarms: crate::alarms::AlarmsConfig,
 }
 
 /// Limits on what devices may send.
@@ -135,6 +137,7 @@ impl Default for ServerConfig {
             query: QueryConfig::default(),
             detect: crate::detect::DetectConfig::default(),
             cases: edgepipe_cases::CasesConfig::default(),
+            alarms: crate::alarms::AlarmsConfig::default(),
         }
     }
 }
@@ -252,6 +255,7 @@ impl ServerConfig {
             ));
         }
         errors.extend(self.cases.problems());
+        errors.extend(self.alarms.problems());
         for (key, msg) in self.lake.problems() {
             errors.push(format!("{key}: {msg}"));
         }

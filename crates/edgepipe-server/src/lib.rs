@@ -14,8 +14,8 @@
 //! also serves the dashboard ([`dashboard`]) and the case, fleet and user APIs, with API
 //! tokens and roles.
 
+pub mod alarms;
 pub mod api;
-pub mod bench_cases;
 pub mod bench_lake;
 pub mod cases;
 pub mod cli;

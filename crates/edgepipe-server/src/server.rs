@@ -203,10 +203,26 @@ impl RunningServer {
             .await
             .map_err(StartError::Cases)?;
         write_cli_token(&case_store, &cfg.data_dir).await?;
-        let cases =
-            crate::cases::CaseService::start(case_store, lake.engine.clone(), lake.store.clone())
-                .map_err(StartError::Cases)?;
         let detect_metrics: Arc<crate::detect::DetectMetrics> = Arc::default();
+        let watched = cfg.alarms.enabled.then(|| {
+            (
+                cfg.alarms.clone(),
+                crate::alarms::Watched {
+                    wal: ingestor.wal().clone(),
+                    wal_max_bytes: cfg.wal.max_bytes,
+                    fresh: lake.fresh.clone(),
+                    detect: detect_metrics.clone(),
+                    detect_enabled: cfg.detect.enabled,
+                },
+            )
+        });
+        let cases = crate::cases::CaseService::start(
+            case_store,
+            lake.engine.clone(),
+            lake.store.clone(),
+            watched,
+        )
+        .map_err(StartError::Cases)?;
         let (detect_stop, detect_stop_rx) = tokio::sync::watch::channel(false);
         if !cfg.detect.enabled {
             // A disabled stage must not hold back WAL retention with a stale checkpoint.

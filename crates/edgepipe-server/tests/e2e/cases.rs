@@ -465,7 +465,7 @@ fn simulated_incidents_become_cases() -> TestResult {
 
 /// Every operation in `/api/openapi.json` is routed (none falls through to "no endpoint").
 #[test]
-fn every_documented_operation_exists() -> TestResult {
+fn every_documented_operation_and_dashboard_metric_exists() -> TestResult {
     let dir = tempfile::tempdir()?;
     let srv = Server::start(&dir.path().join("data"), &[])?;
     let out = curl(&[&format!("http://{}/api/openapi.json", srv.http)])?;
@@ -496,6 +496,30 @@ fn every_documented_operation_exists() -> TestResult {
         }
     }
     assert!(checked >= 20, "only {checked} operations documented");
+    // The shipped Grafana dashboard only charts metrics the server exports.
+    let metrics = String::from_utf8(curl(&[&format!("http://{}/metrics", srv.http)])?.stdout)?;
+    let grafana = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/edgepipe.json"),
+    )?;
+    let mut names = BTreeSet::new();
+    for part in grafana.split("edgepipe_").skip(1) {
+        let name: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() && name != "pipeline" {
+            names.insert(format!("edgepipe_{name}"));
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for n in &names {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{n} ")) || l.starts_with(&format!("{n}{{"))),
+            "Grafana dashboard charts {n}, which /metrics does not export"
+        );
+    }
     srv.stop()?;
     Ok(())
 }

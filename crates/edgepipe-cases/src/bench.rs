@@ -1,4 +1,6 @@
-//! `edgepipe bench cases`: the case layer's two targets, measured on the real components.
+//! `edgepipe bench cases` (also `cargo run --release -p edgepipe-cases --example bench-cases`,
+//! which builds without the query engine): the case layer's two targets, measured on the real
+//! components.
 //!
 //! 1. Latency at load: anomaly events arrive at `--rate` per second (in small batches, as the
 //!    detection stage hands them over) for `--seconds`; for every event the time until its
@@ -8,19 +10,32 @@
 //!    lived a while), then the open-case listings the dashboard and API run, each `--runs`
 //!    times.
 //!
-//! Prints one JSON object with medians and p99s.
+//! Returns one JSON object with medians and p99s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgepipe_cases::notify::Notifier;
-use edgepipe_cases::{
-    CaseEvent, CaseFilter, CaseState, CaseStore, CasesConfig, Category, Severity, SqlCaseStore,
-};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::cli::BenchCasesArgs;
+use crate::notify::Notifier;
+use crate::{
+    CaseEvent, CaseFilter, CaseState, CaseStore, CasesConfig, Category, Severity, SqlCaseStore,
+    now_ms,
+};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchArgs {
+    /// Anomaly events per second.
+    pub rate: u64,
+    /// Seconds of events.
+    pub seconds: u64,
+    /// Cases stored for the listing part.
+    pub cases: u64,
+    /// Runs per listing query.
+    pub runs: usize,
+}
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
@@ -47,7 +62,7 @@ fn event(i: u64, device: usize, ts: i64) -> CaseEvent {
 }
 
 /// A webhook receiver: records the arrival time of each notification's case id.
-async fn receiver(arrivals: Arc<Mutex<HashMap<i64, Instant>>>) -> anyhow::Result<String> {
+async fn receiver(arrivals: Arc<Mutex<HashMap<i64, Instant>>>) -> std::io::Result<String> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", l.local_addr()?);
     tokio::spawn(async move {
@@ -108,11 +123,12 @@ async fn receiver(arrivals: Arc<Mutex<HashMap<i64, Instant>>>) -> anyhow::Result
     Ok(url)
 }
 
-/// Runs the benchmark and prints JSON.
-pub async fn run(a: BenchCasesArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+/// Runs the benchmark (progress on stderr) and returns its results.
+pub async fn run(a: BenchArgs) -> crate::Result<serde_json::Value> {
+    let io = |e: std::io::Error| crate::Error::Invalid(format!("bench: {e}"));
+    let dir = tempfile::tempdir().map_err(io)?;
     let arrivals: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let url = receiver(arrivals.clone()).await?;
+    let url = receiver(arrivals.clone()).await.map_err(io)?;
     let cfg: CasesConfig = serde_json::from_value(serde_json::json!({
         "window": "10m",
         "channels": [{"name": "hook", "type": "webhook", "url": url, "secret": "bench"}],
@@ -139,7 +155,7 @@ pub async fn run(a: BenchCasesArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut sent = 0u64;
     let mut next = t0;
-    let ts0 = edgepipe_sim::now_ms();
+    let ts0 = now_ms();
     while sent < total {
         tokio::time::sleep_until(next.into()).await;
         next += batch_every;
@@ -148,7 +164,7 @@ pub async fn run(a: BenchCasesArgs) -> anyhow::Result<()> {
             .map(|i| event(i, (i / 3) as usize, ts0 + i as i64))
             .collect();
         sent += evs.len() as u64;
-        let out = store.ingest(&evs, edgepipe_sim::now_ms()).await?;
+        let out = store.ingest(&evs, now_ms()).await?;
         let done = created.elapsed().as_secs_f64() * 1000.0;
         case_ms.extend(std::iter::repeat_n(done, evs.len()));
         for id in out.opened {
@@ -322,8 +338,7 @@ pub async fn run(a: BenchCasesArgs) -> anyhow::Result<()> {
             "queries": listing,
         },
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
     big.close().await;
     store.close().await;
-    Ok(())
+    Ok(out)
 }

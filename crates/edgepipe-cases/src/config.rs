@@ -13,8 +13,8 @@ use crate::model::Severity;
 pub struct CasesConfig {
     /// Turn anomaly events into cases.
     pub enabled: bool,
-    /// Case store URL: `sqlite://PATH` (default `<data dir>/cases.db`) or
-    /// `postgres://user@host:port/db`.
+    /// Case store URL: `sqlite://PATH` or `postgres://user@host:port/db`; unset or empty:
+    /// `sqlite://<data dir>/cases.db`.
     pub store_url: Option<String>,
     /// Events of one device and category join its open case while they come within this time
     /// (event time) of its last event. A case with no new event for this long (wall time) is
@@ -71,7 +71,7 @@ impl CasesConfig {
         if self.window.is_zero() {
             p.push("cases.window: must be more than 0".to_owned());
         }
-        if let Some(u) = &self.store_url
+        if let Some(u) = self.store_url.as_ref().filter(|u| !u.is_empty())
             && !(u.starts_with("sqlite:")
                 || u.starts_with("postgres:")
                 || u.starts_with("postgresql:"))

@@ -440,7 +440,9 @@ pub struct IngestOutcome {
     pub notifications: u64,
 }
 
-/// A labelled interval written when a case is resolved with a verdict.
+/// A labelled interval written when a case is resolved with a verdict. A case resolved again
+/// after a reopen writes new labels; the latest per case and metric is the verdict (applied in
+/// id order, a later `confirmed` undoes an earlier `false_positive`'s threshold raise).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Label {
     /// Sequence (increasing; consumers remember the last they took).
@@ -465,6 +467,8 @@ pub struct Label {
     pub actor: String,
     /// Wall time.
     pub created_at: Millis,
+    /// The category of the case (only `anomaly` labels are detector feedback).
+    pub category: Category,
 }
 
 /// A notification waiting in (or delivered from) the outbox.

@@ -172,6 +172,38 @@ async fn correlation_and_dedup(b: &Backend) {
         s.get(999_999).await,
         Err(Error::NotFound(999_999))
     ));
+    // Event time past the window while the case is still open (a backlog arriving faster
+    // than real time): within the flap window the event continues the case; past it the
+    // case closes automatically and the event opens a new one.
+    let b_case = out.opened[1];
+    let o = s
+        .ingest(&[ev("c4", "corr-b", "temp", t + 20 * MIN, 0.995)], t + 2)
+        .await
+        .expect("ingest");
+    assert_eq!(o.attached, vec![b_case], "{}", b.name);
+    let o = s
+        .ingest(&[ev("c5", "corr-b", "temp", t + 55 * MIN, 0.995)], t + 3)
+        .await
+        .expect("ingest");
+    assert_eq!(o.opened.len(), 1, "{}", b.name);
+    let old = s.get(b_case).await.expect("get");
+    assert!(old.case.auto_resolved);
+    assert!(old.timeline.iter().any(|e| e.action == "auto_resolved"
+        && e.detail["reason"] == "no event within the flap window (event time)"));
+    // An investigated case is never closed by the system, however late the next event.
+    let inv = s
+        .ingest(&[ev("c6", "corr-inv", "temp", t, 0.995)], t)
+        .await
+        .expect("ingest")
+        .opened[0];
+    s.act(inv, &Action::Investigate, "bob", t + 1)
+        .await
+        .expect("investigate");
+    let o = s
+        .ingest(&[ev("c7", "corr-inv", "temp", t + 300 * MIN, 0.995)], t + 2)
+        .await
+        .expect("ingest");
+    assert_eq!(o.attached, vec![inv], "{}", b.name);
     s.close().await;
 }
 
@@ -520,6 +552,7 @@ async fn labels_from_verdicts(b: &Backend) {
     assert_eq!((temp.start_ts, temp.end_ts), (t, t + 5000));
     assert!((temp.max_score - 0.997).abs() < 1e-12);
     assert_eq!(temp.label, "false_positive");
+    assert_eq!(temp.category, Category::Anomaly);
     assert_eq!(temp.root_cause.as_deref(), Some("sensor recalibration"));
     let last = labels.iter().map(|l| l.id).max().expect("ids");
     assert!(s.labels_since(last, 10).await.expect("labels").is_empty());

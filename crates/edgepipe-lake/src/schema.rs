@@ -137,12 +137,15 @@ static LABELS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("root_cause", DataType::Utf8, true),
         Field::new("actor", DataType::Utf8, false),
         Field::new("created_at", ts_type(), false),
+        Field::new("category", DataType::Utf8, false),
     ]))
 });
 
 /// The `labels` file schema, partitioned by `ts` (the interval's start): one row per series
 /// and resolved case with a verdict (`confirmed` / `false_positive`), the interval
-/// `[ts, end_ts]`, the highest anomaly score in it, root cause and who decided.
+/// `[ts, end_ts]`, the highest anomaly score in it, root cause, who decided and the case's
+/// category. A case resolved again after a reopen adds rows; the latest per case and metric is
+/// the verdict.
 pub fn labels_schema() -> SchemaRef {
     LABELS.clone()
 }

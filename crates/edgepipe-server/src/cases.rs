@@ -48,6 +48,7 @@ pub async fn open_store(data_dir: &Path, cfg: &CasesConfig) -> anyhow::Result<Sq
     let url = cfg
         .store_url
         .clone()
+        .filter(|u| !u.is_empty())
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("cases.db").display()));
     if url.starts_with("sqlite://") {
         std::fs::create_dir_all(data_dir)?;
@@ -243,20 +244,19 @@ impl AnomalyHandler for CaseManager {
         Ok(())
     }
 
-    async fn feedback_since(&self, after: i64) -> anyhow::Result<Vec<FeedbackItem>> {
+    async fn feedback_since(&self, after: i64) -> anyhow::Result<(Vec<FeedbackItem>, i64)> {
         let labels = self.store.labels_since(after, 1000).await?;
-        let mut out = Vec::new();
-        for l in labels {
-            let Some(item) = feedback_item(&l) else {
-                continue;
-            };
-            out.push(item);
-        }
-        Ok(out)
+        let upto = labels.last().map_or(after, |l| l.id);
+        Ok((labels.iter().filter_map(feedback_item).collect(), upto))
     }
 }
 
+/// Detector feedback from a label: only verdicts on anomaly cases about one metric (a silence
+/// or gap verdict says nothing about the metric's values).
 fn feedback_item(l: &Label) -> Option<FeedbackItem> {
+    if l.category != Category::Anomaly {
+        return None;
+    }
     let device = DeviceId::new(l.device_id.as_str()).ok()?;
     let metric = Metric::new(l.metric.as_deref()?).ok()?;
     let feedback = match l.label.as_str() {
@@ -468,6 +468,7 @@ fn encode_labels(ls: &[&Label]) -> anyhow::Result<bytes::Bytes> {
     let mut cause = StringBuilder::new();
     let mut actor = StringBuilder::new();
     let mut created = TimestampMicrosecondBuilder::new();
+    let mut category = StringBuilder::new();
     for l in ls {
         id.append_value(l.id);
         case.append_value(l.case_id);
@@ -480,6 +481,7 @@ fn encode_labels(ls: &[&Label]) -> anyhow::Result<bytes::Bytes> {
         cause.append_option(l.root_cause.as_deref());
         actor.append_value(&l.actor);
         created.append_value(l.created_at.saturating_mul(1000));
+        category.append_value(l.category.as_str());
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(id.finish()),
@@ -493,6 +495,7 @@ fn encode_labels(ls: &[&Label]) -> anyhow::Result<bytes::Bytes> {
         Arc::new(cause.finish()),
         Arc::new(actor.finish()),
         Arc::new(created.finish().with_timezone("UTC")),
+        Arc::new(category.finish()),
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols)?;
     Ok(edgepipe_lake::encode_parquet(&schema, &[batch], 64 * 1024)?)

@@ -77,7 +77,7 @@ impl Default for DetectConfig {
 /// An anomaly event as stored and handed on.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnomalyEvent {
-    /// Stable id: `<wal_seq>-<n>` (or `silence-<ts>-<device>[-<metric>]`); the same event
+    /// Stable id: `<wal_seq>-<n>` (or `silence-<ts>/<device>[/<metric>]`); the same event
     /// replayed after a crash has the same id.
     pub id: String,
     /// The WAL record that raised it.
@@ -111,8 +111,9 @@ pub trait AnomalyHandler: Send + Sync + std::fmt::Debug {
     /// Called with new events in WAL order. When it returns `Ok`, they are taken.
     async fn handle(&self, events: &[AnomalyEvent]) -> anyhow::Result<()>;
 
-    /// Feedback with id greater than `after`, in id order.
-    async fn feedback_since(&self, after: i64) -> anyhow::Result<Vec<FeedbackItem>>;
+    /// Feedback with id greater than `after`, in id order, and the highest id looked at
+    /// (labels that are not detector feedback are skipped, and the position moves past them).
+    async fn feedback_since(&self, after: i64) -> anyhow::Result<(Vec<FeedbackItem>, i64)>;
 }
 
 /// Counters for metrics and status.
@@ -379,13 +380,14 @@ impl DetectStage {
             if clock > self.silence_clock {
                 self.silence_clock = clock;
                 for e in self.detector.tick(self.silence_clock) {
+                    // `/` cannot occur in device ids or metric names: no two silences share an id.
                     let id = format!(
-                        "silence-{}-{}{}",
+                        "silence-{}/{}{}",
                         e.ts,
                         e.device.as_str(),
                         e.metric
                             .as_ref()
-                            .map(|m| format!("-{}", m.as_str()))
+                            .map(|m| format!("/{}", m.as_str()))
                             .unwrap_or_default()
                     );
                     self.push_event(id, *seq, false, e);
@@ -424,7 +426,8 @@ impl DetectStage {
         let Some(h) = &self.handler else {
             return Ok(());
         };
-        let items = h.feedback_since(self.feedback_pos).await?;
+        let (items, upto) = h.feedback_since(self.feedback_pos).await?;
+        self.feedback_pos = self.feedback_pos.max(upto);
         for it in items {
             let thr = self.detector.apply_feedback(&it.key, it.feedback);
             tracing::info!(device = it.key.device.as_str(), metric = it.key.metric.as_str(), feedback = ?it.feedback, threshold = thr, "detect: operator feedback applied");

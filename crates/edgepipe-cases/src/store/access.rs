@@ -110,7 +110,7 @@ impl SqlCaseStore {
         valid_name(name)?;
         let token = new_token();
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let exists = sqlx::query("SELECT name FROM users WHERE name = $1")
             .bind(name.to_owned())
             .fetch_optional(&mut *tx)
@@ -160,7 +160,7 @@ impl SqlCaseStore {
 
     /// Enables or disables a user.
     pub async fn user_set_disabled(&self, name: &str, disabled: bool, actor: &str) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
             .bind(i64::from(disabled))
             .bind(name.to_owned())

@@ -126,6 +126,12 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_at ON audit_log (at)
 "#,
     ),
+    (
+        3,
+        r#"
+ALTER TABLE labels ADD COLUMN category TEXT NOT NULL DEFAULT 'anomaly'
+"#,
+    ),
 ];
 
 /// The newest schema version this binary knows.

@@ -121,17 +121,18 @@ impl SqlCaseStore {
 
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        if self.dialect == Dialect::Postgres {
+            // Two servers starting at once must not both migrate (nor race on CREATE TABLE):
+            // a transaction-scoped advisory lock with a fixed key serializes them.
+            sqlx::query("SELECT 1 AS one FROM (SELECT pg_advisory_xact_lock(7215830012)) AS l")
+                .fetch_one(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS edgepipe_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
         .execute(&mut *tx)
         .await?;
-        if self.dialect == Dialect::Postgres {
-            // Two servers starting at once must not both migrate.
-            sqlx::query("LOCK TABLE edgepipe_schema IN EXCLUSIVE MODE")
-                .execute(&mut *tx)
-                .await?;
-        }
         let current: i64 =
             sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM edgepipe_schema")
                 .fetch_one(&mut *tx)
@@ -158,7 +159,7 @@ impl SqlCaseStore {
         Ok(())
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Any>> {
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, sqlx::Any>> {
         Ok(match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.pool.begin().await?,
@@ -322,10 +323,17 @@ impl SqlCaseStore {
             Some(row) => Some(row_to_case(&row)?),
             None => None,
         };
-        if let Some(r) = open.take_if(|r| ev.ts > r.case.last_event_ts.saturating_add(window)) {
-            // The stream has moved past the case's window in event time (data arriving faster
-            // than real time, e.g. a backlog): the case is over; this event starts the next.
-            self.close_quiet(tx, r, now, "no event within the window (event time)")
+        let flap = ms(self.cfg.flap_window).max(window);
+        if let Some(r) = open.take_if(|r| {
+            r.case.state != CaseState::Investigating
+                && ev.ts > r.case.last_event_ts.saturating_add(flap)
+        }) {
+            // The stream has moved past the case in event time by more than the flap window
+            // (data arriving faster than real time, e.g. a backlog, so the wall-clock
+            // auto-resolver has not run): the case is over and this event starts the next.
+            // Within the flap window the event continues the case, as a flap would reopen it.
+            // A case someone is investigating is never closed by the system.
+            self.close_quiet(tx, r, now, "no event within the flap window (event time)")
                 .await?;
         }
         let case_id = if let Some(mut r) = open {
@@ -598,8 +606,8 @@ impl SqlCaseStore {
         }
         for (metric, s, e, m) in per_metric {
             sqlx::query(
-                "INSERT INTO labels (case_id, device_id, metric, start_ts, end_ts, label, max_score, root_cause, actor, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "INSERT INTO labels (case_id, device_id, metric, start_ts, end_ts, label, max_score, root_cause, actor, created_at, category) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(c.id)
             .bind(c.device_id.clone())
@@ -611,6 +619,7 @@ impl SqlCaseStore {
             .bind(c.root_cause.clone())
             .bind(actor.to_owned())
             .bind(now)
+            .bind(c.category.as_str())
             .execute(&mut **tx)
             .await?;
         }
@@ -997,7 +1006,7 @@ impl CaseStore for SqlCaseStore {
 
     async fn labels_since(&self, after: i64, limit: u32) -> Result<Vec<Label>> {
         let rows = sqlx::query(
-            "SELECT id, case_id, device_id, metric, start_ts, end_ts, label, max_score, root_cause, actor, created_at \
+            "SELECT id, case_id, device_id, metric, start_ts, end_ts, label, max_score, root_cause, actor, created_at, category \
              FROM labels WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after)
@@ -1018,6 +1027,11 @@ impl CaseStore for SqlCaseStore {
                     root_cause: r.try_get("root_cause")?,
                     actor: r.try_get("actor")?,
                     created_at: r.try_get("created_at")?,
+                    category: {
+                        let c: String = r.try_get("category")?;
+                        Category::parse(&c)
+                            .ok_or_else(|| Error::Corrupt(format!("label category {c:?}")))?
+                    },
                 })
             })
             .collect()

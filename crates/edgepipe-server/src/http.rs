@@ -401,6 +401,8 @@ fn detect_json(d: &crate::detect::DetectMetrics) -> serde_json::Value {
         "events": d.events.load(Ordering::Relaxed),
         "checkpoints": d.checkpoints.load(Ordering::Relaxed),
         "checkpointed_wal_seq": d.position.load(Ordering::Relaxed),
+        "feedback_applied": d.feedback_applied.load(Ordering::Relaxed),
+        "gap_reports": d.gaps.load(Ordering::Relaxed),
         "model_version": d.model_version(),
     })
 }

@@ -523,3 +523,101 @@ fn every_documented_operation_and_dashboard_metric_exists() -> TestResult {
     srv.stop()?;
     Ok(())
 }
+
+/// A verdict travels back: resolving an anomaly case as a false positive writes labels to the
+/// lake's `labels` table and the detection stage applies them as feedback.
+#[test]
+fn a_false_positive_verdict_reaches_the_lake_and_the_detector() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"48h\"\n[lake]\nflush_interval = \"1s\"\n",
+    )?;
+    let srv = Server::start(
+        &data,
+        &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
+    )?;
+    let base = edgepipe_now() - 2_400_000;
+    let history: Vec<String> = (0..2000)
+        .map(|i| {
+            let v = if i == 1_500 {
+                80.0
+            } else {
+                20.0 + 2.0 * (i as f64 / 15.0).sin() + ((i * 7919) % 100) as f64 / 500.0
+            };
+            format!(
+                "{{\"ts\": {}, \"metrics\": {{\"temp\": {v:.3}}}}}",
+                base + i * 1000
+            )
+        })
+        .collect();
+    for chunk in history.chunks(250) {
+        let out = curl(&[
+            "-f",
+            "-H",
+            "Authorization: Bearer fp-test",
+            "-H",
+            "X-Device-Id: pump-9",
+            "-H",
+            "Content-Type: application/x-ndjson",
+            "--data-binary",
+            &(chunk.join("\n") + "\n"),
+            &format!("http://{}/api/v1/ingest", srv.http),
+        ])?;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let t0 = Instant::now();
+    let id = loop {
+        let out = srv.api(&[&format!(
+            "http://{}/api/v1/cases?device_id=pump-9&category=anomaly",
+            srv.http
+        )])?;
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if let Some(id) = page["cases"][0]["id"].as_i64() {
+            break id;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err("the spike opened no case".into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let out = srv.api(&[
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"action": "resolve", "outcome": "false_positive", "root_cause": "sensor bumped"}"#,
+        &format!("http://{}/api/v1/cases/{id}/actions", srv.http),
+    ])?;
+    let c: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(c["state"], "false_positive", "{c}");
+    let t0 = Instant::now();
+    loop {
+        let st = srv.status()?;
+        let body =
+            serde_json::json!({"sql": "SELECT metric, label, root_cause, category FROM labels"})
+                .to_string();
+        let out = srv.api(&[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &format!("http://{}/api/v1/query", srv.http),
+        ])?;
+        let q: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let applied = st["detect"]["feedback_applied"].as_i64().unwrap_or(0);
+        if applied >= 1 && q["row_count"].as_i64() == Some(1) {
+            assert_eq!(q["rows"][0]["label"], "false_positive", "{q}");
+            assert_eq!(q["rows"][0]["root_cause"], "sensor bumped", "{q}");
+            assert_eq!(q["rows"][0]["category"], "anomaly", "{q}");
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(format!("feedback applied {applied}, labels in the lake: {q}").into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    srv.stop()?;
+    Ok(())
+}

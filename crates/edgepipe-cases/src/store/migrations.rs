@@ -132,6 +132,13 @@ CREATE INDEX audit_log_at ON audit_log (at)
 ALTER TABLE labels ADD COLUMN category TEXT NOT NULL DEFAULT 'anomaly'
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE INDEX cases_open_quiet ON cases (last_seen_at) WHERE open_key IS NOT NULL;
+CREATE INDEX cases_device_last_event ON cases (device_id, category, last_event_ts)
+"#,
+    ),
 ];
 
 /// The newest schema version this binary knows.

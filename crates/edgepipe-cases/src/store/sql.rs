@@ -552,8 +552,8 @@ impl SqlCaseStore {
         let _ = now;
         let since = ev.ts.saturating_sub(ms(self.cfg.flap_window));
         let sql = format!(
-            "SELECT {CASE_COLUMNS} FROM cases WHERE category = $1 AND device_id = $2 \
-             AND open_key IS NULL AND last_event_ts >= $3 ORDER BY id DESC LIMIT 1"
+            "SELECT {CASE_COLUMNS} FROM cases WHERE device_id = $2 AND category = $1 \
+             AND last_event_ts >= $3 AND open_key IS NULL ORDER BY last_event_ts DESC, id DESC LIMIT 1"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(ev.category.as_str())
@@ -754,8 +754,9 @@ impl CaseStore for SqlCaseStore {
         let mut tx = self.begin_write().await?;
         self.lock_cases(&mut tx).await?;
         let sql = format!(
-            "SELECT {CASE_COLUMNS} FROM cases WHERE state IN ('open', 'acknowledged') \
-             AND last_seen_at < $1 ORDER BY id LIMIT 1000"
+            "SELECT {CASE_COLUMNS} FROM cases WHERE open_key IS NOT NULL \
+             AND state IN ('open', 'acknowledged') AND last_seen_at < $1 \
+             ORDER BY last_seen_at LIMIT 1000"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(quiet_since)

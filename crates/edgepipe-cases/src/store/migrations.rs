@@ -136,6 +136,7 @@ ALTER TABLE labels ADD COLUMN category TEXT NOT NULL DEFAULT 'anomaly'
         4,
         r#"
 CREATE INDEX cases_open_quiet ON cases (last_seen_at) WHERE open_key IS NOT NULL;
+CREATE INDEX cases_open_id ON cases (id) WHERE open_key IS NOT NULL;
 CREATE INDEX cases_device_last_event ON cases (device_id, category, last_event_ts)
 "#,
     ),

@@ -849,6 +849,11 @@ impl CaseStore for SqlCaseStore {
             format!("${n}")
         };
         if !f.states.is_empty() {
+            if f.states.iter().all(|s| !s.is_terminal()) {
+                // Only open cases: the partial index over them (newest first) answers this
+                // without touching the closed ones, however many there are.
+                sql.push_str(" AND open_key IS NOT NULL");
+            }
             let ps: Vec<String> = f.states.iter().map(|_| next()).collect();
             sql.push_str(&format!(" AND state IN ({})", ps.join(", ")));
         }

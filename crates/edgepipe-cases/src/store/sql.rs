@@ -842,14 +842,23 @@ impl CaseStore for SqlCaseStore {
             None => None,
         };
         // Built from fixed fragments; every value is bound.
-        let mut sql = format!("SELECT {CASE_COLUMNS} FROM cases WHERE 1 = 1");
+        let open_only = !f.states.is_empty() && f.states.iter().all(|s| !s.is_terminal());
+        // SQLite's planner prefers the (state, …) indexes and sorts every open case; walking
+        // the partial index of open cases newest first stops after one page (measured with
+        // 1M cases: ~115 ms → ~1 ms). PostgreSQL plans this itself.
+        let from = if open_only && f.device_id.is_none() && self.dialect == Dialect::Sqlite {
+            "cases INDEXED BY cases_open_id"
+        } else {
+            "cases"
+        };
+        let mut sql = format!("SELECT {CASE_COLUMNS} FROM {from} WHERE 1 = 1");
         let mut n = 0;
         let mut next = || {
             n += 1;
             format!("${n}")
         };
         if !f.states.is_empty() {
-            if f.states.iter().all(|s| !s.is_terminal()) {
+            if open_only {
                 // Only open cases: the partial index over them (newest first) answers this
                 // without touching the closed ones, however many there are.
                 sql.push_str(" AND open_key IS NOT NULL");

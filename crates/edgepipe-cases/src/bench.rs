@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
 use crate::notify::Notifier;
 use crate::{
     CaseEvent, CaseFilter, CaseState, CaseStore, CasesConfig, Category, Severity, SqlCaseStore,
@@ -61,66 +59,27 @@ fn event(i: u64, device: usize, ts: i64) -> CaseEvent {
     }
 }
 
-/// A webhook receiver: records the arrival time of each notification's case id.
+/// A webhook receiver: records the arrival time of each opened case's notification.
 async fn receiver(arrivals: Arc<Mutex<HashMap<i64, Instant>>>) -> std::io::Result<String> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", l.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = l.accept().await {
-            let arrivals = arrivals.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(sock);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':')
-                            && k.eq_ignore_ascii_case("content-length")
-                        {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let now = Instant::now();
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-                        let items = match v["event"].as_str() {
-                            Some("digest") => {
-                                v["notifications"].as_array().cloned().unwrap_or_default()
-                            }
-                            _ => vec![v],
-                        };
-                        let mut a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
-                        for n in items {
-                            if n["event"] == "opened"
-                                && let Some(id) = n["case"]["id"].as_i64()
-                            {
-                                a.entry(id).or_insert(now);
-                            }
-                        }
-                    }
-                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                    if r.get_mut().write_all(ok).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    crate::loopback::webhook_receiver(0, move |(_, body)| {
+        let now = Instant::now();
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return;
+        };
+        let items = match v["event"].as_str() {
+            Some("digest") => v["notifications"].as_array().cloned().unwrap_or_default(),
+            _ => vec![v],
+        };
+        let mut a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        for n in items {
+            if n["event"] == "opened"
+                && let Some(id) = n["case"]["id"].as_i64()
+            {
+                a.entry(id).or_insert(now);
+            }
         }
-    });
-    Ok(url)
+    })
+    .await
 }
 
 /// Runs the benchmark (progress on stderr) and returns its results.

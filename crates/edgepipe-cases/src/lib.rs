@@ -14,6 +14,7 @@
 pub mod bench;
 mod config;
 mod error;
+pub mod loopback;
 mod model;
 pub mod notify;
 #[cfg(test)]

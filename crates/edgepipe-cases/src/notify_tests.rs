@@ -1,10 +1,8 @@
-//! The notifier against real receivers: a webhook endpoint on a loopback socket (raw HTTP/1.1,
-//! so nothing of ours parses what we send) and aiosmtpd, a real SMTP server from PyPI.
+//! The notifier against real receivers: a webhook endpoint on a loopback socket
+//! ([`crate::loopback`], raw HTTP/1.1) and aiosmtpd, a real SMTP server from PyPI.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::CasesConfig;
 use crate::model::*;
@@ -28,65 +26,13 @@ impl Received {
 
 /// A webhook receiver that answers 503 to the first `fail_first` requests, then 200.
 async fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<Received>>>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", l.local_addr().expect("addr"));
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let g = got.clone();
-    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = l.accept().await else {
-                return;
-            };
-            let g = g.clone();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(sock);
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut headers = Vec::new();
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-                        }
-                    }
-                    let len: usize = headers
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                        .and_then(|(_, v)| v.parse().ok())
-                        .unwrap_or(0);
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let status = if n < fail_first {
-                        "503 Service Unavailable"
-                    } else {
-                        g.lock().expect("lock").push(Received { headers, body });
-                        "200 OK"
-                    };
-                    let resp = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
-                    if r.get_mut().write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let url = crate::loopback::webhook_receiver(fail_first, move |(headers, body)| {
+        g.lock().expect("lock").push(Received { headers, body });
+    })
+    .await
+    .expect("bind");
     (url, got)
 }
 

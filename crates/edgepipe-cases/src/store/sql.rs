@@ -384,7 +384,7 @@ impl SqlCaseStore {
                 out.attached.push(id);
             }
             id
-        } else if let Some(mut r) = self.flapping(tx, ev, now).await? {
+        } else if let Some(mut r) = self.flapping(tx, ev).await? {
             let c = &mut r.case;
             for m in &metrics {
                 if !c.metrics.contains(m) {
@@ -547,9 +547,7 @@ impl SqlCaseStore {
         &self,
         tx: &mut Transaction<'static, sqlx::Any>,
         ev: &CaseEvent,
-        now: Millis,
     ) -> Result<Option<Row_>> {
-        let _ = now;
         let since = ev.ts.saturating_sub(ms(self.cfg.flap_window));
         let sql = format!(
             "SELECT {CASE_COLUMNS} FROM cases WHERE device_id = $2 AND category = $1 \
@@ -1012,9 +1010,9 @@ impl CaseStore for SqlCaseStore {
         .await?;
         let oldest: Option<i64> = r.try_get("oldest")?;
         Ok(OutboxStats {
-            pending: int_col(&r, "pending")?,
-            failing: int_col(&r, "failing")?,
-            delivered: int_col(&r, "delivered")?,
+            pending: r.try_get("pending")?,
+            failing: r.try_get("failing")?,
+            delivered: r.try_get("delivered")?,
             oldest_pending_ms: oldest.map(|o| now - o),
         })
     }
@@ -1110,15 +1108,6 @@ fn ms(d: std::time::Duration) -> i64 {
 fn json_col(r: &AnyRow, col: &str) -> Result<serde_json::Value> {
     let s: String = r.try_get(col)?;
     serde_json::from_str(&s).map_err(|e| Error::Corrupt(format!("{col}: {e}")))
-}
-
-/// SUM() is BIGINT on SQLite and NUMERIC on PostgreSQL; the statements cast where it matters,
-/// this takes either integer width.
-fn int_col(r: &AnyRow, col: &str) -> Result<i64> {
-    match r.try_get::<i64, _>(col) {
-        Ok(v) => Ok(v),
-        Err(_) => Ok(r.try_get::<f64, _>(col)? as i64),
-    }
 }
 
 fn row_to_case(r: &AnyRow) -> Result<Row_> {

@@ -10,32 +10,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn ingest(http: std::net::SocketAddr, device: &str, body: &str) -> TestResult {
-    let out = curl(&[
-        "-f",
-        "-H",
-        "Authorization: Bearer dashboard-test",
-        "-H",
-        &format!("X-Device-Id: {device}"),
-        "-H",
-        "Content-Type: application/x-ndjson",
-        "--data-binary",
-        body,
-        &format!("http://{http}/api/v1/ingest"),
-    ])?;
-    if !out.status.success() {
-        return Err(format!("ingest: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[test]
 fn dashboard_in_chromium() -> TestResult {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -60,26 +34,17 @@ fn dashboard_in_chromium() -> TestResult {
     let http = srv.http;
     // History with one spike for pump-1 (the detector warms up on it and fires once).
     let base = now_ms() - 2_400_000;
-    let history: String = (0..2000)
-        .map(|i| {
-            let v = if i == 1_500 {
-                80.0
-            } else {
-                20.0 + 2.0 * (i as f64 / 15.0).sin() + ((i * 7919) % 100) as f64 / 500.0
-            };
-            format!(
-                "{{\"ts\": {}, \"metrics\": {{\"temp\": {v:.3}}}}}\n",
-                base + i * 1000
-            )
-        })
-        .collect();
-    for chunk in history.lines().collect::<Vec<_>>().chunks(250) {
-        ingest(http, "pump-1", &(chunk.join("\n") + "\n"))?;
+    for b in 0..8usize {
+        ingest_as(
+            http,
+            "pump-1",
+            &spike_readings(base, b * 250, (b + 1) * 250, 1_500),
+        )?;
     }
     // Two gap reports open cases at once (one is acknowledged in the UI, one stays for the
     // viewer's refused resolve).
     for d in ["gw-1", "gw-2"] {
-        ingest(
+        ingest_as(
             http,
             d,
             &format!(
@@ -101,7 +66,7 @@ fn dashboard_in_chromium() -> TestResult {
                     21.0 + (i % 7) as f64 * 0.1,
                     3.0 + (i % 5) as f64 * 0.05
                 );
-                let _ = ingest(http, d, &body);
+                let _ = ingest_as(http, d, &body);
             }
             i += 1;
             std::thread::sleep(Duration::from_millis(500));

@@ -37,22 +37,6 @@ fn query(srv: &Server, sql: &str) -> TestResult<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn readings(base: i64, from: usize, to: usize, spike_at: usize) -> String {
-    (from..to)
-        .map(|i| {
-            let v = if i == spike_at {
-                80.0
-            } else {
-                20.0 + 2.0 * (i as f64 / 15.0).sin() + ((i * 7919) % 100) as f64 / 500.0
-            };
-            format!(
-                "{{\"ts\": {}, \"metrics\": {{\"temp\": {v:.3}}}}}\n",
-                base + i as i64 * 1000
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn a_spike_fires_once_through_kill9_during_checkpoints() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -77,7 +61,11 @@ fn a_spike_fires_once_through_kill9_during_checkpoints() -> TestResult {
     // 2,000 readings in 8 batches; the spike is in batch 5; kill -9 right after each of the
     // first 6 batches, while the stage is between checkpoints.
     for b in 0..8usize {
-        post(&srv, &token, &readings(base, b * 250, (b + 1) * 250, 1_300))?;
+        post(
+            &srv,
+            &token,
+            &spike_readings(base, b * 250, (b + 1) * 250, 1_300),
+        )?;
         if b < 6 {
             std::thread::sleep(Duration::from_millis(20 + (b as u64 * 37) % 120));
             srv.kill9()?;

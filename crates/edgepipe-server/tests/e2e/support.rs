@@ -312,3 +312,55 @@ impl Drop for PahoLoad {
         }
     }
 }
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// NDJSON readings `from..to` of one `temp` series at 1 Hz from `base` (ms): a noisy wave
+/// around 20 with one spike to 80 at index `spike_at`, which the detector fires on once it
+/// has warmed up (a few hundred points).
+pub(crate) fn spike_readings(base: i64, from: usize, to: usize, spike_at: usize) -> String {
+    (from..to)
+        .map(|i| {
+            let v = if i == spike_at {
+                80.0
+            } else {
+                20.0 + 2.0 * (i as f64 / 15.0).sin() + ((i * 7919) % 100) as f64 / 500.0
+            };
+            format!(
+                "{{\"ts\": {}, \"metrics\": {{\"temp\": {v:.3}}}}}\n",
+                base + i as i64 * 1000
+            )
+        })
+        .collect()
+}
+
+/// POSTs NDJSON to `/api/v1/ingest` as `device` on a server started with `--auto-register`
+/// (the first token a device sends registers it).
+pub(crate) fn ingest_as(http: SocketAddr, device: &str, body: &str) -> TestResult {
+    let out = curl(&[
+        "-f",
+        "-H",
+        "Authorization: Bearer e2e-auto-registered",
+        "-H",
+        &format!("X-Device-Id: {device}"),
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        body,
+        &format!("http://{http}/api/v1/ingest"),
+    ])?;
+    if !out.status.success() {
+        return Err(format!(
+            "ingest as {device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}

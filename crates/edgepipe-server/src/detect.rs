@@ -421,6 +421,17 @@ impl DetectStage {
         Ok(())
     }
 
+    /// The snapshot as stored: position, silence clock, detector state, feedback position.
+    fn state_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(postcard::to_allocvec(&StateFile {
+            version: STATE_VERSION,
+            next_seq: self.next_seq,
+            silence_clock: self.silence_clock,
+            detector: self.detector.snapshot()?,
+            feedback_pos: self.feedback_pos,
+        })?)
+    }
+
     /// Applies operator feedback that arrived since the last checkpoint.
     async fn apply_feedback(&mut self) -> anyhow::Result<()> {
         let Some(h) = &self.handler else {
@@ -527,20 +538,21 @@ impl DetectStage {
     pub async fn checkpoint(&mut self) -> anyhow::Result<()> {
         let first = self.first_uncheckpointed;
         if self.next_seq == first {
+            // Nothing new from the WAL, but operators may have given feedback meanwhile (a
+            // quiet fleet is exactly when they resolve cases): apply it and keep the snapshot,
+            // whose WAL position is unchanged, in step with it.
+            let before = self.feedback_pos;
+            self.apply_feedback().await?;
+            if self.feedback_pos != before {
+                write_atomically(&self.state_path, &self.state_bytes()?)?;
+            }
             return Ok(());
         }
         let last = self.next_seq - 1;
         self.deliver().await?;
         self.apply_feedback().await?;
         let files = encode_events(&self.pending, first, last)?;
-        let state = StateFile {
-            version: STATE_VERSION,
-            next_seq: self.next_seq,
-            silence_clock: self.silence_clock,
-            detector: self.detector.snapshot()?,
-            feedback_pos: self.feedback_pos,
-        };
-        let state_bytes = postcard::to_allocvec(&state)?;
+        let state_bytes = self.state_bytes()?;
         let state_path = &self.state_path;
         let consumer = &mut self.consumer;
         let next = self.next_seq;

@@ -58,21 +58,7 @@ impl Drop for Receiver {
 fn gap_storm(srv: &Server, devices: std::ops::Range<usize>, ts: i64) -> TestResult {
     for d in devices {
         let body = format!("{{\"ts\": {ts}, \"metrics\": {{\"agent.gap.modbus.count\": 17}}}}\n");
-        let out = curl(&[
-            "-f",
-            "-H",
-            "Authorization: Bearer any-token-auto-registers",
-            "-H",
-            &format!("X-Device-Id: storm-{d:04}"),
-            "-H",
-            "Content-Type: application/x-ndjson",
-            "--data-binary",
-            &body,
-            &format!("http://{}/api/v1/ingest", srv.http),
-        ])?;
-        if !out.status.success() {
-            return Err(format!("ingest: {}", String::from_utf8_lossy(&out.stderr)).into());
-        }
+        ingest_as(srv.http, &format!("storm-{d:04}"), &body)?;
     }
     Ok(())
 }
@@ -122,7 +108,7 @@ fn a_notification_storm_is_delivered_once_per_key_and_signed() -> TestResult {
         &dir.path().join("data"),
         &["--config", &cfg, "--auto-register"],
     )?;
-    let now = edgepipe_now();
+    let now = now_ms();
     gap_storm(&srv, 0..120, now)?;
     wait_outbox_empty(&srv, 120, Duration::from_secs(60))?;
     let got = rx.received()?;
@@ -164,7 +150,7 @@ fn notifications_survive_kill9_in_a_storm() -> TestResult {
     let mqtt = format!("127.0.0.1:{}", free_port()?);
     let http = format!("127.0.0.1:{}", free_port()?);
     let start = || Server::start_on(&data, &mqtt, &http, &["--config", &cfg, "--auto-register"]);
-    let now = edgepipe_now();
+    let now = now_ms();
     let per_round = 60;
     let rounds = 6;
     for round in 0..rounds {
@@ -217,7 +203,7 @@ fn roles_gate_the_case_api() -> TestResult {
     let rx = Receiver::start(dir.path(), "storm-secret")?;
     let cfg = storm_config(dir.path(), &rx, 25)?;
     let srv = Server::start(&data, &["--config", &cfg, "--auto-register"])?;
-    gap_storm(&srv, 0..1, edgepipe_now())?;
+    gap_storm(&srv, 0..1, now_ms())?;
     wait_outbox_empty(&srv, 1, Duration::from_secs(30))?;
     let viewer = add_user(&data, "vera", "viewer")?;
     let operator = add_user(&data, "otto", "operator")?;
@@ -352,13 +338,6 @@ fn add_user(data: &Path, name: &str, role: &str) -> TestResult<String> {
         .ok_or("no token")?
         .trim()
         .to_owned())
-}
-
-fn edgepipe_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The simulator's labelled fleet (an hour of fleet life in a minute) through the demo; every
@@ -524,7 +503,7 @@ fn every_documented_operation_and_dashboard_metric_exists() -> TestResult {
     Ok(())
 }
 
-/// A verdict travels back: resolving an anomaly case as a false positive writes labels to the
+/// Evidence is kept with a case, and a verdict travels back: resolving an anomaly case as a false positive writes labels to the
 /// lake's `labels` table and the detection stage applies them as feedback.
 #[test]
 fn a_false_positive_verdict_reaches_the_lake_and_the_detector() -> TestResult {
@@ -539,34 +518,13 @@ fn a_false_positive_verdict_reaches_the_lake_and_the_detector() -> TestResult {
         &data,
         &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
     )?;
-    let base = edgepipe_now() - 2_400_000;
-    let history: Vec<String> = (0..2000)
-        .map(|i| {
-            let v = if i == 1_500 {
-                80.0
-            } else {
-                20.0 + 2.0 * (i as f64 / 15.0).sin() + ((i * 7919) % 100) as f64 / 500.0
-            };
-            format!(
-                "{{\"ts\": {}, \"metrics\": {{\"temp\": {v:.3}}}}}",
-                base + i * 1000
-            )
-        })
-        .collect();
-    for chunk in history.chunks(250) {
-        let out = curl(&[
-            "-f",
-            "-H",
-            "Authorization: Bearer fp-test",
-            "-H",
-            "X-Device-Id: pump-9",
-            "-H",
-            "Content-Type: application/x-ndjson",
-            "--data-binary",
-            &(chunk.join("\n") + "\n"),
-            &format!("http://{}/api/v1/ingest", srv.http),
-        ])?;
-        assert!(out.status.success(), "{out:?}");
+    let base = now_ms() - 2_400_000;
+    for b in 0..8usize {
+        ingest_as(
+            srv.http,
+            "pump-9",
+            &spike_readings(base, b * 250, (b + 1) * 250, 1_500),
+        )?;
     }
     let t0 = Instant::now();
     let id = loop {
@@ -583,6 +541,30 @@ fn a_false_positive_verdict_reaches_the_lake_and_the_detector() -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(300));
     };
+    // The case keeps its evidence: the raw readings before the spike (so they outlive lake
+    // retention), the explanation, and the query of the full window.
+    let t0 = Instant::now();
+    loop {
+        let out = srv.api(&[&format!("http://{}/api/v1/cases/{id}", srv.http)])?;
+        let d: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let rows = d["evidence"][0]["body"]["rows"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if d["evidence"][0]["kind"] == "readings" && rows > 100 {
+            assert!(d["anomalies"][0]["explanation"]["fired"].is_array(), "{d}");
+            assert!(
+                d["window_query"]
+                    .as_str()
+                    .is_some_and(|q| q.contains("pump-9")),
+                "{d}"
+            );
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(format!("no readings evidence with the case: {}", d["evidence"]).into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let out = srv.api(&[
         "-H",
         "Content-Type: application/json",

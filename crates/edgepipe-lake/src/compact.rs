@@ -93,6 +93,17 @@ fn parse_file(key: &str) -> Option<LakeFile> {
     })
 }
 
+/// The highest WAL sequence any `readings` file covers, if there is one.
+pub(crate) async fn max_wal_seq(store: &LakeStore) -> Result<Option<u64>> {
+    Ok(store
+        .list(&format!("{}/", tables::READINGS))
+        .await?
+        .iter()
+        .filter_map(|(k, _)| parse_file(k))
+        .map(|f| f.last)
+        .max())
+}
+
 /// Runs compaction in the background every `compaction_interval`.
 #[derive(Debug, Clone)]
 pub struct Compactor {
@@ -366,6 +377,7 @@ fn rollup(rows: &RecordBatch, width_us: i64) -> Result<RecordBatch> {
     let mut b_max = Float64Builder::new();
     let mut b_avg = Float64Builder::new();
     let mut b_sum = Float64Builder::new();
+    let mut b_num = Int64Builder::new();
     let n = rows.num_rows();
     let mut i = 0;
     while i < n {
@@ -392,6 +404,7 @@ fn rollup(rows: &RecordBatch, width_us: i64) -> Result<RecordBatch> {
         b_met.append_value(met.value(i));
         b_bucket.append_value(bucket);
         b_count.append_value(count);
+        b_num.append_value(num);
         if num > 0 {
             b_min.append_value(min);
             b_max.append_value(max);
@@ -414,6 +427,7 @@ fn rollup(rows: &RecordBatch, width_us: i64) -> Result<RecordBatch> {
         Arc::new(b_max.finish()),
         Arc::new(b_avg.finish()),
         Arc::new(b_sum.finish()),
+        Arc::new(b_num.finish()),
     ];
     Ok(RecordBatch::try_new(rollup_schema(), cols)?)
 }

@@ -99,6 +99,20 @@ pub enum Error {
     #[error("lake config: {0}")]
     Config(String),
     /// A lake object does not have the expected content.
+    /// The lake holds WAL records this WAL has never written: the WAL was replaced (or the
+    /// lake belongs to another server). Writing on would hide the lake's rows from queries and
+    /// overwrite its files, so the writer refuses to start.
+    #[error(
+        "the lake holds WAL records up to {lake_last} but this WAL ends at {wal_end}: it is not \
+         the WAL the lake was written from (was the data directory's wal/ replaced, or does \
+         lake.url point at another server's lake?); restore that WAL or use a new lake location"
+    )]
+    ForeignWal {
+        /// Highest WAL sequence in a lake file name.
+        lake_last: u64,
+        /// The WAL's durable end.
+        wal_end: u64,
+    },
     #[error("lake object {key:?} is corrupt: {reason}")]
     Corrupt {
         /// Lake-relative key.

@@ -21,6 +21,14 @@
 //! Hive partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`) come from the directory names
 //! and are derived from `ts` (event time). Schema evolution only appends nullable columns; a
 //! reader of version N reads files of every version ≤ N (missing columns read as null).
+//!
+//! # `rollup_1m` and `rollup_1h`, schema version 2
+//!
+//! One row per series and bucket (1 minute or 1 hour, aligned to the epoch), written when a
+//! partition is compacted, in the same `date`/`hour` partitions: `device_id`, `metric`, `bucket`
+//! (timestamp(µs, UTC), the bucket's start), `count` (every reading), `min`, `max`, `avg`, `sum`
+//! (numeric readings; null when there were none) and, since version 2, `count_numeric` (the
+//! numeric readings: `avg = sum / count_numeric`; null in version 1 files).
 
 use std::sync::{Arc, LazyLock};
 
@@ -35,6 +43,9 @@ use crate::{Error, Result};
 
 /// Version of the `readings` schema this build writes.
 pub const READINGS_SCHEMA_VERSION: u32 = 1;
+
+/// Version of the rollup schema this build writes.
+pub const ROLLUP_SCHEMA_VERSION: u32 = 2;
 
 /// Microseconds in one hour.
 pub const HOUR_US: i64 = 3_600_000_000;
@@ -71,6 +82,9 @@ static ROLLUP: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("max", DataType::Float64, true),
         Field::new("avg", DataType::Float64, true),
         Field::new("sum", DataType::Float64, true),
+        // Added in lake schema v2 (files written before it read it as null: every reading
+        // in those rows counted as numeric when `sum` is set).
+        Field::new("count_numeric", DataType::Int64, true),
     ]))
 });
 
@@ -156,7 +170,8 @@ pub fn readings_schema() -> SchemaRef {
 }
 
 /// The schema of `rollup_1m` and `rollup_1h` files: one row per series and bucket, over the
-/// numeric readings (`count` counts every reading, `min/max/avg/sum` the numeric ones).
+/// numeric readings (`count` counts every reading, `min/max/avg/sum` and `count_numeric` the
+/// numeric ones).
 pub fn rollup_schema() -> SchemaRef {
     ROLLUP.clone()
 }

@@ -144,6 +144,12 @@ impl LakeWriter {
             .flushes_recovered
             .fetch_add(undone as u64, Ordering::Relaxed);
         crate::compact::recover_compactions(&store).await?;
+        let wal_end = wal.durable_end();
+        if let Some(lake_last) = crate::compact::max_wal_seq(&store).await?
+            && lake_last >= wal_end
+        {
+            return Err(Error::ForeignWal { lake_last, wal_end });
+        }
         {
             let mut s = fresh.lock();
             s.committed = position;

@@ -237,13 +237,19 @@ impl QueryEngine {
     }
 
     async fn query_inner(&self, sql: &str) -> Result<QueryOutput> {
+        // Held while files are listed and read: compaction and retention swap files only when
+        // no query is running.
+        let _guard = self.swap.read().await;
+        self.query_unlocked(sql).await
+    }
+
+    /// [`Self::query_inner`] for a caller that already holds the swap lock (taking it twice
+    /// could wait behind a queued writer forever).
+    async fn query_unlocked(&self, sql: &str) -> Result<QueryOutput> {
         if sql.trim().is_empty() {
             return Err(Error::BadRequest("empty SQL".into()));
         }
         let limit_bytes = self.config.max_memory_bytes;
-        // Held while files are listed and read: compaction and retention swap files only when
-        // no query is running.
-        let _guard = self.swap.read().await;
         let ctx = self.context().await?;
         if sql.to_ascii_lowercase().contains("gaps") {
             ctx.sql(GAPS_VIEW).await.map_err(df_err(limit_bytes))?;

@@ -491,3 +491,148 @@ async fn retention_deletes_partitions_past_each_tables_age() {
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 3);
     assert_eq!(count(&engine, "SELECT count(*) FROM rollup_1h").await, 4);
 }
+
+/// `series` over rolled-up hours, a raw hour and unflushed late rows equals the buckets
+/// computed from the readings themselves, and agrees with the raw-only path.
+#[tokio::test]
+async fn series_reads_rollups_raw_hours_and_late_fresh_rows_once() {
+    use std::collections::BTreeMap;
+
+    use crate::SeriesRequest;
+
+    let f = fixture();
+    let mut w = writer(&f).await;
+    let mut recs = Vec::new();
+    // (ts, numeric value or None for a string reading) of dev-a/temp.
+    let mut truth: Vec<(i64, Option<f64>)> = Vec::new();
+    for i in 0..1080 {
+        let ts = T0 + i * 10_000;
+        let v = if i % 50 == 7 {
+            Value::Str("err".into())
+        } else {
+            Value::F64((i % 97) as f64 * 0.5)
+        };
+        truth.push((ts, v.as_f64()));
+        recs.push(record("dev-a", ts, &[("temp", v)]));
+        recs.push(record("dev-b", ts, &[("temp", Value::F64(-1.0))]));
+    }
+    append(&f.wal, &recs).await;
+    w.read_available().expect("read");
+    w.flush().await.expect("flush");
+    // Hours 0 and 1 are closed (and compacted with rollups), hour 2 is not.
+    let report = compact(
+        &f.store,
+        &LakeConfig::test_config(),
+        &f.swap,
+        w.fresh().committed(),
+        T0 + 2 * 3_600_000 + 600_000,
+        false,
+    )
+    .await
+    .expect("compact");
+    assert_eq!(report.partitions, 2);
+    // A late reading for rolled-up hour 0 and a live one for hour 2, both unflushed.
+    for (ts, v) in [(T0 + 1_805_000, 1000.0), (T0 + 3 * 3_600_000 - 1, -5.0)] {
+        truth.push((ts, Some(v)));
+        append(&f.wal, &[record("dev-a", ts, &[("temp", Value::F64(v))])]).await;
+    }
+    w.read_available().expect("read");
+    let engine = engine_over(&f, Some(w.fresh()));
+    let covered = engine
+        .rolled_up_hours("rollup_1m", T0, T0 + 3 * 3_600_000)
+        .await
+        .expect("list");
+    let h0 = T0 / 3_600_000;
+    assert_eq!(covered.into_iter().collect::<Vec<_>>(), vec![h0, h0 + 1]);
+
+    let expect = |from: i64, step: i64| {
+        let mut b: BTreeMap<i64, (f64, f64, f64, i64, i64)> = BTreeMap::new();
+        for &(ts, v) in &truth {
+            let t = from + (ts - from).div_euclid(step) * step;
+            let e = b
+                .entry(t)
+                .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0, 0));
+            e.4 += 1;
+            if let Some(v) = v {
+                e.0 = e.0.min(v);
+                e.1 = e.1.max(v);
+                e.2 += v;
+                e.3 += 1;
+            }
+        }
+        b
+    };
+    for (step, from_req, origin) in [
+        (300_000, T0 + 7_000, T0), // 5-minute buckets: rollup_1m, range widened
+        (4 * 3_600_000, T0, T0),   // whole hours: rollup_1h
+        (20_000, T0, T0),          // under a minute: raw only
+    ] {
+        let res = engine
+            .series(&SeriesRequest {
+                device: "dev-a".into(),
+                metric: "temp".into(),
+                from: from_req,
+                to: T0 + 3 * 3_600_000,
+                step: Some(step),
+                points: Some(10_000),
+            })
+            .await
+            .expect("series");
+        assert_eq!(res.step, step);
+        let want = expect(origin, step);
+        assert_eq!(res.points.len(), want.len(), "step {step}");
+        for p in &res.points {
+            let w = want
+                .get(&p.t)
+                .unwrap_or_else(|| panic!("bucket {} (step {step})", p.t));
+            assert_eq!(p.count, w.4, "count at {} (step {step})", p.t);
+            assert_eq!(p.min, Some(w.0), "min at {} (step {step})", p.t);
+            assert_eq!(p.max, Some(w.1), "max at {} (step {step})", p.t);
+            let avg = p.avg.expect("avg");
+            assert!(
+                (avg - w.2 / w.3 as f64).abs() < 1e-9,
+                "avg at {} (step {step})",
+                p.t
+            );
+        }
+    }
+}
+
+/// A lake written from one WAL refuses a writer over another (new, empty) WAL instead of
+/// hiding the lake's rows behind the new WAL's checkpoint and overwriting its files.
+#[tokio::test]
+async fn a_replaced_wal_is_refused_not_written_over_the_lake() {
+    let f = fixture();
+    let mut w = writer(&f).await;
+    append(&f.wal, &[record("dev-a", T0, &[("temp", Value::F64(1.0))])]).await;
+    w.read_available().expect("read");
+    w.flush().await.expect("flush");
+    drop(w);
+    let other = tempfile::tempdir().expect("tempdir");
+    let new_wal =
+        Arc::new(Wal::open(other.path().join("wal"), WalConfig::test_config()).expect("wal"));
+    let err = LakeWriter::open(
+        f.store.clone(),
+        new_wal,
+        LakeConfig::test_config(),
+        Arc::default(),
+    )
+    .await
+    .expect_err("a foreign WAL must be refused");
+    assert!(
+        matches!(
+            err,
+            edgepipe_lake::Error::ForeignWal {
+                lake_last: 0,
+                wal_end: 0
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("not the WAL the lake was written from")
+    );
+    // The lake's own WAL still opens it.
+    writer(&f).await;
+}

@@ -80,8 +80,13 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
     let metrics: Vec<Metric> = (0..a.metrics)
         .map(|m| Metric::new(format!("m{m}")))
         .collect::<Result<_, _>>()?;
+    let t0 = if a.end_now {
+        (edgepipe_sim::now_ms() / 1000 - seconds as i64) * 1000
+    } else {
+        BENCH_T0_MS
+    };
     for t in 0..seconds {
-        let ts = BENCH_T0_MS + t as i64 * 1000;
+        let ts = t0 + t as i64 * 1000;
         let mut batch = Vec::with_capacity(a.devices);
         for (d, dev) in devices.iter().enumerate() {
             let rec = IngestRecord {
@@ -131,7 +136,14 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
     let swap = SwapLock::default();
     let committed = w.fresh().committed();
     let c0 = Instant::now();
-    let report = edgepipe_lake::compact(&store, &cfg, &swap, committed, i64::MAX / 4, true).await?;
+    // With raw hours left, compaction runs as the server's would at the end of the data minus
+    // those hours: only hours closed by then (plus `compact_after`) are compacted.
+    let (compact_now, force) = if a.raw_hours > 0 {
+        (t0 + (seconds as i64 - a.raw_hours * 3600) * 1000, false)
+    } else {
+        (i64::MAX / 4, true)
+    };
+    let report = edgepipe_lake::compact(&store, &cfg, &swap, committed, compact_now, force).await?;
     let compact_s = c0.elapsed().as_secs_f64();
     let after = edgepipe_lake::lake_stats(&store).await?;
     let readings_after = after

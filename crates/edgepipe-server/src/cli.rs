@@ -467,6 +467,14 @@ pub struct BenchLakeArgs {
     /// Runs per query (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// End the generated data now (to the second) instead of starting at 2026-01-01, so a
+    /// server started on `--out` shows it in its "last 7 days" views.
+    #[arg(long)]
+    pub end_now: bool,
+    /// Leave the last N hours uncompacted (raw flush files, no rollups), as a live lake has
+    /// them; 0 compacts every partition.
+    #[arg(long, default_value_t = 0)]
+    pub raw_hours: i64,
 }
 
 /// `bench ingest` flags.

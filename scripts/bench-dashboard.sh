@@ -55,6 +55,20 @@ for label, span in (("7 days", 7 * 86400e3), ("1 hour", 3600e3)):
         times.append((time.perf_counter() - t) * 1000)
     print(f"series API, {label}: {len(body['points'])} buckets of {body['step']} ms; "
           f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms")
+# The same 7-day buckets from the raw readings (what /series ran before it read rollups).
+sql = ("SELECT date_bin(INTERVAL '600000 milliseconds', ts, to_timestamp_millis({f})) AS t, "
+       "min(value), max(value), avg(value), count(*) FROM readings WHERE device_id = 'dev-0000' "
+       "AND metric = 'm0' AND ts >= to_timestamp_millis({f}) AND ts < to_timestamp_millis({t}) "
+       "GROUP BY 1").format(f=int(now - 7 * 86400e3), t=now)
+times = []
+for _ in range(5):
+    req = urllib.request.Request(f"{url}/api/v1/query", data=json.dumps({"sql": sql}).encode(),
+        headers={"Authorization": f"Bearer {tok}", "Content-Type": "application/json"})
+    t = time.perf_counter()
+    body = json.load(urllib.request.urlopen(req))
+    times.append((time.perf_counter() - t) * 1000)
+print(f"same buckets from raw readings (SQL API): {len(body.get('rows', []))} rows; "
+      f"median {statistics.median(times):.1f} ms")
 PY
 
 (cd tests/browser && EDGEPIPE_URL="$URL" ADMIN_TOKEN="$TOKEN" DEVICE=dev-0000 METRICS=5 \

@@ -13,10 +13,13 @@
 //! - [`ModelParams`] (module [`model`]): the versioned, fitted, hot-swappable parameters.
 //! - [`ensemble`] and [`detectors`]: the univariate ensemble and its parts; [`multivariate`]:
 //!   the per-device streaming PCA.
+//! - [`eval`]: drives a [`Detector`] over a labelled fleet and scores its events (precision,
+//!   recall, F1, detection delay per incident kind); [`nab`]: the NAB benchmark.
 
 pub mod detectors;
 pub mod ensemble;
 mod error;
+pub mod eval;
 pub mod live;
 pub mod model;
 pub mod multivariate;

@@ -147,6 +147,45 @@ pub enum EvalCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run the live detector (server defaults) over the simulator's labelled fleet and report
+    /// precision, recall, F1 and detection delay per anomaly kind (JSON on stdout).
+    Sim(EvalSimArgs),
+}
+
+/// `eval sim` flags.
+#[derive(Debug, Args)]
+pub struct EvalSimArgs {
+    /// Devices.
+    #[arg(long, default_value_t = 20)]
+    pub devices: usize,
+    /// Metrics per device.
+    #[arg(long, default_value_t = 5)]
+    pub metrics: usize,
+    /// Simulated time to run, after the warm-up.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Leading simulated time not scored (the detectors learn the series).
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Sample interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Injected anomalies per device-hour.
+    #[arg(long, default_value_t = 2.0)]
+    pub anomaly_rate: f64,
+    /// Fleet seed (other seeds are other fleets: use them to check that results generalise).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Sample intervals after an incident's end in which a detection still counts.
+    #[arg(long, default_value_t = 30)]
+    pub grace_samples: i64,
+    /// List the incidents nobody detected.
+    #[arg(long)]
+    pub show_missed: bool,
+    /// Live detector settings as JSON (the `[detect.detector]` table's fields), to try
+    /// settings before putting them in the server's config; defaults otherwise.
+    #[arg(long)]
+    pub detector: Option<String>,
 }
 
 /// `query` flags.
@@ -538,6 +577,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval {
             which: EvalCmd::Nab { data, out },
         } => eval_nab(data, out),
+        Command::Eval {
+            which: EvalCmd::Sim(a),
+        } => crate::eval_sim::run(a),
         Command::Lake { action, args } => lake_cmd(action, args).await,
         Command::Bench { which } => match which {
             BenchCmd::Ingest(a) => bench_ingest(a).await,

@@ -24,6 +24,7 @@ pub mod dashboard;
 pub mod deadletter;
 pub mod detect;
 pub mod devices;
+pub mod eval_sim;
 pub mod http;
 pub mod ingest;
 pub mod lake;

@@ -1,0 +1,156 @@
+//! `edgepipe eval sim`: the live detector, configured as the server runs it, over the
+//! simulator's labelled fleet; scored by [`edgepipe_detect::eval`] (precision, recall, F1 and
+//! detection delay per anomaly kind).
+
+use std::time::Instant;
+
+use edgepipe_detect::eval::{EvalOptions, evaluate, incidents, run_fleet};
+use edgepipe_detect::{Detector, DetectorConfig, ModelParams};
+use edgepipe_sim::signal::{Fleet, FleetConfig};
+use edgepipe_types::DeviceId;
+
+use crate::cli::EvalSimArgs;
+
+/// Start of the simulated run (2026-01-05T00:00:00Z, a Monday): fixed, so runs repeat.
+const START_MS: i64 = 1_767_571_200_000;
+
+fn ms(d: std::time::Duration) -> anyhow::Result<i64> {
+    i64::try_from(d.as_millis()).map_err(|_| anyhow::anyhow!("duration {d:?} is too long"))
+}
+
+/// Runs the evaluation and prints the report as JSON.
+pub fn run(a: EvalSimArgs) -> anyhow::Result<()> {
+    let out = evaluate_sim(&a, true)?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Runs the evaluation; the JSON object has the detector settings, the fleet, the time taken
+/// and the [`edgepipe_detect::eval::EvalReport`] under `report`.
+pub fn evaluate_sim(a: &EvalSimArgs, progress: bool) -> anyhow::Result<serde_json::Value> {
+    let interval_ms = ms(a.interval)?;
+    if interval_ms <= 0 {
+        anyhow::bail!("--interval must be at least 1 ms");
+    }
+    let fleet = Fleet::new(FleetConfig {
+        devices: a.devices,
+        metrics: a.metrics,
+        seed: a.seed,
+        interval: a.interval,
+        anomaly_rate: a.anomaly_rate,
+        start_ms: START_MS,
+        ..FleetConfig::default()
+    })?;
+    let devices: Vec<DeviceId> = fleet
+        .device_ids()
+        .into_iter()
+        .map(DeviceId::new)
+        .collect::<Result<_, _>>()?;
+    let from_ms = START_MS + ms(a.warmup)?;
+    let end_ms = from_ms + ms(a.duration)?;
+    let config: DetectorConfig = match &a.detector {
+        Some(j) => serde_json::from_str(j).map_err(|e| {
+            anyhow::anyhow!("--detector: {e} (expected the detector's settings as JSON)")
+        })?,
+        None => DetectorConfig::default(),
+    };
+    config.validate()?;
+    let mut detector = Detector::new(config, ModelParams::default())?;
+    let span = u64::try_from(end_ms - START_MS).unwrap_or(0);
+    let bar = if progress {
+        indicatif::ProgressBar::new(span)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {percent}% of simulated time, eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!(
+        "scoring {} devices x {} metrics",
+        a.devices, a.metrics
+    ));
+    let started = Instant::now();
+    let events = run_fleet(
+        &mut detector,
+        &devices,
+        (START_MS, end_ms),
+        interval_ms,
+        5_000,
+        |d, t| fleet.tick(d, t),
+        |t| bar.set_position(u64::try_from(t - START_MS).unwrap_or(0)),
+    );
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let labels = fleet.labels(START_MS, end_ms);
+    let inc = incidents(labels.iter().map(|l| {
+        (
+            l.device.as_str(),
+            l.metric.as_str(),
+            l.start_ms,
+            l.end_ms,
+            l.kind.as_str(),
+        )
+    }));
+    let mut report = evaluate(
+        &inc,
+        &events,
+        EvalOptions {
+            interval_ms,
+            grace_samples: a.grace_samples,
+            from_ms,
+            to_ms: end_ms,
+        },
+    );
+    if !a.show_missed {
+        report.missed.clear();
+    }
+    let readings = (end_ms - START_MS) / interval_ms * (a.devices * a.metrics) as i64;
+    let out = serde_json::json!({
+        "detector": config,
+        "fleet": {"devices": a.devices, "metrics": a.metrics, "seed": a.seed,
+                  "interval_ms": interval_ms, "anomaly_rate_per_device_hour": a.anomaly_rate},
+        "readings_scored": readings,
+        "seconds": seconds,
+        "report": report,
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The live detector with the server's defaults finds the simulator's injected anomalies
+    /// (a smaller fleet than `edgepipe eval sim`'s default, and another seed than the one the
+    /// defaults were chosen on): F1 at least 0.9, every kind mostly detected.
+    #[test]
+    fn the_default_detector_finds_the_simulators_anomalies() {
+        let a = EvalSimArgs {
+            devices: 6,
+            metrics: 4,
+            duration: std::time::Duration::from_secs(6 * 3600),
+            warmup: std::time::Duration::from_secs(2 * 3600),
+            interval: std::time::Duration::from_secs(1),
+            anomaly_rate: 2.0,
+            seed: 2024,
+            grace_samples: 30,
+            show_missed: false,
+            detector: None,
+        };
+        let out = evaluate_sim(&a, false).expect("evaluation runs");
+        let r = &out["report"];
+        let num = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        assert!(r["incidents"].as_u64().unwrap_or(0) >= 40, "{r}");
+        assert!(num(&r["f1"]) >= 0.9, "F1 below 0.9: {r}");
+        for k in r["by_kind"].as_array().expect("by_kind") {
+            assert!(
+                num(&k["recall"]) >= 0.6,
+                "kind {} mostly missed: {r}",
+                k["kind"]
+            );
+        }
+    }
+}

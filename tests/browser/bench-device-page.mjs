@@ -40,6 +40,7 @@ async function main() {
 
   const runs = [];
   let buckets = null;
+  let requests = null;
   for (let i = 0; i < RUNS; i++) {
     await page.goto('about:blank');
     await page.goto(`${BASE}/#/device/${encodeURIComponent(DEVICE)}?range=${RANGE}`);
@@ -53,11 +54,18 @@ async function main() {
         const note = p.parentElement.querySelector('h2 span');
         if (!note || !/buckets of/.test(note.textContent)) return false;
       }
-      return { ms: performance.now(), notes: panels.map((p) => p.parentElement.querySelector('h2').textContent) };
+      // Where the time went: each request's start and duration (ms since navigation start).
+      const requests = performance.getEntriesByType('resource').map((r) => ({
+        url: r.name.replace(location.origin, '').slice(0, 60),
+        start: Math.round(r.startTime),
+        ms: Math.round(r.duration),
+      }));
+      return { ms: performance.now(), notes: panels.map((p) => p.parentElement.querySelector('h2').textContent), requests };
     }, METRICS, { polling: 'raf', timeout: 30_000 });
     const v = await handle.jsonValue();
     runs.push(v.ms);
     buckets = v.notes;
+    requests = v.requests;
   }
   await context.close();
   if (errors.length) throw new Error(`JS errors in page: ${errors.join(' | ')}`);
@@ -66,7 +74,7 @@ async function main() {
   console.log(JSON.stringify({
     device: DEVICE, range: RANGE, runs_ms: runs.map((x) => Math.round(x)),
     first_ms: Math.round(runs[0]), median_ms: Math.round(q(0.5)), p90_ms: Math.round(q(0.9)),
-    max_ms: Math.round(sorted[sorted.length - 1]), charts: buckets,
+    max_ms: Math.round(sorted[sorted.length - 1]), charts: buckets, last_run_requests: requests,
   }, null, 1));
 }
 

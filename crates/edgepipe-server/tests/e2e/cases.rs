@@ -382,16 +382,20 @@ fn simulated_incidents_become_cases() -> TestResult {
     let cases = page["cases"].as_array().ok_or("cases")?;
     assert!(!cases.is_empty(), "the fleet's incidents opened cases");
     let text = std::fs::read_to_string(&labels)?;
+    // One incident per injected anomaly: a dropout is labelled once per metric.
     let mut incidents = Vec::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() >= 5 {
-            incidents.push((
+            let i = (
                 f[0].to_owned(),
                 f[2].parse::<i64>()?,
                 f[3].parse::<i64>()?,
                 f[4].to_owned(),
-            ));
+            );
+            if !incidents.contains(&i) {
+                incidents.push(i);
+            }
         }
     }
     let slack = 5 * 60_000;
@@ -402,10 +406,11 @@ fn simulated_incidents_become_cases() -> TestResult {
     };
     let mut per_incident = Vec::new();
     let mut missed = 0;
-    for (dev, s, e, _) in &incidents {
+    for (dev, s, e, kind) in &incidents {
         let n = cases.iter().filter(|c| overlaps(c, dev, *s, *e)).count();
         if n == 0 {
             missed += 1;
+            println!("  no case for {dev} {kind} [{s}, {e}) ms");
         } else {
             per_incident.push(n);
         }
@@ -417,9 +422,10 @@ fn simulated_incidents_become_cases() -> TestResult {
     let found = per_incident.len();
     let mean = per_incident.iter().sum::<usize>() as f64 / found.max(1) as f64;
     println!(
-        "sim fleet → cases: {} incidents, {found} with a case ({mean:.2} cases per incident found), {missed} with no case; {} cases, {unmatched} matching no incident",
+        "sim fleet → cases: {} incidents, {found} with a case ({mean:.2} cases per incident found), {missed} with no case; {} cases ({:.2} per incident), {unmatched} matching no incident",
         incidents.len(),
-        cases.len()
+        cases.len(),
+        cases.len() as f64 / incidents.len().max(1) as f64
     );
     // Correlation's own guarantee, independent of the detector's recall: one device never has
     // two cases of one category open over the same stretch of time.

@@ -14,15 +14,21 @@
 //! - Recall: detected incidents / incidents. Precision: events that detect some incident /
 //!   events. F1 is their harmonic mean. Detection delay of a detected incident: from its start to
 //!   its first detecting event, in sample intervals.
-//! - Only incidents that start, and events that fall, in `[from, to)` count: the first part of a
-//!   run is the detectors' warm-up.
+//! - Only incidents that start in `[from, to)` count for recall and delay, and only events in
+//!   `[from, to)` for precision (the first part of a run is the detectors' warm-up); an event
+//!   may still detect an incident that began in the warm-up.
+//!
+//! [`score_on_labels`] evaluates a model version on operators' verdicts instead (confirmed
+//! anomalies and false positives from cases), and [`raise_thresholds_for_false_positives`]
+//! moves a series' fitted threshold above what its labelled false positives scored.
 
 use std::collections::{BTreeMap, HashMap};
 
 use edgepipe_types::{DeviceId, Metric, TimestampMs};
 use serde::Serialize;
 
-use crate::live::{Detector, Event, EventKind, SeriesKey};
+use crate::live::{Detector, DetectorConfig, Event, EventKind, SeriesKey};
+use crate::model::ModelParams;
 
 /// One injected anomaly on one device.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -154,15 +160,14 @@ fn event_kind(k: EventKind) -> &'static str {
 /// Scores `events` against `incidents` (see the module docs for the rules).
 pub fn evaluate(incidents: &[Incident], events: &[Event], opts: EvalOptions) -> EvalReport {
     let grace = opts.grace_samples.max(0).saturating_mul(opts.interval_ms);
-    let scored: Vec<&Incident> = incidents
-        .iter()
-        .filter(|i| i.start_ms >= opts.from_ms && i.start_ms < opts.to_ms)
-        .collect();
+    let is_scored = |i: &Incident| i.start_ms >= opts.from_ms && i.start_ms < opts.to_ms;
+    // Events match any incident (one that began in the warm-up and still runs is a true
+    // detection, not a false positive); recall and delays count the scored ones only.
     let mut by_device: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (n, i) in scored.iter().enumerate() {
+    for (n, i) in incidents.iter().enumerate() {
         by_device.entry(i.device.as_str()).or_default().push(n);
     }
-    let mut first_hit: Vec<Option<i64>> = vec![None; scored.len()];
+    let mut first_hit: Vec<Option<i64>> = vec![None; incidents.len()];
     let mut by_event: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
     let (mut n_events, mut n_true) = (0usize, 0usize);
     for e in events {
@@ -176,7 +181,7 @@ pub fn evaluate(incidents: &[Incident], events: &[Event], opts: EvalOptions) -> 
             .map(Vec::as_slice)
             .unwrap_or(&[])
         {
-            let i = scored[n];
+            let i = &incidents[n];
             let metric_ok = e
                 .metric
                 .as_ref()
@@ -199,23 +204,26 @@ pub fn evaluate(incidents: &[Incident], events: &[Event], opts: EvalOptions) -> 
     let mut kinds: BTreeMap<&str, (usize, usize, Vec<f64>)> = BTreeMap::new();
     let mut all_delays = Vec::new();
     let mut missed = Vec::new();
-    for (n, i) in scored.iter().enumerate() {
+    let mut n_scored = 0usize;
+    let mut detected = 0usize;
+    for (n, i) in incidents.iter().enumerate().filter(|(_, i)| is_scored(i)) {
+        n_scored += 1;
         let k = kinds.entry(i.kind.as_str()).or_default();
         k.0 += 1;
         match first_hit[n] {
             Some(t) => {
                 k.1 += 1;
+                detected += 1;
                 let d = (t - i.start_ms) as f64 / interval;
                 k.2.push(d);
                 all_delays.push(d);
             }
-            None => missed.push((*i).clone()),
+            None => missed.push(i.clone()),
         }
     }
-    let detected: usize = first_hit.iter().filter(|h| h.is_some()).count();
     let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
     let precision = ratio(n_true, n_events);
-    let recall = ratio(detected, scored.len());
+    let recall = ratio(detected, n_scored);
     let f1 = if precision + recall > 0.0 {
         2.0 * precision * recall / (precision + recall)
     } else {
@@ -223,7 +231,7 @@ pub fn evaluate(incidents: &[Incident], events: &[Event], opts: EvalOptions) -> 
     };
     EvalReport {
         options: opts,
-        incidents: scored.len(),
+        incidents: n_scored,
         detected,
         events: n_events,
         true_events: n_true,
@@ -310,6 +318,192 @@ where
     events
 }
 
+/// An operator's verdict on one series over an interval (from a case): `confirmed` anomalies
+/// are what a model should fire on, `false_positive` intervals what it should stay quiet on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledInterval {
+    /// The series.
+    pub key: SeriesKey,
+    /// Start, ms.
+    pub start_ms: i64,
+    /// End (inclusive), ms.
+    pub end_ms: i64,
+    /// `true` for a confirmed anomaly, `false` for a false positive.
+    pub confirmed: bool,
+}
+
+/// How a model does on operators' labels.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelScore {
+    /// Confirmed intervals.
+    pub confirmed: usize,
+    /// Of which the model fired in (from the start to `grace` after the end).
+    pub detected: usize,
+    /// False-positive intervals.
+    pub false_positive: usize,
+    /// Of which the model still fired in.
+    pub fired_on_false: usize,
+    /// `detected / (detected + fired_on_false)` (1 when it never fired).
+    pub precision: f64,
+    /// `detected / confirmed` (1 when there are none).
+    pub recall: f64,
+    /// Harmonic mean.
+    pub f1: f64,
+    /// Median time from a confirmed interval's start to the first anomalous reading, ms.
+    pub median_delay_ms: Option<f64>,
+}
+
+impl LabelScore {
+    /// Whether `self` is better than `other`: a higher F1, or the same F1 with fewer firings on
+    /// false positives.
+    pub fn improves_on(&self, other: &LabelScore) -> bool {
+        self.f1 > other.f1 + 1e-9
+            || ((self.f1 - other.f1).abs() <= 1e-9 && self.fired_on_false < other.fired_on_false)
+    }
+}
+
+/// One series replayed: every reading's `(ts, score, anomalous)`.
+type Replayed = Vec<(i64, f64, bool)>;
+
+/// Per labelled series, every reading's `(ts, score, anomalous)` under `params` (the series
+/// replayed alone, in time order, without silence or multivariate findings).
+fn replay(
+    params: &ModelParams,
+    histories: &BTreeMap<SeriesKey, Vec<(i64, f64)>>,
+    labels: &[LabelledInterval],
+) -> crate::Result<BTreeMap<SeriesKey, Replayed>> {
+    let mut cfg = DetectorConfig::default();
+    cfg.silence.enabled = false;
+    cfg.multivariate.enabled = false;
+    let mut det = Detector::new(cfg, params.clone())?;
+    let mut out = BTreeMap::new();
+    for l in labels {
+        if out.contains_key(&l.key) {
+            continue;
+        }
+        let Some(h) = histories.get(&l.key) else {
+            continue;
+        };
+        let scored: Replayed = h
+            .iter()
+            .map(|&(ts, v)| {
+                let s = det.score(&l.key, ts, v);
+                (ts, s.score, s.anomalous)
+            })
+            .collect();
+        out.insert(l.key.clone(), scored);
+    }
+    Ok(out)
+}
+
+fn in_interval(l: &LabelledInterval, grace_ms: i64, ts: i64) -> bool {
+    ts >= l.start_ms && ts <= l.end_ms.saturating_add(grace_ms)
+}
+
+/// Scores `params` on operators' labels: each labelled series' history is replayed through a
+/// detector with these parameters, and each interval counts as fired when a reading from its
+/// start to `grace_ms` after its end was anomalous.
+pub fn score_on_labels(
+    params: &ModelParams,
+    histories: &BTreeMap<SeriesKey, Vec<(i64, f64)>>,
+    labels: &[LabelledInterval],
+    grace_ms: i64,
+) -> crate::Result<LabelScore> {
+    let runs = replay(params, histories, labels)?;
+    let (mut confirmed, mut detected, mut negatives, mut fired_neg) = (0, 0, 0, 0);
+    let mut delays = Vec::new();
+    for l in labels {
+        let first = runs.get(&l.key).and_then(|r| {
+            r.iter()
+                .find(|(ts, _, a)| *a && in_interval(l, grace_ms, *ts))
+                .map(|(ts, _, _)| *ts)
+        });
+        if l.confirmed {
+            confirmed += 1;
+            if let Some(t) = first {
+                detected += 1;
+                delays.push((t - l.start_ms).max(0) as f64);
+            }
+        } else {
+            negatives += 1;
+            fired_neg += usize::from(first.is_some());
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let precision = ratio(detected, detected + fired_neg);
+    let recall = ratio(detected, confirmed);
+    let f1 = if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
+    };
+    Ok(LabelScore {
+        confirmed,
+        detected,
+        false_positive: negatives,
+        fired_on_false: fired_neg,
+        precision,
+        recall,
+        f1,
+        median_delay_ms: median(&mut delays),
+    })
+}
+
+/// Raises the threshold of each series with a false-positive label above the highest score its
+/// history reaches inside those intervals (to `grace_ms` after their end, plus `margin`), unless
+/// that would silence one of the series' confirmed intervals. Returns the series changed and their new thresholds.
+pub fn raise_thresholds_for_false_positives(
+    params: &mut ModelParams,
+    histories: &BTreeMap<SeriesKey, Vec<(i64, f64)>>,
+    labels: &[LabelledInterval],
+    margin: f64,
+    grace_ms: i64,
+) -> crate::Result<Vec<(SeriesKey, f64)>> {
+    let runs = replay(params, histories, labels)?;
+    // Peaks over the same span [`score_on_labels`] looks at.
+    let peak = |l: &LabelledInterval| {
+        runs.get(&l.key).map_or(0.0, |r| {
+            r.iter()
+                .filter(|(ts, _, _)| in_interval(l, grace_ms, *ts))
+                .map(|(_, s, _)| *s)
+                .fold(0.0, f64::max)
+        })
+    };
+    let mut raised = Vec::new();
+    let keys: std::collections::BTreeSet<&SeriesKey> = labels
+        .iter()
+        .filter(|l| !l.confirmed)
+        .map(|l| &l.key)
+        .collect();
+    for key in keys {
+        let current = params
+            .series
+            .get(key)
+            .and_then(|p| p.alarm_score)
+            .unwrap_or(params.ensemble.onset.alarm_score);
+        let of_key = || labels.iter().filter(move |l| &l.key == key);
+        let worst_false = of_key()
+            .filter(|l| !l.confirmed)
+            .map(peak)
+            .fold(0.0, f64::max);
+        let wanted = (worst_false + margin).min(1.0);
+        if wanted <= current {
+            continue;
+        }
+        // A confirmed interval that fires today must keep firing.
+        let keeps_confirmed = of_key()
+            .filter(|l| l.confirmed)
+            .map(peak)
+            .all(|p| p < current || p >= wanted);
+        if !keeps_confirmed || wanted >= 1.0 {
+            continue;
+        }
+        params.series.entry(key.clone()).or_default().alarm_score = Some(wanted);
+        raised.push((key.clone(), wanted));
+    }
+    Ok(raised)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,5 +585,60 @@ mod tests {
         );
         assert_eq!((r.precision, r.recall, r.f1), (1.0, 1.0, 1.0));
         assert_eq!(r.median_delay_samples, None);
+    }
+
+    /// A labelled false positive raises its series' threshold above what it scored, the
+    /// confirmed anomaly on the same series still fires, and the score on the labels improves.
+    #[test]
+    fn false_positive_labels_raise_the_threshold_and_the_score_improves() {
+        let key = SeriesKey::new(
+            DeviceId::new("d1").expect("device"),
+            Metric::new("temp").expect("metric"),
+        );
+        let mut x: u64 = 7;
+        let mut noise = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.2
+        };
+        let mut h: Vec<(i64, f64)> = (0..3000)
+            .map(|i| (i as i64 * 1000, 20.0 + (i as f64 / 300.0).sin() + noise()))
+            .collect();
+        for p in &mut h[1200..1204] {
+            p.1 += 4.0; // a bump operators called a false positive
+        }
+        h[2500].1 += 40.0; // a real spike
+        let histories: BTreeMap<SeriesKey, Vec<(i64, f64)>> = [(key.clone(), h)].into();
+        let labels = vec![
+            LabelledInterval {
+                key: key.clone(),
+                start_ms: 1_200_000,
+                end_ms: 1_203_000,
+                confirmed: false,
+            },
+            LabelledInterval {
+                key: key.clone(),
+                start_ms: 2_500_000,
+                end_ms: 2_500_000,
+                confirmed: true,
+            },
+        ];
+        let mut params = ModelParams::default();
+        let before = score_on_labels(&params, &histories, &labels, 5_000).expect("score");
+        assert_eq!(
+            (before.detected, before.fired_on_false),
+            (1, 1),
+            "{before:?}"
+        );
+        let raised =
+            raise_thresholds_for_false_positives(&mut params, &histories, &labels, 0.01, 5_000)
+                .expect("raise");
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert!(raised[0].1 > params.ensemble.onset.alarm_score);
+        let after = score_on_labels(&params, &histories, &labels, 5_000).expect("score");
+        assert_eq!((after.detected, after.fired_on_false), (1, 0), "{after:?}");
+        assert!(after.improves_on(&before) && !before.improves_on(&after));
+        assert_eq!(after.median_delay_ms, Some(0.0));
     }
 }

@@ -263,11 +263,6 @@ async fn compact_partition(
     .await
     .map_err(|e| Error::Config(format!("compaction task failed: {e}")))??;
 
-    // Rollups first: they are a pure function of the deduplicated rows, so writing them before
-    // the swap is safe to repeat if we crash before it.
-    for (key, data) in &rollup_files {
-        store.put(key, data.clone()).await?;
-    }
     let marker_key = format!("{MARKER_PREFIX}{}.json", dir.replace('/', "_"));
     let marker = Marker {
         inputs: files.iter().map(|f| f.key.clone()).collect(),
@@ -277,6 +272,13 @@ async fn compact_partition(
     store.put(&marker_key, Bytes::from(mb)).await?;
     {
         let _w = swap.write().await;
+        // Rollups inside the swap too: a query that read the hour's rollup must not see the
+        // rewritten one (with rows it also reads from the fresh buffer or flush files). They
+        // are a pure function of the deduplicated rows, so a crash after writing them but
+        // before the swap finishes only rewrites them the same way on the next run.
+        for (key, data) in &rollup_files {
+            store.put(key, data.clone()).await?;
+        }
         for (key, data) in &outputs {
             store.put(key, data.clone()).await?;
         }

@@ -222,6 +222,18 @@ impl QueryEngine {
         }
     }
 
+    /// The same lake, fresh buffer, swap lock and caches with other limits (training lifts the
+    /// row limit, for instance).
+    pub fn with_config(&self, config: QueryConfig) -> Self {
+        Self {
+            store: self.store.clone(),
+            fresh: self.fresh.clone(),
+            swap: self.swap.clone(),
+            config,
+            caches: self.caches.clone(),
+        }
+    }
+
     /// The limits in force.
     pub fn config(&self) -> &QueryConfig {
         &self.config

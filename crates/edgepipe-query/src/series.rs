@@ -26,9 +26,10 @@ const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
 /// Buckets wider than this use whole hours (and `rollup_1h`).
 const HOURLY_ABOVE_MS: i64 = 3 * HOUR_MS;
-/// More alternating rolled-up / raw ranges than this and the request reads everything raw
-/// (one SQL branch per range).
-const MAX_RANGES: usize = 48;
+/// More alternating rolled-up / raw ranges than this (one SQL branch each) and the request
+/// reads everything raw. Raw hours are the recent, not yet compacted ones, so this takes a lake
+/// whose compaction has been failing for weeks.
+const MAX_RANGES: usize = 512;
 
 /// Most points one series request returns.
 pub const MAX_POINTS: u32 = 10_000;
@@ -140,18 +141,18 @@ pub(crate) struct Ranges {
     pub(crate) raw: Vec<(i64, i64)>,
 }
 
-/// Splits `[from, to)` (whole hours at the rolled-up parts) by the hours in `covered`
-/// (hour numbers since the epoch).
-pub(crate) fn split_ranges(from: i64, to: i64, covered: &BTreeSet<i64>) -> Ranges {
+/// Splits `[from, to)` into ranges read raw (the hours in `raw`, hour numbers since the
+/// epoch) and ranges read from the rollup (every other hour).
+pub(crate) fn split_ranges(from: i64, to: i64, raw: &BTreeSet<i64>) -> Ranges {
     let mut out = Ranges::default();
     let mut t = from;
     while t < to {
         let hour = t.div_euclid(HOUR_MS);
         let end = ((hour + 1) * HOUR_MS).min(to);
-        let list = if covered.contains(&hour) {
-            &mut out.rolled
-        } else {
+        let list = if raw.contains(&hour) {
             &mut out.raw
+        } else {
+            &mut out.rolled
         };
         match list.last_mut() {
             Some(last) if last.1 == t => last.1 = end,
@@ -225,8 +226,8 @@ impl QueryEngine {
         };
         let ranges = match rollup {
             Some((table, _)) => {
-                let covered = self.rolled_up_hours(table, from, to).await?;
-                let r = split_ranges(from, to, &covered);
+                let raw = self.raw_hours(table, from, to).await?;
+                let r = split_ranges(from, to, &raw);
                 if r.rolled.len() + r.raw.len() > MAX_RANGES {
                     Ranges {
                         rolled: Vec::new(),
@@ -247,7 +248,8 @@ impl QueryEngine {
             let table = rollup.map(|r| r.0).unwrap_or(tables::ROLLUP_1M);
             branches.push(format!(
                 "SELECT bucket AS t, min AS mn, max AS mx, sum AS s, \
-                 coalesce(count_numeric, CASE WHEN sum IS NULL THEN 0 ELSE count END) AS nn, \
+                 coalesce(count_numeric, CASE WHEN sum IS NULL THEN 0 \
+                 WHEN avg <> 0 THEN CAST(round(sum / avg) AS BIGINT) ELSE count END) AS nn, \
                  count AS c FROM {table} WHERE device_id = '{d}' AND metric = '{m}' \
                  AND bucket >= '{a}' AND bucket < '{b}'",
                 a = rfc3339_us(a)?,
@@ -324,14 +326,11 @@ impl QueryEngine {
         })
     }
 
-    /// Hours in `[from, to)` whose `readings` partition holds only compacted files and whose
-    /// `table` rollup exists (or whose raw files retention already deleted).
-    pub(crate) async fn rolled_up_hours(
-        &self,
-        table: &str,
-        from: i64,
-        to: i64,
-    ) -> Result<BTreeSet<i64>> {
+    /// Hours in `[from, to)` that must be read raw: their `readings` partition has a flush
+    /// file not compacted yet, or compacted files but no `table` rollup (rollups were off).
+    /// Every other hour is read from the rollup: it has one, or it has no readings at all
+    /// (quiet, or raw files already past retention while the rollup is kept longer).
+    pub(crate) async fn raw_hours(&self, table: &str, from: i64, to: i64) -> Result<BTreeSet<i64>> {
         let first = from.div_euclid(HOUR_MS);
         let last = (to - 1).div_euclid(HOUR_MS);
         // One listing per day in range, or of the whole table for long ranges.
@@ -353,10 +352,11 @@ impl QueryEngine {
                     hour = Some(v);
                 }
             }
-            hour_of_partition(date?, hour?)
+            hour_of_partition(date?, hour?).filter(|h| (first..=last).contains(h))
         };
         let mut rolled = BTreeSet::new();
-        let mut raw_pending = BTreeSet::new();
+        let mut compacted = BTreeSet::new();
+        let mut raw = BTreeSet::new();
         for p in &prefixes {
             let err = |e: edgepipe_lake::Error| Error::Execution(format!("series: listing: {e}"));
             for (key, _) in self
@@ -365,9 +365,7 @@ impl QueryEngine {
                 .await
                 .map_err(err)?
             {
-                if let Some(h) = hour_of(&key).filter(|h| (first..=last).contains(h)) {
-                    rolled.insert(h);
-                }
+                rolled.extend(hour_of(&key));
             }
             for (key, _) in self
                 .store
@@ -377,14 +375,14 @@ impl QueryEngine {
             {
                 let name = key.rsplit('/').next().unwrap_or_default();
                 if name.starts_with("compacted-") {
-                    continue;
-                }
-                if let Some(h) = hour_of(&key).filter(|h| (first..=last).contains(h)) {
-                    raw_pending.insert(h);
+                    compacted.extend(hour_of(&key));
+                } else if name.ends_with(".parquet") {
+                    raw.extend(hour_of(&key));
                 }
             }
         }
-        Ok(rolled.difference(&raw_pending).copied().collect())
+        raw.extend(compacted.difference(&rolled));
+        Ok(raw)
     }
 }
 
@@ -443,12 +441,12 @@ mod tests {
     #[test]
     fn ranges_split_at_rolled_up_hours() {
         let h = HOUR_MS;
-        let covered: BTreeSet<i64> = [10, 11, 13].into_iter().collect();
-        let r = split_ranges(10 * h, 15 * h, &covered);
+        let raw: BTreeSet<i64> = [12, 14].into_iter().collect();
+        let r = split_ranges(10 * h, 15 * h, &raw);
         assert_eq!(r.rolled, vec![(10 * h, 12 * h), (13 * h, 14 * h)]);
         assert_eq!(r.raw, vec![(12 * h, 13 * h), (14 * h, 15 * h)]);
         // Ranges that do not start on the hour keep their ends.
-        let r = split_ranges(10 * h + MINUTE_MS, 12 * h + 5 * MINUTE_MS, &covered);
+        let r = split_ranges(10 * h + MINUTE_MS, 12 * h + 5 * MINUTE_MS, &raw);
         assert_eq!(r.rolled, vec![(10 * h + MINUTE_MS, 12 * h)]);
         assert_eq!(r.raw, vec![(12 * h, 12 * h + 5 * MINUTE_MS)]);
         assert_eq!(ceil_to(61, 60), 120);

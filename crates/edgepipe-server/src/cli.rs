@@ -122,8 +122,12 @@ pub enum ModelsCmd {
         #[arg(long, default_value = "30d")]
         since: String,
         /// Promote the new artifact at once (the running server swaps it in).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "auto_promote")]
         promote: bool,
+        /// Promote it only if it scores better on operators' labels than the promoted one
+        /// (with no labels: only if nothing is promoted yet).
+        #[arg(long)]
+        auto_promote: bool,
     },
     /// List artifacts (`*` marks the promoted one).
     List,
@@ -1542,7 +1546,11 @@ fn eval_nab(data: PathBuf, out: PathBuf) -> anyhow::Result<()> {
 async fn models_cmd(action: ModelsCmd, a: LakeArgs) -> anyhow::Result<()> {
     let cfg = lake_config(&a)?;
     match action {
-        ModelsCmd::Train { since, promote } => {
+        ModelsCmd::Train {
+            since,
+            promote,
+            auto_promote,
+        } => {
             let since = humantime::parse_duration(&since)
                 .map_err(|e| anyhow::anyhow!("--since {since:?}: {e} (write e.g. 30d)"))?;
             let store = crate::lake::open_store(&cfg.data_dir, &cfg.lake)?;
@@ -1556,20 +1564,62 @@ async fn models_cmd(action: ModelsCmd, a: LakeArgs) -> anyhow::Result<()> {
                 qcfg,
             );
             let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_message("reading history and fitting");
+            bar.set_message("reading history and labels, fitting, evaluating");
             bar.enable_steady_tick(Duration::from_millis(120));
-            let r = crate::models::train(&cfg.data_dir, &engine, since).await;
+            let how = match (promote, auto_promote) {
+                (true, _) => crate::models::Promote::Always,
+                (false, true) => crate::models::Promote::IfBetter,
+                (false, false) => crate::models::Promote::Never,
+            };
+            let r = crate::models::train(&cfg.data_dir, &engine, since, how).await;
             bar.finish_and_clear();
-            let (version, series, rows) = r?;
-            println!("trained model {version}: {series} series fitted on {rows} readings");
-            if promote {
-                crate::models::promote(&cfg.data_dir, &version)?;
-                println!("promoted {version}");
+            let r = r?;
+            println!(
+                "trained model {}: {} series fitted on {} readings",
+                r.version, r.series, r.readings
+            );
+            let show = |name: &str, s: &edgepipe_detect::eval::LabelScore| {
+                println!(
+                    "  {name:<24} precision {:.3}  recall {:.3}  F1 {:.3}  ({} of {} confirmed found, fired on {} of {} false positives)",
+                    s.precision,
+                    s.recall,
+                    s.f1,
+                    s.detected,
+                    s.confirmed,
+                    s.fired_on_false,
+                    s.false_positive
+                );
+            };
+            println!("on {} labelled intervals:", r.labels);
+            show(&r.version, &r.score);
+            show(&r.baseline.0, &r.baseline.1);
+            for (series, t) in &r.raised {
+                println!("  threshold of {series} raised to {t:.3} above its false positives");
+            }
+            if r.promoted {
+                println!("promoted {}", r.version);
+            } else if how != crate::models::Promote::Never {
+                println!(
+                    "kept {} (the new model does not score better)",
+                    r.baseline.0
+                );
             }
         }
         ModelsCmd::List => {
             for (v, series, current) in crate::models::list(&cfg.data_dir)? {
-                println!("{} {v}  ({series} series)", if current { "*" } else { " " });
+                let eval = crate::models::evaluation(&cfg.data_dir, &v)
+                    .map(|e| {
+                        format!(
+                            ", F1 {:.3} on {} labels",
+                            e["score"]["f1"].as_f64().unwrap_or(f64::NAN),
+                            e["labels"].as_u64().unwrap_or(0)
+                        )
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{} {v}  ({series} series{eval})",
+                    if current { "*" } else { " " }
+                );
             }
         }
         ModelsCmd::Promote { version } => {

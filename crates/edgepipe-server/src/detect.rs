@@ -61,6 +61,34 @@ pub struct DetectConfig {
     pub late_after: Duration,
     /// The live detector's settings.
     pub detector: DetectorConfig,
+    /// Scheduled retraining of the model artifact.
+    pub retrain: RetrainConfig,
+}
+
+/// `[detect.retrain]`: fit a new model artifact from the lake on a schedule, evaluate it on
+/// operators' labels against the promoted one, and promote it when it does better.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    /// How often to retrain ("0s" = never; `edgepipe models train` still works by hand).
+    #[serde(with = "edgepipe_lake::duration_serde")]
+    pub every: Duration,
+    /// History to fit on.
+    #[serde(with = "edgepipe_lake::duration_serde")]
+    pub since: Duration,
+    /// Promote the new artifact when its score on the labels beats the promoted one's (with
+    /// no labels at all: only when nothing is promoted yet).
+    pub auto_promote: bool,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        Self {
+            every: Duration::ZERO,
+            since: Duration::from_secs(30 * 86_400),
+            auto_promote: true,
+        }
+    }
 }
 
 impl Default for DetectConfig {
@@ -70,6 +98,7 @@ impl Default for DetectConfig {
             checkpoint_interval: Duration::from_secs(10),
             late_after: Duration::from_secs(300),
             detector: DetectorConfig::default(),
+            retrain: RetrainConfig::default(),
         }
     }
 }

@@ -4,11 +4,22 @@
 //! of its content. Promoting writes the version to `<data>/models/CURRENT` (atomically); the
 //! running detection stage notices the change at its next checkpoint and hot-swaps the
 //! parameters without losing detector state.
+//!
+//! Operators' verdicts (the lake's `labels` table, written when a case is resolved as
+//! confirmed or false positive) take part: series with labelled false positives get a
+//! threshold above what those intervals scored (unless a confirmed interval of the series
+//! would go quiet), and every new artifact is scored on the labels (precision, recall, F1,
+//! detection delay) next to the promoted one; the scores are kept in `<version>.eval`, and
+//! `--auto-promote` (or `[detect.retrain] auto_promote`) promotes only an artifact that does
+//! better. `[detect.retrain] every` retrains on a schedule inside the server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use edgepipe_detect::eval::{
+    LabelScore, LabelledInterval, raise_thresholds_for_false_positives, score_on_labels,
+};
 use edgepipe_detect::{EnsembleConfig, FitOptions, ModelParams, SeriesKey};
 use edgepipe_types::{DeviceId, Metric};
 
@@ -79,60 +90,316 @@ pub fn list(data_dir: &Path) -> anyhow::Result<Vec<(String, usize, bool)>> {
     Ok(out)
 }
 
-/// Fits an artifact from the lake's readings newer than `since` and stores it. Returns the
-/// version and the number of series fitted.
+/// When `train` promotes what it fitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promote {
+    /// Never (promote by hand later).
+    Never,
+    /// Always.
+    Always,
+    /// When its score on operators' labels beats the promoted model's (with no labels at all:
+    /// only when nothing is promoted yet).
+    IfBetter,
+}
+
+/// What `train` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainReport {
+    /// The new artifact's version.
+    pub version: String,
+    /// Series fitted.
+    pub series: usize,
+    /// Readings read.
+    pub readings: usize,
+    /// Operators' labelled intervals (latest verdict per case and metric) in the window.
+    pub labels: usize,
+    /// Series whose threshold was raised above their labelled false positives.
+    pub raised: Vec<(String, f64)>,
+    /// The new artifact's score on the labels.
+    pub score: LabelScore,
+    /// What it was compared with: the promoted version (or "defaults") and its score.
+    pub baseline: (String, LabelScore),
+    /// Whether the new artifact was promoted.
+    pub promoted: bool,
+}
+
+/// Operators' verdicts on anomaly cases ending after `since_secs` ago: the latest (highest
+/// label id) per case and metric.
+async fn labels(
+    engine: &edgepipe_query::QueryEngine,
+    since_secs: u64,
+) -> anyhow::Result<Vec<LabelledInterval>> {
+    let sql = format!(
+        "SELECT case_id, device_id, metric, CAST(ts AS BIGINT) AS ts_us, \
+         CAST(end_ts AS BIGINT) AS end_us, label, label_id \
+         FROM labels WHERE metric IS NOT NULL AND category = 'anomaly' \
+         AND end_ts >= now() - INTERVAL '{since_secs} seconds'"
+    );
+    let out = engine.query(&sql).await?;
+    let mut latest: BTreeMap<(i64, String), (i64, LabelledInterval)> = BTreeMap::new();
+    for b in &out.batches {
+        let col = |i: usize| b.column(i).as_any();
+        let int = |i: usize, name: &str| {
+            col(i)
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| anyhow::anyhow!("labels.{name} is not int64"))
+        };
+        let text = |i: usize, name: &str| {
+            col(i)
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| anyhow::anyhow!("labels.{name} is not utf8"))
+        };
+        let (case, dev, met) = (
+            int(0, "case_id")?,
+            text(1, "device_id")?,
+            text(2, "metric")?,
+        );
+        let (ts, end, label, ids) = (
+            int(3, "ts")?,
+            int(4, "end_ts")?,
+            text(5, "label")?,
+            int(6, "label_id")?,
+        );
+        for i in 0..b.num_rows() {
+            let confirmed = match label.value(i) {
+                "confirmed" => true,
+                "false_positive" => false,
+                _ => continue,
+            };
+            let key = SeriesKey::new(DeviceId::new(dev.value(i))?, Metric::new(met.value(i))?);
+            let l = LabelledInterval {
+                key,
+                start_ms: ts.value(i).div_euclid(1000),
+                end_ms: end.value(i).div_euclid(1000),
+                confirmed,
+            };
+            let slot = (case.value(i), met.value(i).to_owned());
+            if latest.get(&slot).is_none_or(|(id, _)| ids.value(i) > *id) {
+                latest.insert(slot, (ids.value(i), l));
+            }
+        }
+    }
+    Ok(latest.into_values().map(|(_, l)| l).collect())
+}
+
+/// A detection counts for a labelled interval up to this long after its end.
+const LABEL_GRACE_MS: i64 = 60_000;
+
+/// Fits an artifact from the lake's readings newer than `since`, raises the thresholds of
+/// series with labelled false positives, scores it on operators' labels against the promoted
+/// artifact (or the defaults), stores it (with its evaluation in `<version>.eval`) and
+/// promotes it as `promote` says.
 pub async fn train(
     data_dir: &Path,
     engine: &edgepipe_query::QueryEngine,
     since: std::time::Duration,
-) -> anyhow::Result<(String, usize, usize)> {
+    promote: Promote,
+) -> anyhow::Result<TrainReport> {
     let secs = since.as_secs();
-    let sql = format!(
-        "SELECT device_id, metric, CAST(ts AS BIGINT) AS ts_us, value FROM readings \
-         WHERE ts >= now() - INTERVAL '{secs} seconds' AND value IS NOT NULL \
-         ORDER BY device_id, metric, ts"
-    );
-    let out = engine.query(&sql).await?;
+    // One query per 6 hours of history rather than one sorted scan of all of it: bounded
+    // memory per query, and the compaction swap lock is held briefly each time.
+    let now = edgepipe_sim::now_ms();
+    let start = now.saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
     let mut histories: BTreeMap<SeriesKey, Vec<(i64, f64)>> = BTreeMap::new();
     let mut rows = 0usize;
-    for b in &out.batches {
-        let col = |i: usize| b.column(i).as_any();
-        let dev = col(0)
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| anyhow::anyhow!("device_id is not utf8"))?;
-        let met = col(1)
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| anyhow::anyhow!("metric is not utf8"))?;
-        let ts = col(2)
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| anyhow::anyhow!("ts is not int64"))?;
-        let val = col(3)
-            .downcast_ref::<Float64Array>()
-            .ok_or_else(|| anyhow::anyhow!("value is not float64"))?;
-        for i in 0..b.num_rows() {
-            if val.is_null(i) {
-                continue;
+    let mut a = start;
+    while a < now {
+        let b = (a + 6 * 3_600_000).min(now);
+        let sql = format!(
+            "SELECT device_id, metric, CAST(ts AS BIGINT) AS ts_us, value FROM readings \
+             WHERE ts >= to_timestamp_millis({a}) AND ts < to_timestamp_millis({b}) \
+             AND value IS NOT NULL"
+        );
+        let out = engine.query(&sql).await?;
+        for b in &out.batches {
+            let col = |i: usize| b.column(i).as_any();
+            let dev = col(0)
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| anyhow::anyhow!("device_id is not utf8"))?;
+            let met = col(1)
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| anyhow::anyhow!("metric is not utf8"))?;
+            let ts = col(2)
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| anyhow::anyhow!("ts is not int64"))?;
+            let val = col(3)
+                .downcast_ref::<Float64Array>()
+                .ok_or_else(|| anyhow::anyhow!("value is not float64"))?;
+            let mut last: Option<SeriesKey> = None;
+            for i in 0..b.num_rows() {
+                if val.is_null(i) {
+                    continue;
+                }
+                let same = last.as_ref().is_some_and(|k| {
+                    k.device.as_str() == dev.value(i) && k.metric.as_str() == met.value(i)
+                });
+                if !same {
+                    last = Some(SeriesKey::new(
+                        DeviceId::new(dev.value(i))?,
+                        Metric::new(met.value(i))?,
+                    ));
+                }
+                if let Some(k) = &last {
+                    if !histories.contains_key(k) {
+                        histories.insert(k.clone(), Vec::new());
+                    }
+                    if let Some(h) = histories.get_mut(k) {
+                        h.push((ts.value(i).div_euclid(1000), val.value(i)));
+                    }
+                }
+                rows += 1;
             }
-            let key = SeriesKey::new(DeviceId::new(dev.value(i))?, Metric::new(met.value(i))?);
-            histories
-                .entry(key)
-                .or_default()
-                .push((ts.value(i).div_euclid(1000), val.value(i)));
-            rows += 1;
         }
+        a = b;
     }
-    let params = ModelParams::fit(
-        EnsembleConfig::default(),
-        histories.iter().map(|(k, v)| (k.clone(), v.as_slice())),
-        &FitOptions::default(),
-    )?;
+    let labelled = labels(engine, secs).await?;
+    let current = current_version(data_dir)?;
+    let (baseline_name, baseline_params) = match &current {
+        Some(v) => (v.clone(), load(data_dir, v)?),
+        None => ("defaults".to_owned(), ModelParams::default()),
+    };
+    // Fitting and the replays are CPU work: off the async workers.
+    let (params, raised, score, baseline_score) = tokio::task::spawn_blocking(move || {
+        for h in histories.values_mut() {
+            h.sort_by_key(|p| p.0);
+        }
+        let fit = FitOptions::default();
+        let mut params = ModelParams::fit(
+            EnsembleConfig::default(),
+            histories.iter().map(|(k, v)| (k.clone(), v.as_slice())),
+            &fit,
+        )?;
+        let raised = raise_thresholds_for_false_positives(
+            &mut params,
+            &histories,
+            &labelled,
+            fit.margin,
+            LABEL_GRACE_MS,
+        )?;
+        let score = score_on_labels(&params, &histories, &labelled, LABEL_GRACE_MS)?;
+        let base = score_on_labels(&baseline_params, &histories, &labelled, LABEL_GRACE_MS)?;
+        Ok::<_, anyhow::Error>((params, raised, score, base))
+    })
+    .await??;
+    let labels_n = score.confirmed + score.false_positive;
+    let baseline = (baseline_name, baseline_score);
     let version = crate::detect::model_version(&params);
     let dir = models_dir(data_dir);
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{version}.json"));
-    let tmp = dir.join(format!("{version}.json.tmp"));
-    std::fs::write(&tmp, params.to_json())?;
+    write_synced(
+        &dir,
+        &format!("{version}.json"),
+        params.to_json().as_bytes(),
+    )?;
+    let promoted = match promote {
+        Promote::Never => false,
+        Promote::Always => true,
+        Promote::IfBetter if labels_n == 0 => current.is_none(),
+        Promote::IfBetter => score.improves_on(&baseline.1),
+    };
+    let report = TrainReport {
+        version: version.clone(),
+        series: params.series.len(),
+        readings: rows,
+        labels: labels_n,
+        raised: raised.iter().map(|(k, t)| (k.to_string(), *t)).collect(),
+        score,
+        baseline,
+        promoted,
+    };
+    write_synced(
+        &dir,
+        &format!("{version}.eval"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    if promoted {
+        self::promote(data_dir, &version)?;
+    }
+    prune(data_dir, KEEP_ARTIFACTS)?;
+    Ok(report)
+}
+
+/// Artifacts kept besides the promoted one; older ones (and their evaluations) are deleted.
+pub const KEEP_ARTIFACTS: usize = 10;
+
+/// Deletes all but the newest `keep` artifacts, never the promoted one.
+pub fn prune(data_dir: &Path, keep: usize) -> anyhow::Result<()> {
+    let current = current_version(data_dir)?;
+    let dir = models_dir(data_dir);
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(v) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if current.as_deref() == Some(v) {
+            continue;
+        }
+        found.push((e.metadata()?.modified()?, v.to_owned()));
+    }
+    found.sort();
+    let n = found.len().saturating_sub(keep);
+    for (_, v) in found.into_iter().take(n) {
+        std::fs::remove_file(dir.join(format!("{v}.json")))?;
+        match std::fs::remove_file(dir.join(format!("{v}.eval"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn write_synced(dir: &Path, name: &str, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, data)?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok((version, params.series.len(), rows))
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+/// The evaluation stored next to an artifact by `train`, if any.
+pub fn evaluation(data_dir: &Path, version: &str) -> Option<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(models_dir(data_dir).join(format!("{version}.eval"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Retrains every `cfg.every` (see [`crate::detect::RetrainConfig`]) until `stop` turns true.
+pub async fn retrain_loop(
+    data_dir: PathBuf,
+    engine: edgepipe_query::QueryEngine,
+    cfg: crate::detect::RetrainConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if cfg.every.is_zero() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.every) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let how = if cfg.auto_promote {
+            Promote::IfBetter
+        } else {
+            Promote::Never
+        };
+        match train(&data_dir, &engine, cfg.since, how).await {
+            Ok(r) => tracing::info!(
+                version = %r.version,
+                series = r.series,
+                labels = r.labels,
+                f1 = r.score.f1,
+                baseline = %r.baseline.0,
+                baseline_f1 = r.baseline.1.f1,
+                promoted = r.promoted,
+                "models: retrained"
+            ),
+            Err(e) => tracing::error!(error = %e, "models: scheduled retraining failed"),
+        }
+    }
 }

@@ -152,6 +152,7 @@ pub struct RunningServer {
     pub cases: Option<crate::cases::CaseService>,
     detect_stop: tokio::sync::watch::Sender<bool>,
     detect_task: Option<tokio::task::JoinHandle<()>>,
+    retrain_task: Option<tokio::task::JoinHandle<()>>,
     mqtt: Option<MqttHandle>,
     http_cancel: CancellationToken,
     http_task: Option<tokio::task::JoinHandle<()>>,
@@ -240,6 +241,17 @@ impl RunningServer {
             ))
         });
 
+        let retrain_task = (cfg.detect.enabled && !cfg.detect.retrain.every.is_zero()).then(|| {
+            let mut qcfg = cfg.query.clone();
+            qcfg.max_rows = usize::MAX;
+            tokio::spawn(crate::models::retrain_loop(
+                cfg.data_dir.clone(),
+                lake.engine.with_config(qcfg),
+                cfg.detect.retrain.clone(),
+                detect_stop.subscribe(),
+            ))
+        });
+
         let workers = if cfg.mqtt_workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -309,6 +321,7 @@ impl RunningServer {
             cases: Some(cases),
             detect_stop,
             detect_task,
+            retrain_task,
             mqtt: Some(mqtt),
             http_cancel: cancel,
             http_task: Some(http_task),
@@ -329,6 +342,11 @@ impl RunningServer {
         }
         let _ = self.detect_stop.send(true);
         if let Some(t) = self.detect_task.take() {
+            let _ = t.await;
+        }
+        if let Some(t) = self.retrain_task.take() {
+            // A training in progress only writes whole files (temp file + rename): safe to drop.
+            t.abort();
             let _ = t.await;
         }
         if let Some(c) = self.cases.take() {

@@ -607,5 +607,40 @@ fn a_false_positive_verdict_reaches_the_lake_and_the_detector() -> TestResult {
         std::thread::sleep(Duration::from_millis(300));
     }
     srv.stop()?;
+    // Training reads the verdict too: the new artifact is scored on it next to the defaults,
+    // and --auto-promote promotes it only if it does better.
+    let out = Command::new(bin())
+        .args(["models", "--data-dir"])
+        .arg(&data)
+        .args(["train", "--since", "30d", "--auto-promote"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("on 1 labelled intervals"), "{text}");
+    let version = text
+        .split_whitespace()
+        .nth(2)
+        .map(|v| v.trim_end_matches(':').to_owned())
+        .ok_or("no version printed")?;
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        data.join("models").join(format!("{version}.eval")),
+    )?)?;
+    assert_eq!(eval["labels"], 1, "{eval}");
+    assert_eq!(eval["score"]["false_positive"], 1, "{eval}");
+    assert_eq!(eval["baseline"][0], "defaults", "{eval}");
+    let (new_f1, base_f1) = (
+        eval["score"]["f1"].as_f64().ok_or("f1")?,
+        eval["baseline"][1]["f1"].as_f64().ok_or("f1")?,
+    );
+    let fewer_false =
+        eval["score"]["fired_on_false"].as_u64() < eval["baseline"][1]["fired_on_false"].as_u64();
+    let better = new_f1 > base_f1 + 1e-9 || ((new_f1 - base_f1).abs() <= 1e-9 && fewer_false);
+    assert_eq!(eval["promoted"], better, "{eval}");
+    assert_eq!(
+        text.contains(&format!("promoted {version}")),
+        better,
+        "{text}"
+    );
+    println!("{text}");
     Ok(())
 }

@@ -5,7 +5,11 @@
 //! digest (storm control: one message listing 500 changes instead of 500 messages). A
 //! notification is marked delivered only after its channel accepted it; a crash between the
 //! two sends it again with the same idempotency key, so receivers can drop the repeat. A
-//! failing one is retried with exponential backoff (capped, jittered) and is never dropped.
+//! digest's own key names its first and last outbox ids, so a digest re-sent after a crash may
+//! hold more notifications (those that became due meanwhile) under another key; every
+//! notification inside a digest keeps its own `idempotency_key`, which is what receivers should
+//! deduplicate on. A failing one is retried with exponential backoff (capped, jittered) and is
+//! never dropped.
 
 mod email;
 mod template;

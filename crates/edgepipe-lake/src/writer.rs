@@ -212,8 +212,9 @@ impl LakeWriter {
         self.flush().await
     }
 
-    /// Reads every durable record not yet read into the fresh buffer. Returns whether anything
-    /// was read.
+    /// Reads durable records not yet read into the fresh buffer, until the WAL has no more or
+    /// the buffer holds `flush_max_rows` (then it is the caller's turn to flush). Returns
+    /// whether anything was read.
     pub fn read_available(&mut self) -> Result<bool> {
         let mut any = false;
         loop {
@@ -257,7 +258,10 @@ impl LakeWriter {
             if batch.num_rows() > 0 {
                 s.batches.push(batch);
             }
-            if records.len() < READ_BATCH {
+            // A full buffer goes to the lake before more is read: under a sustained ingest
+            // faster than one read pass, reading "until the WAL is drained" never ends and
+            // the buffer (and the flush that sorts it) grows without bound.
+            if records.len() < READ_BATCH || s.rows >= self.config.flush_max_rows {
                 break;
             }
         }

@@ -637,3 +637,49 @@ async fn a_replaced_wal_is_refused_not_written_over_the_lake() {
     // The lake's own WAL still opens it.
     writer(&f).await;
 }
+
+/// Reading stops at a full buffer (`flush_max_rows`) instead of draining a WAL that keeps
+/// growing; reading and flushing in turns still brings every row to the lake once.
+#[tokio::test]
+async fn the_fresh_buffer_is_bounded_by_flush_max_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal_cfg = WalConfig {
+        max_bytes: 64 << 20,
+        ..WalConfig::test_config()
+    };
+    let f = Fixture {
+        wal: Arc::new(Wal::open(dir.path().join("wal"), wal_cfg).expect("wal")),
+        store: LakeStore::local(dir.path().join("lake")).expect("lake"),
+        swap: SwapLock::default(),
+        _dir: dir,
+    };
+    let mut w = writer(&f).await;
+    let max = LakeConfig::test_config().flush_max_rows;
+    // One reading per record: more records than one read pass (4,096) takes.
+    let total = 3 * max + 123;
+    let recs: Vec<Vec<u8>> = (0..total)
+        .map(|i| record("dev-a", T0 + i as i64, &[("temp", Value::F64(1.0))]).encode())
+        .collect();
+    f.wal.append_batch(recs).await.expect("append");
+    assert!(w.read_available().expect("read"));
+    let buffered: usize = w
+        .fresh()
+        .snapshot()
+        .batches
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert!(
+        buffered >= max && buffered < total,
+        "{buffered} rows buffered"
+    );
+    while w.fresh().committed() < total as u64 {
+        w.read_available().expect("read");
+        w.flush().await.expect("flush");
+    }
+    let engine = engine_over(&f, Some(w.fresh()));
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM readings").await,
+        total as i64
+    );
+}

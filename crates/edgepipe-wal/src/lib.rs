@@ -275,7 +275,17 @@ struct Shared {
     counters: Counters,
     torn_records: u64,
     torn_bytes: u64,
+    /// Open segment readers left by [`Wal::read`], keyed by the next sequence they return, so
+    /// a consumer that keeps reading from where it stopped continues in the open file instead
+    /// of reopening the segment and scanning it from the start.
+    read_cache: Mutex<Vec<(u64, Option<OpenSegment>)>>,
 }
+
+/// A segment file open for reading: its end sequence, the buffered file and its path.
+type OpenSegment = (u64, BufReader<File>, PathBuf);
+
+/// Most readers [`Wal::read`] keeps open (one per consumer is the common case).
+const READ_CACHE: usize = 8;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -666,6 +676,7 @@ impl Wal {
             counters: Counters::default(),
             torn_records,
             torn_bytes,
+            read_cache: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let writer_shared = shared.clone();
@@ -774,9 +785,21 @@ impl Wal {
         }
     }
 
-    /// Reads up to `max` durable records starting at `from`.
+    /// Reads up to `max` durable records starting at `from`. A call that starts where an
+    /// earlier one stopped continues in that call's open segment file (cost proportional to
+    /// what it reads, not to the position in the segment).
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut reader = self.reader(from)?;
+        {
+            let mut cache = self
+                .shared
+                .read_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = cache.iter().position(|(next, _)| *next == from) {
+                reader.current = cache.swap_remove(i).1;
+            }
+        }
         let mut out = Vec::new();
         while out.len() < max {
             match reader.next_record()? {
@@ -784,6 +807,15 @@ impl Wal {
                 None => break,
             }
         }
+        let mut cache = self
+            .shared
+            .read_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= READ_CACHE {
+            cache.remove(0);
+        }
+        cache.push((reader.next, reader.current.take()));
         Ok(out)
     }
 
@@ -1199,7 +1231,7 @@ fn req_bytes(r: &Request) -> usize {
 pub struct Reader {
     wal: Wal,
     next: u64,
-    current: Option<(u64, BufReader<File>, PathBuf)>,
+    current: Option<OpenSegment>,
 }
 
 impl Reader {

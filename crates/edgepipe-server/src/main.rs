@@ -2,12 +2,6 @@
 
 use clap::Parser;
 
-/// mimalloc instead of glibc malloc: under load glibc kept freed memory in its per-thread
-/// arenas (RSS stayed at the high-water mark, 1 GB after a batch load phase; 0.46 GB with
-/// glibc's trim and mmap thresholds lowered), mimalloc returns it (BENCHMARKS.md, ingest).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEPIPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::LakeConfig;
 use crate::parquet_io::{decode_parquet, encode_parquet};
-use crate::schema::{HOUR_US, hour_of_partition, readings_schema, rollup_schema};
+use crate::schema::{HOUR_US, hour_of_key, readings_schema, rollup_schema};
 use crate::store::LakeStore;
 use crate::writer::sort_readings;
 use crate::{Error, Result, tables};
@@ -144,7 +144,7 @@ pub async fn compact(
     let mut report = CompactionReport::default();
     for (dir, files) in by_partition {
         let uncompacted = files.iter().any(|f| !f.compacted);
-        let closed = partition_hour(&dir)
+        let closed = hour_of_key(&dir)
             .map(|h| {
                 (h + 1) * HOUR_US / 1000
                     + i64::try_from(config.compact_after.as_millis()).unwrap_or(i64::MAX)
@@ -161,19 +161,6 @@ pub async fn compact(
         }
     }
     Ok(report)
-}
-
-fn partition_hour(dir: &str) -> Option<i64> {
-    let mut date = None;
-    let mut hour = None;
-    for seg in dir.split('/') {
-        if let Some(d) = seg.strip_prefix("date=") {
-            date = Some(d);
-        } else if let Some(h) = seg.strip_prefix("hour=") {
-            hour = Some(h);
-        }
-    }
-    hour_of_partition(date?, hour?)
 }
 
 /// Adds missing nullable columns so batches of older schema versions concatenate with new ones.

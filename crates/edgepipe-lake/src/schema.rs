@@ -349,6 +349,21 @@ pub fn hour_of_partition(date: &str, hour: &str) -> Option<i64> {
     Some(t.and_utc().timestamp().div_euclid(3600))
 }
 
+/// The event-time hour (hours since the epoch) of a key or directory with Hive partition
+/// segments `date=YYYY-MM-DD/hour=HH` anywhere in it.
+pub fn hour_of_key(key: &str) -> Option<i64> {
+    let mut date = None;
+    let mut hour = None;
+    for seg in key.split('/') {
+        if let Some(d) = seg.strip_prefix("date=") {
+            date = Some(d);
+        } else if let Some(h) = seg.strip_prefix("hour=") {
+            hour = Some(h);
+        }
+    }
+    hour_of_partition(date?, hour?)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

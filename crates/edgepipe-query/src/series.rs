@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
-use edgepipe_lake::schema::{hour_of_partition, partition_of_hour};
+use edgepipe_lake::schema::{hour_of_key, partition_of_hour};
 use edgepipe_lake::{FreshSnapshot, tables};
 use edgepipe_types::{DeviceId, Metric};
 use serde::{Deserialize, Serialize};
@@ -342,18 +342,7 @@ impl QueryEngine {
                 prefixes.insert(format!("date={}/", partition_of_hour(h).0));
             }
         }
-        let hour_of = |key: &str| -> Option<i64> {
-            let mut date = None;
-            let mut hour = None;
-            for seg in key.split('/') {
-                if let Some(v) = seg.strip_prefix("date=") {
-                    date = Some(v);
-                } else if let Some(v) = seg.strip_prefix("hour=") {
-                    hour = Some(v);
-                }
-            }
-            hour_of_partition(date?, hour?).filter(|h| (first..=last).contains(h))
-        };
+        let hour_of = |key: &str| hour_of_key(key).filter(|h| (first..=last).contains(h));
         let mut rolled = BTreeSet::new();
         let mut compacted = BTreeSet::new();
         let mut raw = BTreeSet::new();
@@ -386,6 +375,17 @@ impl QueryEngine {
     }
 }
 
+/// Column `name` of a fresh-buffer batch as its Arrow array type.
+fn col<'a, T: 'static>(b: &'a arrow::array::RecordBatch, name: &str) -> Result<&'a T> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| {
+            Error::Execution(format!(
+                "series: fresh rows: column {name} has another type"
+            ))
+        })
+}
+
 /// Adds the fresh buffer's rows of `device`/`metric` with `ts` inside `ranges` to `buckets`.
 fn add_fresh(
     buckets: &mut BTreeMap<i64, Acc>,
@@ -396,25 +396,13 @@ fn add_fresh(
     origin: i64,
     step: i64,
 ) -> Result<()> {
-    let bad =
-        |c: &str| Error::Execution(format!("series: fresh rows: column {c} has another type"));
     for b in &fresh.batches {
-        let dev = b
-            .column_by_name("device_id")
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| bad("device_id"))?;
-        let met = b
-            .column_by_name("metric")
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| bad("metric"))?;
-        let ts = b
-            .column_by_name("ts")
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-            .ok_or_else(|| bad("ts"))?;
-        let val = b
-            .column_by_name("value")
-            .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
-            .ok_or_else(|| bad("value"))?;
+        let (dev, met) = (
+            col::<StringArray>(b, "device_id")?,
+            col::<StringArray>(b, "metric")?,
+        );
+        let ts = col::<TimestampMicrosecondArray>(b, "ts")?;
+        let val = col::<Float64Array>(b, "value")?;
         for i in 0..b.num_rows() {
             let t = ts.value(i).div_euclid(1000);
             if !ranges.iter().any(|&(a, z)| a <= t && t < z)

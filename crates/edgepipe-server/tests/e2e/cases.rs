@@ -515,15 +515,7 @@ fn every_documented_operation_and_dashboard_metric_exists() -> TestResult {
 fn a_false_positive_verdict_reaches_the_lake_and_the_detector() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"48h\"\n[lake]\nflush_interval = \"1s\"\n",
-    )?;
-    let srv = Server::start(
-        &data,
-        &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
-    )?;
+    let srv = Server::start_detecting(&data)?;
     let base = now_ms() - 2_400_000;
     for b in 0..8usize {
         ingest_as(
@@ -583,17 +575,7 @@ fn a_false_positive_verdict_reaches_the_lake_and_the_detector() -> TestResult {
     let t0 = Instant::now();
     loop {
         let st = srv.status()?;
-        let body =
-            serde_json::json!({"sql": "SELECT metric, label, root_cause, category FROM labels"})
-                .to_string();
-        let out = srv.api(&[
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &body,
-            &format!("http://{}/api/v1/query", srv.http),
-        ])?;
-        let q: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let q = srv.query("SELECT metric, label, root_cause, category FROM labels")?;
         let applied = st["detect"]["feedback_applied"].as_i64().unwrap_or(0);
         if applied >= 1 && q["row_count"].as_i64() == Some(1) {
             assert_eq!(q["rows"][0]["label"], "false_positive", "{q}");

@@ -22,15 +22,7 @@ fn dashboard_in_chromium() -> TestResult {
     }
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"48h\"\n[lake]\nflush_interval = \"1s\"\n",
-    )?;
-    let srv = Server::start(
-        &data,
-        &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
-    )?;
+    let srv = Server::start_detecting(&data)?;
     let http = srv.http;
     // History with one spike for pump-1 (the detector warms up on it and fires once).
     let base = now_ms() - 2_400_000;

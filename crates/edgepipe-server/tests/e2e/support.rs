@@ -120,6 +120,35 @@ impl Server {
         }
     }
 
+    /// A server for detection tests: checkpoints every 200 ms, readings up to 48 h old are
+    /// live (histories in the past raise cases), lake flushes every second, auto-registration.
+    /// The config file goes next to `data`.
+    pub(crate) fn start_detecting(data: &Path) -> TestResult<Server> {
+        let cfg = data.with_extension("toml");
+        std::fs::write(
+            &cfg,
+            "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"48h\"\n\
+             [lake]\nflush_interval = \"1s\"\n",
+        )?;
+        Self::start(
+            data,
+            &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
+        )
+    }
+
+    /// `POST /api/v1/query` with the admin token; the JSON answer.
+    pub(crate) fn query(&self, sql: &str) -> TestResult<serde_json::Value> {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        let out = self.api(&[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &format!("http://{}/api/v1/query", self.http),
+        ])?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
     pub(crate) fn status(&self) -> TestResult<serde_json::Value> {
         let out = self.api(&[&format!("http://{}/api/v1/status", self.http)])?;
         Ok(serde_json::from_slice(&out.stdout)?)

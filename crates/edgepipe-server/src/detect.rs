@@ -568,13 +568,15 @@ impl DetectStage {
         let first = self.first_uncheckpointed;
         if self.next_seq == first {
             // Nothing new from the WAL, but operators may have given feedback meanwhile (a
-            // quiet fleet is exactly when they resolve cases): apply it and keep the snapshot,
-            // whose WAL position is unchanged, in step with it.
+            // quiet fleet is exactly when they resolve cases) and a model may have been
+            // promoted: apply both, and keep the snapshot, whose WAL position is unchanged, in
+            // step with the feedback (a promoted model is swapped in again at open anyway).
             let before = self.feedback_pos;
             self.apply_feedback().await?;
             if self.feedback_pos != before {
                 write_atomically(&self.state_path, &self.state_bytes()?)?;
             }
+            self.swap_model_if_promoted();
             return Ok(());
         }
         let last = self.next_seq - 1;

@@ -25,18 +25,6 @@ fn post(srv: &Server, token: &str, body: &str) -> TestResult {
     Ok(())
 }
 
-fn query(srv: &Server, sql: &str) -> TestResult<serde_json::Value> {
-    let body = serde_json::json!({ "sql": sql }).to_string();
-    let out = srv.api(&[
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &body,
-        &format!("http://{}/api/v1/query", srv.http),
-    ])?;
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 #[test]
 fn a_spike_fires_once_through_kill9_during_checkpoints() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -86,33 +74,24 @@ fn a_spike_fires_once_through_kill9_during_checkpoints() -> TestResult {
         "detection stage did not catch up: {:?}",
         wal_end()
     );
-    let v = query(
-        &srv,
-        "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM anomalies",
-    )?;
+    let v = srv.query("SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM anomalies")?;
     assert_eq!(
         v["rows"][0]["n"], v["rows"][0]["ids"],
         "an event fired twice: {v}"
     );
     let spike_ts = base + 1_300 * 1000;
-    let v = query(
-        &srv,
-        &format!(
-            "SELECT event_id, kind, score, value, model_version, replayed FROM anomalies \
+    let v = srv.query(&format!(
+        "SELECT event_id, kind, score, value, model_version, replayed FROM anomalies \
              WHERE metric = 'temp' AND CAST(ts AS BIGINT) = {}",
-            spike_ts * 1000
-        ),
-    )?;
+        spike_ts * 1000
+    ))?;
     assert_eq!(
         v["row_count"], 1,
         "the spike must raise exactly one event: {v}"
     );
     assert_eq!(v["rows"][0]["value"], 80.0, "{v}");
     assert_eq!(v["rows"][0]["replayed"], false, "{v}");
-    let all = query(
-        &srv,
-        "SELECT count(*) AS n FROM anomalies WHERE kind = 'anomaly'",
-    )?;
+    let all = srv.query("SELECT count(*) AS n FROM anomalies WHERE kind = 'anomaly'")?;
     eprintln!("detect e2e: events {all}, spike {v}");
     srv.stop()?;
     Ok(())
@@ -160,4 +139,55 @@ fn walk(dir: &std::path::Path) -> TestResult<usize> {
         }
     }
     Ok(n)
+}
+
+/// `[detect.retrain]`: the server retrains from its own lake on schedule, scores the new
+/// artifact (`<version>.eval`) and, with nothing promoted yet and no labels, promotes it; the
+/// detection stage then runs that model.
+#[test]
+fn scheduled_retraining_promotes_a_model_the_stage_then_runs() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"48h\"\n\
+         [detect.retrain]\nevery = \"2s\"\nsince = \"1d\"\n[lake]\nflush_interval = \"1s\"\n",
+    )?;
+    let srv = Server::start(
+        &data,
+        &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
+    )?;
+    ingest_as(
+        srv.http,
+        "pump-3",
+        &spike_readings(now_ms() - 600_000, 0, 500, 400),
+    )?;
+    let t0 = std::time::Instant::now();
+    let version = loop {
+        if let Ok(v) = std::fs::read_to_string(data.join("models").join("CURRENT")) {
+            break v.trim().to_owned();
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err("no model promoted by scheduled retraining".into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        data.join("models").join(format!("{version}.eval")),
+    )?)?;
+    assert_eq!(eval["promoted"], true, "{eval}");
+    assert!(eval["series"].as_u64().unwrap_or(0) >= 1, "{eval}");
+    let t0 = std::time::Instant::now();
+    loop {
+        if srv.status()?["detect"]["model_version"] == version.as_str() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(format!("the stage never swapped in {version}").into());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    srv.stop()?;
+    Ok(())
 }

@@ -3,10 +3,8 @@
 //   EDGEPIPE_URL=http://127.0.0.1:8080 ADMIN_TOKEN=... DEVICE=dev-0000 METRICS=5 RUNS=15 \
 //   RANGE=7d node bench-device-page.mjs
 // Prints one JSON object: every run's milliseconds, median, p90, and the first (cold) load.
-import { chromium } from 'playwright-core';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
+import { rm } from 'node:fs/promises';
+import { launch } from './chromium.mjs';
 
 const BASE = (process.env.EDGEPIPE_URL || '').replace(/\/+$/, '');
 const TOKEN = process.env.ADMIN_TOKEN || '';
@@ -14,7 +12,6 @@ const DEVICE = process.env.DEVICE || '';
 const METRICS = Number(process.env.METRICS || 5);
 const RUNS = Number(process.env.RUNS || 15);
 const RANGE = process.env.RANGE || '7d';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 if (!BASE || !TOKEN || !DEVICE) {
   console.error('set EDGEPIPE_URL, ADMIN_TOKEN and DEVICE');
@@ -22,15 +19,7 @@ if (!BASE || !TOKEN || !DEVICE) {
 }
 
 async function main() {
-  const profile = await mkdtemp(path.join(tmpdir(), 'edgepipe-bench-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1366, height: 900 },
-  });
-  const page = context.pages()[0] || (await context.newPage());
+  const { context, page, profile } = await launch();
   page.setDefaultTimeout(30_000);
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
@@ -68,6 +57,7 @@ async function main() {
     requests = v.requests;
   }
   await context.close();
+  await rm(profile, { recursive: true, force: true });
   if (errors.length) throw new Error(`JS errors in page: ${errors.join(' | ')}`);
   const sorted = [...runs].slice(1).sort((a, b) => a - b);
   const q = (p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];

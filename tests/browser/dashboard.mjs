@@ -3,17 +3,16 @@
 //   EDGEPIPE_URL=http://127.0.0.1:8080 ADMIN_TOKEN=... VIEWER_TOKEN=... \
 //   ANOMALY_DEVICE=dev-001 SCREENSHOT_DIR=/tmp/shots node dashboard.mjs
 // Prints one line per check and exits 0 only if every check passed.
-import { chromium } from 'playwright-core';
-import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { launch } from './chromium.mjs';
 
 const BASE = (process.env.EDGEPIPE_URL || '').replace(/\/+$/, '');
 const ADMIN_TOKEN = process.env.ADMIN_TOKEN || '';
 const VIEWER_TOKEN = process.env.VIEWER_TOKEN || '';
 const ANOMALY_DEVICE = process.env.ANOMALY_DEVICE || '';
 const SHOTS = process.env.SCREENSHOT_DIR || path.join(tmpdir(), 'edgepipe-screenshots');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const TIMEOUT_MS = 20_000;
 
 if (!BASE || !ADMIN_TOKEN || !VIEWER_TOKEN) {
@@ -34,15 +33,7 @@ const testid = (id) => `[data-testid="${id}"]`;
 
 async function main() {
   await mkdir(SHOTS, { recursive: true });
-  const profile = await mkdtemp(path.join(tmpdir(), 'edgepipe-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    viewport: { width: 1366, height: 900 },
-  });
-  const page = context.pages()[0] || (await context.newPage());
+  const { context, page, profile } = await launch();
   page.setDefaultTimeout(TIMEOUT_MS);
 
   // Uncaught exceptions in the page fail the check during which they happened.

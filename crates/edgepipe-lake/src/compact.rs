@@ -19,7 +19,7 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Float64Builder, Int64Builder, RecordBatch,
     StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -221,8 +221,7 @@ async fn compact_partition(
     let dir_owned = dir.to_owned();
     let rollups = config.rollups;
     let (outputs, rollup_files, rows_out) = tokio::task::spawn_blocking(move || {
-        let all = concat_batches(&schema, &batches)?;
-        let sorted = sort_readings(&all)?;
+        let sorted = sort_readings(&batches)?;
         let deduped = dedup_last_wins(&sorted)?;
         let rows_out = deduped.num_rows();
         let per_row = (bytes_in as f64 / rows_in.max(1) as f64).max(0.5);

@@ -22,6 +22,7 @@
 mod compact;
 mod config;
 pub use edgepipe_types::duration_serde;
+mod parallel;
 mod parquet_io;
 pub mod retention;
 pub mod schema;

@@ -33,11 +33,14 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder, new_null_array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use edgepipe_types::{IngestRecord, Transport, TsSource, Value};
+use edgepipe_types::{
+    BatchOriginView, IngestRecord, IngestRecordView, ReadingView, Transport, TsSource, Value,
+    ValueView,
+};
 
 use crate::{Error, Result};
 
@@ -181,6 +184,77 @@ pub const COL_TS: usize = 2;
 /// Column index of `wal_seq` in [`readings_schema`].
 pub const COL_WAL_SEQ: usize = 12;
 
+/// A column that is usually all null (the value kinds a fleet does not send): nulls are only
+/// counted until the first value arrives, and an all-null column is made in one step.
+#[derive(Debug)]
+struct MostlyNull<B> {
+    builder: B,
+    leading_nulls: usize,
+}
+
+/// Builders that append `n` nulls at once.
+trait AppendNulls: ArrayBuilder {
+    fn nulls(&mut self, n: usize);
+}
+
+impl AppendNulls for Int64Builder {
+    fn nulls(&mut self, n: usize) {
+        self.append_nulls(n);
+    }
+}
+
+impl AppendNulls for BooleanBuilder {
+    fn nulls(&mut self, n: usize) {
+        self.append_nulls(n);
+    }
+}
+
+impl AppendNulls for StringBuilder {
+    fn nulls(&mut self, n: usize) {
+        self.append_nulls(n);
+    }
+}
+
+impl<B: AppendNulls> MostlyNull<B> {
+    fn new(builder: B) -> Self {
+        Self {
+            builder,
+            leading_nulls: 0,
+        }
+    }
+
+    fn null(&mut self) {
+        if self.builder.is_empty() {
+            self.leading_nulls += 1;
+        } else {
+            self.append_nulls(1);
+        }
+    }
+
+    fn value(&mut self, append: impl FnOnce(&mut B)) {
+        let pending = std::mem::take(&mut self.leading_nulls);
+        self.append_nulls(pending);
+        append(&mut self.builder);
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.builder.nulls(n);
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        let nulls = std::mem::take(&mut self.leading_nulls);
+        if self.builder.is_empty() {
+            let data_type = self.builder.finish().data_type().clone();
+            new_null_array(&data_type, nulls)
+        } else {
+            self.builder.finish()
+        }
+    }
+}
+
 /// Builds `readings` rows from decoded WAL records.
 #[derive(Debug)]
 pub struct RowsBuilder {
@@ -189,9 +263,9 @@ pub struct RowsBuilder {
     metric: StringBuilder,
     ts: TimestampMicrosecondBuilder,
     value: Float64Builder,
-    value_int: Int64Builder,
-    value_bool: BooleanBuilder,
-    value_str: StringBuilder,
+    value_int: MostlyNull<Int64Builder>,
+    value_bool: MostlyNull<BooleanBuilder>,
+    value_str: MostlyNull<StringBuilder>,
     quality: StringBuilder,
     received_at: TimestampMicrosecondBuilder,
     replayed: BooleanBuilder,
@@ -199,6 +273,7 @@ pub struct RowsBuilder {
     tags: StringBuilder,
     wal_seq: Int64Builder,
     rows: usize,
+    source_buf: String,
 }
 
 impl RowsBuilder {
@@ -211,9 +286,9 @@ impl RowsBuilder {
             metric: StringBuilder::new(),
             ts: TimestampMicrosecondBuilder::new(),
             value: Float64Builder::new(),
-            value_int: Int64Builder::new(),
-            value_bool: BooleanBuilder::new(),
-            value_str: StringBuilder::new(),
+            value_int: MostlyNull::new(Int64Builder::new()),
+            value_bool: MostlyNull::new(BooleanBuilder::new()),
+            value_str: MostlyNull::new(StringBuilder::new()),
             quality: StringBuilder::new(),
             received_at: TimestampMicrosecondBuilder::new(),
             replayed: BooleanBuilder::new(),
@@ -221,6 +296,7 @@ impl RowsBuilder {
             tags: StringBuilder::new(),
             wal_seq: Int64Builder::new(),
             rows: 0,
+            source_buf: String::new(),
         }
     }
 
@@ -236,12 +312,55 @@ impl RowsBuilder {
 
     /// Appends every reading of one WAL record.
     pub fn push_record(&mut self, wal_seq: u64, rec: &IngestRecord) {
-        let source = match (&rec.origin, rec.transport) {
-            (Some(o), _) => format!("agent:{}/{}", o.source, o.stream),
-            (None, Transport::Mqtt311) => "mqtt311".to_owned(),
-            (None, Transport::Mqtt5) => "mqtt5".to_owned(),
-            (None, Transport::Http) => "http".to_owned(),
-            (None, Transport::Replay) => "replay".to_owned(),
+        let view = IngestRecordView {
+            device_id: rec.device_id.as_str(),
+            received_at: rec.received_at,
+            transport: rec.transport,
+            origin: rec.origin.as_ref().map(|o| BatchOriginView {
+                source: &o.source,
+                stream: &o.stream,
+                seq: o.seq,
+            }),
+            tags: rec
+                .tags
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            readings: rec
+                .readings
+                .iter()
+                .map(|r| ReadingView {
+                    metric: r.metric.as_str(),
+                    ts: r.ts,
+                    value: match &r.value {
+                        Value::F64(v) => ValueView::F64(*v),
+                        Value::I64(v) => ValueView::I64(*v),
+                        Value::Bool(v) => ValueView::Bool(*v),
+                        Value::Str(v) => ValueView::Str(v),
+                    },
+                    ts_source: r.ts_source,
+                })
+                .collect(),
+        };
+        self.push_view(wal_seq, &view);
+    }
+
+    /// Appends every reading of one WAL record, decoded as a borrowed view (the lake writer's
+    /// path: no allocation per reading).
+    pub fn push_view(&mut self, wal_seq: u64, rec: &IngestRecordView<'_>) {
+        let source: &str = match (&rec.origin, rec.transport) {
+            (Some(o), _) => {
+                self.source_buf.clear();
+                self.source_buf.push_str("agent:");
+                self.source_buf.push_str(o.source);
+                self.source_buf.push('/');
+                self.source_buf.push_str(o.stream);
+                &self.source_buf
+            }
+            (None, Transport::Mqtt311) => "mqtt311",
+            (None, Transport::Mqtt5) => "mqtt5",
+            (None, Transport::Http) => "http",
+            (None, Transport::Replay) => "replay",
         };
         let tags = if rec.tags.is_empty() {
             None
@@ -249,56 +368,61 @@ impl RowsBuilder {
             let map: serde_json::Map<String, serde_json::Value> = rec
                 .tags
                 .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned())))
                 .collect();
             Some(serde_json::Value::Object(map).to_string())
         };
         let received_us = rec.received_at.saturating_mul(1000);
         let seq = i64::try_from(wal_seq).unwrap_or(i64::MAX);
+        let replay = rec.transport == Transport::Replay;
+        let n = rec.readings.len();
+        // What is the same for the whole record goes in as one run.
+        self.device_id.append_value_n(rec.device_id, n);
+        self.received_at.append_value_n(received_us, n);
+        self.source.append_value_n(source, n);
+        match &tags {
+            Some(t) => self.tags.append_value_n(t, n),
+            None => self.tags.append_nulls(n),
+        }
+        self.wal_seq.append_value_n(seq, n);
         for r in &rec.readings {
             let ts_us = r.ts.saturating_mul(1000);
-            self.device_id.append_value(rec.device_id.as_str());
-            self.metric.append_value(r.metric.as_str());
+            self.metric.append_value(r.metric);
             self.ts.append_value(ts_us);
-            match &r.value {
-                Value::F64(v) => {
-                    self.value.append_value(*v);
-                    self.value_int.append_null();
-                    self.value_bool.append_null();
-                    self.value_str.append_null();
+            match r.value {
+                ValueView::F64(v) => {
+                    self.value.append_value(v);
+                    self.value_int.null();
+                    self.value_bool.null();
+                    self.value_str.null();
                 }
-                Value::I64(v) => {
-                    self.value.append_value(*v as f64);
-                    self.value_int.append_value(*v);
-                    self.value_bool.append_null();
-                    self.value_str.append_null();
+                ValueView::I64(v) => {
+                    self.value.append_value(v as f64);
+                    self.value_int.value(|b| b.append_value(v));
+                    self.value_bool.null();
+                    self.value_str.null();
                 }
-                Value::Bool(b) => {
-                    self.value.append_value(if *b { 1.0 } else { 0.0 });
-                    self.value_int.append_null();
-                    self.value_bool.append_value(*b);
-                    self.value_str.append_null();
+                ValueView::Bool(b) => {
+                    self.value.append_value(if b { 1.0 } else { 0.0 });
+                    self.value_int.null();
+                    self.value_bool.value(|x| x.append_value(b));
+                    self.value_str.null();
                 }
-                Value::Str(s) => {
+                ValueView::Str(s) => {
                     self.value.append_null();
-                    self.value_int.append_null();
-                    self.value_bool.append_null();
-                    self.value_str.append_value(s);
+                    self.value_int.null();
+                    self.value_bool.null();
+                    self.value_str.value(|x| x.append_value(s));
                 }
             }
             self.quality.append_value(match r.ts_source {
                 TsSource::Device => "good",
                 TsSource::Server => "server_time",
             });
-            self.received_at.append_value(received_us);
             let late = received_us.saturating_sub(ts_us) > self.late_after_us;
-            self.replayed
-                .append_value(late || rec.transport == Transport::Replay);
-            self.source.append_value(&source);
-            self.tags.append_option(tags.as_deref());
-            self.wal_seq.append_value(seq);
-            self.rows += 1;
+            self.replayed.append_value(late || replay);
         }
+        self.rows += n;
     }
 
     /// The rows appended so far as one batch; the builder starts empty again.
@@ -309,9 +433,9 @@ impl RowsBuilder {
             Arc::new(self.metric.finish()),
             Arc::new(self.ts.finish().with_timezone(utc.clone())),
             Arc::new(self.value.finish()),
-            Arc::new(self.value_int.finish()),
-            Arc::new(self.value_bool.finish()),
-            Arc::new(self.value_str.finish()),
+            self.value_int.finish(),
+            self.value_bool.finish(),
+            self.value_str.finish(),
             Arc::new(self.quality.finish()),
             Arc::new(self.received_at.finish().with_timezone(utc)),
             Arc::new(self.replayed.finish()),

@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, UInt32Array, new_null_array,
 };
-use arrow::compute::{concat_batches, take};
+use arrow::buffer::BooleanBuffer;
+use arrow::compute::{concat, interleave, take};
 use bytes::Bytes;
-use edgepipe_types::IngestRecord;
+use edgepipe_types::IngestRecordView;
 use edgepipe_wal::{Consumer, Wal};
 use tokio::sync::watch;
 
@@ -52,6 +54,12 @@ pub struct LakeMetrics {
     pub last_flush_unix_ms: AtomicU64,
     /// Crashed flushes undone at start.
     pub flushes_recovered: AtomicU64,
+    /// Time spent reading WAL records into Arrow rows (ns).
+    pub read_ns: AtomicU64,
+    /// Time spent sorting and encoding flushes as Parquet (ns).
+    pub encode_ns: AtomicU64,
+    /// Time spent storing flushed files and checkpointing (ns).
+    pub store_ns: AtomicU64,
 }
 
 /// A consistent view of what the lake files do not hold yet.
@@ -216,6 +224,15 @@ impl LakeWriter {
     /// the buffer holds `flush_max_rows` (then it is the caller's turn to flush). Returns
     /// whether anything was read.
     pub fn read_available(&mut self) -> Result<bool> {
+        let started = Instant::now();
+        let r = self.read_available_inner();
+        self.metrics
+            .read_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+
+    fn read_available_inner(&mut self) -> Result<bool> {
         let mut any = false;
         loop {
             let records = match self.wal.read(self.next_seq, READ_BATCH) {
@@ -241,8 +258,8 @@ impl LakeWriter {
             }
             any = true;
             for (seq, payload) in &records {
-                match IngestRecord::decode(payload) {
-                    Ok(rec) => self.builder.push_record(*seq, &rec),
+                match IngestRecordView::decode(payload) {
+                    Ok(rec) => self.builder.push_view(*seq, &rec),
                     Err(e) => {
                         tracing::error!(seq, error = %e, "lake: wal record does not decode; not written to the lake");
                         self.metrics
@@ -280,17 +297,26 @@ impl LakeWriter {
         if rows > 0 {
             let row_group_rows = self.config.row_group_rows;
             let batches = snap.batches.clone();
+            let encode_started = Instant::now();
             let files = tokio::task::spawn_blocking(move || {
                 partition_and_encode(&batches, first, last, row_group_rows)
             })
             .await
             .map_err(|e| Error::Config(format!("encode task failed: {e}")))??;
             let bytes: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+            let store_started = Instant::now();
+            self.metrics.encode_ns.fetch_add(
+                (store_started - encode_started).as_nanos() as u64,
+                Ordering::Relaxed,
+            );
             let consumer = &mut self.consumer;
             crate::sink::store_flush(&self.store, tables::READINGS, first, last, &files, || {
                 consumer.commit(last + 1).map_err(Error::from)
             })
             .await?;
+            self.metrics
+                .store_ns
+                .fetch_add(store_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.commit_fresh(last + 1, snap.batches.len());
             self.metrics
                 .rows_written
@@ -335,8 +361,7 @@ fn partition_and_encode(
     row_group_rows: usize,
 ) -> Result<Vec<(String, Bytes)>> {
     let schema = readings_schema();
-    let all = concat_batches(&schema, batches)?;
-    let sorted = sort_readings(&all)?;
+    let sorted = sort_readings(batches)?;
     let ts = sorted
         .column(COL_TS)
         .as_any()
@@ -361,69 +386,465 @@ fn partition_and_encode(
     Ok(out)
 }
 
-/// Sorts `readings` rows by hour bucket, device_id, metric, ts, wal_seq.
-pub(crate) fn sort_readings(batch: &RecordBatch) -> Result<RecordBatch> {
-    let ts = batch
-        .column(COL_TS)
-        .as_any()
-        .downcast_ref::<TimestampMicrosecondArray>()
-        .ok_or_else(|| Error::Config("ts column is not timestamp(us)".into()))?;
-    let strings = |name: &str| -> Result<&StringArray> {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| Error::Config(format!("column {name} is missing or not utf8")))
-    };
-    let seq = batch
-        .column_by_name("wal_seq")
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-        .ok_or_else(|| Error::Config("column wal_seq is missing or not int64".into()))?;
-    // Sorting on string columns compares bytes for every pair; a batch holds few distinct
-    // devices and metrics, so rank them once and sort plain integer tuples instead.
-    let dev = ranks(strings("device_id")?);
-    let met = ranks(strings("metric")?);
-    let n = batch.num_rows();
-    let mut keys: Vec<(i64, u32, u32, i64, i64, u32)> = (0..n)
-        .map(|i| {
-            let t = ts.value(i);
-            (
-                t.div_euclid(HOUR_US),
-                dev[i],
-                met[i],
-                t,
-                seq.value(i),
-                i as u32,
-            )
-        })
-        .collect();
-    keys.sort_unstable();
-    let idx = UInt32Array::from_iter_values(keys.iter().map(|k| k.5));
-    let cols = batch
-        .columns()
-        .iter()
-        .map(|c| take(c.as_ref(), &idx, None))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(batch.schema(), cols)?)
+/// Interns strings to dense ids, remembering where the last one was found: ids of a WAL batch
+/// come in runs (a record's device) and cycles (its metrics), so the next lookup is usually a
+/// hit on the same or the following id, without hashing.
+struct Interner<'a> {
+    ids: std::collections::HashMap<&'a str, u32>,
+    distinct: Vec<&'a str>,
+    last: usize,
 }
 
-/// Each row's rank among the column's distinct values in byte order.
-fn ranks(col: &StringArray) -> Vec<u32> {
-    let mut ids: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-    let mut distinct: Vec<&str> = Vec::new();
-    let first: Vec<u32> = (0..col.len())
-        .map(|i| {
-            let v = if col.is_null(i) { "" } else { col.value(i) };
-            *ids.entry(v).or_insert_with(|| {
-                distinct.push(v);
-                (distinct.len() - 1) as u32
+impl<'a> Interner<'a> {
+    fn new() -> Self {
+        Self {
+            ids: std::collections::HashMap::new(),
+            distinct: Vec::new(),
+            last: 0,
+        }
+    }
+
+    fn id(&mut self, v: &'a str) -> u32 {
+        for probe in [self.last, self.last + 1, 0] {
+            if self.distinct.get(probe) == Some(&v) {
+                self.last = probe;
+                return probe as u32;
+            }
+        }
+        let next = self.distinct.len() as u32;
+        let id = *self.ids.entry(v).or_insert(next);
+        if id == next {
+            self.distinct.push(v);
+        }
+        self.last = id as usize;
+        id
+    }
+
+    /// Each id's rank among the distinct values in byte order.
+    fn ranks(&self) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.distinct.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.distinct[*a as usize].cmp(self.distinct[*b as usize]));
+        let mut rank = vec![0u32; self.distinct.len()];
+        for (r, id) in order.iter().enumerate() {
+            rank[*id as usize] = r as u32;
+        }
+        rank
+    }
+}
+
+/// Sorts `readings` rows (of any number of batches of one schema) into one batch ordered by
+/// hour bucket, device_id, metric, ts, wal_seq; rows equal on all five keep their input order.
+///
+/// Sorting compares nothing per row in the usual case: device and metric are interned to ranks,
+/// rows are placed by a counting sort on (hour, device, metric) and each series' run is only
+/// sorted on (ts, wal_seq) when it is not already in order (WAL order is nearly time order).
+/// The output is gathered from the input batches in one pass (no concatenation first).
+pub(crate) fn sort_readings(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let Some(first) = batches.first() else {
+        return Ok(RecordBatch::new_empty(readings_schema()));
+    };
+    let schema = first.schema();
+    struct Cols<'a> {
+        ts: &'a TimestampMicrosecondArray,
+        seq: &'a Int64Array,
+        dev: &'a StringArray,
+        met: &'a StringArray,
+    }
+    let cols = batches
+        .iter()
+        .map(|batch| {
+            let strings = |name: &str| -> Result<&StringArray> {
+                batch
+                    .column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(|| Error::Config(format!("column {name} is missing or not utf8")))
+            };
+            Ok(Cols {
+                ts: batch
+                    .column(COL_TS)
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .ok_or_else(|| Error::Config("ts column is not timestamp(us)".into()))?,
+                seq: batch
+                    .column_by_name("wal_seq")
+                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                    .ok_or_else(|| {
+                        Error::Config("column wal_seq is missing or not int64".into())
+                    })?,
+                dev: strings("device_id")?,
+                met: strings("metric")?,
             })
         })
-        .collect();
-    let mut order: Vec<u32> = (0..distinct.len() as u32).collect();
-    order.sort_unstable_by(|a, b| distinct[*a as usize].cmp(distinct[*b as usize]));
-    let mut rank = vec![0u32; distinct.len()];
-    for (r, id) in order.iter().enumerate() {
-        rank[*id as usize] = r as u32;
+        .collect::<Result<Vec<_>>>()?;
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if n > u32::MAX as usize {
+        return Err(Error::Config(format!(
+            "{n} rows are too many to sort at once"
+        )));
     }
-    first.into_iter().map(|id| rank[id as usize]).collect()
+    // Pass 1: interned ids and the hour range.
+    let mut devs = Interner::new();
+    let mut mets = Interner::new();
+    let mut ids: Vec<(u32, u32)> = Vec::with_capacity(n);
+    let (mut hmin, mut hmax) = (i64::MAX, i64::MIN);
+    for c in &cols {
+        for i in 0..c.ts.len() {
+            let dev = if c.dev.is_null(i) { "" } else { c.dev.value(i) };
+            let met = if c.met.is_null(i) { "" } else { c.met.value(i) };
+            ids.push((devs.id(dev), mets.id(met)));
+            let h = c.ts.value(i).div_euclid(HOUR_US);
+            hmin = hmin.min(h);
+            hmax = hmax.max(h);
+        }
+    }
+    let (dev_rank, met_rank) = (devs.ranks(), mets.ranks());
+    let (nd, nm) = (dev_rank.len() as u64, met_rank.len() as u64);
+    let hours = if n == 0 { 0 } else { hmax.abs_diff(hmin) + 1 };
+    let groups = hours.saturating_mul(nd).saturating_mul(nm);
+    let inverse = |rank: &[u32]| {
+        let mut by_rank = vec![0usize; rank.len()];
+        for (id, r) in rank.iter().enumerate() {
+            by_rank[*r as usize] = id;
+        }
+        by_rank
+    };
+    let (dev_by_rank, met_by_rank) = (inverse(&dev_rank), inverse(&met_rank));
+    // (batch, row) of every input row, in output order, and the output's runs of one series:
+    // (device id, metric id, rows).
+    let mut order: Vec<(usize, usize)> = Vec::with_capacity(n);
+    let mut series_runs: Vec<(usize, usize, usize)> = Vec::new();
+    if groups <= (2 * n as u64).max(1 << 16) && groups < u64::from(u32::MAX) {
+        // Counting sort on the (hour, device, metric) group: stable, so each group's rows keep
+        // WAL order.
+        let mut keys: Vec<u32> = Vec::with_capacity(n);
+        let mut counts = vec![0u32; groups as usize + 1];
+        let mut k = 0usize;
+        for c in &cols {
+            for i in 0..c.ts.len() {
+                let (d, m) = ids[k];
+                k += 1;
+                let h = (c.ts.value(i).div_euclid(HOUR_US) - hmin) as u64;
+                let g = (h * nd + dev_rank[d as usize] as u64) * nm + met_rank[m as usize] as u64;
+                keys.push(g as u32);
+                counts[g as usize + 1] += 1;
+            }
+        }
+        for g in 1..counts.len() {
+            counts[g] += counts[g - 1];
+        }
+        let starts = counts.clone();
+        order.resize(n, (0, 0));
+        // Placing rows in input order, a group whose (ts, wal_seq) ever goes down is noted as
+        // needing a sort.
+        let mut last_key = vec![(i64::MIN, i64::MIN); groups as usize];
+        let mut unsorted = vec![false; groups as usize];
+        let mut k = 0usize;
+        for (b, c) in cols.iter().enumerate() {
+            let (ts, seq) = (c.ts.values(), c.seq.values());
+            for i in 0..c.ts.len() {
+                let g = keys[k] as usize;
+                let slot = &mut counts[g];
+                order[*slot as usize] = (b, i);
+                *slot += 1;
+                k += 1;
+                let key = (ts[i], seq[i]);
+                if key < last_key[g] {
+                    unsorted[g] = true;
+                }
+                last_key[g] = key;
+            }
+        }
+        // Each group's run in (ts, wal_seq) order: a stable sort where it is not already.
+        let key = |&(b, i): &(usize, usize)| (cols[b].ts.value(i), cols[b].seq.value(i));
+        for g in 0..groups as usize {
+            let len = (starts[g + 1] - starts[g]) as usize;
+            if len > 0 {
+                let series = g as u64 % (nd * nm);
+                let (d, m) = ((series / nm) as usize, (series % nm) as usize);
+                series_runs.push((dev_by_rank[d], met_by_rank[m], len));
+            }
+            if unsorted[g] {
+                order[starts[g] as usize..starts[g + 1] as usize].sort_by_key(key);
+            }
+        }
+    } else {
+        // Sparse groups (rows spread over many hours): a comparison sort on the same keys.
+        let mut keyed: Vec<(i64, u32, u32, i64, i64, usize, usize)> = Vec::with_capacity(n);
+        let mut k = 0usize;
+        for (b, c) in cols.iter().enumerate() {
+            for i in 0..c.ts.len() {
+                let (d, m) = ids[k];
+                k += 1;
+                let t = c.ts.value(i);
+                keyed.push((
+                    t.div_euclid(HOUR_US),
+                    dev_rank[d as usize],
+                    met_rank[m as usize],
+                    t,
+                    c.seq.value(i),
+                    b,
+                    i,
+                ));
+            }
+        }
+        keyed.sort_unstable();
+        order.extend(keyed.iter().map(|k| (k.5, k.6)));
+        for k in &keyed {
+            let (d, m) = (dev_by_rank[k.1 as usize], met_by_rank[k.2 as usize]);
+            match series_runs.last_mut() {
+                Some(last) if (last.0, last.1) == (d, m) => last.2 += 1,
+                _ => series_runs.push((d, m, 1)),
+            }
+        }
+    }
+    let no_nulls = |name: &str| {
+        batches
+            .iter()
+            .all(|b| b.column_by_name(name).is_some_and(|c| c.null_count() == 0))
+    };
+    let (dev_runs, met_runs) = (no_nulls("device_id"), no_nulls("metric"));
+    // Columns are independent: gathered on the machine's cores.
+    let fields = schema.fields().len();
+    let columns = crate::parallel::map(
+        (0..fields).collect(),
+        crate::parallel::threads_for(fields),
+        |j| match schema.field(j).name().as_str() {
+            "device_id" if dev_runs => Ok(repeat_runs(&series_runs, |r| devs.distinct[r.0])),
+            "metric" if met_runs => Ok(repeat_runs(&series_runs, |r| mets.distinct[r.1])),
+            _ => {
+                let arrays: Vec<&dyn Array> =
+                    batches.iter().map(|b| b.column(j).as_ref()).collect();
+                gather(&arrays, &order, n)
+            }
+        },
+    )?;
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// A string column holding each run's value `rows` times.
+fn repeat_runs<'a>(
+    runs: &[(usize, usize, usize)],
+    value: impl Fn(&(usize, usize, usize)) -> &'a str,
+) -> ArrayRef {
+    let rows: usize = runs.iter().map(|r| r.2).sum();
+    let bytes: usize = runs.iter().map(|r| r.2 * value(r).len()).sum();
+    let mut b = StringBuilder::with_capacity(rows, bytes);
+    for r in runs {
+        let v = value(r);
+        for _ in 0..r.2 {
+            b.append_value(v);
+        }
+    }
+    Arc::new(b.finish())
+}
+
+/// The rows `order` picks from `arrays` (one per input batch), without gathering row by row
+/// when the column holds a single value: all null (the value kinds a fleet does not send,
+/// tags without topic mappings), one string (quality, source) or one boolean (replayed).
+fn gather(arrays: &[&dyn Array], order: &[(usize, usize)], n: usize) -> Result<ArrayRef> {
+    let Some(first) = arrays.first() else {
+        return Ok(interleave(arrays, order)?);
+    };
+    let data_type = first.data_type();
+    if arrays.iter().all(|a| a.null_count() == a.len()) {
+        return Ok(new_null_array(data_type, n));
+    }
+    if arrays.iter().any(|a| a.null_count() > 0) {
+        return Ok(interleave(arrays, order)?);
+    }
+    let strings: Option<Vec<&StringArray>> = arrays
+        .iter()
+        .map(|a| a.as_any().downcast_ref::<StringArray>())
+        .collect();
+    if let Some(strings) = strings {
+        let one = strings.iter().find(|a| !a.is_empty()).map(|a| a.value(0));
+        if let Some(one) = one
+            && strings.iter().all(|a| holds_only(a, one))
+        {
+            return Ok(repeat_runs(&[(0, 0, n)], |_| one));
+        }
+        return Ok(interleave(arrays, order)?);
+    }
+    let bools: Option<Vec<&BooleanArray>> = arrays
+        .iter()
+        .map(|a| a.as_any().downcast_ref::<BooleanArray>())
+        .collect();
+    if let Some(bools) = bools {
+        let trues: usize = bools.iter().map(|a| a.true_count()).sum();
+        if trues == 0 || trues == n {
+            let values = if trues == n {
+                BooleanBuffer::new_set(n)
+            } else {
+                BooleanBuffer::new_unset(n)
+            };
+            return Ok(Arc::new(BooleanArray::new(values, None)));
+        }
+        return Ok(interleave(arrays, order)?);
+    }
+    // Fixed-width columns: one sequential copy, then a gather by flat index, beats gathering
+    // by (batch, row) pairs.
+    let all = concat(arrays)?;
+    let mut offsets = Vec::with_capacity(arrays.len());
+    let mut at = 0u32;
+    for a in arrays {
+        offsets.push(at);
+        at += a.len() as u32;
+    }
+    let idx = UInt32Array::from_iter_values(order.iter().map(|&(b, i)| offsets[b] + i as u32));
+    Ok(take(all.as_ref(), &idx, None)?)
+}
+
+/// Whether every value of a null-free string array is `one` (compares the offsets and the
+/// value bytes in bulk).
+fn holds_only(a: &StringArray, one: &str) -> bool {
+    let len = one.len();
+    if a.value_offsets()
+        .windows(2)
+        .any(|w| (w[1] - w[0]) as usize != len)
+    {
+        return false;
+    }
+    let start = a.value_offsets().first().copied().unwrap_or(0) as usize;
+    let bytes = &a.value_data()[start..start + len * a.len()];
+    if len == 0 {
+        return true;
+    }
+    let pattern = one.as_bytes().repeat((4096 / len).max(1));
+    bytes
+        .chunks(pattern.len())
+        .all(|c| c == &pattern[..c.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMicrosecondType;
+    use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
+
+    /// A small deterministic generator (xorshift) so the test needs no extra dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn batches(rng: &mut Rng, hours_spread: i64, mixed: bool) -> Vec<RecordBatch> {
+        let mut out = Vec::new();
+        let mut seq = 0u64;
+        for _ in 0..1 + rng.below(4) {
+            let mut b = RowsBuilder::new(i64::MAX);
+            for _ in 0..rng.below(400) {
+                let dev = format!("dev-{}", rng.below(7));
+                let readings = (0..1 + rng.below(4))
+                    .map(|_| {
+                        let metric = ["b", "a", "ab", "z", "m"][rng.below(5) as usize];
+                        // Mostly increasing time with duplicates, some late rows, a spread of hours.
+                        let ts = 1_700_000_000_000
+                            + (rng.below(hours_spread as u64 * 3600) as i64) * 1000
+                            + rng.below(3) as i64;
+                        let kind = if mixed { rng.below(4) } else { 0 };
+                        let value = match kind {
+                            0 => Value::F64(rng.below(1000) as f64),
+                            1 => Value::I64(rng.below(1000) as i64),
+                            2 => Value::Bool(rng.below(2) == 1),
+                            _ => Value::Str(format!("s{}", rng.below(3))),
+                        };
+                        Ok(Reading {
+                            metric: Metric::new(metric)?,
+                            ts,
+                            value,
+                            ts_source: if mixed && rng.below(3) == 0 {
+                                TsSource::Server
+                            } else {
+                                TsSource::Device
+                            },
+                        })
+                    })
+                    .collect::<Result<Vec<_>, edgepipe_types::Error>>();
+                let (Ok(device_id), Ok(readings)) = (DeviceId::new(dev), readings) else {
+                    continue;
+                };
+                let mixed_rec = mixed && rng.below(3) == 0;
+                let rec = IngestRecord {
+                    device_id,
+                    received_at: 1_700_000_000_000,
+                    transport: if mixed_rec {
+                        Transport::Replay
+                    } else {
+                        Transport::Http
+                    },
+                    origin: None,
+                    tags: if mixed_rec {
+                        vec![("line".into(), "1".into())]
+                    } else {
+                        Vec::new()
+                    },
+                    readings,
+                };
+                // Some records repeat a sequence (compaction sorts rows of several files).
+                seq += rng.below(2);
+                b.push_record(seq, &rec);
+            }
+            if let Ok(batch) = b.finish() {
+                out.push(batch);
+            }
+        }
+        out
+    }
+
+    /// The expected order, by plain comparison of the keys (ties in input order).
+    fn naive(batches: &[RecordBatch]) -> Vec<(i64, String, String, i64, i64, usize)> {
+        let mut rows = Vec::new();
+        for b in batches {
+            let ts = b.column(COL_TS).as_primitive::<TimestampMicrosecondType>();
+            let dev = b.column(0).as_string::<i32>();
+            let met = b.column(1).as_string::<i32>();
+            let seq = b.column(12).as_primitive::<arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                rows.push((
+                    ts.value(i).div_euclid(HOUR_US),
+                    dev.value(i).to_owned(),
+                    met.value(i).to_owned(),
+                    ts.value(i),
+                    seq.value(i),
+                    rows.len(),
+                ));
+            }
+        }
+        rows.sort_by(|a, b| (a.0, &a.1, &a.2, a.3, a.4).cmp(&(b.0, &b.1, &b.2, b.3, b.4)));
+        rows
+    }
+
+    #[test]
+    fn sort_matches_a_plain_comparison_sort() -> Result<()> {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        // Dense hours use the counting sort; years of spread use the comparison fallback;
+        // mixed value kinds, sources and tags take the row-by-row gather instead of the
+        // single-value shortcuts.
+        for spread in [1, 3, 24 * 365 * 30] {
+            for round in 0..40 {
+                let input = batches(&mut rng, spread, round % 2 == 1);
+                let sorted = sort_readings(&input)?;
+                // The expected batch: the input rows concatenated and taken in the order of a
+                // stable comparison sort (ties keep input order).
+                let expect_order: Vec<u32> = naive(&input).iter().map(|r| r.5 as u32).collect();
+                let all = arrow::compute::concat_batches(&readings_schema(), &input)?;
+                let idx = arrow::array::UInt32Array::from(expect_order);
+                let cols = all
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let expect = RecordBatch::try_new(readings_schema(), cols)?;
+                assert_eq!(sorted, expect, "spread {spread} round {round}");
+            }
+        }
+        assert_eq!(sort_readings(&[])?.num_rows(), 0);
+        Ok(())
+    }
 }

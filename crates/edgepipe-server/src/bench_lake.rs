@@ -122,7 +122,14 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
         ..LakeConfig::default()
     };
     let wal = Arc::new(wal);
-    let mut w = LakeWriter::open(store.clone(), wal.clone(), cfg.clone(), Arc::default()).await?;
+    let lake_metrics = Arc::new(edgepipe_lake::LakeMetrics::default());
+    let mut w = LakeWriter::open(
+        store.clone(),
+        wal.clone(),
+        cfg.clone(),
+        lake_metrics.clone(),
+    )
+    .await?;
     let started = Instant::now();
     loop {
         let more = w.read_available()?;
@@ -198,6 +205,11 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
         "lake_dir": root.join("lake"),
         "write_seconds": write_s,
         "write_rows_per_sec": rows as f64 / write_s,
+        "write_phases_seconds": {
+            "read_wal_to_arrow": lake_metrics.read_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+            "sort_and_encode": lake_metrics.encode_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+            "store_and_checkpoint": lake_metrics.store_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
+        },
         "encode_only_rows_per_sec": encode_rows_per_sec,
         "files_before_compaction": readings_before.files,
         "bytes_before_compaction": readings_before.bytes,

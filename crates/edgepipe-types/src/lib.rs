@@ -254,6 +254,88 @@ impl IngestRecord {
     }
 }
 
+/// A borrowed view of an encoded [`IngestRecord`]: the same fields with strings pointing into
+/// the encoded bytes, for readers that only copy them onwards (the lake writer) and should not
+/// allocate per reading. Decoding checks the same things [`IngestRecord::decode`] does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestRecordView<'a> {
+    /// The authenticated device that sent it.
+    #[serde(borrow)]
+    pub device_id: &'a str,
+    /// Server receive time, ms since the epoch.
+    pub received_at: TimestampMs,
+    /// Transport it arrived on.
+    pub transport: Transport,
+    /// Agent batch identity, when it came in an agent envelope.
+    #[serde(borrow)]
+    pub origin: Option<BatchOriginView<'a>>,
+    /// Extra labels from topic mappings.
+    #[serde(borrow)]
+    pub tags: Vec<(&'a str, &'a str)>,
+    /// The readings.
+    #[serde(borrow)]
+    pub readings: Vec<ReadingView<'a>>,
+}
+
+/// Borrowed [`BatchOrigin`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOriginView<'a> {
+    /// The sending agent instance.
+    pub source: &'a str,
+    /// The agent's stream.
+    pub stream: &'a str,
+    /// Per-stream sequence number.
+    pub seq: u64,
+}
+
+/// Borrowed [`Reading`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadingView<'a> {
+    /// Metric name.
+    pub metric: &'a str,
+    /// Event time in ms since the epoch.
+    pub ts: TimestampMs,
+    /// The value.
+    #[serde(borrow)]
+    pub value: ValueView<'a>,
+    /// Whether `ts` came from the device or the server.
+    pub ts_source: TsSource,
+}
+
+/// Borrowed [`Value`] (variants in the same order: the encoding is positional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ValueView<'a> {
+    /// A finite floating-point number.
+    F64(f64),
+    /// A signed 64-bit integer.
+    I64(i64),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Str(&'a str),
+}
+
+impl<'a> IngestRecordView<'a> {
+    /// Decodes what [`IngestRecord::encode`] wrote, borrowing strings from `bytes`.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self> {
+        let (&version, body) = bytes
+            .split_first()
+            .ok_or_else(|| Error::Decode("empty record".into()))?;
+        if version != INGEST_RECORD_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: INGEST_RECORD_VERSION,
+            });
+        }
+        let view: Self = postcard::from_bytes(body).map_err(|e| Error::Decode(e.to_string()))?;
+        check_id("device id", view.device_id)?;
+        for r in &view.readings {
+            check_id("metric", r.metric)?;
+        }
+        Ok(view)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +383,31 @@ mod tests {
         };
         let bytes = rec.encode();
         assert_eq!(IngestRecord::decode(&bytes)?, rec);
+        let view = IngestRecordView::decode(&bytes)?;
+        assert_eq!(view.device_id, "d1");
+        assert_eq!(view.received_at, rec.received_at);
+        assert_eq!(view.transport, rec.transport);
+        assert_eq!(
+            view.origin,
+            Some(BatchOriginView {
+                source: "gw",
+                stream: "main",
+                seq: 7
+            })
+        );
+        assert_eq!(view.tags, vec![("line", "3")]);
+        let expect = [
+            ("temp", 1, ValueView::F64(21.5), TsSource::Device),
+            ("count", 2, ValueView::I64(i64::MAX), TsSource::Server),
+            ("state", 3, ValueView::Str("ok"), TsSource::Device),
+        ];
+        assert_eq!(view.readings.len(), expect.len());
+        for (r, (m, ts, v, src)) in view.readings.iter().zip(expect) {
+            assert_eq!((r.metric, r.ts, &r.value, r.ts_source), (m, ts, &v, src));
+        }
+        assert!(IngestRecordView::decode(&[9, 1, 2]).is_err());
+        assert!(IngestRecordView::decode(&[]).is_err());
+        assert!(IngestRecordView::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(IngestRecord::decode(&[9, 1, 2]).is_err());
         assert!(IngestRecord::decode(&[]).is_err());
         Ok(())
@@ -311,5 +418,38 @@ mod tests {
         let mut bytes = vec![INGEST_RECORD_VERSION];
         bytes.extend(postcard::to_stdvec(&"a/b").unwrap_or_default());
         assert!(IngestRecord::decode(&bytes).is_err());
+        assert!(IngestRecordView::decode(&bytes).is_err());
+        // Well-formed records whose ids break the rules: both decoders refuse them.
+        for (dev, metric) in [("a/b", "temp"), ("d1", "bad metric"), ("", "temp")] {
+            let view = IngestRecordView {
+                device_id: dev,
+                received_at: 1,
+                transport: Transport::Http,
+                origin: None,
+                tags: Vec::new(),
+                readings: vec![ReadingView {
+                    metric,
+                    ts: 1,
+                    value: ValueView::Bool(true),
+                    ts_source: TsSource::Device,
+                }],
+            };
+            let mut bytes = vec![INGEST_RECORD_VERSION];
+            bytes.extend(postcard::to_stdvec(&view).unwrap_or_default());
+            assert!(IngestRecord::decode(&bytes).is_err(), "{dev} {metric}");
+            assert!(IngestRecordView::decode(&bytes).is_err(), "{dev} {metric}");
+        }
+        let ok = IngestRecordView {
+            device_id: "d1",
+            received_at: 1,
+            transport: Transport::Http,
+            origin: None,
+            tags: Vec::new(),
+            readings: Vec::new(),
+        };
+        let mut bytes = vec![INGEST_RECORD_VERSION];
+        bytes.extend(postcard::to_stdvec(&ok).unwrap_or_default());
+        assert!(IngestRecord::decode(&bytes).is_ok());
+        assert_eq!(IngestRecordView::decode(&bytes), Ok(ok));
     }
 }

@@ -10,6 +10,8 @@
 //! - A crash at any point leaves either the old checkpoint (the range is rewritten under the same
 //!   file names after the intent marker's files are deleted) or the new one.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,12 +119,28 @@ impl FreshBuffer {
 pub struct LakeWriter {
     store: LakeStore,
     wal: Arc<Wal>,
-    consumer: Consumer,
+    /// The WAL consumer; inside the flush in flight while there is one.
+    consumer: Option<Consumer>,
     config: LakeConfig,
     fresh: FreshBuffer,
     builder: RowsBuilder,
     next_seq: u64,
     metrics: Arc<LakeMetrics>,
+    /// The flush being encoded and stored while the writer reads on (at most one).
+    in_flight: Option<InFlight>,
+    /// Rows read since the last flush started.
+    rows_since_flush: usize,
+}
+
+/// A flush under way: it owns the consumer and hands it back when its range is checkpointed.
+/// Dropping it (the writer dropped) abandons the flush before or while it stores: the intent
+/// marker makes the next writer undo any files it stored.
+struct InFlight(Pin<Box<dyn Future<Output = Result<Consumer>> + Send>>);
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
 }
 
 impl LakeWriter {
@@ -168,12 +186,14 @@ impl LakeWriter {
         Ok(Self {
             store,
             wal,
-            consumer,
+            consumer: Some(consumer),
             fresh,
             builder: RowsBuilder::new(late_after_us),
             next_seq: position,
             config,
             metrics,
+            in_flight: None,
+            rows_since_flush: 0,
         })
     }
 
@@ -183,16 +203,22 @@ impl LakeWriter {
     }
 
     /// Runs until `stop` turns true, then flushes what is buffered and returns.
+    ///
+    /// Flushes are pipelined: while one is sorted, encoded and stored, the writer reads on
+    /// into the fresh buffer (which then holds up to twice `flush_max_rows`); the next flush
+    /// starts only after the previous one is checkpointed, so checkpoints move in WAL order.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
         let mut last_flush = Instant::now();
         loop {
             if *stop.borrow() {
                 break;
             }
+            self.poll_flush().await?;
             let progressed = self.read_available()?;
             let due = last_flush.elapsed() >= self.config.flush_interval;
-            if due || self.fresh.rows() >= self.config.flush_max_rows {
-                self.flush().await?;
+            if due || self.rows_since_flush >= self.config.flush_max_rows {
+                self.finish_flush().await?;
+                self.start_flush()?;
                 last_flush = Instant::now();
                 continue;
             }
@@ -206,18 +232,45 @@ impl LakeWriter {
                 .max(Duration::from_millis(1));
             let wal = self.wal.clone();
             let after = self.next_seq;
+            let flushing = async {
+                match self.in_flight.as_mut() {
+                    Some(f) => f.0.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = wal.wait_beyond(after) => {
                     if let Err(edgepipe_wal::Error::Closed) = r {
                         break;
                     }
                 }
+                done = flushing => {
+                    self.in_flight = None;
+                    self.consumer = Some(done?);
+                }
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
             }
         }
+        self.finish_flush().await?;
         self.read_available()?;
         self.flush().await
+    }
+
+    /// Reads and flushes until everything durable in the WAL when called is in the lake,
+    /// pipelined as in [`run`](Self::run) (`flush_max_rows` per flush).
+    pub async fn catch_up(&mut self) -> Result<()> {
+        loop {
+            self.poll_flush().await?;
+            let more = self.read_available()?;
+            if self.rows_since_flush >= self.config.flush_max_rows || !more {
+                self.finish_flush().await?;
+                self.start_flush()?;
+            }
+            if !more {
+                return self.finish_flush().await;
+            }
+        }
     }
 
     /// Reads durable records not yet read into the fresh buffer, until the WAL has no more or
@@ -270,33 +323,91 @@ impl LakeWriter {
                 self.next_seq = seq + 1;
             }
             let batch = self.builder.finish()?;
-            let mut s = self.fresh.lock();
-            s.rows += batch.num_rows();
-            if batch.num_rows() > 0 {
-                s.batches.push(batch);
+            let rows = batch.num_rows();
+            {
+                let mut s = self.fresh.lock();
+                s.rows += rows;
+                if rows > 0 {
+                    s.batches.push(batch);
+                }
             }
+            let batch_rows = rows;
             // A full buffer goes to the lake before more is read: under a sustained ingest
             // faster than one read pass, reading "until the WAL is drained" never ends and
             // the buffer (and the flush that sorts it) grows without bound.
-            if records.len() < READ_BATCH || s.rows >= self.config.flush_max_rows {
+            self.rows_since_flush += batch_rows;
+            if records.len() < READ_BATCH || self.rows_since_flush >= self.config.flush_max_rows {
                 break;
             }
         }
         Ok(any)
     }
 
-    /// Writes every buffered row to the lake and moves the WAL checkpoint past them.
+    /// Writes every buffered row to the lake and moves the WAL checkpoint past them (after
+    /// the flush in flight, if any).
     pub async fn flush(&mut self) -> Result<()> {
+        self.finish_flush().await?;
+        self.start_flush()?;
+        self.finish_flush().await
+    }
+
+    /// Waits for the flush in flight, if any, and takes its consumer back.
+    async fn finish_flush(&mut self) -> Result<()> {
+        if let Some(f) = self.in_flight.take() {
+            self.consumer = Some(f.0.await?);
+        }
+        Ok(())
+    }
+
+    /// Lets the flush in flight make progress (its store step runs only when polled) and
+    /// takes its consumer back if it is done.
+    async fn poll_flush(&mut self) -> Result<()> {
+        let Some(f) = self.in_flight.as_mut() else {
+            return Ok(());
+        };
+        let done = tokio::select! {
+            biased;
+            r = f.0.as_mut() => Some(r),
+            _ = std::future::ready(()) => None,
+        };
+        if let Some(r) = done {
+            self.in_flight = None;
+            self.consumer = Some(r?);
+        }
+        Ok(())
+    }
+
+    /// Starts flushing every row read so far. Requires no flush in flight.
+    fn start_flush(&mut self) -> Result<()> {
+        let Some(mut consumer) = self.consumer.take() else {
+            return Err(Error::Config(
+                "lake writer: a flush started while another was in flight".into(),
+            ));
+        };
+        self.rows_since_flush = 0;
         let snap = self.fresh.snapshot();
         let first = snap.committed;
         if self.next_seq == first {
+            self.consumer = Some(consumer);
             return Ok(());
         }
         let last = self.next_seq - 1;
+        let flushed_batches = snap.batches.len();
         let rows: usize = snap.batches.iter().map(|b| b.num_rows()).sum();
-        if rows > 0 {
-            let row_group_rows = self.config.row_group_rows;
-            let batches = snap.batches.clone();
+        if rows == 0 {
+            // Records without readings (none today, but a future record kind) still advance.
+            consumer.commit(last + 1)?;
+            self.consumer = Some(consumer);
+            commit_fresh(&self.fresh, last + 1, flushed_batches);
+            self.metrics.flushes.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let row_group_rows = self.config.row_group_rows;
+        let store = self.store.clone();
+        let fresh = self.fresh.clone();
+        let metrics = self.metrics.clone();
+        let batches = snap.batches;
+        self.in_flight = Some(InFlight(Box::pin(async move {
             let encode_started = Instant::now();
             let files = tokio::task::spawn_blocking(move || {
                 partition_and_encode(&batches, first, last, row_group_rows)
@@ -305,52 +416,45 @@ impl LakeWriter {
             .map_err(|e| Error::Config(format!("encode task failed: {e}")))??;
             let bytes: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
             let store_started = Instant::now();
-            self.metrics.encode_ns.fetch_add(
+            metrics.encode_ns.fetch_add(
                 (store_started - encode_started).as_nanos() as u64,
                 Ordering::Relaxed,
             );
-            let consumer = &mut self.consumer;
-            crate::sink::store_flush(&self.store, tables::READINGS, first, last, &files, || {
+            crate::sink::store_flush(&store, tables::READINGS, first, last, &files, || {
                 consumer.commit(last + 1).map_err(Error::from)
             })
             .await?;
-            self.metrics
+            metrics
                 .store_ns
                 .fetch_add(store_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            self.commit_fresh(last + 1, snap.batches.len());
-            self.metrics
+            commit_fresh(&fresh, last + 1, flushed_batches);
+            metrics
                 .rows_written
                 .fetch_add(rows as u64, Ordering::Relaxed);
-            self.metrics
+            metrics
                 .files_written
                 .fetch_add(files.len() as u64, Ordering::Relaxed);
-            self.metrics
-                .bytes_written
-                .fetch_add(bytes, Ordering::Relaxed);
+            metrics.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+            metrics.flushes.fetch_add(1, Ordering::Relaxed);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            metrics.last_flush_unix_ms.store(now_ms, Ordering::Relaxed);
             tracing::debug!(first, last, rows, files = files.len(), "lake: flushed");
-        } else {
-            // Records without readings (none today, but a future record kind) still advance.
-            self.consumer.commit(last + 1)?;
-            self.commit_fresh(last + 1, snap.batches.len());
-        }
-        self.metrics.flushes.fetch_add(1, Ordering::Relaxed);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        self.metrics
-            .last_flush_unix_ms
-            .store(now_ms, Ordering::Relaxed);
+            Ok(consumer)
+        })));
         Ok(())
     }
+}
 
-    fn commit_fresh(&self, committed: u64, flushed_batches: usize) {
-        let mut s = self.fresh.lock();
-        s.committed = committed;
-        let n = flushed_batches.min(s.batches.len());
-        let removed: usize = s.batches.drain(..n).map(|b| b.num_rows()).sum();
-        s.rows = s.rows.saturating_sub(removed);
-    }
+/// Marks the WAL range below `committed` as in the lake and drops the batches that held it.
+fn commit_fresh(fresh: &FreshBuffer, committed: u64, flushed_batches: usize) {
+    let mut s = fresh.lock();
+    s.committed = committed;
+    let n = flushed_batches.min(s.batches.len());
+    let removed: usize = s.batches.drain(..n).map(|b| b.num_rows()).sum();
+    s.rows = s.rows.saturating_sub(removed);
 }
 
 /// Sorts rows by (hour, device, metric, ts, wal_seq) and encodes one file per hour partition.
@@ -722,6 +826,8 @@ mod tests {
     use arrow::datatypes::TimestampMicrosecondType;
     use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
 
+    use crate::store::LakeStore;
+
     /// A small deterministic generator (xorshift) so the test needs no extra dependency.
     struct Rng(u64);
     impl Rng {
@@ -845,6 +951,75 @@ mod tests {
             }
         }
         assert_eq!(sort_readings(&[])?.num_rows(), 0);
+        Ok(())
+    }
+
+    /// Pipelined flushes: many flushes, each reading on while the previous one encodes, put
+    /// every reading in the lake exactly once, checkpoint the whole WAL and leave the fresh
+    /// buffer empty.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_catch_up_writes_every_reading_once()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let wal = Arc::new(Wal::open(
+            dir.path().join("wal"),
+            edgepipe_wal::WalConfig::default(),
+        )?);
+        let mut expected = 0u64;
+        for s in 0..1500i64 {
+            let mut batch = Vec::new();
+            for d in 0..7 {
+                let readings = (0..3)
+                    .map(|m| {
+                        Ok(Reading {
+                            metric: Metric::new(format!("m{m}"))?,
+                            ts: 1_700_000_000_000 + s * 1000,
+                            value: Value::F64((s * d + m) as f64),
+                            ts_source: TsSource::Device,
+                        })
+                    })
+                    .collect::<std::result::Result<Vec<_>, edgepipe_types::Error>>()?;
+                expected += readings.len() as u64;
+                let rec = IngestRecord {
+                    device_id: DeviceId::new(format!("d{d}"))?,
+                    received_at: 1_700_000_000_000 + s * 1000,
+                    transport: Transport::Mqtt5,
+                    origin: None,
+                    tags: Vec::new(),
+                    readings,
+                };
+                batch.push(rec.encode());
+            }
+            wal.append_batch(batch).await?;
+        }
+        let store = LakeStore::local(dir.path().join("lake"))?;
+        let config = LakeConfig {
+            flush_max_rows: 1000,
+            ..LakeConfig::default()
+        };
+        let metrics = Arc::new(LakeMetrics::default());
+        let mut w = LakeWriter::open(store.clone(), wal.clone(), config, metrics.clone()).await?;
+        w.catch_up().await?;
+        let fresh = w.fresh();
+        assert_eq!(fresh.rows(), 0);
+        assert_eq!(fresh.committed(), wal.durable_end());
+        // 10,500 records are three WAL reads of up to 4,096 records: a flush each.
+        let flushes = metrics.flushes.load(Ordering::Relaxed);
+        assert!(flushes >= 3, "{flushes} flushes");
+        let stats = crate::lake_stats(&store).await?;
+        let readings = stats
+            .iter()
+            .find(|t| t.table == tables::READINGS)
+            .map(|t| t.rows)
+            .unwrap_or(0);
+        assert_eq!(readings, expected);
+        assert_eq!(metrics.rows_written.load(Ordering::Relaxed), expected);
+        // Reopened, the writer finds nothing left to write.
+        drop(w);
+        let mut again =
+            LakeWriter::open(store.clone(), wal, LakeConfig::default(), metrics.clone()).await?;
+        again.catch_up().await?;
+        assert_eq!(metrics.rows_written.load(Ordering::Relaxed), expected);
         Ok(())
     }
 }

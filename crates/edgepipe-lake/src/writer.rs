@@ -331,11 +331,10 @@ impl LakeWriter {
                     s.batches.push(batch);
                 }
             }
-            let batch_rows = rows;
             // A full buffer goes to the lake before more is read: under a sustained ingest
             // faster than one read pass, reading "until the WAL is drained" never ends and
             // the buffer (and the flush that sorts it) grows without bound.
-            self.rows_since_flush += batch_rows;
+            self.rows_since_flush += rows;
             if records.len() < READ_BATCH || self.rows_since_flush >= self.config.flush_max_rows {
                 break;
             }
@@ -734,10 +733,7 @@ fn repeat_runs<'a>(
     let bytes: usize = runs.iter().map(|r| r.2 * value(r).len()).sum();
     let mut b = StringBuilder::with_capacity(rows, bytes);
     for r in runs {
-        let v = value(r);
-        for _ in 0..r.2 {
-            b.append_value(v);
-        }
+        b.append_value_n(value(r), r.2);
     }
     Arc::new(b.finish())
 }

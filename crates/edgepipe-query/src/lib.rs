@@ -383,11 +383,12 @@ const GAPS_VIEW: &str = "CREATE VIEW gaps AS SELECT device_id AS agent, \
 
 /// The `readings` schema with the partition columns appended (what SQL sees).
 pub fn readings_table_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = readings_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
+    with_partition_columns(&readings_schema())
+}
+
+/// `file` with the Hive partition columns `date` and `hour` (Utf8) appended.
+fn with_partition_columns(file: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = file.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("date", DataType::Utf8, false));
     fields.push(Field::new("hour", DataType::Utf8, false));
     Arc::new(Schema::new(fields))
@@ -450,14 +451,7 @@ fn unview_batch(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
 fn fresh_table(snapshot: &FreshSnapshot) -> Result<Arc<dyn TableProvider>> {
     // What the lake's listing table scans: the file columns as views, then the partition
     // columns as Utf8.
-    let mut fields: Vec<Field> = viewed(&readings_schema())
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("date", DataType::Utf8, false));
-    fields.push(Field::new("hour", DataType::Utf8, false));
-    let schema = Arc::new(Schema::new(fields));
+    let schema = with_partition_columns(&viewed(&readings_schema()));
     let mut batches = Vec::with_capacity(snapshot.batches.len());
     for b in &snapshot.batches {
         let ts = b

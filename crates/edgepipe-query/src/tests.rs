@@ -130,6 +130,24 @@ async fn fresh_and_flushed_rows_are_seen_exactly_once() {
         count(&engine, "SELECT count(*) FROM readings WHERE value_bool").await,
         100
     );
+    // Lake rows (scanned as Utf8View) and fresh rows together: results keep Utf8 strings,
+    // as API and CLI clients have always received them.
+    let out = engine
+        .query("SELECT device_id, metric, quality, source FROM readings")
+        .await
+        .expect("query");
+    assert_eq!(out.rows, 600);
+    for f in out.schema.fields() {
+        assert_eq!(
+            f.data_type(),
+            &arrow::datatypes::DataType::Utf8,
+            "{}",
+            f.name()
+        );
+    }
+    for b in &out.batches {
+        assert_eq!(b.schema(), out.schema);
+    }
     w.flush().await.expect("flush");
     assert_eq!(count(&engine, "SELECT count(*) FROM readings").await, 600);
 }

@@ -227,6 +227,20 @@ pub struct IngestRecord {
 /// Format version written as the first byte of an encoded [`IngestRecord`].
 pub const INGEST_RECORD_VERSION: u8 = 1;
 
+/// The postcard body of an encoded record, after checking its version byte.
+fn record_body(bytes: &[u8]) -> Result<&[u8]> {
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| Error::Decode("empty record".into()))?;
+    if version != INGEST_RECORD_VERSION {
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            supported: INGEST_RECORD_VERSION,
+        });
+    }
+    Ok(body)
+}
+
 impl IngestRecord {
     /// Encodes as `version byte | postcard body`.
     pub fn encode(&self) -> Vec<u8> {
@@ -241,15 +255,7 @@ impl IngestRecord {
 
     /// Decodes what [`encode`](Self::encode) wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let (&version, body) = bytes
-            .split_first()
-            .ok_or_else(|| Error::Decode("empty record".into()))?;
-        if version != INGEST_RECORD_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: version,
-                supported: INGEST_RECORD_VERSION,
-            });
-        }
+        let body = record_body(bytes)?;
         postcard::from_bytes(body).map_err(|e| Error::Decode(e.to_string()))
     }
 }
@@ -318,15 +324,7 @@ pub enum ValueView<'a> {
 impl<'a> IngestRecordView<'a> {
     /// Decodes what [`IngestRecord::encode`] wrote, borrowing strings from `bytes`.
     pub fn decode(bytes: &'a [u8]) -> Result<Self> {
-        let (&version, body) = bytes
-            .split_first()
-            .ok_or_else(|| Error::Decode("empty record".into()))?;
-        if version != INGEST_RECORD_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: version,
-                supported: INGEST_RECORD_VERSION,
-            });
-        }
+        let body = record_body(bytes)?;
         let view: Self = postcard::from_bytes(body).map_err(|e| Error::Decode(e.to_string()))?;
         check_id("device id", view.device_id)?;
         for r in &view.readings {
@@ -451,5 +449,54 @@ mod tests {
         bytes.extend(postcard::to_stdvec(&ok).unwrap_or_default());
         assert!(IngestRecord::decode(&bytes).is_ok());
         assert_eq!(IngestRecordView::decode(&bytes), Ok(ok));
+    }
+
+    proptest::proptest! {
+        /// Bad input never panics either decoder, and both agree on what they accept: the
+        /// lake writer (the view) refuses exactly the records the rest of the server refuses.
+        #[test]
+        fn view_and_owned_decoders_agree_on_any_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            flips in proptest::collection::vec((0usize..64, proptest::prelude::any::<u8>()), 0..4),
+        ) {
+            let check = |b: &[u8]| {
+                let owned = IngestRecord::decode(b);
+                let view = IngestRecordView::decode(b);
+                proptest::prop_assert_eq!(owned.is_ok(), view.is_ok(), "{:?}", b);
+                if let (Ok(o), Ok(v)) = (owned, view) {
+                    proptest::prop_assert_eq!(o.device_id.as_str(), v.device_id);
+                    proptest::prop_assert_eq!(o.readings.len(), v.readings.len());
+                    for (r, rv) in o.readings.iter().zip(&v.readings) {
+                        proptest::prop_assert_eq!(r.metric.as_str(), rv.metric);
+                        proptest::prop_assert_eq!(r.ts, rv.ts);
+                    }
+                }
+                Ok(())
+            };
+            // Arbitrary bytes behind a valid version byte.
+            let mut raw = vec![INGEST_RECORD_VERSION];
+            raw.extend(&bytes);
+            check(&raw)?;
+            // A valid record with a few bytes changed.
+            let rec = IngestRecord {
+                device_id: DeviceId::new("dev-1").map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?,
+                received_at: 1_700_000_000_000,
+                transport: Transport::Mqtt5,
+                origin: None,
+                tags: vec![("line".into(), "3".into())],
+                readings: vec![Reading {
+                    metric: Metric::new("temp").map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?,
+                    ts: 5,
+                    value: Value::Str("ok".into()),
+                    ts_source: TsSource::Device,
+                }],
+            };
+            let mut enc = rec.encode();
+            for (at, v) in &flips {
+                let n = enc.len();
+                enc[at % n] = *v;
+            }
+            check(&enc)?;
+        }
     }
 }

@@ -22,6 +22,11 @@ pub struct LakeConfig {
     pub flush_interval: Duration,
     /// Flush as soon as this many rows are buffered.
     pub flush_max_rows: usize,
+    /// Read newly durable WAL records at most this often: under load, fewer and larger reads
+    /// (and fresh-buffer batches) instead of one per group commit. SQL sees a reading at most
+    /// this much later.
+    #[serde(with = "crate::duration_serde")]
+    pub read_interval: Duration,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
     /// Readings received more than this after their event time are flagged `replayed`.
@@ -63,6 +68,7 @@ impl Default for LakeConfig {
             s3: S3Config::default(),
             flush_interval: Duration::from_secs(30),
             flush_max_rows: 1_000_000,
+            read_interval: Duration::from_millis(50),
             row_group_rows: 256 * 1024,
             late_after: Duration::from_secs(300),
             compaction_interval: Duration::from_secs(60),
@@ -81,6 +87,7 @@ impl LakeConfig {
         Self {
             flush_interval: Duration::from_millis(200),
             flush_max_rows: 10_000,
+            read_interval: Duration::from_millis(10),
             row_group_rows: 4096,
             compaction_interval: Duration::ZERO,
             ..Self::default()
@@ -94,6 +101,12 @@ impl LakeConfig {
             out.push((
                 "lake.flush_interval".into(),
                 "must be greater than 0".into(),
+            ));
+        }
+        if self.read_interval >= self.flush_interval {
+            out.push((
+                "lake.read_interval".into(),
+                "must be shorter than lake.flush_interval".into(),
             ));
         }
         if self.flush_max_rows == 0 {

@@ -209,12 +209,16 @@ impl LakeWriter {
     /// starts only after the previous one is checkpointed, so checkpoints move in WAL order.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
         let mut last_flush = Instant::now();
+        let mut last_read = Instant::now();
         loop {
             if *stop.borrow() {
                 break;
             }
             self.poll_flush().await?;
             let progressed = self.read_available()?;
+            if progressed {
+                last_read = Instant::now();
+            }
             let due = last_flush.elapsed() >= self.config.flush_interval;
             if due || self.rows_since_flush >= self.config.flush_max_rows {
                 self.finish_flush().await?;
@@ -238,8 +242,18 @@ impl LakeWriter {
                     None => std::future::pending().await,
                 }
             };
+            // Woken by new records, read them no sooner than `read_interval` after the last
+            // read, so a busy WAL is read in batches rather than once per group commit.
+            let read_at = tokio::time::Instant::from_std(last_read + self.config.read_interval);
+            let newer = async {
+                let r = wal.wait_beyond(after).await;
+                if r.is_ok() {
+                    tokio::time::sleep_until(read_at).await;
+                }
+                r
+            };
             tokio::select! {
-                r = wal.wait_beyond(after) => {
+                r = newer => {
                     if let Err(edgepipe_wal::Error::Closed) = r {
                         break;
                     }

@@ -55,6 +55,10 @@ pub struct DetectConfig {
     /// Checkpoint detector state (and store events) at least this often.
     #[serde(with = "edgepipe_lake::duration_serde")]
     pub checkpoint_interval: Duration,
+    /// Read newly durable WAL records at most this often (under load: fewer, larger reads
+    /// instead of one per group commit). Events are raised at most this much later.
+    #[serde(with = "edgepipe_lake::duration_serde")]
+    pub read_interval: Duration,
     /// Readings received more than this after their event time are replayed: scored, but their
     /// events are not handed to the case manager.
     #[serde(with = "edgepipe_lake::duration_serde")]
@@ -96,6 +100,7 @@ impl Default for DetectConfig {
         Self {
             enabled: true,
             checkpoint_interval: Duration::from_secs(10),
+            read_interval: Duration::from_millis(20),
             late_after: Duration::from_secs(300),
             detector: DetectorConfig::default(),
             retrain: RetrainConfig::default(),
@@ -345,11 +350,15 @@ impl DetectStage {
     /// Scores records until `stop`, checkpointing every `checkpoint_interval` and at the end.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut last_checkpoint = Instant::now();
+        let mut last_read = Instant::now();
         loop {
             if *stop.borrow() {
                 break;
             }
             let progressed = self.step()?;
+            if progressed {
+                last_read = Instant::now();
+            }
             self.deliver().await?;
             if last_checkpoint.elapsed() >= self.cfg.checkpoint_interval {
                 self.checkpoint().await?;
@@ -365,8 +374,16 @@ impl DetectStage {
                 .checkpoint_interval
                 .saturating_sub(last_checkpoint.elapsed())
                 .max(Duration::from_millis(1));
+            let read_at = tokio::time::Instant::from_std(last_read + self.cfg.read_interval);
+            let newer = async {
+                let r = wal.wait_beyond(after).await;
+                if r.is_ok() {
+                    tokio::time::sleep_until(read_at).await;
+                }
+                r
+            };
             tokio::select! {
-                r = wal.wait_beyond(after) => {
+                r = newer => {
                     if let Err(edgepipe_wal::Error::Closed) = r {
                         break;
                     }

@@ -31,4 +31,5 @@ pub mod lake;
 pub mod metrics;
 pub mod models;
 pub mod mqtt;
+pub mod relay;
 pub mod server;

@@ -4,7 +4,9 @@
 //! [`Ingestor::publish`](crate::ingest::Ingestor::publish) directly: the ingest path only uses
 //! runtime-agnostic channels, so no bridge task is needed, and ntex writes the PUBACK only when
 //! the handler returns, i.e. after the WAL append is fdatasynced. Publishes are handled
-//! concurrently per connection (up to `receive maximum`), so many acks share one fsync.
+//! concurrently per connection (up to `receive maximum`), so many acks share one fsync, and
+//! the WAL writer's wake-ups reach the handlers through [`crate::relay`], so the PUBACKs of one
+//! group commit leave in one write.
 //!
 //! Protocol behaviour:
 //! - Authentication: username = device id, password = token. v3.1.1 gets CONNACK 0x04/0x05,
@@ -250,6 +252,9 @@ pub fn spawn(
                         .maxconn(s.max_connections + 64)
                         .shutdown_timeout(ntex::time::Seconds(5))
                         .listen("mqtt", listener, cfg, async move |_| {
+                            // One pump per worker thread: a group commit's PUBACKs leave in
+                            // one write (see `relay`).
+                            crate::relay::install();
                             let ing3 = ing.clone();
                             let ing5 = ing.clone();
                             let max = s.max_connections;
@@ -349,16 +354,14 @@ async fn publish_v3(ses: &v3::Session<Conn>, p: v3::Publish) -> Result<(), Gatew
         .await
         .map_err(|e| GatewayError::Closed(format!("payload read failed: {e:?}")))?;
     let conn: &Conn = ses;
-    match conn
-        .ingestor
-        .publish(
-            &conn.device,
-            p.publish_topic(),
-            &payload,
-            conn.transport,
-            conn.peer.as_deref(),
-        )
-        .await
+    match crate::relay::local(conn.ingestor.publish(
+        &conn.device,
+        p.publish_topic(),
+        &payload,
+        conn.transport,
+        conn.peer.as_deref(),
+    ))
+    .await
     {
         Ok(_) => Ok(()),
         // Kept in the dead-letter store: acknowledge so the client does not resend forever.
@@ -382,16 +385,14 @@ async fn publish_v5(
         .await
         .map_err(|e| GatewayError::Closed(format!("payload read failed: {e:?}")))?;
     let conn: &Conn = ses;
-    let res = conn
-        .ingestor
-        .publish(
-            &conn.device,
-            p.publish_topic(),
-            &payload,
-            conn.transport,
-            conn.peer.as_deref(),
-        )
-        .await;
+    let res = crate::relay::local(conn.ingestor.publish(
+        &conn.device,
+        p.publish_topic(),
+        &payload,
+        conn.transport,
+        conn.peer.as_deref(),
+    ))
+    .await;
     let (code, reason) = match res {
         Ok(_) => return Ok(p.ack()),
         Err(e @ Rejection::NotAuthorized(_)) => (R::NotAuthorized, e.to_string()),

@@ -1104,10 +1104,14 @@ impl Writer {
         self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.publish_active();
         self.shared.durable.send_replace(self.active.end_seq);
-        for p in pending.drain(..) {
-            if let Some(f) = p.on_durable {
+        // Every callback first, then the replies back to back: the group's waiters wake
+        // together (they must still find the callbacks' bookkeeping done).
+        for p in pending.iter_mut() {
+            if let Some(f) = p.on_durable.take() {
                 f(p.first);
             }
+        }
+        for p in pending.drain(..) {
             if p.durable {
                 let _ = p.reply.send(Ok(p.first));
             }

@@ -22,10 +22,11 @@ use arrow::array::{
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LakeConfig;
-use crate::parquet_io::{decode_parquet, encode_parquet};
+use crate::parquet_io::{StreamWriter, encode_parquet};
 use crate::schema::{HOUR_US, hour_of_key, readings_schema, rollup_schema};
 use crate::store::LakeStore;
 use crate::writer::sort_readings;
@@ -196,58 +197,29 @@ async fn compact_partition(
     files: Vec<LakeFile>,
     report: &mut CompactionReport,
 ) -> Result<()> {
-    let schema = readings_schema();
-    let mut batches = Vec::new();
-    let mut bytes_in = 0u64;
+    let mut inputs = Vec::with_capacity(files.len());
     for f in &files {
-        let data = store.get(&f.key).await?;
-        bytes_in += data.len() as u64;
-        let (_, bs) = decode_parquet(data).map_err(|e| Error::Corrupt {
-            key: f.key.clone(),
-            reason: e.to_string(),
-        })?;
-        for b in bs {
-            batches.push(conform(&b, &schema).map_err(|e| Error::Corrupt {
-                key: f.key.clone(),
-                reason: e.to_string(),
-            })?);
-        }
+        inputs.push((f.key.clone(), store.get(&f.key).await?));
     }
-    let rows_in: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let row_group_rows = config.row_group_rows;
-    let target = config.target_file_bytes;
-    let first = files.iter().map(|f| f.first).min().unwrap_or(0);
-    let last = files.iter().map(|f| f.last).max().unwrap_or(0);
-    let dir_owned = dir.to_owned();
-    let rollups = config.rollups;
-    let (outputs, rollup_files, rows_out) = tokio::task::spawn_blocking(move || {
-        let sorted = sort_readings(&batches)?;
-        let deduped = dedup_last_wins(&sorted)?;
-        let rows_out = deduped.num_rows();
-        let per_row = (bytes_in as f64 / rows_in.max(1) as f64).max(0.5);
-        let rows_per_file = ((target as f64 / per_row) as usize).max(row_group_rows);
-        let mut outputs = Vec::new();
-        let mut start = 0;
-        let mut i = 0;
-        while start < rows_out {
-            let n = rows_per_file.min(rows_out - start);
-            let key = format!("{dir_owned}/compacted-{first:020}-{last:020}-{i:03}.parquet");
-            outputs.push((
-                key,
-                encode_parquet(&schema, &[deduped.slice(start, n)], row_group_rows)?,
-            ));
-            start += n;
-            i += 1;
-        }
-        let rollup_files = if rollups {
-            rollup_outputs(&dir_owned, &deduped, row_group_rows)?
-        } else {
-            Vec::new()
-        };
-        Ok::<_, Error>((outputs, rollup_files, rows_out))
-    })
-    .await
-    .map_err(|e| Error::Config(format!("compaction task failed: {e}")))??;
+    let bytes_in: u64 = inputs.iter().map(|(_, d)| d.len() as u64).sum();
+    let plan = MergePlan {
+        dir: dir.to_owned(),
+        first: files.iter().map(|f| f.first).min().unwrap_or(0),
+        last: files.iter().map(|f| f.last).max().unwrap_or(0),
+        row_group_rows: config.row_group_rows,
+        target_file_bytes: config.target_file_bytes,
+        rollups: config.rollups,
+        batch_rows: MERGE_BATCH_ROWS,
+    };
+    let merged = tokio::task::spawn_blocking(move || merge_partition(inputs, &plan))
+        .await
+        .map_err(|e| Error::Config(format!("compaction task failed: {e}")))??;
+    let MergeOutput {
+        outputs,
+        rollup_files,
+        rows_in,
+        rows_out,
+    } = merged;
 
     let marker_key = format!("{MARKER_PREFIX}{}.json", dir.replace('/', "_"));
     let marker = Marker {
@@ -293,6 +265,240 @@ async fn compact_partition(
     Ok(())
 }
 
+/// Rows decoded per input file at a time while merging.
+const MERGE_BATCH_ROWS: usize = 32 * 1024;
+
+/// What to merge into and how.
+#[derive(Debug, Clone)]
+struct MergePlan {
+    dir: String,
+    first: u64,
+    last: u64,
+    row_group_rows: usize,
+    target_file_bytes: u64,
+    rollups: bool,
+    batch_rows: usize,
+}
+
+/// A merged partition: compacted files and rollups as `(key, parquet)` pairs.
+#[derive(Debug)]
+struct MergeOutput {
+    outputs: Vec<(String, Bytes)>,
+    rollup_files: Vec<(String, Bytes)>,
+    rows_in: usize,
+    rows_out: usize,
+}
+
+/// One input file being merged: its reader and the rows read but not yet merged (sorted by
+/// device, metric, ts, wal_seq like the file).
+struct MergeInput {
+    key: String,
+    reader: ParquetRecordBatchReader,
+    buf: Option<RecordBatch>,
+    done: bool,
+}
+
+impl MergeInput {
+    /// Reads the next batch onto the buffer (or marks the file done).
+    fn pull(&mut self, schema: &SchemaRef) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        let corrupt = |key: &str, e: &dyn std::fmt::Display| Error::Corrupt {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        };
+        match self.reader.next() {
+            None => self.done = true,
+            Some(b) => {
+                let b = b.map_err(|e| corrupt(&self.key, &e))?;
+                let b = conform(&b, schema).map_err(|e| corrupt(&self.key, &e))?;
+                self.buf = Some(match self.buf.take() {
+                    Some(old) if old.num_rows() > 0 => {
+                        arrow::compute::concat_batches(schema, [&old, &b])?
+                    }
+                    _ => b,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn buffered(&self) -> usize {
+        self.buf.as_ref().map_or(0, RecordBatch::num_rows)
+    }
+
+    /// The (device_id, metric) of the last buffered row.
+    fn last_series(&self) -> Result<Option<(String, String)>> {
+        let Some(b) = self.buf.as_ref().filter(|b| b.num_rows() > 0) else {
+            return Ok(None);
+        };
+        let i = b.num_rows() - 1;
+        let (dev, met) = (string_col(b, "device_id")?, string_col(b, "metric")?);
+        Ok(Some((str_at(dev, i).to_owned(), str_at(met, i).to_owned())))
+    }
+
+    /// Takes the buffered rows whose series sorts before `bound` (all of them without one).
+    fn take_before(&mut self, bound: Option<&(String, String)>) -> Result<Option<RecordBatch>> {
+        let Some(b) = self.buf.take() else {
+            return Ok(None);
+        };
+        let n = b.num_rows();
+        let k = match bound {
+            None => n,
+            Some((bd, bm)) => {
+                let (dev, met) = (string_col(&b, "device_id")?, string_col(&b, "metric")?);
+                // Rows are sorted by series: binary search for the first at or after `bound`.
+                let (mut lo, mut hi) = (0usize, n);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if (str_at(dev, mid), str_at(met, mid)) < (bd.as_str(), bm.as_str()) {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            }
+        };
+        if k < n {
+            self.buf = Some(b.slice(k, n - k));
+        }
+        Ok((k > 0).then(|| b.slice(0, k)))
+    }
+}
+
+/// Null ids sort (and are interned by the writer's sort) as "".
+fn str_at(a: &StringArray, i: usize) -> &str {
+    if a.is_null(i) { "" } else { a.value(i) }
+}
+
+/// Merges a partition's files into compacted files and rollups with bounded memory: every input
+/// is already sorted by (device_id, metric, ts, wal_seq), so the merge reads `batch_rows` at a
+/// time from each, and each round sorts, deduplicates and writes out only the whole series
+/// that sort before the smallest series some input may still continue. A series never spans
+/// two rounds, so deduplication (a series' duplicates) and rollups (per series and bucket) are
+/// the same as over the whole partition at once. Memory: the inputs' compressed bytes, about
+/// `batch_rows` decoded rows per input (more only for one series longer than that), one row
+/// group being encoded and the rollups (one row per series and minute).
+fn merge_partition(inputs: Vec<(String, Bytes)>, plan: &MergePlan) -> Result<MergeOutput> {
+    let schema = readings_schema();
+    let bytes_in: u64 = inputs.iter().map(|(_, d)| d.len() as u64).sum();
+    let mut rows_in = 0usize;
+    let mut merging = Vec::with_capacity(inputs.len());
+    for (key, data) in inputs {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(data)
+            .map_err(|e| Error::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?
+            .with_batch_size(plan.batch_rows.max(1));
+        rows_in += usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+        let reader = builder.build().map_err(|e| Error::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        merging.push(MergeInput {
+            key,
+            reader,
+            buf: None,
+            done: false,
+        });
+    }
+    let per_row = (bytes_in as f64 / rows_in.max(1) as f64).max(0.5);
+    let rows_per_file =
+        ((plan.target_file_bytes as f64 / per_row) as usize).max(plan.row_group_rows);
+    let mut outputs: Vec<(String, Bytes)> = Vec::new();
+    let mut out: Option<StreamWriter> = None;
+    let mut rollup_1m: Vec<RecordBatch> = Vec::new();
+    let mut rollup_1h: Vec<RecordBatch> = Vec::new();
+    let mut rows_out = 0usize;
+    loop {
+        for m in merging.iter_mut() {
+            while !m.done && m.buffered() == 0 {
+                m.pull(&schema)?;
+            }
+        }
+        if merging.iter().all(|m| m.done && m.buffered() == 0) {
+            break;
+        }
+        // The smallest series an unfinished input may still continue: rows of earlier series
+        // are complete in every input.
+        let mut bound: Option<(String, String)> = None;
+        for m in merging.iter().filter(|m| !m.done) {
+            if let Some(last) = m.last_series()?
+                && bound.as_ref().is_none_or(|b| last < *b)
+            {
+                bound = Some(last);
+            }
+        }
+        let mut round = Vec::new();
+        for m in merging.iter_mut() {
+            if let Some(b) = m.take_before(bound.as_ref())? {
+                round.push(b);
+            }
+        }
+        // Inputs whose buffer ends in the bound series read on (that series may continue).
+        if let Some(b) = &bound {
+            for m in merging.iter_mut().filter(|m| !m.done) {
+                if m.last_series()?.as_ref() == Some(b) {
+                    m.pull(&schema)?;
+                }
+            }
+        }
+        if round.is_empty() {
+            continue;
+        }
+        let sorted = sort_readings(&round)?;
+        drop(round);
+        let deduped = dedup_last_wins(&sorted)?;
+        drop(sorted);
+        if deduped.num_rows() == 0 {
+            continue;
+        }
+        rows_out += deduped.num_rows();
+        if plan.rollups {
+            rollup_1m.push(rollup(&deduped, 60_000_000)?);
+            rollup_1h.push(rollup(&deduped, HOUR_US)?);
+        }
+        let w = match &mut out {
+            Some(w) => w,
+            None => out.insert(StreamWriter::new(&schema, plan.row_group_rows, 3)?),
+        };
+        w.write(&deduped)?;
+        if w.rows() >= rows_per_file
+            && let Some(w) = out.take()
+        {
+            let key = output_key(plan, outputs.len());
+            outputs.push((key, w.finish()?));
+        }
+    }
+    if let Some(w) = out.take()
+        && w.rows() > 0
+    {
+        let key = output_key(plan, outputs.len());
+        outputs.push((key, w.finish()?));
+    }
+    let rollup_files = if plan.rollups {
+        rollup_outputs(&plan.dir, rollup_1m, rollup_1h, plan.row_group_rows)?
+    } else {
+        Vec::new()
+    };
+    Ok(MergeOutput {
+        outputs,
+        rollup_files,
+        rows_in,
+        rows_out,
+    })
+}
+
+fn output_key(plan: &MergePlan, i: usize) -> String {
+    format!(
+        "{}/compacted-{:020}-{:020}-{i:03}.parquet",
+        plan.dir, plan.first, plan.last
+    )
+}
+
 /// Keeps the last row of every run of equal (device_id, metric, ts) in rows sorted by
 /// (hour, device_id, metric, ts, wal_seq): the latest WAL write wins.
 fn dedup_last_wins(sorted: &RecordBatch) -> Result<RecordBatch> {
@@ -325,25 +531,28 @@ fn ts_col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a TimestampMicrosecond
         .ok_or_else(|| Error::Config(format!("column {name} is missing or not timestamp(us)")))
 }
 
-/// 1-minute and 1-hour rollups of one partition's deduplicated rows (sorted by device, metric,
-/// ts), as `(key, parquet)` pairs.
+/// 1-minute and 1-hour rollups of one partition (the merge rounds' rollup batches, in series
+/// order), as `(key, parquet)` pairs.
 fn rollup_outputs(
     dir: &str,
-    rows: &RecordBatch,
+    rollup_1m: Vec<RecordBatch>,
+    rollup_1h: Vec<RecordBatch>,
     row_group_rows: usize,
 ) -> Result<Vec<(String, Bytes)>> {
     let suffix = dir
         .strip_prefix(&format!("{}/", tables::READINGS))
         .unwrap_or(dir);
     let mut out = Vec::new();
-    for (table, width_us) in [
-        (tables::ROLLUP_1M, 60_000_000i64),
-        (tables::ROLLUP_1H, HOUR_US),
+    for (table, mut batches) in [
+        (tables::ROLLUP_1M, rollup_1m),
+        (tables::ROLLUP_1H, rollup_1h),
     ] {
-        let batch = rollup(rows, width_us)?;
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(rollup_schema()));
+        }
         out.push((
             format!("{table}/{suffix}/rollup.parquet"),
-            encode_parquet(&rollup_schema(), &[batch], row_group_rows)?,
+            encode_parquet(&rollup_schema(), &batches, row_group_rows)?,
         ));
     }
     Ok(out)
@@ -508,6 +717,183 @@ impl Compactor {
             if let Err(e) = retention {
                 tracing::error!(error = %e, "lake: retention failed; retrying next interval");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parquet_io::decode_parquet;
+    use crate::schema::RowsBuilder;
+    use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
+
+    /// xorshift: deterministic and dependency-free.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    const HOUR_START_MS: i64 = 1_700_000_000_000 / 3_600_000 * 3_600_000;
+
+    /// Flush-like files of one hour: each sorted, later files rewriting some earlier
+    /// (device, metric, ts) with other values, as a resend or replay would.
+    fn files(rng: &mut Rng, n_files: usize) -> Result<Vec<(String, Bytes, RecordBatch)>> {
+        let mut out = Vec::new();
+        let mut seq = 0u64;
+        for f in 0..n_files {
+            let mut b = RowsBuilder::new(i64::MAX);
+            let first = seq;
+            for _ in 0..rng.below(300) {
+                let dev = format!("dev-{:02}", rng.below(23));
+                let readings = (0..1 + rng.below(3))
+                    .filter_map(|_| {
+                        let metric = ["b", "a", "ab", "z"][rng.below(4) as usize];
+                        Some(Reading {
+                            metric: Metric::new(metric).ok()?,
+                            // Few distinct seconds: many duplicates within and across files.
+                            ts: HOUR_START_MS + rng.below(40) as i64 * 1000,
+                            value: Value::F64(rng.below(1000) as f64),
+                            ts_source: TsSource::Device,
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                let Ok(device_id) = DeviceId::new(dev) else {
+                    continue;
+                };
+                let rec = IngestRecord {
+                    device_id,
+                    received_at: HOUR_START_MS,
+                    transport: Transport::Http,
+                    origin: None,
+                    tags: Vec::new(),
+                    readings,
+                };
+                b.push_record(seq, &rec);
+                seq += 1;
+            }
+            let sorted = sort_readings(&[b.finish()?])?;
+            let bytes = encode_parquet(&readings_schema(), std::slice::from_ref(&sorted), 1024)?;
+            out.push((
+                format!("readings/date=x/hour=y/part-{first:020}-{f:020}.parquet"),
+                bytes,
+                sorted,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn decode_all(files: &[(String, Bytes)]) -> Result<RecordBatch> {
+        let mut batches = Vec::new();
+        let mut schema = None;
+        for (_, data) in files {
+            let (s, bs) = decode_parquet(data.clone())?;
+            schema = Some(s);
+            batches.extend(bs);
+        }
+        let schema = schema.unwrap_or_else(readings_schema);
+        Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    }
+
+    /// The bounded-memory merge gives exactly what sorting and deduplicating the whole
+    /// partition at once gives: rows, their order, and both rollups, whatever the batch size
+    /// (1 row per input at a time up to everything in one round) and however many files.
+    #[test]
+    fn streaming_merge_equals_the_whole_partition_at_once() -> Result<()> {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for round in 0..12 {
+            let inputs = files(&mut rng, 1 + round % 6)?;
+            let all: Vec<RecordBatch> = inputs.iter().map(|(_, _, b)| b.clone()).collect();
+            let expect = dedup_last_wins(&sort_readings(&all)?)?;
+            let expect_1m = rollup(&expect, 60_000_000)?;
+            let expect_1h = rollup(&expect, HOUR_US)?;
+            for batch_rows in [1, 3, 17, 1 << 20] {
+                let plan = MergePlan {
+                    dir: "readings/date=x/hour=y".into(),
+                    first: 0,
+                    last: 9,
+                    row_group_rows: 1024,
+                    // Small: several output files.
+                    target_file_bytes: 2000,
+                    rollups: true,
+                    batch_rows,
+                };
+                let merged = merge_partition(
+                    inputs
+                        .iter()
+                        .map(|(k, d, _)| (k.clone(), d.clone()))
+                        .collect(),
+                    &plan,
+                )?;
+                let rows_in: usize = all.iter().map(RecordBatch::num_rows).sum();
+                assert_eq!(merged.rows_in, rows_in);
+                assert_eq!(merged.rows_out, expect.num_rows());
+                let got = decode_all(&merged.outputs)?;
+                assert_eq!(got, expect, "round {round}, batch_rows {batch_rows}");
+                let r1m = decode_all(&merged.rollup_files[..1])?;
+                let r1h = decode_all(&merged.rollup_files[1..])?;
+                assert_eq!(
+                    r1m, expect_1m,
+                    "1m rollup, round {round}, batch_rows {batch_rows}"
+                );
+                assert_eq!(
+                    r1h, expect_1h,
+                    "1h rollup, round {round}, batch_rows {batch_rows}"
+                );
+                if expect.num_rows() > 2000 {
+                    assert!(merged.outputs.len() > 1, "target size splits the output");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_partition_merges_to_no_rows_and_empty_rollups() -> Result<()> {
+        let empty = encode_parquet(
+            &readings_schema(),
+            &[RecordBatch::new_empty(readings_schema())],
+            1024,
+        )?;
+        let plan = MergePlan {
+            dir: "readings/date=x/hour=y".into(),
+            first: 0,
+            last: 0,
+            row_group_rows: 1024,
+            target_file_bytes: 1 << 20,
+            rollups: true,
+            batch_rows: 8,
+        };
+        let merged = merge_partition(vec![("k".into(), empty)], &plan)?;
+        assert_eq!(merged.rows_out, 0);
+        assert!(merged.outputs.is_empty());
+        assert_eq!(merged.rollup_files.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_corrupt_input_is_named() {
+        let plan = MergePlan {
+            dir: "d".into(),
+            first: 0,
+            last: 0,
+            row_group_rows: 1024,
+            target_file_bytes: 1 << 20,
+            rollups: false,
+            batch_rows: 8,
+        };
+        let e = merge_partition(
+            vec![("bad-key".into(), Bytes::from_static(b"not parquet"))],
+            &plan,
+        );
+        match e {
+            Err(Error::Corrupt { key, .. }) => assert_eq!(key, "bad-key"),
+            other => panic!("expected a corrupt-file error, got {other:?}"),
         }
     }
 }

@@ -182,6 +182,48 @@ fn encode_columns(jobs: Vec<ColumnJob>, threads: usize) -> Result<Vec<ArrowColum
     })
 }
 
+/// A Parquet file written batch by batch (compaction's outputs): only the row group being
+/// filled is held, already encoded page by page, never the file's rows.
+pub(crate) struct StreamWriter {
+    writer: ArrowWriter<Vec<u8>>,
+    rows: usize,
+}
+
+impl std::fmt::Debug for StreamWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamWriter")
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl StreamWriter {
+    /// A writer with the lake's settings at zstd `level`.
+    pub(crate) fn new(schema: &SchemaRef, row_group_rows: usize, level: i32) -> Result<Self> {
+        let props = properties(schema, row_group_rows, level)?;
+        Ok(Self {
+            writer: ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?,
+            rows: 0,
+        })
+    }
+
+    /// Appends rows.
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows();
+        Ok(self.writer.write(batch)?)
+    }
+
+    /// Rows written so far.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Closes the file and returns its bytes.
+    pub(crate) fn finish(self) -> Result<Bytes> {
+        Ok(Bytes::from(self.writer.into_inner()?))
+    }
+}
+
 /// Decodes a whole Parquet file into batches.
 pub fn decode_parquet(data: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(data)?.with_batch_size(64 * 1024);

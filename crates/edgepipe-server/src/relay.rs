@@ -42,10 +42,9 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(w);
         if !self.notified.swap(true, Ordering::AcqRel) {
             let pump = self.pump.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            match pump {
-                Some(p) => p.wake(),
-                // Not polled yet: its first poll drains the queue.
-                None => {}
+            // Without a waker the pump has not been polled yet: its first poll drains the queue.
+            if let Some(p) = pump {
+                p.wake();
             }
         }
         // The pump may have closed between the check and the push: drain for it.
@@ -169,8 +168,8 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async move {
+        let set = tokio::task::LocalSet::new();
+        set.block_on(&rt, async move {
             if with_relay {
                 assert!(install());
                 assert!(!install(), "second install is a no-op");

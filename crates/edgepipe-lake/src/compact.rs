@@ -1,5 +1,7 @@
 //! Compaction: a partition's small files become a few large ones, deduplicated on
 //! `(device_id, metric, ts)` with the last WAL write winning, and its rollups are (re)written.
+//! The inputs are merged as streams (every file is sorted by series), a round of whole series
+//! at a time, so a partition of tens of millions of rows compacts in bounded memory.
 //!
 //! Atomicity for our own queries: outputs are encoded first, then, holding the [`SwapLock`] for
 //! writing, the outputs are stored and the inputs deleted. Queries hold the lock for reading

@@ -213,9 +213,20 @@ async fn compact_partition(
         rollups: config.rollups,
         batch_rows: MERGE_BATCH_ROWS,
     };
-    let merged = tokio::task::spawn_blocking(move || merge_partition(inputs, &plan))
+    // On a thread of its own at a lower priority (the threads its sort spawns inherit it):
+    // compaction is background work; at normal priority a big partition's merge competes as
+    // an equal with the ingest threads for the cores.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("lake-compact".into())
+        .spawn(move || {
+            background_priority();
+            let _ = tx.send(merge_partition(inputs, &plan));
+        })
+        .map_err(|e| Error::Config(format!("cannot start the compaction thread: {e}")))?;
+    let merged = rx
         .await
-        .map_err(|e| Error::Config(format!("compaction task failed: {e}")))??;
+        .map_err(|_| Error::Config("compaction thread ended without a result".into()))??;
     let MergeOutput {
         outputs,
         rollup_files,
@@ -265,6 +276,22 @@ async fn compact_partition(
         "lake: compacted"
     );
     Ok(())
+}
+
+/// Lowers the calling thread's priority to nice 10 (Linux: per thread; threads it starts
+/// inherit it). Best effort: a failure only logs, compaction then runs at normal priority.
+fn background_priority() {
+    use thread_priority::{ThreadPriority, ThreadPriorityValue};
+    // The crate maps 0..=99 onto nice 19..=-20 (rounding down); 22 is nice 10 (tested).
+    let done = ThreadPriorityValue::try_from(22u8)
+        .map_err(|e| e.to_string())
+        .and_then(|v| {
+            thread_priority::set_current_thread_priority(ThreadPriority::Crossplatform(v))
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "lake: could not lower the compaction thread's priority");
+    }
 }
 
 /// Rows decoded per input file at a time while merging.
@@ -876,6 +903,31 @@ mod tests {
         assert!(merged.outputs.is_empty());
         assert_eq!(merged.rollup_files.len(), 2);
         Ok(())
+    }
+
+    /// Nice value of the calling thread, from /proc (Linux).
+    fn own_nice() -> Option<i64> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        // Fields after the parenthesised command name; nice is field 19 (index 16 after it).
+        let rest = stat.rsplit_once(')')?.1;
+        rest.split_whitespace().nth(16)?.parse().ok()
+    }
+
+    #[test]
+    fn compaction_threads_run_at_nice_10() {
+        let before = std::thread::spawn(own_nice).join().ok().flatten();
+        let after = std::thread::spawn(|| {
+            background_priority();
+            // Threads started from here (the sort's helpers) inherit it.
+            std::thread::spawn(own_nice).join().ok().flatten()
+        })
+        .join()
+        .ok()
+        .flatten();
+        if before.is_some() {
+            assert_eq!(before, Some(0));
+            assert_eq!(after, Some(10));
+        }
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub mod schema;
 pub mod sink;
 mod stats;
 mod store;
+#[cfg(test)]
+mod test_rng;
 mod writer;
 
 pub use compact::{CompactionReport, Compactor, SwapLock, compact};

@@ -82,19 +82,13 @@ fn encode_with_threads(
 ) -> Result<Bytes> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     if threads > 1 && rows >= PARALLEL_MIN_ROWS {
-        return encode_parallel(schema, batches, row_group_rows, zstd_level, threads);
+        return encode_parallel(schema, batches, rows, row_group_rows, zstd_level, threads);
     }
-    let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(
-        &mut buf,
-        schema.clone(),
-        Some(properties(schema, row_group_rows, zstd_level)?),
-    )?;
+    let mut w = StreamWriter::new(schema, row_group_rows, zstd_level)?;
     for b in batches {
         w.write(b)?;
     }
-    w.close()?;
-    Ok(Bytes::from(buf))
+    w.finish()
 }
 
 /// One row group at a time: every column's writer goes to a queue that `threads` workers
@@ -102,6 +96,7 @@ fn encode_with_threads(
 fn encode_parallel(
     schema: &SchemaRef,
     batches: &[RecordBatch],
+    total: usize,
     row_group_rows: usize,
     zstd_level: i32,
     threads: usize,
@@ -111,7 +106,6 @@ fn encode_parallel(
     // The ArrowWriter embeds the Arrow schema in the file's metadata, as the serial path does.
     let (mut file, factory) =
         ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?.into_serialized_writer()?;
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let group_rows = row_group_rows.max(1);
     // Row groups of `group_rows` rows, each made of slices of the input batches (no copy).
     let mut pieces: Vec<RecordBatch> = Vec::new();
@@ -182,8 +176,8 @@ fn encode_columns(jobs: Vec<ColumnJob>, threads: usize) -> Result<Vec<ArrowColum
     })
 }
 
-/// A Parquet file written batch by batch (compaction's outputs): only the row group being
-/// filled is held, already encoded page by page, never the file's rows.
+/// A Parquet file written batch by batch on one thread (compaction's outputs, small files):
+/// only the row group being filled is held, already encoded page by page, never the file's rows.
 pub(crate) struct StreamWriter {
     writer: ArrowWriter<Vec<u8>>,
     rows: usize,

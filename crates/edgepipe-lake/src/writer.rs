@@ -242,18 +242,8 @@ impl LakeWriter {
                     None => std::future::pending().await,
                 }
             };
-            // Woken by new records, read them no sooner than `read_interval` after the last
-            // read, so a busy WAL is read in batches rather than once per group commit.
-            let read_at = tokio::time::Instant::from_std(last_read + self.config.read_interval);
-            let newer = async {
-                let r = wal.wait_beyond(after).await;
-                if r.is_ok() {
-                    tokio::time::sleep_until(read_at).await;
-                }
-                r
-            };
             tokio::select! {
-                r = newer => {
+                r = wal.wait_beyond_no_sooner(after, last_read + self.config.read_interval) => {
                     if let Err(edgepipe_wal::Error::Closed) = r {
                         break;
                     }
@@ -838,16 +828,7 @@ mod tests {
 
     use crate::store::LakeStore;
 
-    /// A small deterministic generator (xorshift) so the test needs no extra dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn batches(rng: &mut Rng, hours_spread: i64, mixed: bool) -> Vec<RecordBatch> {
         let mut out = Vec::new();

@@ -265,6 +265,11 @@ impl ServerConfig {
         if self.detect.checkpoint_interval.is_zero() {
             errors.push("detect.checkpoint_interval: must be greater than 0".to_string());
         }
+        if self.detect.read_interval >= self.detect.checkpoint_interval {
+            errors.push(
+                "detect.read_interval: must be shorter than detect.checkpoint_interval".to_string(),
+            );
+        }
         if self.query.max_rows == 0 {
             errors.push("query.max_rows: must be at least 1".to_string());
         }
@@ -312,6 +317,12 @@ max_payload_bytes = 0
 max_connections = 0
 [wal]
 full_policy = "drop_oldest"
+[lake]
+flush_interval = "1s"
+read_interval = "1s"
+[detect]
+checkpoint_interval = "5s"
+read_interval = "1m"
 [[topic_mappings]]
 pattern = "factory/{line}/{metric}"
 payload = "raw"
@@ -319,6 +330,8 @@ payload = "raw"
         )?;
         let cfg = ServerConfig::load(Some(&path), Vec::new())?;
         let err = cfg.validate().err().ok_or("must fail")?.to_string();
+        assert!(err.contains("lake.read_interval"), "{err}");
+        assert!(err.contains("detect.read_interval"), "{err}");
         assert!(err.contains("limits.max_payload_bytes"), "{err}");
         assert!(err.contains("limits.max_connections"), "{err}");
         assert!(err.contains("wal.full_policy"), "{err}");

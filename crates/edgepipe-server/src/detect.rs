@@ -374,16 +374,8 @@ impl DetectStage {
                 .checkpoint_interval
                 .saturating_sub(last_checkpoint.elapsed())
                 .max(Duration::from_millis(1));
-            let read_at = tokio::time::Instant::from_std(last_read + self.cfg.read_interval);
-            let newer = async {
-                let r = wal.wait_beyond(after).await;
-                if r.is_ok() {
-                    tokio::time::sleep_until(read_at).await;
-                }
-                r
-            };
             tokio::select! {
-                r = newer => {
+                r = wal.wait_beyond_no_sooner(after, last_read + self.cfg.read_interval) => {
                     if let Err(edgepipe_wal::Error::Closed) = r {
                         break;
                     }

@@ -785,6 +785,19 @@ impl Wal {
         }
     }
 
+    /// Like [`wait_beyond`](Self::wait_beyond), but returns no sooner than `not_before`: a
+    /// consumer that read at `t` and passes `t + interval` reads a busy WAL in batches, at most
+    /// once per interval, instead of once per group commit.
+    pub async fn wait_beyond_no_sooner(
+        &self,
+        seq: u64,
+        not_before: std::time::Instant,
+    ) -> Result<u64> {
+        let end = self.wait_beyond(seq).await?;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(not_before)).await;
+        Ok(end)
+    }
+
     /// Reads up to `max` durable records starting at `from`. A call that starts where an
     /// earlier one stopped continues in that call's open segment file (cost proportional to
     /// what it reads, not to the position in the segment).

@@ -282,6 +282,30 @@ fn waiting_reader_sees_new_records() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn paced_wait_needs_a_new_record_and_its_time() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    rt.block_on(async {
+        // A record already there: it still waits for `not_before`.
+        wal.append(b"a".to_vec()).await?;
+        let not_before = std::time::Instant::now() + std::time::Duration::from_millis(30);
+        assert_eq!(wal.wait_beyond_no_sooner(0, not_before).await?, 1);
+        assert!(std::time::Instant::now() >= not_before);
+        // A time already passed: it still waits for a record beyond `seq`.
+        let w = wal.clone();
+        let past = std::time::Instant::now();
+        let waiter = tokio::spawn(async move { w.wait_beyond_no_sooner(1, past).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        wal.append(b"b".to_vec()).await?;
+        assert_eq!(waiter.await.map_err(|e| e.to_string())??, 2);
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    Ok(())
+}
+
 // ---- model-based property test ----
 
 #[derive(Debug, Clone)]

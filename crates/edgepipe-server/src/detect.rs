@@ -36,7 +36,7 @@ use arrow::array::{
 };
 use edgepipe_detect::{Detector, DetectorConfig, Event, ModelParams, ScoreStatus, SeriesKey};
 use edgepipe_lake::LakeStore;
-use edgepipe_types::{IngestRecord, Transport, Value};
+use edgepipe_types::{DeviceId, IngestRecordView, Metric, Transport, ValueView};
 use edgepipe_wal::Wal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -405,18 +405,23 @@ impl DetectStage {
         let t0 = Instant::now();
         for (seq, payload) in &records {
             self.next_seq = seq + 1;
-            let Ok(rec) = IngestRecord::decode(payload) else {
+            let Ok(rec) = IngestRecordView::decode(payload) else {
                 // The lake writer logs and counts undecodable records; nothing to score.
                 continue;
             };
             self.score_record(*seq, &rec, late_ms);
             // The silence clock follows event time (clamped to receive time, so a device with
             // a fast clock cannot move it ahead): a backlog replayed fast does not look like
-            // every series falling silent.
+            // every series falling silent. The check walks every series, so it runs when the
+            // clock enters a new second, not per record (silence is judged in tens of seconds).
             let newest = rec.readings.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
             let clock = newest.min(rec.received_at);
             if clock > self.silence_clock {
+                let new_second = clock.div_euclid(1000) > self.silence_clock.div_euclid(1000);
                 self.silence_clock = clock;
+                if !new_second {
+                    continue;
+                }
                 for e in self.detector.tick(self.silence_clock) {
                     // `/` cannot occur in device ids or metric names: no two silences share an id.
                     let id = format!(
@@ -488,23 +493,26 @@ impl DetectStage {
         Ok(())
     }
 
-    fn score_record(&mut self, seq: u64, rec: &IngestRecord, late_ms: i64) {
+    fn score_record(&mut self, seq: u64, rec: &IngestRecordView<'_>, late_ms: i64) {
         let mut n = 0usize;
         for r in &rec.readings {
             // An agent's gap report (`agent.gap.<stream>.count`): a gap event, not a signal
             // to model.
             if let Some(stream) = r
                 .metric
-                .as_str()
                 .strip_prefix("agent.gap.")
                 .and_then(|m| m.strip_suffix(".count"))
             {
-                let count = match &r.value {
-                    Value::F64(v) => *v,
-                    Value::I64(v) => *v as f64,
+                let count = match r.value {
+                    ValueView::F64(v) => v,
+                    ValueView::I64(v) => v as f64,
                     _ => 0.0,
                 };
-                if count > 0.0 {
+                // The view's ids were validated when it was decoded.
+                if count > 0.0
+                    && let (Ok(device), Ok(metric)) =
+                        (DeviceId::new(rec.device_id), Metric::new(r.metric))
+                {
                     let replayed =
                         rec.transport == Transport::Replay || rec.received_at - r.ts > late_ms;
                     let id = format!("{seq}-{n}");
@@ -516,8 +524,8 @@ impl DetectStage {
                         replayed,
                         Event {
                             kind: edgepipe_detect::EventKind::Gap,
-                            device: rec.device_id.clone(),
-                            metric: Some(r.metric.clone()),
+                            device,
+                            metric: Some(metric),
                             ts: r.ts,
                             score: 1.0,
                             threshold: 0.0,
@@ -531,19 +539,21 @@ impl DetectStage {
                 }
                 continue;
             }
-            let v = match &r.value {
-                Value::F64(v) => *v,
-                Value::I64(v) => *v as f64,
-                Value::Bool(b) => f64::from(u8::from(*b)),
-                Value::Str(_) => {
+            let v = match r.value {
+                ValueView::F64(v) => v,
+                ValueView::I64(v) => v as f64,
+                ValueView::Bool(b) => f64::from(u8::from(b)),
+                ValueView::Str(_) => {
                     self.metrics
                         .skipped_non_numeric
                         .fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
             };
-            let key = SeriesKey::new(rec.device_id.clone(), r.metric.clone());
-            let s = self.detector.score(&key, r.ts, v);
+            // The view's ids were validated when it was decoded, so this cannot fail.
+            let Ok(s) = self.detector.score_ids(rec.device_id, r.metric, r.ts, v) else {
+                continue;
+            };
             match s.status {
                 ScoreStatus::Scored => {
                     self.metrics.scored.fetch_add(1, Ordering::Relaxed);

@@ -88,6 +88,13 @@ impl RobustMad {
         sig
     }
 
+    /// Adds `x` to the window without scoring it (what [`update`](Self::update) learns).
+    pub fn learn(&mut self, cfg: &RobustMadConfig, x: f64) {
+        if learnable(x) {
+            self.ring.push(x, cfg.window.clamp(3, MAX_MAD_WINDOW));
+        }
+    }
+
     pub(crate) fn heap_bytes(&self) -> usize {
         self.ring.heap_bytes()
     }

@@ -36,7 +36,8 @@ pub struct Assessment {
     pub alarm: bool,
     /// The strongest weighted detector surprise (1.0 = at its firing level).
     pub raw: f64,
-    /// Detectors whose surprise reached their firing level on this reading.
+    /// Detectors whose surprise reached their firing level on this reading (an unweighted
+    /// median/MAD is only evaluated when `score` is positive, the only readings that can alarm).
     pub fired: Fired,
     /// The detector that contributed the raw score, if any.
     pub strongest: Option<DetectorKind>,
@@ -165,8 +166,8 @@ impl SeriesState {
         let t = &cfg.tail;
         let per = t.per_detector && t.rate > 0.0;
         let mut tails = self.tails;
-        // Every detector runs and explains (it fired when its own level reached 1); the weights
-        // decide how much each one counts in the score.
+        // Every detector explains (it fired when its own level reached 1); the weights decide
+        // how much each one counts in the score.
         let mut consider = |kind: DetectorKind, weight: f64, s: Signal| {
             if s.level >= 1.0 {
                 fired.insert(kind);
@@ -208,11 +209,16 @@ impl SeriesState {
             w.pewma,
             self.pewma.update(&cfg.pewma, x),
         );
-        consider(
-            DetectorKind::RobustMad,
-            w.robust_mad,
-            self.mad.update(&cfg.mad, x, sd),
-        );
+        // The median/MAD is the costliest detector (two selections per reading). Unweighted
+        // (the default), it only explains, so it is computed below only for a reading that
+        // could alarm; its window is kept up to date either way.
+        if w.robust_mad > 0.0 {
+            consider(
+                DetectorKind::RobustMad,
+                w.robust_mad,
+                self.mad.update(&cfg.mad, x, sd),
+            );
+        }
         consider(
             DetectorKind::Cusum,
             w.cusum * level_w,
@@ -286,8 +292,13 @@ impl SeriesState {
             raw /= (q / t.reference).max(t.min_factor);
         }
 
-        let learned = if cfg.log_raw { raw.ln_1p() } else { raw };
-        let (likelihood, _) = self.likelihood.update(&cfg.likelihood, learned);
+        // The likelihood stage only runs when the score uses it.
+        let likelihood = if cfg.calibration == Calibration::Raw {
+            0.0
+        } else {
+            let learned = if cfg.log_raw { raw.ln_1p() } else { raw };
+            self.likelihood.update(&cfg.likelihood, learned).0
+        };
         // ln(1 + ln(1 + raw)) keeps resolution for huge surprises; any monotone squash ranks
         // the same.
         let squashed = {
@@ -322,6 +333,15 @@ impl SeriesState {
         let alarm = score >= o.alarm_score;
         if alarm {
             self.refractory = o.refractory;
+        }
+        if w.robust_mad <= 0.0 {
+            if score > 0.0 {
+                if self.mad.update(&cfg.mad, x, sd).level >= 1.0 {
+                    fired.insert(DetectorKind::RobustMad);
+                }
+            } else {
+                self.mad.learn(&cfg.mad, x);
+            }
         }
         Assessment {
             score,

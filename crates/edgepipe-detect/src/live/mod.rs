@@ -18,6 +18,9 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::RandomState;
+
+use hashbrown::Equivalent;
 
 use edgepipe_types::{DeviceId, Metric, TimestampMs};
 use serde::{Deserialize, Serialize};
@@ -41,6 +44,20 @@ pub struct SeriesKey {
     pub device: DeviceId,
     /// The metric.
     pub metric: Metric,
+}
+
+/// A borrowed series key: looks up a [`SeriesKey`] without building one (hashes exactly as the
+/// owned key does: the device's text, then the metric's).
+#[derive(Hash)]
+struct SeriesRef<'a> {
+    device: &'a str,
+    metric: &'a str,
+}
+
+impl Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        self.device == key.device.as_str() && self.metric == key.metric.as_str()
+    }
 }
 
 impl SeriesKey {
@@ -322,7 +339,7 @@ pub struct Detector {
     params: ModelParams,
     /// Series in creation order, found through `index` (one hash per reading).
     series: Vec<(SeriesKey, SeriesEntry)>,
-    index: HashMap<SeriesKey, u32>,
+    index: hashbrown::HashMap<SeriesKey, u32, RandomState>,
     /// Devices in creation order; series refer to them by position.
     devices: Vec<(DeviceId, DeviceEntry)>,
     device_index: HashMap<DeviceId, u32>,
@@ -337,7 +354,7 @@ impl Detector {
             config,
             params,
             series: Vec::new(),
-            index: HashMap::new(),
+            index: hashbrown::HashMap::default(),
             devices: Vec::new(),
             device_index: HashMap::new(),
         })
@@ -423,8 +440,39 @@ impl Detector {
         let Some(i) = self.series_slot(key) else {
             return Score::unscored(ScoreStatus::Overflow);
         };
+        self.score_at(i, ts, value)
+    }
+
+    /// [`score`](Self::score) for a series named by borrowed text (a WAL reader's path: no
+    /// key is built for a series already tracked). A new series' ids are validated first.
+    pub fn score_ids(
+        &mut self,
+        device: &str,
+        metric: &str,
+        ts: TimestampMs,
+        value: f64,
+    ) -> Result<Score> {
+        let found = self.index.get(&SeriesRef { device, metric }).copied();
+        let i = match found {
+            Some(i) => i as usize,
+            None => {
+                let key = SeriesKey::new(
+                    DeviceId::new(device).map_err(|e| Error::Params(e.to_string()))?,
+                    Metric::new(metric).map_err(|e| Error::Params(e.to_string()))?,
+                );
+                match self.series_slot(&key) {
+                    Some(i) => i,
+                    None => return Ok(Score::unscored(ScoreStatus::Overflow)),
+                }
+            }
+        };
+        Ok(self.score_at(i, ts, value))
+    }
+
+    /// Scores a reading of the series at position `i`.
+    fn score_at(&mut self, i: usize, ts: TimestampMs, value: f64) -> Score {
         let ensemble = &self.params.ensemble;
-        let Some((_, entry)) = self.series.get_mut(i) else {
+        let Some((key, entry)) = self.series.get_mut(i) else {
             return Score::unscored(ScoreStatus::Overflow);
         };
         if entry.last_ts.is_some_and(|l| ts <= l) {
@@ -793,7 +841,8 @@ impl Detector {
                 )));
             }
         }
-        let mut index = HashMap::with_capacity(snap.series.len());
+        let mut index =
+            hashbrown::HashMap::with_capacity_and_hasher(snap.series.len(), RandomState::new());
         let mut series = snap.series;
         for (key, e) in &mut series {
             // Derived from the parameters: recomputed, not trusted.

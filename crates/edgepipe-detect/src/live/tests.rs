@@ -433,3 +433,43 @@ mod props {
         }
     }
 }
+
+#[test]
+fn scoring_by_borrowed_ids_equals_scoring_by_key() {
+    // Three devices x two metrics interleaved, with a spike on one series: the borrowed-id path
+    // finds (and creates) the same series and gives the same scores, events and final state.
+    let mut by_key = detector();
+    let mut by_ids = detector();
+    let mut seed = 7;
+    let mut events = 0;
+    for i in 0..1200i64 {
+        for d in ["a", "b", "c"] {
+            for m in ["temp", "load"] {
+                let mut x = 10.0 + lcg(&mut seed);
+                if d == "b" && m == "load" && (900..905).contains(&i) {
+                    x += 20.0;
+                }
+                let want = by_key.score(&key(d, m), i * MIN, x);
+                let got = by_ids.score_ids(d, m, i * MIN, x).expect("valid ids");
+                assert_eq!(got.score.to_bits(), want.score.to_bits(), "{d}/{m} at {i}");
+                assert_eq!(got.status, want.status);
+                assert_eq!(got.event, want.event);
+                assert_eq!(got.device_event, want.device_event);
+                events += usize::from(got.event.is_some());
+            }
+        }
+    }
+    assert!(events >= 1, "the spike raised no event");
+    assert_eq!(by_ids.series_count(), 6);
+    assert_eq!(by_ids.snapshot().expect("snapshot"), by_key.snapshot().expect("snapshot"));
+    // A removed series is found again under the same ids, as a new one.
+    assert!(by_ids.remove_series(&key("a", "temp")));
+    assert_eq!(by_ids.series_count(), 5);
+    let s = by_ids.score_ids("a", "temp", 5000 * MIN, 1.0).expect("valid ids");
+    assert_eq!(s.status, ScoreStatus::Scored);
+    assert_eq!(by_ids.series_count(), 6);
+    // Ids that could never be keys are refused, not tracked.
+    assert!(by_ids.score_ids("a/b", "temp", 0, 1.0).is_err());
+    assert!(by_ids.score_ids("a", "", 0, 1.0).is_err());
+    assert_eq!(by_ids.series_count(), 6);
+}

@@ -461,11 +461,16 @@ fn scoring_by_borrowed_ids_equals_scoring_by_key() {
     }
     assert!(events >= 1, "the spike raised no event");
     assert_eq!(by_ids.series_count(), 6);
-    assert_eq!(by_ids.snapshot().expect("snapshot"), by_key.snapshot().expect("snapshot"));
+    assert_eq!(
+        by_ids.snapshot().expect("snapshot"),
+        by_key.snapshot().expect("snapshot")
+    );
     // A removed series is found again under the same ids, as a new one.
     assert!(by_ids.remove_series(&key("a", "temp")));
     assert_eq!(by_ids.series_count(), 5);
-    let s = by_ids.score_ids("a", "temp", 5000 * MIN, 1.0).expect("valid ids");
+    let s = by_ids
+        .score_ids("a", "temp", 5000 * MIN, 1.0)
+        .expect("valid ids");
     assert_eq!(s.status, ScoreStatus::Scored);
     assert_eq!(by_ids.series_count(), 6);
     // Ids that could never be keys are refused, not tracked.

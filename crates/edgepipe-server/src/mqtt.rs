@@ -354,13 +354,14 @@ async fn publish_v3(ses: &v3::Session<Conn>, p: v3::Publish) -> Result<(), Gatew
         .await
         .map_err(|e| GatewayError::Closed(format!("payload read failed: {e:?}")))?;
     let conn: &Conn = ses;
-    match crate::relay::local(conn.ingestor.publish(
+    // Boxed: the ingest future is large, and ntex and the relay move it several times.
+    match crate::relay::local(Box::pin(conn.ingestor.publish(
         &conn.device,
         p.publish_topic(),
         &payload,
         conn.transport,
         conn.peer.as_deref(),
-    ))
+    )))
     .await
     {
         Ok(_) => Ok(()),
@@ -385,13 +386,13 @@ async fn publish_v5(
         .await
         .map_err(|e| GatewayError::Closed(format!("payload read failed: {e:?}")))?;
     let conn: &Conn = ses;
-    let res = crate::relay::local(conn.ingestor.publish(
+    let res = crate::relay::local(Box::pin(conn.ingestor.publish(
         &conn.device,
         p.publish_topic(),
         &payload,
         conn.transport,
         conn.peer.as_deref(),
-    ))
+    )))
     .await;
     let (code, reason) = match res {
         Ok(_) => return Ok(p.ack()),

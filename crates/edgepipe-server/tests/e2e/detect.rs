@@ -191,3 +191,96 @@ fn scheduled_retraining_promotes_a_model_the_stage_then_runs() -> TestResult {
     srv.stop()?;
     Ok(())
 }
+
+#[test]
+fn a_device_that_stops_reporting_raises_one_silence_event_and_gap_reports_become_gap_events()
+-> TestResult {
+    // `quiet-1` reports temp and load every second for a minute (one reading also carries an
+    // agent gap report), then stops; `busy-1` goes on at 4 Hz, moving the stage's silence clock
+    // (event time) past `quiet-1`'s usual interval. The stage checks for silence when that
+    // clock enters a new second, so the event comes at most about a second after the limit.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"3h\"\n\
+         [lake]\nflush_interval = \"500ms\"\n",
+    )?;
+    let srv = Server::start(
+        &data,
+        &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
+    )?;
+    let base = (now_ms() / 1000 - 3000) * 1000;
+    let quiet: String = (0..60i64)
+        .map(|i| {
+            let gap = if i == 20 {
+                ", \"agent.gap.main.count\": 3"
+            } else {
+                ""
+            };
+            format!(
+                "{{\"ts\": {}, \"metrics\": {{\"temp\": {:.2}, \"load\": {:.2}{gap}}}}}\n",
+                base + i * 1000 + 250,
+                20.0 + (i % 7) as f64 / 10.0,
+                0.5 + (i % 5) as f64 / 20.0
+            )
+        })
+        .collect();
+    ingest_as(srv.http, "quiet-1", &quiet)?;
+    // One request (one WAL record) per second of `busy-1`: the silence clock moves per record.
+    for sec in 0..200i64 {
+        let busy: String = (0..4i64)
+            .map(|q| {
+                format!(
+                    "{{\"ts\": {}, \"metrics\": {{\"temp\": {:.2}}}}}\n",
+                    base + sec * 1000 + q * 250 + 30,
+                    30.0 + ((sec + q) % 9) as f64 / 10.0
+                )
+            })
+            .collect();
+        ingest_as(srv.http, "busy-1", &busy)?;
+    }
+    let caught_up = || -> bool {
+        srv.status()
+            .map(|v| {
+                v["detect"]["checkpointed_wal_seq"].as_i64().unwrap_or(-1)
+                    == v["wal"]["next_seq"].as_i64().unwrap_or(-2)
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), caught_up),
+        "detection stage did not catch up"
+    );
+    let v = srv.query(
+        "SELECT device_id, metric, CAST(ts AS BIGINT) AS ts_us FROM anomalies \
+         WHERE kind = 'silence' ORDER BY ts",
+    )?;
+    assert_eq!(v["row_count"], 1, "one device-wide silence event: {v}");
+    let row = &v["rows"][0];
+    assert_eq!(row["device_id"], "quiet-1", "{v}");
+    assert!(row["metric"].is_null(), "device-wide, not per metric: {v}");
+    let last_quiet_ms = base + 59 * 1000 + 250;
+    let after = row["ts_us"].as_i64().ok_or("ts")? / 1000 - last_quiet_ms;
+    // The limit is max(5 x the 1 s interval, 10 s); checked once per second of event time.
+    assert!(
+        after > 10_000 && after <= 11_250,
+        "silence reported {after} ms after the last reading: {v}"
+    );
+    let g = srv.query(
+        "SELECT device_id, metric, value, CAST(ts AS BIGINT) AS ts_us FROM anomalies \
+         WHERE kind = 'gap'",
+    )?;
+    assert_eq!(g["row_count"], 1, "one gap event: {g}");
+    assert_eq!(g["rows"][0]["device_id"], "quiet-1", "{g}");
+    assert_eq!(g["rows"][0]["metric"], "agent.gap.main.count", "{g}");
+    assert_eq!(g["rows"][0]["value"], 3.0, "{g}");
+    assert_eq!(
+        g["rows"][0]["ts_us"].as_i64(),
+        Some((base + 20 * 1000 + 250) * 1000),
+        "{g}"
+    );
+    srv.stop()?;
+    Ok(())
+}

@@ -348,22 +348,30 @@ fn connect_v5(
     }
 }
 
+/// Ingests one publish of `conn`'s device, waiting through this worker's wake relay. The
+/// ingest future is large, and ntex and the relay move it several times: it is boxed once.
+async fn ingest(
+    conn: &Conn,
+    topic: &str,
+    payload: &[u8],
+) -> Result<crate::ingest::Accepted, Rejection> {
+    crate::relay::local(Box::pin(conn.ingestor.publish(
+        &conn.device,
+        topic,
+        payload,
+        conn.transport,
+        conn.peer.as_deref(),
+    )))
+    .await
+}
+
 async fn publish_v3(ses: &v3::Session<Conn>, p: v3::Publish) -> Result<(), GatewayError> {
     let payload = p
         .read_all()
         .await
         .map_err(|e| GatewayError::Closed(format!("payload read failed: {e:?}")))?;
     let conn: &Conn = ses;
-    // Boxed: the ingest future is large, and ntex and the relay move it several times.
-    match crate::relay::local(Box::pin(conn.ingestor.publish(
-        &conn.device,
-        p.publish_topic(),
-        &payload,
-        conn.transport,
-        conn.peer.as_deref(),
-    )))
-    .await
-    {
+    match ingest(conn, p.publish_topic(), &payload).await {
         Ok(_) => Ok(()),
         // Kept in the dead-letter store: acknowledge so the client does not resend forever.
         Err(Rejection::BadPayload(_) | Rejection::UnknownTopic(_) | Rejection::TooLarge { .. }) => {
@@ -386,14 +394,7 @@ async fn publish_v5(
         .await
         .map_err(|e| GatewayError::Closed(format!("payload read failed: {e:?}")))?;
     let conn: &Conn = ses;
-    let res = crate::relay::local(Box::pin(conn.ingestor.publish(
-        &conn.device,
-        p.publish_topic(),
-        &payload,
-        conn.transport,
-        conn.peer.as_deref(),
-    )))
-    .await;
+    let res = ingest(conn, p.publish_topic(), &payload).await;
     let (code, reason) = match res {
         Ok(_) => return Ok(p.ack()),
         Err(e @ Rejection::NotAuthorized(_)) => (R::NotAuthorized, e.to_string()),

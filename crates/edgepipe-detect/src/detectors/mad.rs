@@ -82,9 +82,7 @@ impl RobustMad {
             let half = cfg.threshold * scale;
             Signal::new(z / cfg.threshold, Some((med - half, med + half)))
         };
-        if learnable(x) {
-            self.ring.push(x, w);
-        }
+        self.learn(cfg, x);
         sig
     }
 

@@ -684,8 +684,6 @@ impl StreamSender {
                     state: St::Shed,
                 },
             );
-            self.m.gaps.fetch_add(1, Ordering::Relaxed);
-            self.m.shed_readings.fetch_add(count, Ordering::Relaxed);
             tracing::warn!(stream = %self.q.name, from_seq, to_seq, count, "disk budget shed unsent readings; recording a gap");
             gaps.push(GapEvent {
                 stream: self.q.name.clone(),
@@ -887,16 +885,17 @@ impl Uplink {
 
     /// Gap detection, metrics, persisting: done online and offline.
     async fn housekeeping(&mut self) {
-        let now = self.clock.now_ms();
         let mut events = Vec::new();
-        for s in &mut self.senders {
-            events.extend(s.find_gaps());
-            s.refresh_metrics(now);
+        for (i, s) in self.senders.iter_mut().enumerate() {
+            events.extend(s.find_gaps().into_iter().map(|g| (i, g)));
         }
         let gaps_found = !events.is_empty();
-        for g in events {
+        for (i, g) in events {
             // The gap event is durable in the alerts stream before the shed range is
-            // acknowledged past (persist happens on the next housekeeping or ack).
+            // acknowledged past (persist happens on the next housekeeping or ack), and before
+            // the shed counters and queue depths show it: whoever sees the shed count also
+            // sees the alerts stream holding its gap event.
+            let (count, m) = (g.count, Arc::clone(&self.senders[i].m));
             let (tx, rx) = oneshot::channel();
             let input = Input {
                 stream: ALERTS_STREAM.to_string(),
@@ -908,8 +907,12 @@ impl Uplink {
             if self.pipeline.send(input).await.is_ok() {
                 let _ = rx.await;
             }
+            m.gaps.fetch_add(1, Ordering::Relaxed);
+            m.shed_readings.fetch_add(count, Ordering::Relaxed);
         }
+        let now = self.clock.now_ms();
         for s in &mut self.senders {
+            s.refresh_metrics(now);
             s.persist(gaps_found);
         }
     }

@@ -292,11 +292,24 @@ impl LakeWriter {
     fn read_available_inner(&mut self) -> Result<bool> {
         let mut any = false;
         loop {
-            let records = match self.wal.read(self.next_seq, READ_BATCH) {
-                Ok(r) => r,
+            let (builder, metrics, next_seq) =
+                (&mut self.builder, &self.metrics, &mut self.next_seq);
+            let read = self.wal.read_each(*next_seq, READ_BATCH, |seq, payload| {
+                match IngestRecordView::decode(payload) {
+                    Ok(rec) => builder.push_view(seq, &rec),
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "lake: wal record does not decode; not written to the lake");
+                        metrics.records_undecodable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                *next_seq = seq + 1;
+            });
+            let n = match read {
+                Ok(n) => n,
                 Err(edgepipe_wal::Error::Truncated { requested, oldest }) => {
                     // The WAL's disk budget (drop_oldest) deleted records before we read them.
-                    // The WAL records the gap; we count it and move on.
+                    // The WAL records the gap; we count it and move on (rows read before the
+                    // deleted range stay in the builder).
                     tracing::error!(
                         from = requested,
                         to = oldest,
@@ -310,22 +323,10 @@ impl LakeWriter {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if records.is_empty() {
+            if n == 0 && self.builder.is_empty() {
                 break;
             }
             any = true;
-            for (seq, payload) in &records {
-                match IngestRecordView::decode(payload) {
-                    Ok(rec) => self.builder.push_view(*seq, &rec),
-                    Err(e) => {
-                        tracing::error!(seq, error = %e, "lake: wal record does not decode; not written to the lake");
-                        self.metrics
-                            .records_undecodable
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                self.next_seq = seq + 1;
-            }
             let batch = self.builder.finish()?;
             let rows = batch.num_rows();
             {
@@ -339,7 +340,7 @@ impl LakeWriter {
             // faster than one read pass, reading "until the WAL is drained" never ends and
             // the buffer (and the flush that sorts it) grows without bound.
             self.rows_since_flush += rows;
-            if records.len() < READ_BATCH || self.rows_since_flush >= self.config.flush_max_rows {
+            if n < READ_BATCH || self.rows_since_flush >= self.config.flush_max_rows {
                 break;
             }
         }

@@ -390,57 +390,64 @@ impl DetectStage {
 
     /// Scores every durable record not yet scored. Returns whether anything was read.
     pub fn step(&mut self) -> anyhow::Result<bool> {
-        let records = match self.wal.read(self.next_seq, 2048) {
-            Ok(r) => r,
+        let late_ms = i64::try_from(self.cfg.late_after.as_millis()).unwrap_or(i64::MAX);
+        let t0 = Instant::now();
+        let wal = self.wal.clone();
+        let read = wal.read_each(self.next_seq, 2048, |seq, payload| {
+            self.process_record(seq, payload, late_ms)
+        });
+        let n = match read {
+            Ok(n) => n,
             Err(edgepipe_wal::Error::Truncated { oldest, .. }) => {
                 self.next_seq = oldest;
                 return Ok(true);
             }
             Err(e) => return Err(e.into()),
         };
-        if records.is_empty() {
+        if n == 0 {
             return Ok(false);
-        }
-        let late_ms = i64::try_from(self.cfg.late_after.as_millis()).unwrap_or(i64::MAX);
-        let t0 = Instant::now();
-        for (seq, payload) in &records {
-            self.next_seq = seq + 1;
-            let Ok(rec) = IngestRecordView::decode(payload) else {
-                // The lake writer logs and counts undecodable records; nothing to score.
-                continue;
-            };
-            self.score_record(*seq, &rec, late_ms);
-            // The silence clock follows event time (clamped to receive time, so a device with
-            // a fast clock cannot move it ahead): a backlog replayed fast does not look like
-            // every series falling silent. The check walks every series, so it runs when the
-            // clock enters a new second, not per record (silence is judged in tens of seconds).
-            let newest = rec.readings.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
-            let clock = newest.min(rec.received_at);
-            if clock > self.silence_clock {
-                let new_second = clock.div_euclid(1000) > self.silence_clock.div_euclid(1000);
-                self.silence_clock = clock;
-                if !new_second {
-                    continue;
-                }
-                for e in self.detector.tick(self.silence_clock) {
-                    // `/` cannot occur in device ids or metric names: no two silences share an id.
-                    let id = format!(
-                        "silence-{}/{}{}",
-                        e.ts,
-                        e.device.as_str(),
-                        e.metric
-                            .as_ref()
-                            .map(|m| format!("/{}", m.as_str()))
-                            .unwrap_or_default()
-                    );
-                    self.push_event(id, *seq, false, e);
-                }
-            }
         }
         self.metrics
             .scoring_nanos
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Scores one WAL record and moves the silence clock.
+    fn process_record(&mut self, seq: u64, payload: &[u8], late_ms: i64) {
+        self.next_seq = seq + 1;
+        let Ok(rec) = IngestRecordView::decode(payload) else {
+            // The lake writer logs and counts undecodable records; nothing to score.
+            return;
+        };
+        self.score_record(seq, &rec, late_ms);
+        // The silence clock follows event time (clamped to receive time, so a device with
+        // a fast clock cannot move it ahead): a backlog replayed fast does not look like
+        // every series falling silent. The check walks every series, so it runs when the
+        // clock enters a new second, not per record (silence is judged in tens of seconds).
+        let newest = rec.readings.iter().map(|r| r.ts).max().unwrap_or(i64::MIN);
+        let clock = newest.min(rec.received_at);
+        if clock <= self.silence_clock {
+            return;
+        }
+        let new_second = clock.div_euclid(1000) > self.silence_clock.div_euclid(1000);
+        self.silence_clock = clock;
+        if !new_second {
+            return;
+        }
+        for e in self.detector.tick(self.silence_clock) {
+            // `/` cannot occur in device ids or metric names: no two silences share an id.
+            let id = format!(
+                "silence-{}/{}{}",
+                e.ts,
+                e.device.as_str(),
+                e.metric
+                    .as_ref()
+                    .map(|m| format!("/{}", m.as_str()))
+                    .unwrap_or_default()
+            );
+            self.push_event(id, seq, false, e);
+        }
     }
 
     /// Hands events not yet taken to the handler (live ones only).

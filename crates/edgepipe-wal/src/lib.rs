@@ -38,7 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -382,7 +382,7 @@ fn encode_record(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
 
 /// Outcome of reading one record frame.
 enum Frame {
-    Record(u64, Vec<u8>),
+    Record(Vec<u8>),
     /// Clean end of file.
     End,
     /// Short or invalid frame: the reason.
@@ -430,7 +430,95 @@ fn read_frame(r: &mut impl Read, max_len: usize, expect_seq: u64) -> io::Result<
             "record sequence {seq}, expected {expect_seq}"
         )));
     }
-    Ok(Frame::Record(seq, payload))
+    Ok(Frame::Record(payload))
+}
+
+/// Outcome of reading one record frame in place: `f`'s result for a good record.
+enum FrameWith<R> {
+    Record(R),
+    End,
+    Bad(String),
+}
+
+/// Reads one frame and hands `(seq, payload)` to `f`, checked like [`read_frame`]. A frame that
+/// lies whole in the reader's buffer (the common case) is passed in place, without allocating
+/// or copying; one that straddles a refill is assembled in `scratch` (reused across calls).
+fn with_frame<R>(
+    r: &mut BufReader<File>,
+    max_len: usize,
+    expect_seq: u64,
+    scratch: &mut Vec<u8>,
+    f: impl FnOnce(u64, &[u8]) -> R,
+) -> io::Result<FrameWith<R>> {
+    let check = |len: usize, crc: u32, seq: u64, payload: &[u8]| -> Option<String> {
+        if crc != record_crc(seq, payload) {
+            return Some("record checksum mismatch".into());
+        }
+        if seq != expect_seq {
+            return Some(format!("record sequence {seq}, expected {expect_seq}"));
+        }
+        debug_assert_eq!(payload.len(), len);
+        None
+    };
+    let buf = r.fill_buf()?;
+    if buf.is_empty() {
+        return Ok(FrameWith::End);
+    }
+    if let Some(head) = buf.get(..RECORD_HEADER_LEN) {
+        let (len, crc, seq) = parse_record_header(head);
+        if len > max_len {
+            return Ok(FrameWith::Bad(format!(
+                "record length {len} exceeds limit {max_len}"
+            )));
+        }
+        if let Some(payload) = buf.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) {
+            if let Some(bad) = check(len, crc, seq, payload) {
+                return Ok(FrameWith::Bad(bad));
+            }
+            let out = f(seq, payload);
+            r.consume(RECORD_HEADER_LEN + len);
+            return Ok(FrameWith::Record(out));
+        }
+    }
+    // The frame straddles the end of the buffer: read it piecewise.
+    let mut head = [0u8; RECORD_HEADER_LEN];
+    if let Err(e) = r.read_exact(&mut head) {
+        return if e.kind() == io::ErrorKind::UnexpectedEof {
+            Ok(FrameWith::Bad("short record header".into()))
+        } else {
+            Err(e)
+        };
+    }
+    let (len, crc, seq) = parse_record_header(&head);
+    if len > max_len {
+        return Ok(FrameWith::Bad(format!(
+            "record length {len} exceeds limit {max_len}"
+        )));
+    }
+    scratch.clear();
+    scratch.resize(len, 0);
+    if let Err(e) = r.read_exact(scratch) {
+        return if e.kind() == io::ErrorKind::UnexpectedEof {
+            Ok(FrameWith::Bad("short record payload".into()))
+        } else {
+            Err(e)
+        };
+    }
+    if let Some(bad) = check(len, crc, seq, scratch) {
+        return Ok(FrameWith::Bad(bad));
+    }
+    Ok(FrameWith::Record(f(seq, scratch)))
+}
+
+/// `(payload length, crc, seq)` of a record header.
+fn parse_record_header(head: &[u8]) -> (usize, u32, u64) {
+    let word = |i: usize| [head[i], head[i + 1], head[i + 2], head[i + 3]];
+    let len = u32::from_le_bytes(word(0)) as usize;
+    let crc = u32::from_le_bytes(word(4));
+    let seq = u64::from_le_bytes([
+        head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15],
+    ]);
+    (len, crc, seq)
 }
 
 fn valid_consumer_name(name: &str) -> bool {
@@ -496,7 +584,7 @@ fn scan_segment(
     let mut pos = SEGMENT_HEADER_LEN as u64;
     loop {
         match read_frame(&mut r, max_len, seq).map_err(io_err(path))? {
-            Frame::Record(_, payload) => {
+            Frame::Record(payload) => {
                 pos += (RECORD_HEADER_LEN + payload.len()) as u64;
                 seq += 1;
             }
@@ -802,6 +890,14 @@ impl Wal {
     /// earlier one stopped continues in that call's open segment file (cost proportional to
     /// what it reads, not to the position in the segment).
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.read_each(from, max, |seq, payload| out.push((seq, payload.to_vec())))?;
+        Ok(out)
+    }
+
+    /// Like [`read`](Self::read), but hands each record to `f` in place (no allocation or copy
+    /// per record: the consumers' hot path). Returns how many records were handed over.
+    pub fn read_each(&self, from: u64, max: usize, mut f: impl FnMut(u64, &[u8])) -> Result<usize> {
         let mut reader = self.reader(from)?;
         {
             let mut cache = self
@@ -813,10 +909,11 @@ impl Wal {
                 reader.current = cache.swap_remove(i).1;
             }
         }
-        let mut out = Vec::new();
-        while out.len() < max {
-            match reader.next_record()? {
-                Some(r) => out.push(r),
+        let mut scratch = Vec::new();
+        let mut n = 0;
+        while n < max {
+            match reader.next_with(&mut scratch, &mut f)? {
+                Some(()) => n += 1,
                 None => break,
             }
         }
@@ -829,7 +926,7 @@ impl Wal {
             cache.remove(0);
         }
         cache.push((reader.next, reader.current.take()));
-        Ok(out)
+        Ok(n)
     }
 
     /// A sequential reader positioned at `from` (it reads up to the durable end at each call).
@@ -1259,9 +1356,22 @@ impl Reader {
 
     /// The next durable record, or `None` when the reader is at the durable end.
     pub fn next_record(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut scratch = Vec::new();
+        self.next_with(&mut scratch, |seq, payload| (seq, payload.to_vec()))
+    }
+
+    /// Hands the next durable record to `f` as `(seq, payload)` without copying it out of the
+    /// read buffer (`scratch` holds the rare record that straddles a buffer refill; reuse it).
+    /// `None` when the reader is at the durable end.
+    pub fn next_with<R>(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        f: impl FnOnce(u64, &[u8]) -> R,
+    ) -> Result<Option<R>> {
         if self.next >= self.wal.durable_end() {
             return Ok(None);
         }
+        let mut f = Some(f);
         loop {
             if self.current.is_none() {
                 let seg = {
@@ -1287,13 +1397,14 @@ impl Reader {
                     .map_err(io_err(&seg.path))?;
                 let mut seq = seg.first_seq;
                 // Skip to `next`.
+                let max = self.wal.shared.config.max_record_bytes;
                 while seq < self.next {
-                    match read_frame(&mut r, self.wal.shared.config.max_record_bytes, seq)
+                    match with_frame(&mut r, max, seq, scratch, |_, _| ())
                         .map_err(io_err(&seg.path))?
                     {
-                        Frame::Record(..) => seq += 1,
-                        Frame::End => return Ok(None),
-                        Frame::Bad(reason) => {
+                        FrameWith::Record(()) => seq += 1,
+                        FrameWith::End => return Ok(None),
+                        FrameWith::Bad(reason) => {
                             return Err(Error::Corrupt {
                                 path: seg.path.clone(),
                                 offset: 0,
@@ -1308,14 +1419,24 @@ impl Reader {
                 return Ok(None);
             };
             let max = self.wal.shared.config.max_record_bytes;
-            match read_frame(r, max, self.next).map_err(io_err(path))? {
-                Frame::Record(seq, payload) => {
+            let Some(g) = f.take() else {
+                return Ok(None);
+            };
+            // `g` is only consumed by a good record; on the other outcomes it is put back.
+            let mut g = Some(g);
+            let frame = with_frame(r, max, self.next, scratch, |seq, payload| {
+                g.take().map(|g| g(seq, payload))
+            })
+            .map_err(io_err(path))?;
+            f = g;
+            match frame {
+                FrameWith::Record(out) => {
                     self.next += 1;
-                    return Ok(Some((seq, payload)));
+                    return Ok(out);
                 }
                 // End of this segment's file: move on if a later segment starts here,
                 // otherwise stay on the active segment for the next call.
-                Frame::End => {
+                FrameWith::End => {
                     let more = {
                         let st = self.wal.shared.lock();
                         st.segments.iter().any(|s| s.first_seq == self.next)
@@ -1325,7 +1446,7 @@ impl Reader {
                     }
                     self.current = None;
                 }
-                Frame::Bad(reason) => {
+                FrameWith::Bad(reason) => {
                     // Could be a record still being written past the durable end; the durable
                     // check above rules that out, so this is corruption.
                     return Err(Error::Corrupt {

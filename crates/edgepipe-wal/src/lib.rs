@@ -275,16 +275,16 @@ struct Shared {
     counters: Counters,
     torn_records: u64,
     torn_bytes: u64,
-    /// Open segment readers left by [`Wal::read`], keyed by the next sequence they return, so
-    /// a consumer that keeps reading from where it stopped continues in the open file instead
-    /// of reopening the segment and scanning it from the start.
+    /// Open segment readers left by [`Wal::read`] and [`Wal::read_each`], keyed by the next
+    /// sequence they return, so a consumer that keeps reading from where it stopped continues
+    /// in the open file instead of reopening the segment and scanning it from the start.
     read_cache: Mutex<Vec<(u64, Option<OpenSegment>)>>,
 }
 
 /// A segment file open for reading: its end sequence, the buffered file and its path.
 type OpenSegment = (u64, BufReader<File>, PathBuf);
 
-/// Most readers [`Wal::read`] keeps open (one per consumer is the common case).
+/// Most readers [`Wal::read`] and [`Wal::read_each`] keep open (one per consumer is the common case).
 const READ_CACHE: usize = 8;
 
 impl Shared {

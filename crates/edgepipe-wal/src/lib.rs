@@ -380,76 +380,26 @@ fn encode_record(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-/// Outcome of reading one record frame.
-enum Frame {
-    Record(Vec<u8>),
+/// Outcome of reading one record frame: `f`'s result for a good record.
+enum Frame<R> {
+    Record(R),
     /// Clean end of file.
     End,
     /// Short or invalid frame: the reason.
     Bad(String),
 }
 
-fn read_frame(r: &mut impl Read, max_len: usize, expect_seq: u64) -> io::Result<Frame> {
-    let mut head = [0u8; RECORD_HEADER_LEN];
-    let mut got = 0;
-    while got < head.len() {
-        let n = r.read(&mut head[got..])?;
-        if n == 0 {
-            return Ok(if got == 0 {
-                Frame::End
-            } else {
-                Frame::Bad("short record header".into())
-            });
-        }
-        got += n;
-    }
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    let mut s = [0u8; 8];
-    s.copy_from_slice(&head[8..16]);
-    let seq = u64::from_le_bytes(s);
-    if len > max_len {
-        return Ok(Frame::Bad(format!(
-            "record length {len} exceeds limit {max_len}"
-        )));
-    }
-    let mut payload = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        let n = r.read(&mut payload[got..])?;
-        if n == 0 {
-            return Ok(Frame::Bad("short record payload".into()));
-        }
-        got += n;
-    }
-    if crc != record_crc(seq, &payload) {
-        return Ok(Frame::Bad("record checksum mismatch".into()));
-    }
-    if seq != expect_seq {
-        return Ok(Frame::Bad(format!(
-            "record sequence {seq}, expected {expect_seq}"
-        )));
-    }
-    Ok(Frame::Record(payload))
-}
-
-/// Outcome of reading one record frame in place: `f`'s result for a good record.
-enum FrameWith<R> {
-    Record(R),
-    End,
-    Bad(String),
-}
-
-/// Reads one frame and hands `(seq, payload)` to `f`, checked like [`read_frame`]. A frame that
-/// lies whole in the reader's buffer (the common case) is passed in place, without allocating
-/// or copying; one that straddles a refill is assembled in `scratch` (reused across calls).
-fn with_frame<R>(
+/// Reads one frame, checks its length limit, checksum and sequence, and hands `(seq, payload)`
+/// to `f`. A frame that lies whole in the reader's buffer (the common case) is passed in place,
+/// without allocating or copying; one that straddles a refill is assembled in `scratch` (reused
+/// across calls). Recovery, readers and consumers all read frames through this one function.
+fn read_frame<R>(
     r: &mut BufReader<File>,
     max_len: usize,
     expect_seq: u64,
     scratch: &mut Vec<u8>,
     f: impl FnOnce(u64, &[u8]) -> R,
-) -> io::Result<FrameWith<R>> {
+) -> io::Result<Frame<R>> {
     let check = |len: usize, crc: u32, seq: u64, payload: &[u8]| -> Option<String> {
         if crc != record_crc(seq, payload) {
             return Some("record checksum mismatch".into());
@@ -462,36 +412,36 @@ fn with_frame<R>(
     };
     let buf = r.fill_buf()?;
     if buf.is_empty() {
-        return Ok(FrameWith::End);
+        return Ok(Frame::End);
     }
     if let Some(head) = buf.get(..RECORD_HEADER_LEN) {
         let (len, crc, seq) = parse_record_header(head);
         if len > max_len {
-            return Ok(FrameWith::Bad(format!(
+            return Ok(Frame::Bad(format!(
                 "record length {len} exceeds limit {max_len}"
             )));
         }
         if let Some(payload) = buf.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) {
             if let Some(bad) = check(len, crc, seq, payload) {
-                return Ok(FrameWith::Bad(bad));
+                return Ok(Frame::Bad(bad));
             }
             let out = f(seq, payload);
             r.consume(RECORD_HEADER_LEN + len);
-            return Ok(FrameWith::Record(out));
+            return Ok(Frame::Record(out));
         }
     }
     // The frame straddles the end of the buffer: read it piecewise.
     let mut head = [0u8; RECORD_HEADER_LEN];
     if let Err(e) = r.read_exact(&mut head) {
         return if e.kind() == io::ErrorKind::UnexpectedEof {
-            Ok(FrameWith::Bad("short record header".into()))
+            Ok(Frame::Bad("short record header".into()))
         } else {
             Err(e)
         };
     }
     let (len, crc, seq) = parse_record_header(&head);
     if len > max_len {
-        return Ok(FrameWith::Bad(format!(
+        return Ok(Frame::Bad(format!(
             "record length {len} exceeds limit {max_len}"
         )));
     }
@@ -499,15 +449,15 @@ fn with_frame<R>(
     scratch.resize(len, 0);
     if let Err(e) = r.read_exact(scratch) {
         return if e.kind() == io::ErrorKind::UnexpectedEof {
-            Ok(FrameWith::Bad("short record payload".into()))
+            Ok(Frame::Bad("short record payload".into()))
         } else {
             Err(e)
         };
     }
     if let Some(bad) = check(len, crc, seq, scratch) {
-        return Ok(FrameWith::Bad(bad));
+        return Ok(Frame::Bad(bad));
     }
-    Ok(FrameWith::Record(f(seq, scratch)))
+    Ok(Frame::Record(f(seq, scratch)))
 }
 
 /// `(payload length, crc, seq)` of a record header.
@@ -582,10 +532,13 @@ fn scan_segment(
         .map_err(io_err(path))?;
     let mut seq = first_seq;
     let mut pos = SEGMENT_HEADER_LEN as u64;
+    let mut scratch = Vec::new();
     loop {
-        match read_frame(&mut r, max_len, seq).map_err(io_err(path))? {
-            Frame::Record(payload) => {
-                pos += (RECORD_HEADER_LEN + payload.len()) as u64;
+        match read_frame(&mut r, max_len, seq, &mut scratch, |_, p| p.len())
+            .map_err(io_err(path))?
+        {
+            Frame::Record(len) => {
+                pos += (RECORD_HEADER_LEN + len) as u64;
                 seq += 1;
             }
             Frame::End => return Ok((seq, pos, None, file_len)),
@@ -1371,7 +1324,6 @@ impl Reader {
         if self.next >= self.wal.durable_end() {
             return Ok(None);
         }
-        let mut f = Some(f);
         loop {
             if self.current.is_none() {
                 let seg = {
@@ -1391,20 +1343,20 @@ impl Reader {
                         .cloned()
                 };
                 let Some(seg) = seg else { return Ok(None) };
-                let f = File::open(&seg.path).map_err(io_err(&seg.path))?;
-                let mut r = BufReader::with_capacity(256 * 1024, f);
+                let file = File::open(&seg.path).map_err(io_err(&seg.path))?;
+                let mut r = BufReader::with_capacity(256 * 1024, file);
                 r.seek(SeekFrom::Start(SEGMENT_HEADER_LEN as u64))
                     .map_err(io_err(&seg.path))?;
                 let mut seq = seg.first_seq;
                 // Skip to `next`.
                 let max = self.wal.shared.config.max_record_bytes;
                 while seq < self.next {
-                    match with_frame(&mut r, max, seq, scratch, |_, _| ())
+                    match read_frame(&mut r, max, seq, scratch, |_, _| ())
                         .map_err(io_err(&seg.path))?
                     {
-                        FrameWith::Record(()) => seq += 1,
-                        FrameWith::End => return Ok(None),
-                        FrameWith::Bad(reason) => {
+                        Frame::Record(()) => seq += 1,
+                        Frame::End => return Ok(None),
+                        Frame::Bad(reason) => {
                             return Err(Error::Corrupt {
                                 path: seg.path.clone(),
                                 offset: 0,
@@ -1415,47 +1367,38 @@ impl Reader {
                 }
                 self.current = Some((seg.end_seq, r, seg.path));
             }
+            // At the end of this segment's file: move on if a later segment starts here,
+            // otherwise stay on the active segment for the next call.
             let Some((_, r, path)) = self.current.as_mut() else {
                 return Ok(None);
             };
-            let max = self.wal.shared.config.max_record_bytes;
-            let Some(g) = f.take() else {
-                return Ok(None);
-            };
-            // `g` is only consumed by a good record; on the other outcomes it is put back.
-            let mut g = Some(g);
-            let frame = with_frame(r, max, self.next, scratch, |seq, payload| {
-                g.take().map(|g| g(seq, payload))
-            })
-            .map_err(io_err(path))?;
-            f = g;
-            match frame {
-                FrameWith::Record(out) => {
-                    self.next += 1;
-                    return Ok(out);
+            if r.fill_buf().map_err(io_err(path))?.is_empty() {
+                let more = {
+                    let st = self.wal.shared.lock();
+                    st.segments.iter().any(|s| s.first_seq == self.next)
+                };
+                if !more {
+                    return Ok(None);
                 }
-                // End of this segment's file: move on if a later segment starts here,
-                // otherwise stay on the active segment for the next call.
-                FrameWith::End => {
-                    let more = {
-                        let st = self.wal.shared.lock();
-                        st.segments.iter().any(|s| s.first_seq == self.next)
-                    };
-                    if !more {
-                        return Ok(None);
-                    }
-                    self.current = None;
-                }
-                FrameWith::Bad(reason) => {
-                    // Could be a record still being written past the durable end; the durable
-                    // check above rules that out, so this is corruption.
-                    return Err(Error::Corrupt {
-                        path: path.clone(),
-                        offset: 0,
-                        reason,
-                    });
-                }
+                self.current = None;
+                continue;
             }
+            let max = self.wal.shared.config.max_record_bytes;
+            return match read_frame(r, max, self.next, scratch, f).map_err(io_err(path))? {
+                Frame::Record(out) => {
+                    self.next += 1;
+                    Ok(Some(out))
+                }
+                // Not reached: the buffer was just seen non-empty.
+                Frame::End => Ok(None),
+                // Could be a record still being written past the durable end; the durable
+                // check above rules that out, so this is corruption.
+                Frame::Bad(reason) => Err(Error::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    reason,
+                }),
+            };
         }
     }
 }

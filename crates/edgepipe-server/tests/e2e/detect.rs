@@ -148,15 +148,10 @@ fn walk(dir: &std::path::Path) -> TestResult<usize> {
 fn scheduled_retraining_promotes_a_model_the_stage_then_runs() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let srv = Server::start_with_config(
+        &data,
         "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"48h\"\n\
          [detect.retrain]\nevery = \"2s\"\nsince = \"1d\"\n[lake]\nflush_interval = \"1s\"\n",
-    )?;
-    let srv = Server::start(
-        &data,
-        &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
     )?;
     ingest_as(
         srv.http,
@@ -201,15 +196,10 @@ fn a_device_that_stops_reporting_raises_one_silence_event_and_gap_reports_become
     // clock enters a new second, so the event comes at most about a second after the limit.
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let srv = Server::start_with_config(
+        &data,
         "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"3h\"\n\
          [lake]\nflush_interval = \"500ms\"\n",
-    )?;
-    let srv = Server::start(
-        &data,
-        &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],
     )?;
     let base = (now_ms() / 1000 - 3000) * 1000;
     let quiet: String = (0..60i64)

@@ -124,12 +124,17 @@ impl Server {
     /// live (histories in the past raise cases), lake flushes every second, auto-registration.
     /// The config file goes next to `data`.
     pub(crate) fn start_detecting(data: &Path) -> TestResult<Server> {
-        let cfg = data.with_extension("toml");
-        std::fs::write(
-            &cfg,
+        Self::start_with_config(
+            data,
             "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"48h\"\n\
              [lake]\nflush_interval = \"1s\"\n",
-        )?;
+        )
+    }
+
+    /// A server with auto-registration and the config file `toml`, written next to `data`.
+    pub(crate) fn start_with_config(data: &Path, toml: &str) -> TestResult<Server> {
+        let cfg = data.with_extension("toml");
+        std::fs::write(&cfg, toml)?;
         Self::start(
             data,
             &["--config", cfg.to_str().ok_or("path")?, "--auto-register"],

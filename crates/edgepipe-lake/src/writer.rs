@@ -1014,4 +1014,70 @@ mod tests {
         assert_eq!(metrics.rows_written.load(Ordering::Relaxed), expected);
         Ok(())
     }
+
+    /// The WAL's disk budget (`drop_oldest`) deletes records before the lake reads them: the
+    /// writer counts every lost record, writes every surviving one once, and both add up to
+    /// what was appended (nothing vanishes uncounted).
+    #[tokio::test]
+    async fn records_the_wal_budget_deleted_are_counted_and_the_rest_written()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let wal = Arc::new(Wal::open(
+            dir.path().join("wal"),
+            edgepipe_wal::WalConfig {
+                segment_bytes: 4096,
+                max_bytes: 32 * 1024,
+                full_policy: edgepipe_wal::FullPolicy::DropOldest,
+                ..edgepipe_wal::WalConfig::default()
+            },
+        )?);
+        let store = LakeStore::local(dir.path().join("lake"))?;
+        let metrics = Arc::new(LakeMetrics::default());
+        // The writer's consumer exists (at 0) before anything is appended.
+        let mut w = LakeWriter::open(
+            store.clone(),
+            wal.clone(),
+            LakeConfig::default(),
+            metrics.clone(),
+        )
+        .await?;
+        let total = 3000u64;
+        for s in 0..total as i64 / 10 {
+            let mut batch = Vec::new();
+            for k in 0..10 {
+                let ts = 1_700_000_000_000 + (s * 10 + k) * 1000;
+                let rec = IngestRecord {
+                    device_id: DeviceId::new("d1")?,
+                    received_at: ts,
+                    transport: Transport::Mqtt5,
+                    origin: None,
+                    tags: Vec::new(),
+                    readings: vec![Reading {
+                        metric: Metric::new("m")?,
+                        ts,
+                        value: Value::F64(k as f64),
+                        ts_source: TsSource::Device,
+                    }],
+                };
+                batch.push(rec.encode());
+            }
+            wal.append_batch(batch).await?;
+        }
+        w.catch_up().await?;
+        let lost = metrics.records_lost_to_wal_budget.load(Ordering::Relaxed);
+        let written = metrics.rows_written.load(Ordering::Relaxed);
+        assert!(
+            lost > 0,
+            "the budget deleted nothing; the test did not exercise it"
+        );
+        assert_eq!(written + lost, total, "written {written}, lost {lost}");
+        let stats = crate::lake_stats(&store).await?;
+        let readings = stats
+            .iter()
+            .find(|t| t.table == tables::READINGS)
+            .map(|t| t.rows)
+            .unwrap_or(0);
+        assert_eq!(readings, written);
+        Ok(())
+    }
 }

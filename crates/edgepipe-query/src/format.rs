@@ -72,14 +72,17 @@ pub fn write_output(
             }
         }
         OutputFormat::Json => {
-            let mut w = arrow::json::ArrayWriter::new(out);
-            let refs: Vec<&RecordBatch> = batches.iter().collect();
-            w.write_batches(&refs).map_err(enc)?;
-            w.finish().map_err(enc)?;
-            if batches.iter().all(|b| b.num_rows() == 0) {
-                // ArrayWriter writes nothing for no rows; a JSON client expects an array.
-                let inner = w.into_inner();
-                inner
+            // arrow's ArrayWriter has written `[]` for no rows in some versions and nothing in
+            // others; count what it wrote so an empty result is `[]` exactly once either way.
+            let mut counted = Counted { inner: out, n: 0 };
+            {
+                let mut w = arrow::json::ArrayWriter::new(&mut counted);
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
+                w.write_batches(&refs).map_err(enc)?;
+                w.finish().map_err(enc)?;
+            }
+            if counted.n == 0 {
+                counted
                     .write_all(b"[]")
                     .map_err(|e| Error::Encode(e.to_string()))?;
             }
@@ -93,4 +96,112 @@ pub fn write_output(
         }
     }
     Ok(())
+}
+
+/// A writer that counts the bytes passed through it.
+struct Counted<'a, W: Write> {
+    inner: &'a mut W,
+    n: usize,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new("value", DataType::Float64, true),
+        ]))
+    }
+
+    fn batch(rows: usize) -> Result<RecordBatch> {
+        let ids: Vec<String> = (0..rows).map(|i| format!("dev-{i}")).collect();
+        let values: Vec<Option<f64>> = (0..rows)
+            .map(|i| (i % 2 == 0).then_some(i as f64))
+            .collect();
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(Float64Array::from(values)),
+            ],
+        )
+        .map_err(|e| Error::Encode(e.to_string()))
+    }
+
+    fn encode(format: OutputFormat, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        write_output(format, &schema(), batches, &mut out)?;
+        Ok(out)
+    }
+
+    /// Found by the case manager's evidence query: an empty result was `[][]` (arrow began
+    /// writing `[]` itself for no rows and this function added another).
+    #[test]
+    fn json_is_one_array_with_or_without_rows()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        for (batches, rows) in [
+            (vec![], 0),
+            (vec![batch(0)?], 0),
+            (vec![batch(0)?, batch(0)?], 0),
+            (vec![batch(3)?], 3),
+            (vec![batch(0)?, batch(2)?, batch(5)?], 7),
+        ] {
+            let out = encode(OutputFormat::Json, &batches)?;
+            let v: serde_json::Value = serde_json::from_slice(&out)
+                .map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(&out)))?;
+            let arr = v.as_array().ok_or("not an array")?;
+            assert_eq!(arr.len(), rows, "{v}");
+            if rows > 0 {
+                assert_eq!(arr[0]["device_id"], "dev-0");
+                assert_eq!(arr[0]["value"], 0.0);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn csv_has_the_header_even_without_rows() -> Result<()> {
+        let out = encode(OutputFormat::Csv, &[])?;
+        assert_eq!(String::from_utf8_lossy(&out).trim(), "device_id,value");
+        let out = encode(OutputFormat::Csv, &[batch(2)?])?;
+        let text = String::from_utf8_lossy(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines, ["device_id,value", "dev-0,0.0", "dev-1,"]);
+        Ok(())
+    }
+
+    #[test]
+    fn arrow_ipc_round_trips_rows_and_schema() -> std::result::Result<(), Box<dyn std::error::Error>>
+    {
+        for batches in [vec![], vec![batch(4)?, batch(1)?]] {
+            let out = encode(OutputFormat::Arrow, &batches)?;
+            let r = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(out), None)?;
+            assert_eq!(r.schema(), schema());
+            let got: usize = r
+                .map(|b| b.map(|b| b.num_rows()))
+                .collect::<std::result::Result<Vec<_>, _>>()?
+                .iter()
+                .sum();
+            assert_eq!(got, batches.iter().map(|b| b.num_rows()).sum::<usize>());
+        }
+        Ok(())
+    }
 }

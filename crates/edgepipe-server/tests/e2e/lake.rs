@@ -254,6 +254,14 @@ fn query_and_series_apis_answer_json_csv_and_clear_errors() -> TestResult {
     assert_eq!(v["rows"][0]["n"], 1000, "{v}");
     assert_eq!(v["rows"][0]["hi"], 999.5, "{v}");
     assert_eq!(v["columns"][0]["name"], "n");
+    // No rows is an empty array, not an error (it was `[][]`, answered with a 500).
+    let out = q(
+        r#"{"sql": "SELECT device_id, value FROM readings WHERE device_id = 'nobody'"}"#,
+        "json",
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["rows"], serde_json::json!([]), "{v}");
+    assert_eq!(v["row_count"], 0, "{v}");
     let out = q(r#"{"sql": "SELECT count(*) AS n FROM readings"}"#, "csv")?;
     assert_eq!(String::from_utf8(out.stdout)?, "n\n1000\n");
     // The CLI asks the running server (Arrow IPC on the wire) and prints CSV.

@@ -8,6 +8,7 @@
 //! `serde_json::Value` so that object keys keep their order (readings come out in the order
 //! they were written) and duplicate keys are refused instead of silently keeping the last one.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 
@@ -16,9 +17,10 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::{Error, Limits, Result};
 
-/// A parsed JSON value that keeps object key order and integer precision.
+/// A parsed JSON value that keeps object key order and integer precision. Keys and strings
+/// borrow from the input where they need no unescaping (the usual case: no allocation).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Node {
+pub(crate) enum Node<'a> {
     Null,
     Bool(bool),
     /// Any integer that fits `i64`.
@@ -26,12 +28,12 @@ pub(crate) enum Node {
     /// A non-negative integer above `i64::MAX`.
     U64(u64),
     F64(f64),
-    Str(String),
-    Arr(Vec<Node>),
-    Obj(Vec<(String, Node)>),
+    Str(Cow<'a, str>),
+    Arr(Vec<Node<'a>>),
+    Obj(Vec<(Cow<'a, str>, Node<'a>)>),
 }
 
-impl Node {
+impl<'a> Node<'a> {
     /// The JSON kind, for error messages.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
@@ -45,7 +47,7 @@ impl Node {
     }
 
     /// Resolves an RFC 6901 JSON pointer (`""` is the whole document).
-    pub(crate) fn pointer(&self, pointer: &str) -> Option<&Node> {
+    pub(crate) fn pointer(&self, pointer: &str) -> Option<&Node<'a>> {
         if pointer.is_empty() {
             return Some(self);
         }
@@ -72,7 +74,7 @@ impl Node {
     }
 }
 
-impl<'de> Deserialize<'de> for Node {
+impl<'de> Deserialize<'de> for Node<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         deserializer.deserialize_any(NodeVisitor)
     }
@@ -81,65 +83,114 @@ impl<'de> Deserialize<'de> for Node {
 struct NodeVisitor;
 
 impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
+    type Value = Node<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
-    fn visit_unit<E>(self) -> std::result::Result<Node, E> {
+    fn visit_unit<E>(self) -> std::result::Result<Node<'de>, E> {
         Ok(Node::Null)
     }
-    fn visit_none<E>(self) -> std::result::Result<Node, E> {
+    fn visit_none<E>(self) -> std::result::Result<Node<'de>, E> {
         Ok(Node::Null)
     }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Node, D::Error> {
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Node<'de>, D::Error> {
         Node::deserialize(d)
     }
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<Node, E> {
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Node<'de>, E> {
         Ok(Node::Bool(v))
     }
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<Node, E> {
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Node<'de>, E> {
         Ok(Node::I64(v))
     }
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<Node, E> {
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Node<'de>, E> {
         Ok(match i64::try_from(v) {
             Ok(i) => Node::I64(i),
             Err(_) => Node::U64(v),
         })
     }
-    fn visit_f64<E>(self, v: f64) -> std::result::Result<Node, E> {
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Node<'de>, E> {
         Ok(Node::F64(v))
     }
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Node, E> {
-        Ok(Node::Str(v.to_owned()))
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Borrowed(v)))
     }
-    fn visit_string<E>(self, v: String) -> std::result::Result<Node, E> {
-        Ok(Node::Str(v))
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v.to_owned())))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Node, A::Error> {
+    fn visit_string<E>(self, v: String) -> std::result::Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Node<'de>, A::Error> {
         let mut items = Vec::new();
         while let Some(item) = seq.next_element::<Node>()? {
             items.push(item);
         }
         Ok(Node::Arr(items))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Node, A::Error> {
-        let mut fields: Vec<(String, Node)> = Vec::new();
-        while let Some((k, v)) = map.next_entry::<String, Node>()? {
-            fields.push((k, v));
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Node<'de>, A::Error> {
+        let mut fields: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
+        while let Some(k) = map.next_key::<Key<'de>>()? {
+            let v = map.next_value::<Node<'de>>()?;
+            fields.push((k.0, v));
         }
         // Duplicate keys are refused: keeping only one of them would drop data silently.
-        let mut keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
-        keys.sort_unstable();
-        if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
-            return Err(de::Error::custom(format_args!("duplicate key {:?}", w[0])));
+        if let Some(dup) = smallest_duplicate(&fields) {
+            return Err(de::Error::custom(format_args!("duplicate key {dup:?}")));
         }
         Ok(Node::Obj(fields))
     }
 }
 
+/// An object key, borrowed from the input unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+}
+
+/// The smallest (in byte order) key that occurs more than once, if any. Small objects (the
+/// usual reading object and its metrics) are checked pairwise without allocating; larger ones
+/// by sorting their keys.
+fn smallest_duplicate<'f>(fields: &'f [(Cow<'_, str>, Node<'_>)]) -> Option<&'f str> {
+    const PAIRWISE_MAX: usize = 16;
+    if fields.len() <= PAIRWISE_MAX {
+        let mut found: Option<&str> = None;
+        for (i, (a, _)) in fields.iter().enumerate() {
+            if fields[i + 1..].iter().any(|(b, _)| a == b) && found.is_none_or(|f| a.as_ref() < f) {
+                found = Some(a);
+            }
+        }
+        return found;
+    }
+    let mut keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
 /// Parses `bytes` as one JSON document.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Node> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Node<'_>> {
     serde_json::from_slice(bytes).map_err(Error::Json)
 }
 
@@ -171,7 +222,7 @@ pub(crate) fn check_ts(ts: i64, now_ms: i64, limits: &Limits) -> Result<()> {
 }
 
 /// Reads a `ts` node as integer milliseconds (unchecked against limits).
-pub(crate) fn ts_from_node(node: &Node) -> Result<i64> {
+pub(crate) fn ts_from_node(node: &Node<'_>) -> Result<i64> {
     match node {
         Node::I64(v) => Ok(*v),
         Node::U64(v) => Err(Error::TsNotInteger {
@@ -211,7 +262,7 @@ pub(crate) fn check_finite(metric: &str, v: f64) -> Result<f64> {
 }
 
 /// Converts a metric's JSON value into a reading value.
-pub(crate) fn value_from_node(metric: &str, node: Node, limits: &Limits) -> Result<Value> {
+pub(crate) fn value_from_node(metric: &str, node: Node<'_>, limits: &Limits) -> Result<Value> {
     match node {
         Node::I64(v) => Ok(Value::I64(v)),
         Node::U64(v) => Err(Error::IntegerOutOfRange {
@@ -222,7 +273,7 @@ pub(crate) fn value_from_node(metric: &str, node: Node, limits: &Limits) -> Resu
         Node::Bool(b) => Ok(Value::Bool(b)),
         Node::Str(s) => {
             check_str(|| format!("metric {metric:?}"), &s, limits)?;
-            Ok(Value::Str(s))
+            Ok(Value::Str(s.into_owned()))
         }
         other @ (Node::Null | Node::Arr(_) | Node::Obj(_)) => Err(Error::UnsupportedValue {
             metric: metric.to_owned(),
@@ -241,7 +292,7 @@ pub(crate) fn metric(name: &str) -> Result<Metric> {
 /// `already` is the number of readings the caller has accepted before this document (for the
 /// per-message limit); `device`, when given, must equal any `device_id` the objects declare.
 pub(crate) fn decode_document(
-    node: Node,
+    node: Node<'_>,
     now_ms: i64,
     limits: &Limits,
     device: Option<&DeviceId>,
@@ -281,7 +332,7 @@ pub(crate) fn decode_document(
 
 /// Decodes one reading object's fields, appending its readings to `out`.
 pub(crate) fn decode_object(
-    fields: Vec<(String, Node)>,
+    fields: Vec<(Cow<'_, str>, Node<'_>)>,
     now_ms: i64,
     limits: &Limits,
     device: Option<&DeviceId>,
@@ -291,7 +342,7 @@ pub(crate) fn decode_object(
     let mut ts = None;
     let mut metrics = None;
     for (key, value) in fields {
-        match key.as_str() {
+        match key.as_ref() {
             "ts" => ts = Some(value),
             "metrics" => metrics = Some(value),
             "device_id" => {
@@ -305,11 +356,15 @@ pub(crate) fn decode_object(
                 {
                     return Err(Error::DeviceMismatch {
                         expected: expected.clone(),
-                        found: declared,
+                        found: declared.into_owned(),
                     });
                 }
             }
-            _ => return Err(Error::UnknownField { field: key }),
+            _ => {
+                return Err(Error::UnknownField {
+                    field: key.into_owned(),
+                });
+            }
         }
     }
     let (ts, ts_source) = match ts {
@@ -343,8 +398,9 @@ pub(crate) fn decode_object(
     }
     out.reserve(metrics.len());
     for (name, value) in metrics {
-        let metric = metric(&name)?;
-        let value = value_from_node(&name, value, limits)?;
+        // The key is already an owned string: validated in place, not copied.
+        let metric = Metric::new(name.into_owned()).map_err(Error::InvalidMetric)?;
+        let value = value_from_node(metric.as_str(), value, limits)?;
         out.push(Reading {
             metric,
             ts,

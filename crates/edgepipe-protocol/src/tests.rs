@@ -341,3 +341,52 @@ fn envelope_body_device_id_is_checked_by_decode_payload_for() {
     assert!(decode_payload(&b, NOW, &Limits::default()).is_ok());
     assert!(decode_payload_for(&dev("d1"), &b, NOW, &Limits::default()).is_err());
 }
+
+/// Decode throughput on the load generator's payload shapes (a single reading, and an array of
+/// 100 one-metric objects). A measurement, not a test of speed: run with
+/// `cargo test --release -p edgepipe-protocol decode_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn decode_throughput() -> Result<()> {
+    let one = |t: i64, j: usize| format!("{{\"ts\":{t},\"metrics\":{{\"m{j}\":{}.25}}}}", t % 97);
+    let single = one(NOW, 0).into_bytes();
+    let batch = format!(
+        "[{}]",
+        (0..100)
+            .map(|j| one(NOW - 1000 + j as i64, j))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+    .into_bytes();
+    let limits = Limits::default();
+    // EDGEPIPE_DECODE_ITERS=N decodes each payload N times untimed (for an instruction count
+    // under `valgrind --tool=callgrind`, which a shared machine cannot disturb).
+    if let Some(iters) = std::env::var("EDGEPIPE_DECODE_ITERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for payload in [&single, &batch] {
+            for _ in 0..iters {
+                std::hint::black_box(decode_payload(payload, NOW, &limits)?);
+            }
+        }
+        return Ok(());
+    }
+    for (name, payload, per) in [("single", &single, 1usize), ("batch of 100", &batch, 100)] {
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let mut n = 0usize;
+            while started.elapsed() < std::time::Duration::from_millis(300) {
+                for _ in 0..100 {
+                    n += decode_payload(payload, NOW, &limits)?.readings.len();
+                }
+            }
+            assert_eq!(n % per, 0);
+            rates.push(n as f64 / started.elapsed().as_secs_f64());
+        }
+        rates.sort_by(f64::total_cmp);
+        println!("{name}: median {:.0} readings/s", rates[2]);
+    }
+    Ok(())
+}

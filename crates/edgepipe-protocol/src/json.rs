@@ -130,43 +130,22 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Node<'de>, A::Error> {
         let mut fields: Vec<(Cow<'de, str>, Node<'de>)> = Vec::new();
-        while let Some(k) = map.next_key::<Key<'de>>()? {
+        // A JSON object key always arrives as a string (borrowed unless it had escapes).
+        while let Some(k) = map.next_key::<Node<'de>>()? {
+            let Node::Str(k) = k else {
+                return Err(de::Error::custom(format_args!(
+                    "object key is {}, not a string",
+                    k.kind()
+                )));
+            };
             let v = map.next_value::<Node<'de>>()?;
-            fields.push((k.0, v));
+            fields.push((k, v));
         }
         // Duplicate keys are refused: keeping only one of them would drop data silently.
         if let Some(dup) = smallest_duplicate(&fields) {
             return Err(de::Error::custom(format_args!("duplicate key {dup:?}")));
         }
         Ok(Node::Obj(fields))
-    }
-}
-
-/// An object key, borrowed from the input unless it had escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
-        Ok(Key(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
-        Ok(Key(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E>(self, v: String) -> std::result::Result<Key<'de>, E> {
-        Ok(Key(Cow::Owned(v)))
     }
 }
 
@@ -478,6 +457,58 @@ mod tests {
             .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("duplicate key \"t\""));
         Ok(())
+    }
+
+    /// Keys and strings with escapes are unescaped (owned), the rest borrowed: both compare
+    /// alike, so an escaped spelling of a key is still a duplicate, and readings decode the same.
+    #[test]
+    fn escaped_keys_and_strings_decode_like_plain_ones() -> Result<()> {
+        let err = parse(br#"{"metrics":{"t":1,"\u0074":2}}"#)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("duplicate key \"t\""));
+        let node = parse(br#"{"\u0074s":1700000000000,"metrics":{"te\u006dp":1.5,"s":"a\"b"}}"#)?;
+        let limits = Limits::default();
+        let got = decode_document(node, 1_700_000_000_000, &limits, None, 0)?;
+        let plain = parse(br#"{"ts":1700000000000,"metrics":{"temp":1.5,"s":"a\"b"}}"#)?;
+        assert_eq!(
+            got,
+            decode_document(plain, 1_700_000_000_000, &limits, None, 0)?
+        );
+        assert_eq!(got[0].metric.as_str(), "temp");
+        assert_eq!(got[1].value, Value::Str("a\"b".into()));
+        Ok(())
+    }
+
+    /// Objects up to 16 keys are checked pairwise, larger ones by sorting: both refuse a
+    /// duplicate and name the smallest duplicated key.
+    #[test]
+    fn duplicate_keys_are_named_alike_in_small_and_large_objects() {
+        for n in [2usize, 15, 16, 17, 40] {
+            let mut keys: Vec<String> = (0..n).map(|i| format!("k{i:02}")).collect();
+            // Two duplicated keys, the larger one first.
+            keys.push(format!("k{:02}", n - 1));
+            keys.push("k00".into());
+            let body = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("\"{k}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let err = parse(format!("{{{body}}}").as_bytes())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("duplicate key \"k00\""), "{n} keys: {err}");
+            let unique = (0..n)
+                .map(|i| format!("\"k{i:02}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            assert!(
+                parse(format!("{{{unique}}}").as_bytes()).is_ok(),
+                "{n} keys"
+            );
+        }
     }
 
     #[test]

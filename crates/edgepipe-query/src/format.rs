@@ -46,6 +46,14 @@ impl OutputFormat {
     }
 }
 
+/// The rows as JSON objects (one per row, column name to value): what the query API, the
+/// devices overview and case evidence embed in their own JSON answers.
+pub fn json_rows(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<serde_json::Value>> {
+    let mut buf = Vec::new();
+    write_output(OutputFormat::Json, schema, batches, &mut buf)?;
+    serde_json::from_slice(&buf).map_err(|e| Error::Encode(e.to_string()))
+}
+
 /// Encodes batches in `format` into `out`.
 pub fn write_output(
     format: OutputFormat,
@@ -72,20 +80,12 @@ pub fn write_output(
             }
         }
         OutputFormat::Json => {
-            // arrow's ArrayWriter has written `[]` for no rows in some versions and nothing in
-            // others; count what it wrote so an empty result is `[]` exactly once either way.
-            let mut counted = Counted { inner: out, n: 0 };
-            {
-                let mut w = arrow::json::ArrayWriter::new(&mut counted);
-                let refs: Vec<&RecordBatch> = batches.iter().collect();
-                w.write_batches(&refs).map_err(enc)?;
-                w.finish().map_err(enc)?;
-            }
-            if counted.n == 0 {
-                counted
-                    .write_all(b"[]")
-                    .map_err(|e| Error::Encode(e.to_string()))?;
-            }
+            // arrow's ArrayWriter writes `[]` itself for no rows (the format tests hold it to
+            // that: writing another pair made `[][]`).
+            let mut w = arrow::json::ArrayWriter::new(out);
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            w.write_batches(&refs).map_err(enc)?;
+            w.finish().map_err(enc)?;
         }
         OutputFormat::Arrow => {
             let mut w = arrow::ipc::writer::StreamWriter::try_new(out, schema).map_err(enc)?;
@@ -96,23 +96,6 @@ pub fn write_output(
         }
     }
     Ok(())
-}
-
-/// A writer that counts the bytes passed through it.
-struct Counted<'a, W: Write> {
-    inner: &'a mut W,
-    n: usize,
-}
-
-impl<W: Write> Write for Counted<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]
@@ -152,8 +135,8 @@ mod tests {
         Ok(out)
     }
 
-    /// Found by the case manager's evidence query: an empty result was `[][]` (arrow began
-    /// writing `[]` itself for no rows and this function added another).
+    /// Found by the case manager's evidence query: an empty result was `[][]` (arrow writes
+    /// `[]` itself for no rows and this function added another).
     #[test]
     fn json_is_one_array_with_or_without_rows()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -169,6 +152,7 @@ mod tests {
                 .map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(&out)))?;
             let arr = v.as_array().ok_or("not an array")?;
             assert_eq!(arr.len(), rows, "{v}");
+            assert_eq!(&json_rows(&schema(), &batches)?, arr);
             if rows > 0 {
                 assert_eq!(arr[0]["device_id"], "dev-0");
                 assert_eq!(arr[0]["value"], 0.0);

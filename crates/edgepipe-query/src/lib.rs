@@ -46,7 +46,7 @@ use edgepipe_lake::{FreshBuffer, FreshSnapshot, LakeStore, SwapLock, tables};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-pub use format::{OutputFormat, write_output};
+pub use format::{OutputFormat, json_rows, write_output};
 pub use series::{MAX_POINTS, SeriesPoint, SeriesRequest, SeriesResponse};
 
 /// Result with this crate's [`Error`].

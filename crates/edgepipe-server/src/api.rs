@@ -247,15 +247,7 @@ pub(crate) async fn fleet(State(st): State<AppState>) -> Result<Response, ApiErr
         d = now - 86_400_000
     );
     let out = st.lake.engine.query(&sql).await?;
-    let mut buf = Vec::new();
-    edgepipe_query::write_output(
-        edgepipe_query::OutputFormat::Json,
-        &out.schema,
-        &out.batches,
-        &mut buf,
-    )?;
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_slice(&buf).map_err(|e| edgepipe_query::Error::Encode(e.to_string()))?;
+    let rows = edgepipe_query::json_rows(&out.schema, &out.batches)?;
     let open = st.cases.store.open_by_device().await?;
     let mut devices: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
     if let Ok(list) = st.ingestor.devices().list() {

@@ -340,15 +340,7 @@ async fn evidence_loop(
         );
         let rows = async {
             let out = engine.query(&sql).await?;
-            let mut buf = Vec::new();
-            edgepipe_query::write_output(
-                edgepipe_query::OutputFormat::Json,
-                &out.schema,
-                &out.batches,
-                &mut buf,
-            )?;
-            let rows: serde_json::Value = serde_json::from_slice(&buf)?;
-            anyhow::Ok(rows)
+            anyhow::Ok(edgepipe_query::json_rows(&out.schema, &out.batches)?)
         }
         .await;
         let body = match rows {

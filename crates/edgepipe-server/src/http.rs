@@ -607,10 +607,7 @@ async fn query(
     let format = edgepipe_query::OutputFormat::parse(fmt.as_deref().unwrap_or("json"))?;
     let out = st.lake.engine.query(&sql).await?;
     if format == edgepipe_query::OutputFormat::Json {
-        let mut rows = Vec::new();
-        edgepipe_query::write_output(format, &out.schema, &out.batches, &mut rows)?;
-        let rows: serde_json::Value = serde_json::from_slice(&rows)
-            .map_err(|e| edgepipe_query::Error::Encode(e.to_string()))?;
+        let rows = edgepipe_query::json_rows(&out.schema, &out.batches)?;
         let columns: Vec<serde_json::Value> = out
             .schema
             .fields()

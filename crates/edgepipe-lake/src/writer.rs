@@ -946,6 +946,32 @@ mod tests {
         Ok(())
     }
 
+    /// One WAL record of `device`'s `readings`, received at `received_at`.
+    fn encoded(
+        device: &str,
+        received_at: i64,
+        readings: Vec<Reading>,
+    ) -> std::result::Result<Vec<u8>, edgepipe_types::Error> {
+        Ok(IngestRecord {
+            device_id: DeviceId::new(device)?,
+            received_at,
+            transport: Transport::Mqtt5,
+            origin: None,
+            tags: Vec::new(),
+            readings,
+        }
+        .encode())
+    }
+
+    /// Rows in the lake's readings table.
+    async fn lake_readings(store: &LakeStore) -> Result<u64> {
+        Ok(crate::lake_stats(store)
+            .await?
+            .iter()
+            .find(|t| t.table == tables::READINGS)
+            .map_or(0, |t| t.rows))
+    }
+
     /// Pipelined flushes: many flushes, each reading on while the previous one encodes, put
     /// every reading in the lake exactly once, checkpoint the whole WAL and leave the fresh
     /// buffer empty.
@@ -972,15 +998,11 @@ mod tests {
                     })
                     .collect::<std::result::Result<Vec<_>, edgepipe_types::Error>>()?;
                 expected += readings.len() as u64;
-                let rec = IngestRecord {
-                    device_id: DeviceId::new(format!("d{d}"))?,
-                    received_at: 1_700_000_000_000 + s * 1000,
-                    transport: Transport::Mqtt5,
-                    origin: None,
-                    tags: Vec::new(),
+                batch.push(encoded(
+                    &format!("d{d}"),
+                    1_700_000_000_000 + s * 1000,
                     readings,
-                };
-                batch.push(rec.encode());
+                )?);
             }
             wal.append_batch(batch).await?;
         }
@@ -998,13 +1020,7 @@ mod tests {
         // 10,500 records are three WAL reads of up to 4,096 records: a flush each.
         let flushes = metrics.flushes.load(Ordering::Relaxed);
         assert!(flushes >= 3, "{flushes} flushes");
-        let stats = crate::lake_stats(&store).await?;
-        let readings = stats
-            .iter()
-            .find(|t| t.table == tables::READINGS)
-            .map(|t| t.rows)
-            .unwrap_or(0);
-        assert_eq!(readings, expected);
+        assert_eq!(lake_readings(&store).await?, expected);
         assert_eq!(metrics.rows_written.load(Ordering::Relaxed), expected);
         // Reopened, the writer finds nothing left to write.
         drop(w);
@@ -1046,20 +1062,13 @@ mod tests {
             let mut batch = Vec::new();
             for k in 0..10 {
                 let ts = 1_700_000_000_000 + (s * 10 + k) * 1000;
-                let rec = IngestRecord {
-                    device_id: DeviceId::new("d1")?,
-                    received_at: ts,
-                    transport: Transport::Mqtt5,
-                    origin: None,
-                    tags: Vec::new(),
-                    readings: vec![Reading {
-                        metric: Metric::new("m")?,
-                        ts,
-                        value: Value::F64(k as f64),
-                        ts_source: TsSource::Device,
-                    }],
+                let reading = Reading {
+                    metric: Metric::new("m")?,
+                    ts,
+                    value: Value::F64(k as f64),
+                    ts_source: TsSource::Device,
                 };
-                batch.push(rec.encode());
+                batch.push(encoded("d1", ts, vec![reading])?);
             }
             wal.append_batch(batch).await?;
         }
@@ -1071,13 +1080,7 @@ mod tests {
             "the budget deleted nothing; the test did not exercise it"
         );
         assert_eq!(written + lost, total, "written {written}, lost {lost}");
-        let stats = crate::lake_stats(&store).await?;
-        let readings = stats
-            .iter()
-            .find(|t| t.table == tables::READINGS)
-            .map(|t| t.rows)
-            .unwrap_or(0);
-        assert_eq!(readings, written);
+        assert_eq!(lake_readings(&store).await?, written);
         Ok(())
     }
 }

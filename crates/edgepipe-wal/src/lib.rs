@@ -400,14 +400,13 @@ fn read_frame<R>(
     scratch: &mut Vec<u8>,
     f: impl FnOnce(u64, &[u8]) -> R,
 ) -> io::Result<Frame<R>> {
-    let check = |len: usize, crc: u32, seq: u64, payload: &[u8]| -> Option<String> {
+    let check = |crc: u32, seq: u64, payload: &[u8]| -> Option<String> {
         if crc != record_crc(seq, payload) {
             return Some("record checksum mismatch".into());
         }
         if seq != expect_seq {
             return Some(format!("record sequence {seq}, expected {expect_seq}"));
         }
-        debug_assert_eq!(payload.len(), len);
         None
     };
     let buf = r.fill_buf()?;
@@ -422,7 +421,7 @@ fn read_frame<R>(
             )));
         }
         if let Some(payload) = buf.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) {
-            if let Some(bad) = check(len, crc, seq, payload) {
+            if let Some(bad) = check(crc, seq, payload) {
                 return Ok(Frame::Bad(bad));
             }
             let out = f(seq, payload);
@@ -454,7 +453,7 @@ fn read_frame<R>(
             Err(e)
         };
     }
-    if let Some(bad) = check(len, crc, seq, scratch) {
+    if let Some(bad) = check(crc, seq, scratch) {
         return Ok(Frame::Bad(bad));
     }
     Ok(Frame::Record(f(seq, scratch)))

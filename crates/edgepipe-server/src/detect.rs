@@ -774,3 +774,80 @@ pub async fn run_stage(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgepipe_types::{IngestRecord, Reading, TsSource, Value};
+    use edgepipe_wal::{FullPolicy, WalConfig};
+
+    /// The WAL's disk budget (`drop_oldest`) deletes records before the stage reads them: the
+    /// stage moves past the deleted range, scores every surviving reading exactly once (a
+    /// second pass would find them late), and scored + deleted is what was appended.
+    #[tokio::test]
+    async fn records_the_wal_budget_deleted_are_skipped_and_the_rest_scored_once()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let wal = Wal::open(
+            dir.path().join("wal"),
+            WalConfig {
+                segment_bytes: 4096,
+                max_bytes: 32 * 1024,
+                full_policy: FullPolicy::DropOldest,
+                ..WalConfig::default()
+            },
+        )?;
+        let store = LakeStore::local(dir.path().join("lake"))?;
+        let metrics = Arc::new(DetectMetrics::default());
+        let mut stage = DetectStage::open(
+            dir.path(),
+            wal.clone(),
+            store,
+            DetectConfig::default(),
+            None,
+            metrics.clone(),
+        )
+        .await?;
+        let total = 3000u64;
+        for s in 0..total as i64 / 10 {
+            let mut batch = Vec::new();
+            for k in 0..10 {
+                let ts = 1_700_000_000_000 + (s * 10 + k) * 1000;
+                let rec = IngestRecord {
+                    device_id: DeviceId::new("d1")?,
+                    received_at: ts,
+                    transport: Transport::Mqtt5,
+                    origin: None,
+                    tags: Vec::new(),
+                    readings: vec![Reading {
+                        metric: Metric::new("m")?,
+                        ts,
+                        value: Value::F64((k % 3) as f64),
+                        ts_source: TsSource::Device,
+                    }],
+                };
+                batch.push(rec.encode());
+            }
+            wal.append_batch(batch).await?;
+        }
+        while stage.step()? {}
+        let dropped = wal.stats().dropped_records;
+        assert!(
+            dropped > 0,
+            "the budget deleted nothing; the test did not exercise it"
+        );
+        let scored = metrics.scored.load(Ordering::Relaxed);
+        assert_eq!(
+            metrics.late.load(Ordering::Relaxed),
+            0,
+            "a reading scored twice"
+        );
+        assert_eq!(
+            scored + dropped,
+            total,
+            "scored {scored}, deleted {dropped}"
+        );
+        assert_eq!(stage.next_seq, wal.durable_end());
+        Ok(())
+    }
+}

@@ -25,6 +25,11 @@ for q, d in zip(o["queries"], p["duckdb_queries"]):
     assert q["rows"] == d["rows"], (q, d)
     print(f"| {q['name']} ({q['rows']} rows), median ms vs DuckDB | {q['median_ms']:.1f} | {d['median_ms']:.1f} | {q['median_ms']/d['median_ms']:.2f}x |")
 print(f"| bytes per reading after compaction | {o['bytes_per_reading']:.2f} | | |")
+ph = o["write_phases_seconds"]
+cpu = o.get("write_cpu_seconds")
+print(f"write phases (s): read {ph['read_wal_to_arrow']:.3f}, sort+encode {ph['sort_and_encode']:.3f}, "
+      f"store {ph['store_and_checkpoint']:.3f}; wall {o['write_seconds']:.3f}"
+      + (f", CPU {cpu:.2f} s (all threads)" if cpu is not None else ""))
 print(f"files: {o['files_before_compaction']} before compaction, {o['files_after_compaction']} after; "
       f"{o['bytes_before_compaction']:,} -> {o['bytes_after_compaction']:,} bytes; compaction {o['compaction_seconds']:.1f} s; "
       f"DuckDB threads {p['duckdb_threads']}")

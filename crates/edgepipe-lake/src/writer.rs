@@ -36,6 +36,9 @@ use crate::{Error, Result, tables};
 /// Name of the lake writer's WAL consumer.
 pub const CONSUMER: &str = "lake";
 const READ_BATCH: usize = 4096;
+/// Durable records still unread after a read that make the writer "behind" the WAL (a
+/// backlog, not the few reads' worth that arrive between two reads under load).
+const BEHIND_RECORDS: u64 = 8 * READ_BATCH as u64;
 
 /// Counters of the lake writer, shared with the metrics endpoint.
 #[derive(Debug, Default)]
@@ -130,6 +133,9 @@ pub struct LakeWriter {
     in_flight: Option<InFlight>,
     /// Rows read since the last flush started.
     rows_since_flush: usize,
+    /// Whether the last read stopped with at least `BEHIND_RECORDS` durable records still
+    /// unread (a backlog: after an outage or a restart, or ingest faster than the writer).
+    behind: bool,
 }
 
 /// A flush under way: it owns the consumer and hands it back when its range is checkpointed.
@@ -194,6 +200,7 @@ impl LakeWriter {
             metrics,
             in_flight: None,
             rows_since_flush: 0,
+            behind: false,
         })
     }
 
@@ -220,7 +227,7 @@ impl LakeWriter {
                 last_read = Instant::now();
             }
             let due = last_flush.elapsed() >= self.config.flush_interval;
-            if due || self.rows_since_flush >= self.config.flush_max_rows {
+            if self.flush_due(due) {
                 self.finish_flush().await?;
                 self.start_flush()?;
                 last_flush = Instant::now();
@@ -262,24 +269,48 @@ impl LakeWriter {
     }
 
     /// Reads and flushes until everything durable in the WAL when called is in the lake,
-    /// pipelined as in [`run`](Self::run) (`flush_max_rows` per flush).
+    /// pipelined as in [`run`](Self::run) (at most `flush_max_rows` per flush).
     pub async fn catch_up(&mut self) -> Result<()> {
         loop {
             self.poll_flush().await?;
             let more = self.read_available()?;
-            if self.rows_since_flush >= self.config.flush_max_rows || !more {
+            if !more {
                 self.finish_flush().await?;
                 self.start_flush()?;
-            }
-            if !more {
                 return self.finish_flush().await;
+            }
+            if self.flush_due(false) {
+                self.finish_flush().await?;
+                self.start_flush()?;
             }
         }
     }
 
+    /// Rows a writer that is behind the WAL buffers before it starts a flush while none is in
+    /// flight (an eighth of `flush_max_rows`).
+    fn early_flush_rows(&self) -> usize {
+        (self.config.flush_max_rows / 8).max(1)
+    }
+
+    /// Whether to start a flush now: the flush interval is up (`timer_due`), the buffer is
+    /// full, or the writer is behind the WAL with no flush in flight and an eighth of a full
+    /// buffer read. The last keeps a backlog's sort and encode running beside the reading from
+    /// the start, instead of leaving the encoder idle while the first full buffer is read;
+    /// flushes then grow or shrink with how fast each side goes, up to `flush_max_rows`. A
+    /// writer that keeps up with ingest is never behind and flushes by time and size only.
+    fn flush_due(&self, timer_due: bool) -> bool {
+        timer_due
+            || self.rows_since_flush >= self.config.flush_max_rows
+            || (self.behind
+                && self.in_flight.is_none()
+                && self.rows_since_flush >= self.early_flush_rows())
+    }
+
     /// Reads durable records not yet read into the fresh buffer, until the WAL has no more or
-    /// the buffer holds `flush_max_rows` (then it is the caller's turn to flush). Returns
-    /// whether anything was read.
+    /// the buffer holds `flush_max_rows` (then it is the caller's turn to flush). Behind the
+    /// WAL it also returns early, so the caller can start or collect a flush: after one chunk
+    /// while a flush is in flight, and once an eighth of a full buffer is read while none is.
+    /// Returns whether anything was read.
     pub fn read_available(&mut self) -> Result<bool> {
         let started = Instant::now();
         let r = self.read_available_inner();
@@ -291,6 +322,7 @@ impl LakeWriter {
 
     fn read_available_inner(&mut self) -> Result<bool> {
         let mut any = false;
+        self.behind = false;
         loop {
             let (builder, metrics, next_seq) =
                 (&mut self.builder, &self.metrics, &mut self.next_seq);
@@ -340,7 +372,18 @@ impl LakeWriter {
             // faster than one read pass, reading "until the WAL is drained" never ends and
             // the buffer (and the flush that sorts it) grows without bound.
             self.rows_since_flush += rows;
-            if n < READ_BATCH || self.rows_since_flush >= self.config.flush_max_rows {
+            if n < READ_BATCH {
+                break;
+            }
+            let waiting = self.wal.durable_end().saturating_sub(self.next_seq);
+            self.behind = waiting >= BEHIND_RECORDS;
+            if self.rows_since_flush >= self.config.flush_max_rows {
+                break;
+            }
+            // Behind the WAL, the caller decides whether to start or collect a flush first.
+            if self.behind
+                && (self.in_flight.is_some() || self.rows_since_flush >= self.early_flush_rows())
+            {
                 break;
             }
         }
@@ -1028,6 +1071,80 @@ mod tests {
             LakeWriter::open(store.clone(), wal, LakeConfig::default(), metrics.clone()).await?;
         again.catch_up().await?;
         assert_eq!(metrics.rows_written.load(Ordering::Relaxed), expected);
+        Ok(())
+    }
+
+    /// `records` WAL records of 3 readings each (7 devices in turn, one second apart) in a
+    /// fresh WAL under `dir`; returns the WAL and the number of readings.
+    async fn backlog(
+        dir: &std::path::Path,
+        records: i64,
+    ) -> std::result::Result<(Arc<Wal>, u64), Box<dyn std::error::Error>> {
+        let wal = Arc::new(Wal::open(
+            dir.join("wal"),
+            edgepipe_wal::WalConfig::default(),
+        )?);
+        let mut expected = 0u64;
+        let metrics: Vec<Metric> = (0..3)
+            .map(|m| Metric::new(format!("m{m}")))
+            .collect::<std::result::Result<_, _>>()?;
+        for chunk in 0..(records + 999) / 1000 {
+            let mut batch = Vec::new();
+            for r in chunk * 1000..((chunk + 1) * 1000).min(records) {
+                let ts = 1_700_000_000_000 + (r / 7) * 1000;
+                let readings: Vec<Reading> = metrics
+                    .iter()
+                    .map(|m| Reading {
+                        metric: m.clone(),
+                        ts,
+                        value: Value::F64(r as f64),
+                        ts_source: TsSource::Device,
+                    })
+                    .collect();
+                expected += readings.len() as u64;
+                batch.push(encoded(&format!("d{}", r % 7), ts, readings)?);
+            }
+            wal.append_batch(batch).await?;
+        }
+        Ok((wal, expected))
+    }
+
+    /// A writer behind the WAL starts its first flush after an eighth of `flush_max_rows`
+    /// instead of reading a full buffer first (the encoder would sit idle), and still writes
+    /// every reading once; a writer with only a little waiting flushes by size and time alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_starts_flushing_early_and_a_small_read_does_not()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let config = LakeConfig {
+            flush_max_rows: 400_000,
+            ..LakeConfig::default()
+        };
+        // 60,000 records, 180,000 rows: less than one full buffer. Behind by more than
+        // BEHIND_RECORDS after the first 50,000 rows, so the first flush starts then.
+        let dir = tempfile::tempdir()?;
+        let (wal, expected) = backlog(dir.path(), 60_000).await?;
+        let store = LakeStore::local(dir.path().join("lake"))?;
+        let metrics = Arc::new(LakeMetrics::default());
+        let mut w =
+            LakeWriter::open(store.clone(), wal.clone(), config.clone(), metrics.clone()).await?;
+        w.catch_up().await?;
+        let flushes = metrics.flushes.load(Ordering::Relaxed);
+        assert!(
+            flushes >= 2,
+            "{flushes} flush(es): the first did not start early"
+        );
+        assert_eq!(lake_readings(&store).await?, expected);
+        assert_eq!(w.fresh().committed(), wal.durable_end());
+
+        // 20,000 records: never BEHIND_RECORDS waiting after a read, so one flush at the end.
+        let dir = tempfile::tempdir()?;
+        let (wal, expected) = backlog(dir.path(), 20_000).await?;
+        let store = LakeStore::local(dir.path().join("lake"))?;
+        let metrics = Arc::new(LakeMetrics::default());
+        let mut w = LakeWriter::open(store.clone(), wal, config, metrics.clone()).await?;
+        w.catch_up().await?;
+        assert_eq!(metrics.flushes.load(Ordering::Relaxed), 1);
+        assert_eq!(lake_readings(&store).await?, expected);
         Ok(())
     }
 

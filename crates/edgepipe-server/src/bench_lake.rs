@@ -131,9 +131,14 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
     )
     .await?;
     let started = Instant::now();
+    let cpu0 = process_cpu_seconds();
     // The writer's own catch-up path: reading overlaps the previous flush's sort and encode.
     w.catch_up().await?;
     let write_s = started.elapsed().as_secs_f64();
+    let write_cpu_s = match (cpu0, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     let before = edgepipe_lake::lake_stats(&store).await?;
     let swap = SwapLock::default();
     let committed = w.fresh().committed();
@@ -200,6 +205,9 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
         "lake_dir": root.join("lake"),
         "write_seconds": write_s,
         "write_rows_per_sec": rows as f64 / write_s,
+        // CPU time of the whole process (all threads) during the write: with 2 cores, the
+        // write can take no less than half of it.
+        "write_cpu_seconds": write_cpu_s,
         "write_phases_seconds": {
             "read_wal_to_arrow": lake_metrics.read_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
             "sort_and_encode": lake_metrics.encode_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9,
@@ -220,6 +228,19 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     Ok(())
+}
+
+/// User + system CPU time of this process so far (all threads), from `/proc/self/stat`
+/// (Linux; clock ticks of 1/100 s). `None` where that file is missing or unreadable.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces): utime and
+    // stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

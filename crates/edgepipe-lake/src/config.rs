@@ -20,7 +20,9 @@ pub struct LakeConfig {
     /// flushed (from the fresh buffer), so this trades file count against WAL replay length.
     #[serde(with = "crate::duration_serde")]
     pub flush_interval: Duration,
-    /// Flush as soon as this many rows are buffered.
+    /// Flush as soon as this many rows are buffered. A writer behind the WAL (a backlog after
+    /// an outage or restart) with no flush in flight starts one at an eighth of this, so the
+    /// sort and encode run beside the reading.
     pub flush_max_rows: usize,
     /// Read newly durable WAL records at most this often: under load, fewer and larger reads
     /// (and fresh-buffer batches) instead of one per group commit. SQL sees a reading at most

@@ -5,7 +5,7 @@
 //! Everything here uses runtime-agnostic primitives (the WAL's channels), so the MQTT gateway's
 //! ntex threads and the HTTP server's tokio runtime both await it directly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -143,6 +143,36 @@ impl SeqWindow {
 
 type DedupKey = (String, String, String);
 
+/// A durable agent batch: into its window first, then out of the in-flight set, so a copy
+/// checked in between finds it in one of the two.
+fn mark_stored(
+    dedup: &Mutex<HashMap<DedupKey, SeqWindow>>,
+    in_flight: &Mutex<HashSet<(DedupKey, u64)>>,
+    (key, seq): (DedupKey, u64),
+) {
+    dedup
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key.clone())
+        .or_default()
+        .insert(seq);
+    in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(key, seq));
+}
+
+/// What to do with an agent batch (see [`Ingestor::begin_batch`]).
+#[derive(Debug, PartialEq, Eq)]
+enum BatchStart {
+    /// Already stored: acknowledge without writing.
+    Stored,
+    /// Another copy is being written right now: refuse this one for now.
+    InFlight,
+    /// Write it; it is marked in flight under this key.
+    Write((DedupKey, u64)),
+}
+
 /// Recently stored readings by content hash `(device, metric, ts, value)`, in two generations so
 /// memory stays bounded. A message whose every reading is already here is a resend (a QoS 1
 /// publish repeated after a crash or lost PUBACK) and is acknowledged without writing again.
@@ -245,6 +275,10 @@ pub struct Ingestor {
     rate: u32,
     mappings: Vec<TopicMapping>,
     dedup: Arc<Mutex<HashMap<DedupKey, SeqWindow>>>,
+    /// Agent batches whose append is on its way to disk: not yet in `dedup` (that happens when
+    /// they are durable), so a second copy arriving meanwhile (a resend on a new connection
+    /// after the agent restarted) must not be written too.
+    batches_in_flight: Arc<Mutex<HashSet<(DedupKey, u64)>>>,
     content: Arc<Mutex<ContentDedup>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     clock: Arc<dyn Clock>,
@@ -290,6 +324,7 @@ impl Ingestor {
             rate: p.device_msgs_per_sec,
             mappings: p.mappings,
             dedup: Arc::new(Mutex::new(HashMap::new())),
+            batches_in_flight: Arc::new(Mutex::new(HashSet::new())),
             content: Arc::new(Mutex::new(ContentDedup::default())),
             buckets: Mutex::new(HashMap::new()),
             clock: p.clock,
@@ -504,11 +539,36 @@ impl Ingestor {
         self.write(device, decoded, tags, transport).await
     }
 
-    fn is_duplicate(&self, device: &DeviceId, o: &BatchOrigin) -> bool {
-        let dedup = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
-        dedup
-            .get(&(device.to_string(), o.source.clone(), o.stream.clone()))
-            .is_some_and(|w| w.contains(o.seq))
+    /// Whether an agent batch is already stored, being stored by another copy, or is ours to
+    /// write (then it is marked in flight until its durable callback or its failure).
+    fn begin_batch(&self, device: &DeviceId, o: &BatchOrigin) -> BatchStart {
+        let key = (device.to_string(), o.source.clone(), o.stream.clone());
+        // Lock order: in-flight set, then the windows (the durable callback takes them one at
+        // a time, windows first, so a batch is in one or the other, or both, never neither).
+        let mut in_flight = self
+            .batches_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let stored = self
+            .dedup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .is_some_and(|w| w.contains(o.seq));
+        if stored {
+            return BatchStart::Stored;
+        }
+        if !in_flight.insert((key.clone(), o.seq)) {
+            return BatchStart::InFlight;
+        }
+        BatchStart::Write((key, o.seq))
+    }
+
+    fn end_batch(&self, batch: &(DedupKey, u64)) {
+        self.batches_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(batch);
     }
 
     async fn write(
@@ -518,14 +578,27 @@ impl Ingestor {
         tags: Vec<(String, String)>,
         transport: Transport,
     ) -> Result<Accepted, Rejection> {
-        if let Some(o) = &decoded.origin
-            && self.is_duplicate(device, o)
-        {
-            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Ok(Accepted {
-                readings: 0,
-                duplicate: true,
-            });
+        let mut batch = None;
+        if let Some(o) = &decoded.origin {
+            match self.begin_batch(device, o) {
+                BatchStart::Stored => {
+                    self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Accepted {
+                        readings: 0,
+                        duplicate: true,
+                    });
+                }
+                // Not acknowledged: the sender resends it, by when the first copy is durable
+                // (then a duplicate) or failed (then written).
+                BatchStart::InFlight => {
+                    self.metrics.reject(RejectReason::Unavailable);
+                    return Err(Rejection::Unavailable(format!(
+                        "batch {}/{} seq {} is already being written; resend it",
+                        o.source, o.stream, o.seq
+                    )));
+                }
+                BatchStart::Write(b) => batch = Some(b),
+            }
         }
         let hashes = content_hashes(device, &decoded.readings);
         if decoded.origin.is_none()
@@ -554,10 +627,9 @@ impl Ingestor {
         // dropped mid-await (its connection closed) cannot leave a stored record unindexed.
         let content = self.content.clone();
         let dedup = self.dedup.clone();
+        let in_flight = self.batches_in_flight.clone();
         let metrics = self.metrics.clone();
-        let seq_key = decoded
-            .origin
-            .map(|o| ((device.to_string(), o.source, o.stream), o.seq));
+        let seq_key = batch.clone();
         let result = self
             .wal
             .append_then(rec.encode(), move |_| {
@@ -569,16 +641,16 @@ impl Ingestor {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert_all(&hashes);
-                if let Some((key, seq)) = seq_key {
-                    dedup
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(key)
-                        .or_default()
-                        .insert(seq);
+                if let Some(batch) = seq_key {
+                    mark_stored(&dedup, &in_flight, batch);
                 }
             })
             .await;
+        if result.is_err()
+            && let Some(b) = &batch
+        {
+            self.end_batch(b);
+        }
         match result {
             Ok(_) => Ok(Accepted {
                 readings: n,
@@ -674,6 +746,63 @@ impl Ingestor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two copies of one agent batch at once (a resend on a new connection while the first
+    /// copy's append is still on its way to disk): the second is refused until the first is
+    /// stored (then it is a duplicate) or has failed (then it is written).
+    #[test]
+    fn a_batch_copy_is_refused_while_another_is_in_flight() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let ing = Ingestor::new(IngestorParts {
+            wal: Wal::open(dir.path().join("wal"), edgepipe_wal::WalConfig::default())?,
+            deadletters: DeadLetters::open(dir.path(), &Default::default())?,
+            devices: DeviceRegistry::open(dir.path())?,
+            limits: Limits::default(),
+            max_payload: 128 * 1024,
+            device_msgs_per_sec: 0,
+            mappings: Vec::new(),
+            clock: Arc::new(SystemClock),
+            metrics: Arc::new(Metrics::default()),
+            auto_register: false,
+        })?;
+        let dev = DeviceId::new("gw-1")?;
+        let o = BatchOrigin {
+            source: "agent-a".into(),
+            stream: "telemetry".into(),
+            seq: 7,
+        };
+        let BatchStart::Write(first) = ing.begin_batch(&dev, &o) else {
+            return Err("a new batch is not ours to write".into());
+        };
+        assert_eq!(ing.begin_batch(&dev, &o), BatchStart::InFlight);
+        // Another seq of the same stream is independent.
+        let other = BatchOrigin {
+            seq: 8,
+            ..o.clone()
+        };
+        assert!(matches!(
+            ing.begin_batch(&dev, &other),
+            BatchStart::Write(_)
+        ));
+        // The first append failed: the next copy is written.
+        ing.end_batch(&first);
+        let BatchStart::Write(second) = ing.begin_batch(&dev, &o) else {
+            return Err("a failed batch could not be written again".into());
+        };
+        // Stored: every later copy is a duplicate, and nothing is left in flight.
+        mark_stored(&ing.dedup, &ing.batches_in_flight, second);
+        assert_eq!(ing.begin_batch(&dev, &o), BatchStart::Stored);
+        assert_eq!(
+            ing.batches_in_flight
+                .lock()
+                .map_err(|e| e.to_string())?
+                .len(),
+            1,
+            "only seq 8 is still in flight"
+        );
+        Ok(())
+    }
 
     #[test]
     fn seq_window_prunes_to_a_floor() {

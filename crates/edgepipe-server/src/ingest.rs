@@ -143,34 +143,47 @@ impl SeqWindow {
 
 type DedupKey = (String, String, String);
 
-/// A durable agent batch: into its window first, then out of the in-flight set, so a copy
-/// checked in between finds it in one of the two.
-fn mark_stored(
-    dedup: &Mutex<HashMap<DedupKey, SeqWindow>>,
-    in_flight: &Mutex<HashSet<(DedupKey, u64)>>,
-    (key, seq): (DedupKey, u64),
-) {
-    dedup
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(key.clone())
-        .or_default()
-        .insert(seq);
-    in_flight
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&(key, seq));
+/// An agent batch marked in flight. It travels inside the WAL append's durable callback, so it
+/// is dropped, clearing the mark, exactly when that append can no longer become durable
+/// unseen: after the callback recorded it as stored, or when the append failed or was never
+/// queued (its handler dropped while waiting to enqueue; the callback is dropped with it).
+#[derive(Debug)]
+struct InFlightBatch {
+    set: Arc<Mutex<HashSet<(DedupKey, u64)>>>,
+    batch: (DedupKey, u64),
+}
+
+impl InFlightBatch {
+    /// Its append is durable: into its window first, then (on drop) out of the in-flight set,
+    /// so a copy checked in between finds it in one of the two.
+    fn stored(self, dedup: &Mutex<HashMap<DedupKey, SeqWindow>>) {
+        dedup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(self.batch.0.clone())
+            .or_default()
+            .insert(self.batch.1);
+    }
+}
+
+impl Drop for InFlightBatch {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.batch);
+    }
 }
 
 /// What to do with an agent batch (see [`Ingestor::begin_batch`]).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum BatchStart {
     /// Already stored: acknowledge without writing.
     Stored,
     /// Another copy is being written right now: refuse this one for now.
     InFlight,
-    /// Write it; it is marked in flight under this key.
-    Write((DedupKey, u64)),
+    /// Write it; it stays marked in flight while this lives.
+    Write(InFlightBatch),
 }
 
 /// Recently stored readings by content hash `(device, metric, ts, value)`, in two generations so
@@ -540,7 +553,7 @@ impl Ingestor {
     }
 
     /// Whether an agent batch is already stored, being stored by another copy, or is ours to
-    /// write (then it is marked in flight until its durable callback or its failure).
+    /// write (then it is marked in flight while the returned mark lives).
     fn begin_batch(&self, device: &DeviceId, o: &BatchOrigin) -> BatchStart {
         let key = (device.to_string(), o.source.clone(), o.stream.clone());
         // Lock order: in-flight set, then the windows (the durable callback takes them one at
@@ -561,14 +574,10 @@ impl Ingestor {
         if !in_flight.insert((key.clone(), o.seq)) {
             return BatchStart::InFlight;
         }
-        BatchStart::Write((key, o.seq))
-    }
-
-    fn end_batch(&self, batch: &(DedupKey, u64)) {
-        self.batches_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(batch);
+        BatchStart::Write(InFlightBatch {
+            set: self.batches_in_flight.clone(),
+            batch: (key, o.seq),
+        })
     }
 
     async fn write(
@@ -627,9 +636,7 @@ impl Ingestor {
         // dropped mid-await (its connection closed) cannot leave a stored record unindexed.
         let content = self.content.clone();
         let dedup = self.dedup.clone();
-        let in_flight = self.batches_in_flight.clone();
         let metrics = self.metrics.clone();
-        let seq_key = batch.clone();
         let result = self
             .wal
             .append_then(rec.encode(), move |_| {
@@ -641,16 +648,11 @@ impl Ingestor {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert_all(&hashes);
-                if let Some(batch) = seq_key {
-                    mark_stored(&dedup, &in_flight, batch);
+                if let Some(b) = batch {
+                    b.stored(&dedup);
                 }
             })
             .await;
-        if result.is_err()
-            && let Some(b) = &batch
-        {
-            self.end_batch(b);
-        }
         match result {
             Ok(_) => Ok(Accepted {
                 readings: n,
@@ -775,24 +777,24 @@ mod tests {
         let BatchStart::Write(first) = ing.begin_batch(&dev, &o) else {
             return Err("a new batch is not ours to write".into());
         };
-        assert_eq!(ing.begin_batch(&dev, &o), BatchStart::InFlight);
+        assert!(matches!(ing.begin_batch(&dev, &o), BatchStart::InFlight));
         // Another seq of the same stream is independent.
         let other = BatchOrigin {
             seq: 8,
             ..o.clone()
         };
-        assert!(matches!(
-            ing.begin_batch(&dev, &other),
-            BatchStart::Write(_)
-        ));
-        // The first append failed: the next copy is written.
-        ing.end_batch(&first);
+        let BatchStart::Write(_eight) = ing.begin_batch(&dev, &other) else {
+            return Err("seq 8 is not ours to write".into());
+        };
+        // The first append failed or was never queued (its mark dropped with the callback):
+        // the next copy is written.
+        drop(first);
         let BatchStart::Write(second) = ing.begin_batch(&dev, &o) else {
             return Err("a failed batch could not be written again".into());
         };
-        // Stored: every later copy is a duplicate, and nothing is left in flight.
-        mark_stored(&ing.dedup, &ing.batches_in_flight, second);
-        assert_eq!(ing.begin_batch(&dev, &o), BatchStart::Stored);
+        // Stored: every later copy is a duplicate, and only seq 8 is still in flight.
+        second.stored(&ing.dedup);
+        assert!(matches!(ing.begin_batch(&dev, &o), BatchStart::Stored));
         assert_eq!(
             ing.batches_in_flight
                 .lock()

@@ -312,6 +312,19 @@ pub fn window_query(device: &str, from_ms: i64, to_ms: i64) -> String {
     )
 }
 
+/// Whether any row's `ts` is at or after `ts_ms`.
+fn reaches(batches: &[RecordBatch], ts_ms: i64) -> bool {
+    let at = ts_ms.saturating_mul(1000);
+    batches.iter().any(|b| {
+        b.column_by_name("ts")
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            })
+            .is_some_and(|ts| ts.iter().flatten().any(|t| t >= at))
+    })
+}
+
 async fn evidence_loop(
     store: Arc<SqlCaseStore>,
     cfg: Arc<CasesConfig>,
@@ -338,9 +351,22 @@ async fn evidence_loop(
             ),
             cfg.evidence_max_rows
         );
+        // The reading that raised the case is durable (detection reads it from the WAL), but
+        // SQL sees it only once the lake writer has read it too (within lake.read_interval):
+        // until the window's last event is in the result, try again, for up to 2 s (then the
+        // evidence holds what is visible, as before).
         let rows = async {
-            let out = engine.query(&sql).await?;
-            anyhow::Ok(edgepipe_query::json_rows(&out.schema, &out.batches)?)
+            let mut attempts = 0;
+            loop {
+                let out = engine.query(&sql).await?;
+                let complete =
+                    out.rows >= cfg.evidence_max_rows || reaches(&out.batches, case.last_event_ts);
+                if complete || attempts >= 20 {
+                    return anyhow::Ok(edgepipe_query::json_rows(&out.schema, &out.batches)?);
+                }
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         .await;
         let body = match rows {

@@ -1022,33 +1022,7 @@ mod tests {
     async fn pipelined_catch_up_writes_every_reading_once()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let wal = Arc::new(Wal::open(
-            dir.path().join("wal"),
-            edgepipe_wal::WalConfig::default(),
-        )?);
-        let mut expected = 0u64;
-        for s in 0..1500i64 {
-            let mut batch = Vec::new();
-            for d in 0..7 {
-                let readings = (0..3)
-                    .map(|m| {
-                        Ok(Reading {
-                            metric: Metric::new(format!("m{m}"))?,
-                            ts: 1_700_000_000_000 + s * 1000,
-                            value: Value::F64((s * d + m) as f64),
-                            ts_source: TsSource::Device,
-                        })
-                    })
-                    .collect::<std::result::Result<Vec<_>, edgepipe_types::Error>>()?;
-                expected += readings.len() as u64;
-                batch.push(encoded(
-                    &format!("d{d}"),
-                    1_700_000_000_000 + s * 1000,
-                    readings,
-                )?);
-            }
-            wal.append_batch(batch).await?;
-        }
+        let (wal, expected) = backlog(dir.path(), 10_500).await?;
         let store = LakeStore::local(dir.path().join("lake"))?;
         let config = LakeConfig {
             flush_max_rows: 1000,

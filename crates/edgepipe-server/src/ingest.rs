@@ -806,6 +806,88 @@ mod tests {
         Ok(())
     }
 
+    /// Through the real append path: an agent batch whose append fails (too large for the
+    /// WAL; the durable callback, holding the in-flight mark, is dropped unrun) can be written
+    /// again, and one whose append is durable is a duplicate from then on; neither leaves a
+    /// mark behind.
+    #[tokio::test]
+    async fn an_append_that_fails_clears_the_mark_and_a_durable_one_stores_it()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let ing = Ingestor::new(IngestorParts {
+            wal: Wal::open(
+                dir.path().join("wal"),
+                edgepipe_wal::WalConfig {
+                    max_record_bytes: 512,
+                    ..edgepipe_wal::WalConfig::default()
+                },
+            )?,
+            deadletters: DeadLetters::open(dir.path(), &Default::default())?,
+            devices: DeviceRegistry::open(dir.path())?,
+            limits: Limits::default(),
+            max_payload: 128 * 1024,
+            device_msgs_per_sec: 0,
+            mappings: Vec::new(),
+            clock: Arc::new(SystemClock),
+            metrics: Arc::new(Metrics::default()),
+            auto_register: false,
+        })?;
+        let dev = DeviceId::new("gw-1")?;
+        let batch = |seq: u64, n: i64| -> Result<Decoded, edgepipe_types::Error> {
+            Ok(Decoded {
+                origin: Some(BatchOrigin {
+                    source: "agent-a".into(),
+                    stream: "telemetry".into(),
+                    seq,
+                }),
+                readings: (0..n)
+                    .map(|i| {
+                        Ok(edgepipe_types::Reading {
+                            metric: edgepipe_types::Metric::new(format!("m{i}"))?,
+                            ts: 1_700_000_000_000,
+                            value: edgepipe_types::Value::F64(i as f64),
+                            ts_source: edgepipe_types::TsSource::Device,
+                        })
+                    })
+                    .collect::<Result<_, edgepipe_types::Error>>()?,
+            })
+        };
+        let too_big = ing
+            .write(&dev, batch(1, 100)?, Vec::new(), Transport::Mqtt5)
+            .await;
+        assert!(matches!(too_big, Err(Rejection::Unavailable(_))));
+        let origin = |seq| BatchOrigin {
+            source: "agent-a".into(),
+            stream: "telemetry".into(),
+            seq,
+        };
+        assert!(matches!(
+            ing.begin_batch(&dev, &origin(1)),
+            BatchStart::Write(_)
+        ));
+        let ok = ing
+            .write(&dev, batch(2, 2)?, Vec::new(), Transport::Mqtt5)
+            .await;
+        assert!(matches!(
+            ok,
+            Ok(Accepted {
+                duplicate: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ing.begin_batch(&dev, &origin(2)),
+            BatchStart::Stored
+        ));
+        assert!(
+            ing.batches_in_flight
+                .lock()
+                .map_err(|e| e.to_string())?
+                .is_empty()
+        );
+        Ok(())
+    }
+
     #[test]
     fn seq_window_prunes_to_a_floor() {
         let mut w = SeqWindow::default();

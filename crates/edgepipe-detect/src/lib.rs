@@ -28,8 +28,8 @@ pub mod nab;
 pub use ensemble::{Assessment, EnsembleConfig, SeriesDetector, SeriesState, Snapshot};
 pub use error::{Error, Result};
 pub use live::{
-    Contribution, Detector, DetectorConfig, Event, EventKind, Explanation, Feedback, Score,
-    ScoreStatus, SeriesKey, SilenceConfig,
+    Contribution, DETECTOR_SNAPSHOT_VERSION, Detector, DetectorConfig, Event, EventKind,
+    Explanation, Feedback, Score, ScoreStatus, SeriesKey, SilenceConfig,
 };
 pub use model::{FitOptions, MODEL_PARAMS_VERSION, ModelParams, SeriesParams, fit};
 pub use multivariate::MultivariateConfig;

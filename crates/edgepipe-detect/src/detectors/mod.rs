@@ -9,6 +9,7 @@ mod cusum;
 mod ewma;
 mod flatline;
 mod limits;
+mod logdrop;
 mod mad;
 mod pewma;
 mod rate;
@@ -21,6 +22,7 @@ pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{EwmaZ, EwmaZConfig};
 pub use flatline::{Flatline, FlatlineConfig};
 pub use limits::{Limits, LimitsConfig};
+pub use logdrop::{LogDrop, LogDropConfig};
 pub use mad::{MAX_MAD_WINDOW, RobustMad, RobustMadConfig};
 pub use pewma::{Pewma, PewmaConfig};
 pub use rate::{RateOfChange, RateOfChangeConfig};
@@ -79,11 +81,13 @@ pub enum DetectorKind {
     SmoothZ,
     /// A rise of the recent spread (or spike density) over the baseline's.
     Volatility,
+    /// [`LogDrop`].
+    LogDrop,
 }
 
 impl DetectorKind {
     /// All kinds, in bit order of [`Fired`].
-    pub const ALL: [DetectorKind; 10] = [
+    pub const ALL: [DetectorKind; 11] = [
         DetectorKind::EwmaZ,
         DetectorKind::Pewma,
         DetectorKind::RobustMad,
@@ -94,6 +98,7 @@ impl DetectorKind {
         DetectorKind::Seasonal,
         DetectorKind::SmoothZ,
         DetectorKind::Volatility,
+        DetectorKind::LogDrop,
     ];
 
     /// A stable lowercase name.
@@ -109,6 +114,7 @@ impl DetectorKind {
             DetectorKind::Seasonal => "seasonal",
             DetectorKind::SmoothZ => "smooth_z",
             DetectorKind::Volatility => "volatility",
+            DetectorKind::LogDrop => "log_drop",
         }
     }
 

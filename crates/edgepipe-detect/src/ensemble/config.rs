@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::likelihood::LikelihoodConfig;
 use super::recurrence::RecurrenceConfig;
 use crate::detectors::{
-    CusumConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, PewmaConfig, RateOfChangeConfig,
-    RobustMadConfig, SeasonalConfig, check_positive,
+    CusumConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, LogDropConfig, PewmaConfig,
+    RateOfChangeConfig, RobustMadConfig, SeasonalConfig, check_positive,
 };
 use crate::{Error, Result};
 
@@ -34,6 +34,8 @@ pub struct Weights {
     pub smooth_z: f64,
     /// Weight of the volatility detector (0 also skips its work).
     pub volatility: f64,
+    /// Weight of the log-scale drop detector (0 also skips its work).
+    pub log_drop: f64,
 }
 
 impl Default for Weights {
@@ -49,6 +51,7 @@ impl Default for Weights {
             seasonal: 1.0,
             smooth_z: 0.75,
             volatility: 0.0,
+            log_drop: 1.0,
         }
     }
 }
@@ -201,6 +204,8 @@ pub struct EnsembleConfig {
     pub smooth: SmoothConfig,
     /// Volatility (spread or spike-density change).
     pub volatility: VolatilityConfig,
+    /// Log-scale drop (non-negative series falling to a fraction of their level).
+    pub log_drop: LogDropConfig,
     /// Detector weights in the raw score.
     pub weights: Weights,
     /// Learn `ln(1 + raw)` rather than `raw` in the likelihood stage (tames heavy tails).
@@ -239,6 +244,7 @@ impl EnsembleConfig {
             });
         }
         self.smooth.z.validate(&mut errs);
+        self.log_drop.validate(&mut errs);
         self.likelihood.validate(&mut errs);
         self.recurrence.validate(&mut errs);
         crate::detectors::check_unit(&mut errs, "tail.quantile", self.tail.quantile);
@@ -262,6 +268,7 @@ impl EnsembleConfig {
             ("weights.seasonal", w.seasonal),
             ("weights.smooth_z", w.smooth_z),
             ("weights.volatility", w.volatility),
+            ("weights.log_drop", w.log_drop),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 errs.push(Error::InvalidConfig {

@@ -22,8 +22,8 @@ pub use recurrence::{MAX_EVENTS, Recurrence, RecurrenceConfig};
 
 use crate::detectors::stats::learnable;
 use crate::detectors::{
-    Cusum, DetectorKind, EwmaZ, Fired, Flatline, Limits, Pewma, RateOfChange, RobustMad, Seasonal,
-    Signal,
+    Cusum, DetectorKind, EwmaZ, Fired, Flatline, Limits, LogDrop, Pewma, RateOfChange, RobustMad,
+    Seasonal, Signal,
 };
 use crate::{Error, PointScorer, Result};
 
@@ -46,7 +46,7 @@ pub struct Assessment {
 }
 
 /// Version of the [`Snapshot`] layout.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// All the state of one series. Serialise it with any serde format; restore with
 /// [`SeriesDetector::restore`] or [`SeriesState::check`].
@@ -66,6 +66,7 @@ pub struct SeriesState {
     smooth_z: EwmaZ,
     /// Fast EWMA of the clipped squared baseline z-score (a change of spread or spike density).
     vol: f64,
+    log_drop: LogDrop,
     likelihood: Likelihood,
     recurrence: Recurrence,
     /// Running estimate of a high quantile of the raw surprise (0 = not started).
@@ -140,6 +141,7 @@ impl SeriesState {
             && self.peak.is_finite()
             && self.tail.is_finite()
             && self.vol.is_finite()
+            && self.log_drop.valid()
             && self.tails.iter().all(|v| v.is_finite());
         if ok {
             Ok(())
@@ -259,6 +261,13 @@ impl SeriesState {
                 DetectorKind::Volatility,
                 w.volatility,
                 Signal::new((self.vol - 1.0).max(0.0) / (v.threshold - 1.0), None),
+            );
+        }
+        if w.log_drop > 0.0 {
+            consider(
+                DetectorKind::LogDrop,
+                w.log_drop,
+                self.log_drop.update(&cfg.log_drop, x),
             );
         }
         if w.seasonal > 0.0 {

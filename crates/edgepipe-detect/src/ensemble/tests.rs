@@ -48,6 +48,7 @@ fn all_detectors() -> EnsembleConfig {
             seasonal: 1.0,
             smooth_z: 1.0,
             volatility: 1.0,
+            log_drop: 1.0,
         },
         calibration: Calibration::Both,
         tail: TailConfig {

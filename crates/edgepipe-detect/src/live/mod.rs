@@ -33,7 +33,7 @@ use crate::multivariate::Pca;
 use crate::{Error, Result, SeriesState};
 
 /// Version of the [`Detector::snapshot`] layout.
-pub const DETECTOR_SNAPSHOT_VERSION: u32 = 1;
+pub const DETECTOR_SNAPSHOT_VERSION: u32 = 2;
 
 /// A series' identity: one metric of one device. Serialised as `"device/metric"` (neither
 /// identifier may contain `/`).
@@ -809,6 +809,12 @@ impl Detector {
             devices: &self.devices,
         };
         postcard::to_allocvec(&view).map_err(|e| Error::Snapshot(e.to_string()))
+    }
+
+    /// The layout version a [`snapshot`](Self::snapshot) was written with, if `bytes` start
+    /// like one (so a caller can tell an older layout from a damaged snapshot).
+    pub fn snapshot_version(bytes: &[u8]) -> Option<u32> {
+        postcard::take_from_bytes::<u32>(bytes).ok().map(|(v, _)| v)
     }
 
     /// A detector that continues from `bytes` (a [`snapshot`](Self::snapshot)) under

@@ -34,7 +34,9 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use edgepipe_detect::{Detector, DetectorConfig, Event, ModelParams, ScoreStatus, SeriesKey};
+use edgepipe_detect::{
+    DETECTOR_SNAPSHOT_VERSION, Detector, DetectorConfig, Event, ModelParams, ScoreStatus, SeriesKey,
+};
 use edgepipe_lake::LakeStore;
 use edgepipe_types::{DeviceId, IngestRecordView, Metric, Transport, ValueView};
 use edgepipe_wal::Wal;
@@ -280,12 +282,32 @@ impl DetectStage {
             Ok(bytes) => {
                 let st = decode_state(&bytes)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", state_path.display()))?;
-                (
-                    Detector::restore(cfg.detector, &st.detector)?,
-                    st.next_seq,
-                    st.silence_clock,
-                    st.feedback_pos,
-                )
+                match Detector::snapshot_version(&st.detector) {
+                    Some(v) if v < DETECTOR_SNAPSHOT_VERSION => {
+                        // Written by an edgepipe whose detectors kept other state: the series
+                        // warm up again from the checkpointed position (nothing is rescored
+                        // twice), and the promoted model and operator feedback are applied
+                        // again as on a first start.
+                        tracing::warn!(
+                            path = %state_path.display(),
+                            snapshot_version = v,
+                            current = DETECTOR_SNAPSHOT_VERSION,
+                            "detect: detector state from another version; series warm up again"
+                        );
+                        (
+                            Detector::new(cfg.detector, ModelParams::default())?,
+                            st.next_seq,
+                            st.silence_clock,
+                            0,
+                        )
+                    }
+                    _ => (
+                        Detector::restore(cfg.detector, &st.detector)?,
+                        st.next_seq,
+                        st.silence_clock,
+                        st.feedback_pos,
+                    ),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
                 Detector::new(cfg.detector, ModelParams::default())?,
@@ -778,8 +800,64 @@ pub async fn run_stage(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anyhow::Context as _;
     use edgepipe_types::{IngestRecord, Reading, TsSource, Value};
     use edgepipe_wal::{FullPolicy, WalConfig};
+
+    /// A detector snapshot of an older layout (an upgrade added detector state) does not stop
+    /// the stage: it starts its series afresh at the checkpointed position and takes the
+    /// promoted model and the operators' feedback again. A newer layout (a downgrade) or a
+    /// damaged snapshot of the current one is refused with the file named.
+    #[tokio::test]
+    async fn an_older_detector_snapshot_restarts_the_series_at_the_checkpoint() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let wal = Wal::open(dir.path().join("wal"), WalConfig::default())?;
+        let open = |detector: Vec<u8>| {
+            let st = StateFile {
+                version: STATE_VERSION,
+                next_seq: 0,
+                silence_clock: 1_700_000_000_000,
+                detector,
+                feedback_pos: 42,
+            };
+            let (wal, root) = (wal.clone(), dir.path().to_path_buf());
+            async move {
+                std::fs::create_dir_all(root.join("detect"))?;
+                std::fs::write(root.join("detect/state.bin"), postcard::to_allocvec(&st)?)?;
+                DetectStage::open(
+                    &root,
+                    wal,
+                    LakeStore::local(root.join("lake"))?,
+                    DetectConfig::default(),
+                    None,
+                    Arc::new(DetectMetrics::default()),
+                )
+                .await
+            }
+        };
+        let mut older = postcard::to_allocvec(&(DETECTOR_SNAPSHOT_VERSION - 1))?;
+        older.extend_from_slice(&[7, 7, 7]);
+        let stage = open(older).await?;
+        assert_eq!(stage.next_seq, 0);
+        assert_eq!(stage.silence_clock, 1_700_000_000_000);
+        assert_eq!(stage.feedback_pos, 0, "feedback is applied again");
+        assert_eq!(stage.detector.series_count(), 0);
+        drop(stage);
+
+        let mut newer = postcard::to_allocvec(&(DETECTOR_SNAPSHOT_VERSION + 1))?;
+        newer.extend_from_slice(&[7, 7, 7]);
+        let err = format!("{:#}", open(newer).await.err().context("a newer layout")?);
+        assert!(err.contains("snapshot version"), "{err}");
+
+        let mut damaged = postcard::to_allocvec(&DETECTOR_SNAPSHOT_VERSION)?;
+        damaged.extend_from_slice(&[7, 7, 7]);
+        assert!(
+            open(damaged).await.is_err(),
+            "a damaged snapshot is refused"
+        );
+        Ok(())
+    }
 
     /// The WAL's disk budget (`drop_oldest`) deletes records before the stage reads them: the
     /// stage moves past the deleted range, scores every surviving reading exactly once (a

@@ -822,6 +822,14 @@ impl Detector {
     /// whose state does not fit the configuration.
     pub fn restore(config: DetectorConfig, bytes: &[u8]) -> Result<Self> {
         config.validate()?;
+        // The version first: another layout would only fail to decode, which hides why.
+        if let Some(v) = Self::snapshot_version(bytes)
+            && v != DETECTOR_SNAPSHOT_VERSION
+        {
+            return Err(Error::Snapshot(format!(
+                "snapshot version {v} is not {DETECTOR_SNAPSHOT_VERSION}"
+            )));
+        }
         let snap: DetectorSnapshot =
             postcard::from_bytes(bytes).map_err(|e| Error::Snapshot(e.to_string()))?;
         if snap.version != DETECTOR_SNAPSHOT_VERSION {

@@ -216,8 +216,10 @@ impl std::hash::Hasher for PassThrough {
 
 type HashSet64 = std::collections::HashSet<u64, std::hash::BuildHasherDefault<PassThrough>>;
 
-/// Readings remembered per generation (two generations are kept).
-const CONTENT_GENERATION: usize = 1 << 20;
+/// Readings remembered per generation (two generations are kept): 7/8 of 2^20, the most a hash
+/// table of 2^20 buckets holds at its load factor. One more and the table would double to 2^21
+/// buckets (18 MB instead of 9 MB per generation) for an eighth more history.
+const CONTENT_GENERATION: usize = (1 << 20) / 8 * 7;
 
 impl ContentDedup {
     fn contains_all(&self, hashes: &[u64]) -> bool {
@@ -227,15 +229,31 @@ impl ContentDedup {
                 .all(|h| self.current.contains(h) || self.previous.contains(h))
     }
     fn insert_all(&mut self, hashes: &[u64]) {
+        // Start a new generation before this message would overfill the current one, so the
+        // table never grows past its reserved size. The old generation's table is cleared and
+        // reused rather than freed and allocated again.
+        if !self.current.is_empty() && self.current.len() + hashes.len() > CONTENT_GENERATION {
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
+        }
         if self.current.capacity() == 0 {
             self.current.reserve(CONTENT_GENERATION);
         }
         for h in hashes {
             self.current.insert(*h);
         }
-        if self.current.len() >= CONTENT_GENERATION {
-            self.previous = std::mem::take(&mut self.current);
-        }
+    }
+    /// Bytes of the two tables (buckets of 8 bytes plus one control byte each).
+    #[cfg(test)]
+    fn table_bytes(&self) -> usize {
+        let bucket = |cap: usize| {
+            if cap == 0 {
+                0
+            } else {
+                (cap * 8 / 7).next_power_of_two()
+            }
+        };
+        (bucket(self.current.capacity()) + bucket(self.previous.capacity())) * 9
     }
 }
 
@@ -748,6 +766,43 @@ impl Ingestor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The resend index remembers between one and two generations of readings, and its two
+    /// tables keep their reserved size however messages of any size fill them.
+    #[test]
+    fn the_content_index_keeps_two_generations_in_fixed_tables() {
+        let mut c = ContentDedup::default();
+        let mut next = 0u64;
+        let mut batch = |n: usize| -> Vec<u64> {
+            (0..n)
+                .map(|_| {
+                    next += 1;
+                    next.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                })
+                .collect()
+        };
+        let first = batch(100);
+        c.insert_all(&first);
+        let one_table = c.table_bytes();
+        assert!(
+            one_table <= 10 << 20,
+            "one generation takes {one_table} bytes"
+        );
+        // Fill well past two generations with messages of 1 and 100 readings.
+        let mut last = Vec::new();
+        for i in 0..(CONTENT_GENERATION * 5 / 2) / 50 {
+            last = batch(if i % 2 == 0 { 1 } else { 99 });
+            c.insert_all(&last);
+        }
+        assert!(c.contains_all(&last), "the newest message is remembered");
+        assert!(
+            !c.contains_all(&first),
+            "the oldest generation is forgotten"
+        );
+        assert!(c.current.len() <= CONTENT_GENERATION);
+        assert!(c.previous.len() > CONTENT_GENERATION - 100);
+        assert_eq!(c.table_bytes(), 2 * one_table, "the tables never grew");
+    }
 
     /// Two copies of one agent batch at once (a resend on a new connection while the first
     /// copy's append is still on its way to disk): the second is refused until the first is

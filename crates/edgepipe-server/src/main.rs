@@ -4,7 +4,9 @@ use clap::Parser;
 
 /// jemalloc, with its background purge threads: glibc's malloc kept the memory of a load burst
 /// (freed per-reading buffers in per-thread arenas) and the server stayed at 0.7–2.4 GB after
-/// the ingest benchmark's load phases; jemalloc returns freed pages within seconds.
+/// the ingest benchmark's load phases; jemalloc returns freed pages within seconds. Without the
+/// `jemalloc` feature the system allocator is used (heap profilers such as heaptrack see it).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -81,17 +81,20 @@ done
 lag() { curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk '/^edgepipe_(lake|detect)_wal_lag_records /{s+=$2} END{print s+0}'; }
 waited=0
 while [ "$(lag)" -gt 0 ] && [ "$waited" -lt 300 ]; do sleep 1; waited=$((waited + 1)); done
-# Then let the server settle: the first compaction of the load's partitions (every 60 s) and
-# jemalloc's return of freed pages (10 s decay) end when RSS holds within 3 MB over three
-# samples 5 s apart (at most 180 s).
+# Then let the server settle: a compaction pass must have started after the backlog was done
+# and finished (the load's partitions compacted: a pass holds a partition's files and an output
+# file of up to 128 MB in memory), and jemalloc must have returned the freed pages (10 s decay):
+# RSS within 3 MB over three samples 5 s apart (at most 240 s in all).
+metric() { curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+runs0=$(metric edgepipe_lake_compaction_runs_total)
 settled=0; prev=0; calm=0
-while [ "$settled" -lt 180 ] && [ "$calm" -lt 2 ]; do
+while [ "$settled" -lt 240 ] && { [ "$(metric edgepipe_lake_compaction_runs_total)" -lt $((runs0 + 2)) ] || [ "$calm" -lt 2 ]; }; do
   sleep 5; settled=$((settled + 5)); now=$(rss_mb "$EP_PID")
   if [ $((now > prev ? now - prev : prev - now)) -le 3 ]; then calm=$((calm + 1)); else calm=0; fi
   prev=$now
 done
 echo
-echo "(edgepipe: the lake writer and detection stage caught up with the load phases after ${waited} s; WAL records not yet in the lake or not yet scored: $(lag); RSS settled at ${prev} MB ${settled} s later)"
+echo "(edgepipe: the lake writer and detection stage caught up with the load phases after ${waited} s; WAL records not yet in the lake or not yet scored: $(lag); RSS settled at ${prev} MB ${settled} s later, after $(( $(metric edgepipe_lake_compaction_runs_total) - runs0 )) compaction passes; partitions compacted in all: $(metric edgepipe_lake_partitions_compacted_total))"
 echo
 echo "| idle connections | server | server RSS before (anonymous) | RSS with connections held (anonymous) |"
 echo "| --- | --- | ---: | ---: |"

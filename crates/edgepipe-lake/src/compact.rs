@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Float64Builder, Int64Builder, RecordBatch,
@@ -116,6 +117,8 @@ pub struct Compactor {
     pub config: LakeConfig,
     /// Swap lock shared with the query engine.
     pub swap: SwapLock,
+    /// Where the passes are counted (shared with the lake writer's counters).
+    pub metrics: Arc<crate::LakeMetrics>,
 }
 
 /// Compacts every partition that needs it. `committed` is the lake writer's WAL checkpoint:
@@ -718,7 +721,8 @@ impl Compactor {
                 return;
             }
             let now_ms = chrono::Utc::now().timestamp_millis();
-            match compact(
+            self.metrics.compaction_running.store(1, Ordering::Relaxed);
+            let result = compact(
                 &self.store,
                 &self.config,
                 &self.swap,
@@ -726,8 +730,13 @@ impl Compactor {
                 now_ms,
                 false,
             )
-            .await
-            {
+            .await;
+            if let Ok(r) = &result {
+                self.metrics
+                    .partitions_compacted
+                    .fetch_add(r.partitions as u64, Ordering::Relaxed);
+            }
+            match result {
                 Ok(r) if r.partitions > 0 => {
                     tracing::info!(
                         partitions = r.partitions,
@@ -745,6 +754,8 @@ impl Compactor {
             if let Err(e) = retention {
                 tracing::error!(error = %e, "lake: retention failed; retrying next interval");
             }
+            self.metrics.compaction_running.store(0, Ordering::Relaxed);
+            self.metrics.compaction_runs.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

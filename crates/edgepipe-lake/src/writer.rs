@@ -65,6 +65,13 @@ pub struct LakeMetrics {
     pub encode_ns: AtomicU64,
     /// Time spent storing flushed files and checkpointing (ns).
     pub store_ns: AtomicU64,
+    /// Compaction passes finished (each interval's pass, whether or not it found work).
+    pub compaction_runs: AtomicU64,
+    /// Partitions compacted.
+    pub partitions_compacted: AtomicU64,
+    /// 1 while a compaction pass runs (it holds a partition's files and an output file in
+    /// memory), else 0.
+    pub compaction_running: AtomicU64,
 }
 
 /// A consistent view of what the lake files do not hold yet.
@@ -1125,6 +1132,69 @@ mod tests {
     /// The WAL's disk budget (`drop_oldest`) deletes records before the lake reads them: the
     /// writer counts every lost record, writes every surviving one once, and both add up to
     /// what was appended (nothing vanishes uncounted).
+    /// The background compactor counts its passes and the partitions it compacted, and says
+    /// when a pass is running: two flush files of a closed hour become one, no row lost.
+    #[tokio::test]
+    async fn the_compactor_counts_its_passes_and_partitions()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let wal = Arc::new(Wal::open(dir.path().join("wal"), Default::default())?);
+        let store = LakeStore::local(dir.path().join("lake"))?;
+        let metrics = Arc::new(LakeMetrics::default());
+        let config = LakeConfig {
+            compaction_interval: std::time::Duration::from_millis(10),
+            ..LakeConfig::default()
+        };
+        let mut w =
+            LakeWriter::open(store.clone(), wal.clone(), config.clone(), metrics.clone()).await?;
+        for part in 0..2i64 {
+            let mut batch = Vec::new();
+            for k in 0..10 {
+                let ts = 1_700_000_000_000 + (part * 10 + k) * 1000;
+                let reading = Reading {
+                    metric: Metric::new("m")?,
+                    ts,
+                    value: Value::F64(k as f64),
+                    ts_source: TsSource::Device,
+                };
+                batch.push(encoded("d1", ts, vec![reading])?);
+            }
+            wal.append_batch(batch).await?;
+            w.catch_up().await?;
+            w.flush().await?;
+        }
+        let files = |stats: &[crate::TableStats]| {
+            stats
+                .iter()
+                .find(|t| t.table == tables::READINGS)
+                .map_or(0, |t| t.files)
+        };
+        assert_eq!(files(&crate::lake_stats(&store).await?), 2);
+        let fresh = w.fresh();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let compactor = crate::Compactor {
+            store: store.clone(),
+            config,
+            swap: crate::SwapLock::default(),
+            metrics: metrics.clone(),
+        };
+        let task = tokio::spawn(compactor.run(move || fresh.committed(), stop_rx));
+        for _ in 0..3000 {
+            if metrics.compaction_runs.load(Ordering::Relaxed) >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        stop_tx.send(true)?;
+        task.await?;
+        assert!(metrics.compaction_runs.load(Ordering::Relaxed) >= 2);
+        assert_eq!(metrics.partitions_compacted.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.compaction_running.load(Ordering::Relaxed), 0);
+        assert_eq!(files(&crate::lake_stats(&store).await?), 1);
+        assert_eq!(lake_readings(&store).await?, 20);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn records_the_wal_budget_deleted_are_counted_and_the_rest_written()
     -> std::result::Result<(), Box<dyn std::error::Error>> {

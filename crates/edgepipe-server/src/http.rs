@@ -459,6 +459,21 @@ async fn metrics(State(st): State<AppState>) -> Response {
             st.lake.metrics.bytes_written.load(Ordering::Relaxed),
         ),
         (
+            "edgepipe_lake_compaction_runs_total",
+            "Compaction passes finished (one per lake.compaction_interval).",
+            st.lake.metrics.compaction_runs.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_lake_partitions_compacted_total",
+            "Lake partitions compacted.",
+            st.lake.metrics.partitions_compacted.load(Ordering::Relaxed),
+        ),
+        (
+            "edgepipe_lake_compaction_running",
+            "1 while a compaction pass runs, else 0.",
+            st.lake.metrics.compaction_running.load(Ordering::Relaxed),
+        ),
+        (
             "edgepipe_lake_fresh_rows",
             "Rows read from the WAL and queryable, not yet in lake files.",
             st.lake.fresh.rows() as u64,

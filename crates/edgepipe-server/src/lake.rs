@@ -81,6 +81,7 @@ impl LakeService {
             store: store.clone(),
             config: lake,
             swap: swap.clone(),
+            metrics: metrics.clone(),
         };
         let f = fresh.clone();
         let compactor = tokio::spawn(compactor.run(move || f.committed(), stop_rx));

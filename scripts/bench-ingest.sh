@@ -85,7 +85,9 @@ while [ "$(lag)" -gt 0 ] && [ "$waited" -lt 300 ]; do sleep 1; waited=$((waited 
 # and finished (the load's partitions compacted: a pass holds a partition's files and an output
 # file of up to 128 MB in memory), and jemalloc must have returned the freed pages (10 s decay):
 # RSS within 3 MB over three samples 5 s apart (at most 240 s in all).
-metric() { curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+metric() { { curl -s "127.0.0.1:$HTTP_PORT/metrics" || true; } | awk -v m="$1" '$1 == m {v = $2} END {print v + 0}'; }
+curl -s "127.0.0.1:$HTTP_PORT/metrics" | grep -q '^edgepipe_lake_compaction_runs_total ' \
+  || { echo "the server at $BIN exports no compaction gauges: rebuild it (cargo build --release -p edgepipe-server)"; exit 1; }
 runs0=$(metric edgepipe_lake_compaction_runs_total)
 settled=0; prev=0; calm=0
 while [ "$settled" -lt 240 ] && { [ "$(metric edgepipe_lake_compaction_runs_total)" -lt $((runs0 + 2)) ] || [ "$calm" -lt 2 ]; }; do
@@ -93,8 +95,10 @@ while [ "$settled" -lt 240 ] && { [ "$(metric edgepipe_lake_compaction_runs_tota
   if [ $((now > prev ? now - prev : prev - now)) -le 3 ]; then calm=$((calm + 1)); else calm=0; fi
   prev=$now
 done
+settle_note="RSS settled at ${prev} MB ${settled} s later"
+[ "$calm" -ge 2 ] || settle_note="RSS NOT settled after ${settled} s (last ${prev} MB)"
 echo
-echo "(edgepipe: the lake writer and detection stage caught up with the load phases after ${waited} s; WAL records not yet in the lake or not yet scored: $(lag); RSS settled at ${prev} MB ${settled} s later, after $(( $(metric edgepipe_lake_compaction_runs_total) - runs0 )) compaction passes; partitions compacted in all: $(metric edgepipe_lake_partitions_compacted_total))"
+echo "(edgepipe: the lake writer and detection stage caught up with the load phases after ${waited} s; WAL records not yet in the lake or not yet scored: $(lag); ${settle_note}, after $(( $(metric edgepipe_lake_compaction_runs_total) - runs0 )) compaction passes; partitions compacted in all: $(metric edgepipe_lake_partitions_compacted_total))"
 echo
 echo "| idle connections | server | server RSS before (anonymous) | RSS with connections held (anonymous) |"
 echo "| --- | --- | ---: | ---: |"

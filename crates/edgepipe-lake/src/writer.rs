@@ -65,7 +65,8 @@ pub struct LakeMetrics {
     pub encode_ns: AtomicU64,
     /// Time spent storing flushed files and checkpointing (ns).
     pub store_ns: AtomicU64,
-    /// Compaction passes finished (each interval's pass, whether or not it found work).
+    /// Compaction passes run to their end (each interval's pass, whether it found work,
+    /// compacted or failed; a failure is logged).
     pub compaction_runs: AtomicU64,
     /// Partitions compacted.
     pub partitions_compacted: AtomicU64,
@@ -1129,9 +1130,6 @@ mod tests {
         Ok(())
     }
 
-    /// The WAL's disk budget (`drop_oldest`) deletes records before the lake reads them: the
-    /// writer counts every lost record, writes every surviving one once, and both add up to
-    /// what was appended (nothing vanishes uncounted).
     /// The background compactor counts its passes and the partitions it compacted, and says
     /// when a pass is running: two flush files of a closed hour become one, no row lost.
     #[tokio::test]
@@ -1195,6 +1193,9 @@ mod tests {
         Ok(())
     }
 
+    /// The WAL's disk budget (`drop_oldest`) deletes records before the lake reads them: the
+    /// writer counts every lost record, writes every surviving one once, and both add up to
+    /// what was appended (nothing vanishes uncounted).
     #[tokio::test]
     async fn records_the_wal_budget_deleted_are_counted_and_the_rest_written()
     -> std::result::Result<(), Box<dyn std::error::Error>> {

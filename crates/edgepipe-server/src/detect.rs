@@ -283,7 +283,8 @@ impl DetectStage {
                 let st = decode_state(&bytes)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", state_path.display()))?;
                 match Detector::snapshot_version(&st.detector) {
-                    Some(v) if v < DETECTOR_SNAPSHOT_VERSION => {
+                    // Versions start at 1; a 0 is damage, not an old layout.
+                    Some(v) if (1..DETECTOR_SNAPSHOT_VERSION).contains(&v) => {
                         // Written by an edgepipe whose detectors kept other state: the series
                         // warm up again from the checkpointed position (nothing is rescored
                         // twice), and the promoted model and operator feedback are applied
@@ -302,7 +303,8 @@ impl DetectStage {
                         )
                     }
                     _ => (
-                        Detector::restore(cfg.detector, &st.detector)?,
+                        Detector::restore(cfg.detector, &st.detector)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", state_path.display()))?,
                         st.next_seq,
                         st.silence_clock,
                         st.feedback_pos,
@@ -849,13 +851,14 @@ mod tests {
         newer.extend_from_slice(&[7, 7, 7]);
         let err = format!("{:#}", open(newer).await.err().context("a newer layout")?);
         assert!(err.contains("snapshot version"), "{err}");
+        assert!(err.contains("state.bin"), "the file is named: {err}");
 
-        let mut damaged = postcard::to_allocvec(&DETECTOR_SNAPSHOT_VERSION)?;
-        damaged.extend_from_slice(&[7, 7, 7]);
-        assert!(
-            open(damaged).await.is_err(),
-            "a damaged snapshot is refused"
-        );
+        for first in [DETECTOR_SNAPSHOT_VERSION, 0] {
+            let mut damaged = postcard::to_allocvec(&first)?;
+            damaged.extend_from_slice(&[7, 7, 7]);
+            let err = format!("{:#}", open(damaged).await.err().context("damaged")?);
+            assert!(err.contains("state.bin"), "the file is named: {err}");
+        }
         Ok(())
     }
 

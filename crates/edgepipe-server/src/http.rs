@@ -460,7 +460,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
         ),
         (
             "edgepipe_lake_compaction_runs_total",
-            "Compaction passes finished (one per lake.compaction_interval).",
+            "Compaction passes run to their end, failed ones included (one per lake.compaction_interval).",
             st.lake.metrics.compaction_runs.load(Ordering::Relaxed),
         ),
         (

@@ -8,7 +8,9 @@
 //! finite, strongly negative log and near-zero noise is not magnified.
 //!
 //! Only drops count: rises are already what the linear baselines see best. A series that shows
-//! a negative value during warm-up is not a magnitude, and the detector stays silent for it.
+//! a negative value is not a magnitude (a temperature in °C crossing zero would look like a
+//! collapse on a log scale), and the detector stays silent for it from then on; the linear
+//! baselines judge that reading.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,7 +46,12 @@ impl Default for LogDropConfig {
 
 impl LogDropConfig {
     pub(crate) fn validate(&self, errs: &mut Vec<Error>) {
-        check_positive(errs, "log_drop.offset", self.offset);
+        if !(self.offset > 0.0 && self.offset <= 1.0) {
+            errs.push(Error::InvalidConfig {
+                field: "log_drop.offset",
+                reason: format!("{} is not in (0, 1]", self.offset),
+            });
+        }
         check_unit(errs, "log_drop.alpha", self.alpha);
         check_positive(errs, "log_drop.threshold", self.threshold);
     }
@@ -59,9 +66,9 @@ pub struct LogDrop {
     sum_abs: f64,
     /// The offset (0 = still learning it).
     c: f64,
-    /// A negative value was seen in warm-up: not a magnitude, never fires.
+    /// A negative value was seen: not a magnitude, never fires again.
     disabled: bool,
-    /// Mean and variance of `ln(max(x, 0) + c)`.
+    /// Mean and variance of `ln(x + c)`.
     stats: Ewm,
 }
 
@@ -71,11 +78,11 @@ impl LogDrop {
         if self.disabled || !x.is_finite() {
             return Signal::quiet();
         }
+        if x < 0.0 {
+            self.disabled = true;
+            return Signal::quiet();
+        }
         if self.c <= 0.0 {
-            if x < 0.0 {
-                self.disabled = true;
-                return Signal::quiet();
-            }
             if !learnable(x) {
                 return Signal::quiet();
             }
@@ -87,9 +94,12 @@ impl LogDrop {
             }
             self.c = (cfg.offset * self.sum_abs / f64::from(self.n_offset)).max(1e-12);
         }
-        let y = (x.max(0.0) + self.c).ln();
+        let y = (x + self.c).ln();
         let sig = self.peek(cfg, y);
-        self.stats.update(y, cfg.alpha);
+        // Like the other detectors, a value too large to learn safely is scored, not learned.
+        if learnable(x) {
+            self.stats.update(y, cfg.alpha);
+        }
         sig
     }
 
@@ -102,7 +112,7 @@ impl LogDrop {
         let z = (mean - y).max(0.0) / sd.max(floor);
         let half = cfg.threshold * sd;
         let lo = ((mean - half).exp() - self.c).max(0.0);
-        let hi = (mean + half).exp() - self.c;
+        let hi = ((mean + half).exp() - self.c).min(f64::MAX);
         Signal::new(z / cfg.threshold, Some((lo, hi)))
     }
 
@@ -151,7 +161,8 @@ mod tests {
         assert_eq!(d.update(&cfg, 1e9).level, 0.0);
     }
 
-    /// A series with negative values is not a magnitude; one all zeros waits for a scale.
+    /// A series with negative values is not a magnitude, whenever the first one comes; one
+    /// all zeros waits for a scale.
     #[test]
     fn negative_or_all_zero_series_stay_silent() {
         let cfg = LogDropConfig::default();
@@ -160,22 +171,52 @@ mod tests {
         warm(&mut neg, &cfg, 200, |_| 50.0);
         assert_eq!(neg.update(&cfg, 0.0).level, 0.0);
 
+        // A temperature in °C that warms up positive and later crosses zero.
+        let mut celsius = LogDrop::default();
+        warm(&mut celsius, &cfg, 300, |i| 5.0 + (i % 5) as f64 * 0.1);
+        assert_eq!(celsius.update(&cfg, -0.5).level, 0.0);
+        assert_eq!(celsius.update(&cfg, 0.0).level, 0.0, "silent from then on");
+
         let mut zeros = LogDrop::default();
         warm(&mut zeros, &cfg, 200, |_| 0.0);
         assert_eq!(zeros.c, 0.0, "no offset from zeros alone");
         assert_eq!(zeros.update(&cfg, 5.0).level, 0.0);
     }
 
-    /// Non-finite and huge readings neither panic nor poison the state.
+    /// Non-finite and huge readings neither panic nor enter the state: after them the
+    /// detector is exactly where the ordinary readings alone put it.
     #[test]
     fn bad_values_are_not_learned() {
         let cfg = LogDropConfig::default();
         let mut d = LogDrop::default();
-        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300, f64::MAX] {
+        let mut clean = LogDrop::default();
+        for x in [f64::NAN, f64::INFINITY, 1e300, f64::MAX] {
             d.update(&cfg, x);
         }
-        warm(&mut d, &cfg, 100, |_| 3.0);
-        d.update(&cfg, f64::MAX);
+        warm(&mut d, &cfg, 100, |i| 3.0 + (i % 3) as f64);
+        warm(&mut clean, &cfg, 100, |i| 3.0 + (i % 3) as f64);
+        for x in [f64::NAN, f64::INFINITY, 1e300, f64::MAX] {
+            let s = d.update(&cfg, x);
+            assert!(
+                s.expected
+                    .is_none_or(|(lo, hi)| lo.is_finite() && hi.is_finite())
+            );
+        }
+        assert_eq!(d, clean);
         assert!(d.valid());
+    }
+
+    /// The offset must be a fraction of the level: a huge one would overflow the state.
+    #[test]
+    fn the_offset_is_a_fraction() {
+        for offset in [0.0, -0.1, 1.5, f64::NAN, 1e300] {
+            let mut errs = Vec::new();
+            LogDropConfig {
+                offset,
+                ..LogDropConfig::default()
+            }
+            .validate(&mut errs);
+            assert_eq!(errs.len(), 1, "offset {offset} accepted");
+        }
     }
 }

@@ -1015,6 +1015,23 @@ mod tests {
     }
 
     /// Rows in the lake's readings table.
+    /// Ten one-reading records of `d1`/`m`, one a second: the `s`-th ten seconds from
+    /// 2023-11-14 22:13:20 UTC.
+    fn ten_seconds_of_d1(s: i64) -> std::result::Result<Vec<Vec<u8>>, edgepipe_types::Error> {
+        (0..10)
+            .map(|k| {
+                let ts = 1_700_000_000_000 + (s * 10 + k) * 1000;
+                let reading = Reading {
+                    metric: Metric::new("m")?,
+                    ts,
+                    value: Value::F64(k as f64),
+                    ts_source: TsSource::Device,
+                };
+                encoded("d1", ts, vec![reading])
+            })
+            .collect()
+    }
+
     async fn lake_readings(store: &LakeStore) -> Result<u64> {
         Ok(crate::lake_stats(store)
             .await?
@@ -1146,18 +1163,7 @@ mod tests {
         let mut w =
             LakeWriter::open(store.clone(), wal.clone(), config.clone(), metrics.clone()).await?;
         for part in 0..2i64 {
-            let mut batch = Vec::new();
-            for k in 0..10 {
-                let ts = 1_700_000_000_000 + (part * 10 + k) * 1000;
-                let reading = Reading {
-                    metric: Metric::new("m")?,
-                    ts,
-                    value: Value::F64(k as f64),
-                    ts_source: TsSource::Device,
-                };
-                batch.push(encoded("d1", ts, vec![reading])?);
-            }
-            wal.append_batch(batch).await?;
+            wal.append_batch(ten_seconds_of_d1(part)?).await?;
             w.catch_up().await?;
             w.flush().await?;
         }
@@ -1221,18 +1227,7 @@ mod tests {
         .await?;
         let total = 3000u64;
         for s in 0..total as i64 / 10 {
-            let mut batch = Vec::new();
-            for k in 0..10 {
-                let ts = 1_700_000_000_000 + (s * 10 + k) * 1000;
-                let reading = Reading {
-                    metric: Metric::new("m")?,
-                    ts,
-                    value: Value::F64(k as f64),
-                    ts_source: TsSource::Device,
-                };
-                batch.push(encoded("d1", ts, vec![reading])?);
-            }
-            wal.append_batch(batch).await?;
+            wal.append_batch(ten_seconds_of_d1(s)?).await?;
         }
         w.catch_up().await?;
         let lost = metrics.records_lost_to_wal_budget.load(Ordering::Relaxed);

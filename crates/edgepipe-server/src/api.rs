@@ -451,20 +451,15 @@ pub(crate) async fn add_user(
 
 /// The `cases` section of `/api/v1/status`.
 pub(crate) async fn cases_status(c: &CasesApi) -> serde_json::Value {
-    // The counters first, the store after: a case is counted as opened only once its
-    // notifications are committed to the outbox, so read in this order every counted case's
-    // notifications are in the outbox figures (read the other way round, a reader could see a
-    // case opened whose notification the pending count did not include yet).
+    // The opened and reopened counters before the outbox figures: a case is counted only once
+    // its notifications are committed to the outbox, so read in this order every counted case's
+    // notifications are in the figures (read the other way round, a reader could see a case
+    // opened whose notification the pending count did not include yet).
     let m = &c.metrics;
-    let counted = [
-        m.events_received.load(Ordering::Relaxed),
+    let (opened, flapped) = (
         m.opened.load(Ordering::Relaxed),
         m.flapped.load(Ordering::Relaxed),
-        m.auto_resolved.load(Ordering::Relaxed),
-        m.evidence_stored.load(Ordering::Relaxed),
-        m.evidence_failed.load(Ordering::Relaxed),
-        m.labels_exported.load(Ordering::Relaxed),
-    ];
+    );
     let o = c
         .store
         .outbox_stats(edgepipe_sim::now_ms())
@@ -476,24 +471,15 @@ pub(crate) async fn cases_status(c: &CasesApi) -> serde_json::Value {
         .await
         .map(|v| v.iter().map(|(_, n, _)| n).sum())
         .unwrap_or(0);
-    let [
-        received,
-        opened,
-        flapped,
-        auto_resolved,
-        evidence_stored,
-        evidence_failed,
-        labels,
-    ] = counted;
     json!({
         "open_cases": open,
-        "events_received": received,
+        "events_received": m.events_received.load(Ordering::Relaxed),
         "cases_opened": opened,
         "cases_flapped": flapped,
-        "cases_auto_resolved": auto_resolved,
-        "evidence_stored": evidence_stored,
-        "evidence_failed": evidence_failed,
-        "labels_exported": labels,
+        "cases_auto_resolved": m.auto_resolved.load(Ordering::Relaxed),
+        "evidence_stored": m.evidence_stored.load(Ordering::Relaxed),
+        "evidence_failed": m.evidence_failed.load(Ordering::Relaxed),
+        "labels_exported": m.labels_exported.load(Ordering::Relaxed),
         "outbox_pending": o.pending,
         "outbox_failing": o.failing,
         "outbox_delivered": o.delivered,

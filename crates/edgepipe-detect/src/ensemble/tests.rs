@@ -154,6 +154,37 @@ fn restore_refuses_mismatched_state() {
     assert!(SeriesDetector::restore(big, wrong).is_err());
 }
 
+/// A snapshot whose log-scale drop state was tampered with (a negative offset, a negative
+/// variance) is refused rather than restored into a detector that would score with it.
+#[test]
+fn restore_refuses_a_tampered_log_drop_state() {
+    let mut d = SeriesDetector::new(EnsembleConfig::default()).expect("config");
+    for (t, x) in series(300) {
+        d.update(t, x.abs() + 1.0);
+    }
+    let json = serde_json::to_value(d.snapshot()).expect("serialise");
+    assert!(
+        json["state"]["log_drop"]["c"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0),
+        "the offset was learned: {}",
+        json["state"]["log_drop"]
+    );
+    for (field, bad) in [("c", -1.0), ("sum_abs", -5.0)] {
+        let mut tampered = json.clone();
+        tampered["state"]["log_drop"][field] = serde_json::json!(bad);
+        let snap: Snapshot = serde_json::from_value(tampered).expect("deserialise");
+        assert!(
+            SeriesDetector::restore(EnsembleConfig::default(), snap).is_err(),
+            "log_drop.{field} = {bad} accepted"
+        );
+    }
+    let mut tampered = json;
+    tampered["state"]["log_drop"]["stats"]["var"] = serde_json::json!(-1.0);
+    let snap: Snapshot = serde_json::from_value(tampered).expect("deserialise");
+    assert!(SeriesDetector::restore(EnsembleConfig::default(), snap).is_err());
+}
+
 proptest! {
     #[test]
     fn never_panics_and_scores_stay_in_range(

@@ -1147,11 +1147,15 @@ mod tests {
         Ok(())
     }
 
-    /// The background compactor counts its passes and the partitions it compacted, and says
-    /// when a pass is running: two flush files of a closed hour become one, no row lost.
-    #[tokio::test]
-    async fn the_compactor_counts_its_passes_and_partitions()
-    -> std::result::Result<(), Box<dyn std::error::Error>> {
+    /// Two flush files of a closed hour (the first overwritten with garbage when `corrupt`),
+    /// then the background compactor until it has run two passes. Returns its counters and the
+    /// keys of the readings files left.
+    async fn compactor_over_two_flush_files(
+        corrupt: bool,
+    ) -> std::result::Result<
+        (Arc<LakeMetrics>, LakeStore, Vec<String>, tempfile::TempDir),
+        Box<dyn std::error::Error>,
+    > {
         let dir = tempfile::tempdir()?;
         let wal = Arc::new(Wal::open(dir.path().join("wal"), Default::default())?);
         let store = LakeStore::local(dir.path().join("lake"))?;
@@ -1167,13 +1171,17 @@ mod tests {
             w.catch_up().await?;
             w.flush().await?;
         }
-        let files = |stats: &[crate::TableStats]| {
-            stats
-                .iter()
-                .find(|t| t.table == tables::READINGS)
-                .map_or(0, |t| t.files)
+        let keys = |store: LakeStore| async move {
+            let listed = store.list(&format!("{}/", tables::READINGS)).await?;
+            Ok::<_, crate::Error>(listed.into_iter().map(|(k, _)| k).collect::<Vec<_>>())
         };
-        assert_eq!(files(&crate::lake_stats(&store).await?), 2);
+        let flushed = keys(store.clone()).await?;
+        assert_eq!(flushed.len(), 2, "{flushed:?}");
+        if corrupt {
+            store
+                .put(&flushed[0], bytes::Bytes::from_static(b"not parquet"))
+                .await?;
+        }
         let fresh = w.fresh();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let compactor = crate::Compactor {
@@ -1191,11 +1199,34 @@ mod tests {
         }
         stop_tx.send(true)?;
         task.await?;
+        let left = keys(store.clone()).await?;
+        Ok((metrics, store, left, dir))
+    }
+
+    /// The background compactor counts its passes and the partitions it compacted, and says
+    /// when a pass is running: two flush files of a closed hour become one, no row lost.
+    #[tokio::test]
+    async fn the_compactor_counts_its_passes_and_partitions()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let (metrics, store, left, _dir) = compactor_over_two_flush_files(false).await?;
         assert!(metrics.compaction_runs.load(Ordering::Relaxed) >= 2);
         assert_eq!(metrics.partitions_compacted.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.compaction_running.load(Ordering::Relaxed), 0);
-        assert_eq!(files(&crate::lake_stats(&store).await?), 1);
+        assert_eq!(left.len(), 1, "{left:?}");
         assert_eq!(lake_readings(&store).await?, 20);
+        Ok(())
+    }
+
+    /// A pass that fails (a corrupt input) still ends: it is counted, the running gauge goes
+    /// back to 0, nothing counts as compacted and the partition's files are left as they were.
+    #[tokio::test]
+    async fn a_failed_compaction_pass_ends_and_leaves_the_files()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let (metrics, _store, left, _dir) = compactor_over_two_flush_files(true).await?;
+        assert!(metrics.compaction_runs.load(Ordering::Relaxed) >= 2);
+        assert_eq!(metrics.partitions_compacted.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.compaction_running.load(Ordering::Relaxed), 0);
+        assert_eq!(left.len(), 2, "{left:?}");
         Ok(())
     }
 

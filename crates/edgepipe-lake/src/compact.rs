@@ -1,15 +1,19 @@
 //! Compaction: a partition's small files become a few large ones, deduplicated on
 //! `(device_id, metric, ts)` with the last WAL write winning, and its rollups are (re)written.
 //! The inputs are merged as streams (every file is sorted by series), a round of whole series
-//! at a time, so a partition of tens of millions of rows compacts in bounded memory.
+//! at a time, so a partition of tens of millions of rows compacts in bounded memory: inputs are
+//! read through ranged requests (a window or a page at a time, never a whole file) and each
+//! output is streamed to the store in 8 MiB parts under a staging key
+//! (`_edgepipe/staging/<key>`, outside every table) as it is encoded.
 //!
-//! Atomicity for our own queries: outputs are encoded first, then, holding the [`SwapLock`] for
-//! writing, the outputs are stored and the inputs deleted. Queries hold the lock for reading
+//! Atomicity for our own queries: outputs are staged first, then, holding the [`SwapLock`] for
+//! writing, the outputs are renamed into the partition (an atomic rename on a local
+//! directory, a server-side copy on S3) and the inputs deleted. Queries hold the lock for reading
 //! while they list and read files, so they see either the inputs or the outputs, never both and
 //! never neither. Crash safety: an intent marker `_edgepipe/compaction/<date>-<hour>.json` names
-//! inputs and outputs before anything changes; on start, a marker whose outputs all exist
-//! finishes the swap (deletes the inputs), any other marker is rolled back (deletes the outputs
-//! written so far). External readers (DuckDB, Spark) do not take our lock: for the moment between
+//! inputs and outputs before anything in a table changes; on start, a marker whose outputs all
+//! exist finishes the swap (deletes the inputs), any other marker is rolled back (deletes the
+//! outputs moved so far), and every staged object left by an interrupted run is deleted. External readers (DuckDB, Spark) do not take our lock: for the moment between
 //! storing the outputs and deleting the inputs (milliseconds on a local disk, one DELETE round
 //! trip per input on S3) a scan that lists the partition then may count a compacted reading
 //! twice. Compaction only touches flush files already checkpointed, never a flush in progress.
@@ -26,10 +30,12 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::file::reader::ChunkReader;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LakeConfig;
 use crate::parquet_io::{StreamWriter, encode_parquet};
+use crate::ranged::{RangeReader, UploadSink};
 use crate::schema::{HOUR_US, hour_of_key, readings_schema, rollup_schema};
 use crate::store::LakeStore;
 use crate::writer::sort_readings;
@@ -39,6 +45,21 @@ use crate::{Error, Result, tables};
 pub type SwapLock = Arc<tokio::sync::RwLock<()>>;
 
 const MARKER_PREFIX: &str = "_edgepipe/compaction/";
+
+/// Where compaction outputs are written before the swap moves them into their partition.
+const STAGING_PREFIX: &str = "_edgepipe/staging/";
+
+fn staging_key(key: &str) -> String {
+    format!("{STAGING_PREFIX}{key}")
+}
+
+/// Deletes staged objects under `STAGING_PREFIX` + `under` (a partition's, or all).
+async fn clear_staging(store: &LakeStore, under: &str) -> Result<()> {
+    for (key, _) in store.list(&format!("{STAGING_PREFIX}{under}")).await? {
+        store.delete(&key).await?;
+    }
+    Ok(())
+}
 
 /// What a compaction run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -74,6 +95,8 @@ struct LakeFile {
     first: u64,
     last: u64,
     compacted: bool,
+    /// Object size in bytes (from the listing).
+    size: u64,
 }
 
 fn parse_file(key: &str) -> Option<LakeFile> {
@@ -94,6 +117,7 @@ fn parse_file(key: &str) -> Option<LakeFile> {
         first,
         last,
         compacted,
+        size: 0,
     })
 }
 
@@ -134,10 +158,11 @@ pub async fn compact(
     force: bool,
 ) -> Result<CompactionReport> {
     let mut by_partition: BTreeMap<String, Vec<LakeFile>> = BTreeMap::new();
-    for (key, _) in store.list(&format!("{}/", tables::READINGS)).await? {
-        let Some(f) = parse_file(&key) else {
+    for (key, meta) in store.list(&format!("{}/", tables::READINGS)).await? {
+        let Some(mut f) = parse_file(&key) else {
             continue;
         };
+        f.size = meta.size;
         if !f.compacted && f.last >= committed {
             continue;
         }
@@ -202,10 +227,14 @@ async fn compact_partition(
     files: Vec<LakeFile>,
     report: &mut CompactionReport,
 ) -> Result<()> {
-    let mut inputs = Vec::with_capacity(files.len());
-    for f in &files {
-        inputs.push((f.key.clone(), store.get(&f.key).await?));
-    }
+    let handle = tokio::runtime::Handle::current();
+    let inputs: Vec<(String, RangeReader)> = files
+        .iter()
+        .map(|f| {
+            let r = RangeReader::new(store.clone(), f.key.clone(), f.size, handle.clone());
+            (f.key.clone(), r)
+        })
+        .collect();
     let plan = MergePlan {
         dir: dir.to_owned(),
         first: files.iter().map(|f| f.first).min().unwrap_or(0),
@@ -217,18 +246,33 @@ async fn compact_partition(
     };
     // On a thread of its own at a lower priority (the threads its sort spawns inherit it):
     // compaction is background work; at normal priority a big partition's merge competes as
-    // an equal with the ingest threads for the cores.
+    // an equal with the ingest threads for the cores. Its reads and uploads block that thread
+    // on the runtime's store futures.
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let staging_store = store.clone();
     std::thread::Builder::new()
         .name("lake-compact".into())
         .spawn(move || {
             background_priority();
-            let _ = tx.send(merge_partition(inputs, &plan));
+            let open = |key: &str| {
+                UploadSink::create(staging_store.clone(), staging_key(key), handle.clone())
+            };
+            let _ = tx.send(merge_partition(inputs, &plan, open));
         })
         .map_err(|e| Error::Config(format!("cannot start the compaction thread: {e}")))?;
     let merged = rx
         .await
-        .map_err(|_| Error::Config("compaction thread ended without a result".into()))??;
+        .map_err(|_| Error::Config("compaction thread ended without a result".into()))?;
+    let merged = match merged {
+        Ok(m) => m,
+        Err(e) => {
+            // Outputs staged before the failure are of no use; the inputs are untouched.
+            if let Err(c) = clear_staging(store, &format!("{dir}/")).await {
+                tracing::warn!(partition = dir, error = %c, "lake: could not clear staged outputs");
+            }
+            return Err(e);
+        }
+    };
     let MergeOutput {
         outputs,
         rollup_files,
@@ -253,8 +297,8 @@ async fn compact_partition(
         for (key, data) in &rollup_files {
             store.put(key, data.clone()).await?;
         }
-        for (key, data) in &outputs {
-            store.put(key, data.clone()).await?;
+        for (key, _) in &outputs {
+            store.rename(&staging_key(key), key).await?;
         }
         for f in &files {
             if !outputs.iter().any(|(k, _)| k == &f.key) {
@@ -270,7 +314,7 @@ async fn compact_partition(
     report.rows_out += rows_out as u64;
     report.duplicates_removed += (rows_in - rows_out) as u64;
     report.bytes_in += bytes_in;
-    report.bytes_out += outputs.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+    report.bytes_out += outputs.iter().map(|(_, size)| size).sum::<u64>();
     tracing::info!(
         partition = dir,
         files_in = files.len(),
@@ -312,10 +356,33 @@ struct MergePlan {
     batch_rows: usize,
 }
 
-/// A merged partition: compacted files and rollups as `(key, parquet)` pairs.
+/// Where [`merge_partition`] writes an output file: memory (tests) or an upload to the store.
+trait OutputFile: std::io::Write + Send {
+    /// What a finished output leaves: its bytes, or its size once stored.
+    type Done;
+    /// Completes the file.
+    fn close(self) -> Result<Self::Done>;
+}
+
+impl OutputFile for Vec<u8> {
+    type Done = Bytes;
+    fn close(self) -> Result<Bytes> {
+        Ok(Bytes::from(self))
+    }
+}
+
+impl OutputFile for UploadSink {
+    type Done = u64;
+    fn close(self) -> Result<u64> {
+        self.finish()
+    }
+}
+
+/// A merged partition: compacted files as `(key, what the output left)` pairs, and rollups as
+/// `(key, parquet)` pairs.
 #[derive(Debug)]
-struct MergeOutput {
-    outputs: Vec<(String, Bytes)>,
+struct MergeOutput<D> {
+    outputs: Vec<(String, D)>,
     rollup_files: Vec<(String, Bytes)>,
     rows_in: usize,
     rows_out: usize,
@@ -412,12 +479,22 @@ fn str_at(a: &StringArray, i: usize) -> &str {
 /// time from each, and each round sorts, deduplicates and writes out only the whole series
 /// that sort before the smallest series some input may still continue. A series never spans
 /// two rounds, so deduplication (a series' duplicates) and rollups (per series and bucket) are
-/// the same as over the whole partition at once. Memory: the inputs' compressed bytes, about
-/// `batch_rows` decoded rows per input (more only for one series longer than that), one row
-/// group being encoded and the rollups (one row per series and minute).
-fn merge_partition(inputs: Vec<(String, Bytes)>, plan: &MergePlan) -> Result<MergeOutput> {
+/// the same as over the whole partition at once. Memory: per input, the pages being decoded and
+/// about `batch_rows` decoded rows (more only for one series longer than that); one row group
+/// being encoded and the part being uploaded (`open` gives each output file its writer); the
+/// rollups (one row per series and minute).
+fn merge_partition<R, W, F>(
+    inputs: Vec<(String, R)>,
+    plan: &MergePlan,
+    mut open: F,
+) -> Result<MergeOutput<W::Done>>
+where
+    R: ChunkReader + 'static,
+    W: OutputFile,
+    F: FnMut(&str) -> Result<W>,
+{
     let schema = readings_schema();
-    let bytes_in: u64 = inputs.iter().map(|(_, d)| d.len() as u64).sum();
+    let bytes_in: u64 = inputs.iter().map(|(_, d)| d.len()).sum();
     let mut rows_in = 0usize;
     let mut merging = Vec::with_capacity(inputs.len());
     for (key, data) in inputs {
@@ -442,8 +519,8 @@ fn merge_partition(inputs: Vec<(String, Bytes)>, plan: &MergePlan) -> Result<Mer
     let per_row = (bytes_in as f64 / rows_in.max(1) as f64).max(0.5);
     let rows_per_file =
         ((plan.target_file_bytes as f64 / per_row) as usize).max(plan.row_group_rows);
-    let mut outputs: Vec<(String, Bytes)> = Vec::new();
-    let mut out: Option<StreamWriter> = None;
+    let mut outputs: Vec<(String, W::Done)> = Vec::new();
+    let mut out: Option<(String, StreamWriter<W>)> = None;
     let mut rollup_1m: Vec<RecordBatch> = Vec::new();
     let mut rollup_1h: Vec<RecordBatch> = Vec::new();
     let mut rows_out = 0usize;
@@ -491,23 +568,25 @@ fn merge_partition(inputs: Vec<(String, Bytes)>, plan: &MergePlan) -> Result<Mer
             rollup_1m.push(rollup(&deduped, 60_000_000)?);
             rollup_1h.push(rollup(&deduped, HOUR_US)?);
         }
-        let w = match &mut out {
-            Some(w) => w,
-            None => out.insert(StreamWriter::new(&schema, plan.row_group_rows, 3)?),
+        let (_, w) = match &mut out {
+            Some(o) => o,
+            None => {
+                let key = output_key(plan, outputs.len());
+                let w = StreamWriter::to(open(&key)?, &schema, plan.row_group_rows, 3)?;
+                out.insert((key, w))
+            }
         };
         w.write(&deduped)?;
         if w.rows() >= rows_per_file
-            && let Some(w) = out.take()
+            && let Some((key, w)) = out.take()
         {
-            let key = output_key(plan, outputs.len());
-            outputs.push((key, w.finish()?));
+            outputs.push((key, w.into_inner()?.close()?));
         }
     }
-    if let Some(w) = out.take()
+    if let Some((key, w)) = out.take()
         && w.rows() > 0
     {
-        let key = output_key(plan, outputs.len());
-        outputs.push((key, w.finish()?));
+        outputs.push((key, w.into_inner()?.close()?));
     }
     let rollup_files = if plan.rollups {
         rollup_outputs(&plan.dir, rollup_1m, rollup_1h, plan.row_group_rows)?
@@ -698,7 +777,8 @@ pub(crate) async fn recover_compactions(store: &LakeStore) -> Result<()> {
         }
         store.delete(&key).await?;
     }
-    Ok(())
+    // Outputs staged by a run that stopped before its swap (or rolled back above).
+    clear_staging(store, "").await
 }
 
 impl Compactor {
@@ -770,6 +850,11 @@ mod tests {
     use crate::test_rng::Rng;
 
     const HOUR_START_MS: i64 = 1_700_000_000_000 / 3_600_000 * 3_600_000;
+
+    /// Outputs kept in memory.
+    fn in_memory(_key: &str) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
 
     /// Flush-like files of one hour: each sorted, later files rewriting some earlier
     /// (device, metric, ts) with other values, as a resend or replay would.
@@ -859,6 +944,7 @@ mod tests {
                         .map(|(k, d, _)| (k.clone(), d.clone()))
                         .collect(),
                     &plan,
+                    in_memory,
                 )?;
                 let rows_in: usize = all.iter().map(RecordBatch::num_rows).sum();
                 assert_eq!(merged.rows_in, rows_in);
@@ -899,10 +985,118 @@ mod tests {
             rollups: true,
             batch_rows: 8,
         };
-        let merged = merge_partition(vec![("k".into(), empty)], &plan)?;
+        let merged = merge_partition(vec![("k".into(), empty)], &plan, in_memory)?;
         assert_eq!(merged.rows_out, 0);
         assert!(merged.outputs.is_empty());
         assert_eq!(merged.rollup_files.len(), 2);
+        Ok(())
+    }
+
+    /// A crash in the middle of the swap (one output moved into the partition, the other
+    /// still staged) is rolled back on start: the moved output and every staged object are
+    /// deleted, the inputs stay; an orphan staged by a run that never wrote its marker goes too.
+    #[tokio::test]
+    async fn an_interrupted_swap_is_rolled_back_and_staged_outputs_cleared()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = LakeStore::local(dir.path())?;
+        let part = "readings/date=2023-11-14/hour=22";
+        let inputs = [
+            format!("{part}/part-00000000000000000000-00000000000000000009.parquet"),
+            format!("{part}/part-00000000000000000010-00000000000000000019.parquet"),
+        ];
+        let outputs = [
+            format!("{part}/compacted-00000000000000000000-00000000000000000019-000.parquet"),
+            format!("{part}/compacted-00000000000000000000-00000000000000000019-001.parquet"),
+        ];
+        for k in &inputs {
+            store.put(k, Bytes::from_static(b"input")).await?;
+        }
+        store.put(&outputs[0], Bytes::from_static(b"moved")).await?;
+        store
+            .put(&staging_key(&outputs[1]), Bytes::from_static(b"staged"))
+            .await?;
+        let orphan = staging_key(&format!("{part}/compacted-1-2-000.parquet"));
+        store.put(&orphan, Bytes::from_static(b"orphan")).await?;
+        let marker = Marker {
+            inputs: inputs.to_vec(),
+            outputs: outputs.to_vec(),
+        };
+        store
+            .put(
+                &format!("{MARKER_PREFIX}x.json"),
+                Bytes::from(serde_json::to_vec(&marker)?),
+            )
+            .await?;
+        recover_compactions(&store).await?;
+        let left: Vec<String> = store.list("").await?.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(left, inputs.to_vec());
+        Ok(())
+    }
+
+    /// The store path of the merge: inputs read by ranges from a local lake, outputs streamed
+    /// to staging keys in parts; the staged files hold the rows of the in-memory merge.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn compaction_through_the_store_stages_the_rows_of_the_in_memory_merge()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = LakeStore::local(dir.path())?;
+        let mut rng = Rng(11);
+        let files = files(&mut rng, 6)?;
+        let part = "readings/date=2023-11-14/hour=22";
+        let mut expected = Vec::new();
+        for (i, (_, data, _)) in files.iter().enumerate() {
+            let first = i * 100;
+            let key = format!("{part}/part-{first:020}-{:020}.parquet", first + 99);
+            store.put(&key, data.clone()).await?;
+            expected.push((key, data.clone()));
+        }
+        let plan = MergePlan {
+            dir: part.into(),
+            first: 0,
+            last: 599,
+            row_group_rows: 1024,
+            target_file_bytes: 4_000,
+            rollups: false,
+            batch_rows: 500,
+        };
+        let in_mem = merge_partition(expected.clone(), &plan, in_memory)?;
+        let handle = tokio::runtime::Handle::current();
+        let readers: Vec<(String, RangeReader)> = store
+            .list(&format!("{part}/"))
+            .await?
+            .into_iter()
+            .map(|(k, m)| {
+                let r = RangeReader::new(store.clone(), k.clone(), m.size, handle.clone());
+                (k, r)
+            })
+            .collect();
+        let probes = readers.clone();
+        let (s2, h2) = (store.clone(), handle.clone());
+        let staged = tokio::task::spawn_blocking(move || {
+            merge_partition(readers, &plan, |key: &str| {
+                UploadSink::create(s2.clone(), staging_key(key), h2.clone())
+            })
+        })
+        .await??;
+        assert_eq!(staged.rows_out, in_mem.rows_out);
+        assert!(
+            staged.outputs.len() > 1,
+            "several outputs: {}",
+            staged.outputs.len()
+        );
+        for ((k1, bytes), (k2, size)) in in_mem.outputs.iter().zip(&staged.outputs) {
+            assert_eq!(k1, k2);
+            let stored = store.get(&staging_key(k2)).await?;
+            assert_eq!(stored.len() as u64, *size);
+            assert_eq!(
+                decode_all(&[(k1.clone(), bytes.clone())])?,
+                decode_all(&[(k2.clone(), stored)])?
+            );
+        }
+        for (_, r) in &probes {
+            assert!(r.fetched() > 0);
+        }
         Ok(())
     }
 
@@ -946,6 +1140,7 @@ mod tests {
         let e = merge_partition(
             vec![("bad-key".into(), Bytes::from_static(b"not parquet"))],
             &plan,
+            in_memory,
         );
         match e {
             Err(Error::Corrupt { key, .. }) => assert_eq!(key, "bad-key"),

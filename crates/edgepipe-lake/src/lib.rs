@@ -24,6 +24,7 @@ mod config;
 pub use edgepipe_types::duration_serde;
 mod parallel;
 mod parquet_io;
+mod ranged;
 pub mod retention;
 pub mod schema;
 pub mod sink;

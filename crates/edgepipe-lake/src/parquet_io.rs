@@ -178,12 +178,13 @@ fn encode_columns(jobs: Vec<ColumnJob>, threads: usize) -> Result<Vec<ArrowColum
 
 /// A Parquet file written batch by batch on one thread (compaction's outputs, small files):
 /// only the row group being filled is held, already encoded page by page, never the file's rows.
-pub(crate) struct StreamWriter {
-    writer: ArrowWriter<Vec<u8>>,
+/// It writes into `W`: memory (`Vec<u8>`) or a stream to the store.
+pub(crate) struct StreamWriter<W: std::io::Write + Send = Vec<u8>> {
+    writer: ArrowWriter<W>,
     rows: usize,
 }
 
-impl std::fmt::Debug for StreamWriter {
+impl<W: std::io::Write + Send> std::fmt::Debug for StreamWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamWriter")
             .field("rows", &self.rows)
@@ -191,12 +192,29 @@ impl std::fmt::Debug for StreamWriter {
     }
 }
 
-impl StreamWriter {
-    /// A writer with the lake's settings at zstd `level`.
+impl StreamWriter<Vec<u8>> {
+    /// A writer into memory with the lake's settings at zstd `level`.
     pub(crate) fn new(schema: &SchemaRef, row_group_rows: usize, level: i32) -> Result<Self> {
+        Self::to(Vec::new(), schema, row_group_rows, level)
+    }
+
+    /// Closes the file and returns its bytes.
+    pub(crate) fn finish(self) -> Result<Bytes> {
+        Ok(Bytes::from(self.into_inner()?))
+    }
+}
+
+impl<W: std::io::Write + Send> StreamWriter<W> {
+    /// A writer into `out` with the lake's settings at zstd `level`.
+    pub(crate) fn to(
+        out: W,
+        schema: &SchemaRef,
+        row_group_rows: usize,
+        level: i32,
+    ) -> Result<Self> {
         let props = properties(schema, row_group_rows, level)?;
         Ok(Self {
-            writer: ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))?,
+            writer: ArrowWriter::try_new(out, schema.clone(), Some(props))?,
             rows: 0,
         })
     }
@@ -212,9 +230,9 @@ impl StreamWriter {
         self.rows
     }
 
-    /// Closes the file and returns its bytes.
-    pub(crate) fn finish(self) -> Result<Bytes> {
-        Ok(Bytes::from(self.writer.into_inner()?))
+    /// Closes the file (writes the footer) and returns the output.
+    pub(crate) fn into_inner(self) -> Result<W> {
+        Ok(self.writer.into_inner()?)
     }
 }
 

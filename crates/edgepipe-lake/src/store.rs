@@ -195,6 +195,53 @@ impl LakeStore {
         r.bytes().await.map_err(Error::store_at("read", key))
     }
 
+    /// Reads `len` bytes of an object from `start`.
+    pub async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes> {
+        let end = start.saturating_add(len);
+        self.store
+            .get_range(&self.path(key), start..end)
+            .await
+            .map_err(Error::store_at("get range", key))
+    }
+
+    /// Starts a multipart upload of `key`: parts are sent as they come and the object appears
+    /// whole, atomically, when the upload completes (see [`Self::sync_local`] for durability).
+    pub async fn upload(&self, key: &str) -> Result<Box<dyn object_store::MultipartUpload>> {
+        self.store
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(Error::store_at("start upload", key))
+    }
+
+    /// Makes a completed upload durable: on a local directory, fsyncs the file and its
+    /// directory (a no-op on S3, where a completed upload is durable).
+    pub async fn sync_local(&self, key: &str) -> Result<()> {
+        if let Some(dir) = &self.local_dir {
+            let file = dir.join(key);
+            tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
+                .await
+                .map_err(|e| Error::Config(format!("fsync task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Moves an object to another key, replacing what is there: an atomic rename on a local
+    /// directory (then the target's directory is fsynced), a server-side copy and delete on
+    /// S3 (the target appears whole).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.store
+            .rename(&self.path(from), &self.path(to))
+            .await
+            .map_err(Error::store_at("rename", from))?;
+        if let Some(dir) = &self.local_dir {
+            let file = dir.join(to);
+            tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
+                .await
+                .map_err(|e| Error::Config(format!("fsync task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
     /// Reads a whole object, `None` when it does not exist.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
         let path = self.path(key);

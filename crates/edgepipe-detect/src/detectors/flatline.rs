@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(fired.len(), 1);
         let run = fired[0] - 3_000;
         let needed = (1e-6f64.ln() / repeat_rate.ln()).ceil() as usize;
-        assert!(run >= needed.min(200) - 1, "fired after {run}, needed {needed}");
+        assert!(
+            run >= needed.min(200) - 1,
+            "fired after {run}, needed {needed}"
+        );
     }
 
     #[test]

@@ -1,0 +1,381 @@
+//! Blocking, bounded-memory access to lake objects for code that runs on a thread of its own
+//! (compaction): [`RangeReader`] lets the Parquet reader fetch the byte ranges it needs instead
+//! of the whole object, and [`UploadSink`] streams a Parquet writer's output to the store in
+//! parts instead of holding the whole file.
+//!
+//! Both drive the store's futures with [`tokio::runtime::Handle::block_on`], so they must be used
+//! from a thread that is not a runtime worker (compaction runs on its own thread).
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use object_store::{MultipartUpload, PutPayload};
+use parquet::errors::ParquetError;
+use parquet::file::reader::{ChunkReader, Length};
+use tokio::runtime::Handle;
+
+use crate::store::LakeStore;
+use crate::{Error, Result};
+
+/// Small reads (page headers, footers) fetch at least this much, and the window is kept for
+/// the reads that follow (the page data usually sits right after its header).
+const WINDOW: u64 = 64 * 1024;
+
+/// How much a [`SequentialRead`] takes from the window at a time.
+const SEQUENTIAL_STEP: u64 = 4 * 1024;
+
+/// An object read through ranged requests. Holds at most one window of [`WINDOW`] bytes
+/// between calls; larger reads (whole pages) are fetched as asked and not kept.
+#[derive(Debug, Clone)]
+pub(crate) struct RangeReader {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: LakeStore,
+    key: String,
+    len: u64,
+    handle: Handle,
+    /// The last small window fetched: its start and bytes.
+    window: Mutex<Option<(u64, Bytes)>>,
+    /// Bytes fetched so far (tests check that a reader does not fetch whole files twice).
+    fetched: std::sync::atomic::AtomicU64,
+}
+
+impl RangeReader {
+    /// A reader of `key`, `len` bytes long (from the listing).
+    pub(crate) fn new(store: LakeStore, key: String, len: u64, handle: Handle) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                key,
+                len,
+                handle,
+                window: Mutex::new(None),
+                fetched: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Bytes fetched from the store so far.
+    #[cfg(test)]
+    pub(crate) fn fetched(&self) -> u64 {
+        self.inner
+            .fetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `len` bytes from `start` (fewer only at the end of the object).
+    fn read_at(&self, start: u64, len: u64) -> std::result::Result<Bytes, ParquetError> {
+        let i = &self.inner;
+        let end = start.saturating_add(len).min(i.len);
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        {
+            let w = i.window.lock().map_err(|_| poisoned())?;
+            if let Some((ws, data)) = w.as_ref()
+                && *ws <= start
+                && end <= *ws + data.len() as u64
+            {
+                let from = (start - ws) as usize;
+                return Ok(data.slice(from..from + (end - start) as usize));
+            }
+        }
+        let want = end - start;
+        let fetch = if want < WINDOW {
+            WINDOW.min(i.len - start)
+        } else {
+            want
+        };
+        let data = i
+            .handle
+            .block_on(i.store.get_range(&i.key, start, fetch))
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        i.fetched
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if (data.len() as u64) < want {
+            return Err(ParquetError::EOF(format!(
+                "{}: object shorter than listed ({} bytes at {start}, {} expected)",
+                i.key,
+                data.len(),
+                want
+            )));
+        }
+        let out = data.slice(0..want as usize);
+        if want < WINDOW {
+            *i.window.lock().map_err(|_| poisoned())? = Some((start, data));
+        }
+        Ok(out)
+    }
+}
+
+fn poisoned() -> ParquetError {
+    ParquetError::General("range reader lock poisoned".into())
+}
+
+impl Length for RangeReader {
+    fn len(&self) -> u64 {
+        self.inner.len
+    }
+}
+
+impl ChunkReader for RangeReader {
+    type T = SequentialRead;
+
+    fn get_read(&self, start: u64) -> std::result::Result<SequentialRead, ParquetError> {
+        Ok(SequentialRead {
+            reader: self.clone(),
+            pos: start,
+            buf: Bytes::new(),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> std::result::Result<Bytes, ParquetError> {
+        self.read_at(start, length as u64)
+    }
+}
+
+/// A [`Read`] from an offset to the end of the object, a few KiB at a time through the
+/// reader's window (the Parquet reader uses it for page headers, a few hundred bytes, and then
+/// asks for the page's data, which the same window often holds).
+#[derive(Debug)]
+pub(crate) struct SequentialRead {
+    reader: RangeReader,
+    pos: u64,
+    buf: Bytes,
+}
+
+impl Read for SequentialRead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.buf.is_empty() {
+            let left = self.reader.inner.len.saturating_sub(self.pos);
+            if left == 0 || out.is_empty() {
+                return Ok(0);
+            }
+            self.buf = self
+                .reader
+                .read_at(self.pos, SEQUENTIAL_STEP.min(left))
+                .map_err(std::io::Error::other)?;
+            self.pos += self.buf.len() as u64;
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        self.buf = self.buf.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Size of the parts an [`UploadSink`] sends (S3 wants at least 5 MiB but the last).
+pub(crate) const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// A [`Write`] that streams to a multipart upload of one object, a part at a time: at most one
+/// part is held. Nothing is visible under the key until [`UploadSink::finish`]; dropping an
+/// unfinished sink abandons the upload (the store cleans up what it staged).
+pub(crate) struct UploadSink {
+    store: LakeStore,
+    key: String,
+    handle: Handle,
+    upload: Option<Box<dyn MultipartUpload>>,
+    buf: Vec<u8>,
+    part_bytes: usize,
+    written: u64,
+}
+
+impl std::fmt::Debug for UploadSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadSink")
+            .field("key", &self.key)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl UploadSink {
+    /// Starts the upload of `key`.
+    pub(crate) fn create(store: LakeStore, key: String, handle: Handle) -> Result<Self> {
+        let upload = handle.block_on(store.upload(&key))?;
+        Ok(Self {
+            store,
+            key,
+            handle,
+            upload: Some(upload),
+            buf: Vec::new(),
+            part_bytes: PART_BYTES,
+            written: 0,
+        })
+    }
+
+    /// Sends the buffered bytes as one part.
+    fn send_part(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let Some(up) = self.upload.as_mut() else {
+            return Err(std::io::Error::other(format!(
+                "{}: upload already finished",
+                self.key
+            )));
+        };
+        let part = PutPayload::from(std::mem::take(&mut self.buf));
+        let sent = up.put_part(part);
+        self.handle
+            .block_on(sent)
+            .map_err(|e| std::io::Error::other(format!("{}: upload part: {e}", self.key)))
+    }
+
+    /// Sends the last part, completes the upload (the object appears whole) and makes it
+    /// durable. Returns the object's size.
+    pub(crate) fn finish(mut self) -> Result<u64> {
+        let io = |key: &str| {
+            let key = key.to_owned();
+            move |e: std::io::Error| Error::Io {
+                path: key.into(),
+                source: e,
+            }
+        };
+        self.send_part().map_err(io(&self.key))?;
+        let Some(mut up) = self.upload.take() else {
+            return Err(Error::Config(format!(
+                "{}: upload already finished",
+                self.key
+            )));
+        };
+        let key = self.key.clone();
+        self.handle
+            .block_on(up.complete())
+            .map_err(|e| Error::Store {
+                op: "complete upload",
+                key: key.clone(),
+                source: e,
+            })?;
+        self.handle.block_on(self.store.sync_local(&key))?;
+        Ok(self.written)
+    }
+}
+
+impl Write for UploadSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.written += data.len() as u64;
+        if self.buf.len() >= self.part_bytes {
+            self.send_part()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Parts are sent when full (a short part in the middle is refused by S3).
+        Ok(())
+    }
+}
+
+impl Drop for UploadSink {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.upload.take() {
+            let key = self.key.clone();
+            if let Err(e) = self.handle.block_on(up.abort()) {
+                tracing::warn!(key, error = %e, "lake: could not abort an unfinished upload");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn ranges_and_sequential_reads_see_the_object()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let rt = runtime();
+        let dir = tempfile::tempdir()?;
+        let store = LakeStore::local(dir.path())?;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        rt.block_on(store.put("t/obj.bin", Bytes::from(data.clone())))?;
+        let handle = rt.handle().clone();
+        let r = std::thread::spawn(move || -> std::result::Result<(), String> {
+            let r = RangeReader::new(store, "t/obj.bin".into(), 300_000, handle);
+            let e = |e: ParquetError| e.to_string();
+            assert_eq!(r.get_bytes(10, 100).map_err(e)?, data[10..110]);
+            // Served from the window fetched for the read before: nothing more fetched.
+            assert_eq!(r.get_bytes(1_000, 5_000).map_err(e)?, data[1_000..6_000]);
+            assert_eq!(r.fetched(), WINDOW);
+            // A large read is fetched as asked.
+            assert_eq!(
+                r.get_bytes(100_000, 150_000).map_err(e)?,
+                data[100_000..250_000]
+            );
+            let mut all = Vec::new();
+            r.get_read(290_000)
+                .map_err(e)?
+                .read_to_end(&mut all)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(all, data[290_000..]);
+            // Reading past the end of a shorter object than listed is an error, not a panic.
+            let short = RangeReader::new(
+                r.inner.store.clone(),
+                "t/obj.bin".into(),
+                400_000,
+                r.inner.handle.clone(),
+            );
+            assert!(short.get_bytes(299_000, 100_000).is_err());
+            Ok(())
+        })
+        .join()
+        .map_err(|_| "reader thread panicked")?;
+        r.map_err(|e| e.into())
+    }
+
+    #[test]
+    fn an_upload_appears_whole_only_when_finished()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let rt = runtime();
+        let dir = tempfile::tempdir()?;
+        let store = LakeStore::local(dir.path())?;
+        let handle = rt.handle().clone();
+        let s2 = store.clone();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        let expected = data.clone();
+        let size = std::thread::spawn(move || -> Result<u64> {
+            let mut sink = UploadSink::create(s2.clone(), "t/up.bin".into(), handle.clone())?;
+            sink.part_bytes = 100_000;
+            for chunk in data.chunks(33_333) {
+                sink.write_all(chunk)
+                    .map_err(|e| Error::Config(e.to_string()))?;
+            }
+            assert!(
+                !handle.block_on(s2.exists("t/up.bin"))?,
+                "visible before finish"
+            );
+            let size = sink.finish()?;
+            // An abandoned upload leaves nothing.
+            let mut gone = UploadSink::create(s2.clone(), "t/gone.bin".into(), handle.clone())?;
+            gone.part_bytes = 10;
+            gone.write_all(b"0123456789abcdef")
+                .map_err(|e| Error::Config(e.to_string()))?;
+            drop(gone);
+            Ok(size)
+        })
+        .join()
+        .map_err(|_| "upload thread panicked")??;
+        assert_eq!(size, 1_000_000);
+        assert_eq!(rt.block_on(store.get("t/up.bin"))?, expected);
+        assert!(!rt.block_on(store.exists("t/gone.bin"))?);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("t"))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::result::Result<_, _>>()?;
+        assert_eq!(left, vec![std::ffi::OsString::from("up.bin")]);
+        Ok(())
+    }
+}

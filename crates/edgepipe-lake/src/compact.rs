@@ -34,7 +34,7 @@ use parquet::file::reader::ChunkReader;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LakeConfig;
-use crate::parquet_io::{StreamWriter, encode_parquet};
+use crate::parquet_io::StreamWriter;
 use crate::ranged::{RangeReader, UploadSink};
 use crate::schema::{HOUR_US, hour_of_key, readings_schema, rollup_schema};
 use crate::store::LakeStore;
@@ -294,8 +294,8 @@ async fn compact_partition(
         // rewritten one (with rows it also reads from the fresh buffer or flush files). They
         // are a pure function of the deduplicated rows, so a crash after writing them but
         // before the swap finishes only rewrites them the same way on the next run.
-        for (key, data) in &rollup_files {
-            store.put(key, data.clone()).await?;
+        for (key, _) in &rollup_files {
+            store.rename(&staging_key(key), key).await?;
         }
         for (key, _) in &outputs {
             store.rename(&staging_key(key), key).await?;
@@ -383,7 +383,7 @@ impl OutputFile for UploadSink {
 #[derive(Debug)]
 struct MergeOutput<D> {
     outputs: Vec<(String, D)>,
-    rollup_files: Vec<(String, Bytes)>,
+    rollup_files: Vec<(String, D)>,
     rows_in: usize,
     rows_out: usize,
     /// Bytes of the input files.
@@ -481,8 +481,9 @@ fn str_at(a: &StringArray, i: usize) -> &str {
 /// two rounds, so deduplication (a series' duplicates) and rollups (per series and bucket) are
 /// the same as over the whole partition at once. Memory: per input, the pages being decoded and
 /// about `batch_rows` decoded rows (more only for one series longer than that); one row group
-/// being encoded and the part being uploaded (`open` gives each output file its writer); the
-/// rollups (one row per series and minute).
+/// being encoded and the part being uploaded, for the compacted file and each rollup file
+/// (`open` gives every output its writer; rollup rows are written round by round, in series
+/// order like the rows they summarise).
 fn merge_partition<R, W, F>(
     inputs: Vec<(String, R)>,
     plan: &MergePlan,
@@ -521,8 +522,19 @@ where
         ((plan.target_file_bytes as f64 / per_row) as usize).max(plan.row_group_rows);
     let mut outputs: Vec<(String, W::Done)> = Vec::new();
     let mut out: Option<(String, StreamWriter<W>)> = None;
-    let mut rollup_1m: Vec<RecordBatch> = Vec::new();
-    let mut rollup_1h: Vec<RecordBatch> = Vec::new();
+    // The rollups are written as the rounds go (rounds come in series order, as the files
+    // are sorted), each to its own output: one file per table and partition.
+    let mut rollups = Vec::new();
+    if plan.rollups {
+        for (table, width_us) in [
+            (tables::ROLLUP_1M, 60_000_000),
+            (tables::ROLLUP_1H, HOUR_US),
+        ] {
+            let key = rollup_key(&plan.dir, table);
+            let w = StreamWriter::to(open(&key)?, &rollup_schema(), plan.row_group_rows, 3)?;
+            rollups.push((key, width_us, w));
+        }
+    }
     let mut rows_out = 0usize;
     loop {
         for m in merging.iter_mut() {
@@ -565,8 +577,9 @@ where
         }
         rows_out += deduped.num_rows();
         if plan.rollups {
-            rollup_1m.push(rollup(&deduped, 60_000_000)?);
-            rollup_1h.push(rollup(&deduped, HOUR_US)?);
+            for (_, width_us, w) in rollups.iter_mut() {
+                w.write(&rollup(&deduped, *width_us)?)?;
+            }
         }
         let (_, w) = match &mut out {
             Some(o) => o,
@@ -588,11 +601,10 @@ where
     {
         outputs.push((key, w.into_inner()?.close()?));
     }
-    let rollup_files = if plan.rollups {
-        rollup_outputs(&plan.dir, rollup_1m, rollup_1h, plan.row_group_rows)?
-    } else {
-        Vec::new()
-    };
+    let mut rollup_files = Vec::with_capacity(rollups.len());
+    for (key, _, w) in rollups {
+        rollup_files.push((key, w.into_inner()?.close()?));
+    }
     Ok(MergeOutput {
         outputs,
         rollup_files,
@@ -643,29 +655,12 @@ fn ts_col<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a TimestampMicrosecond
 
 /// 1-minute and 1-hour rollups of one partition (the merge rounds' rollup batches, in series
 /// order), as `(key, parquet)` pairs.
-fn rollup_outputs(
-    dir: &str,
-    rollup_1m: Vec<RecordBatch>,
-    rollup_1h: Vec<RecordBatch>,
-    row_group_rows: usize,
-) -> Result<Vec<(String, Bytes)>> {
+/// Key of a partition's rollup file in `table` (one file per table and partition).
+fn rollup_key(dir: &str, table: &str) -> String {
     let suffix = dir
         .strip_prefix(&format!("{}/", tables::READINGS))
         .unwrap_or(dir);
-    let mut out = Vec::new();
-    for (table, mut batches) in [
-        (tables::ROLLUP_1M, rollup_1m),
-        (tables::ROLLUP_1H, rollup_1h),
-    ] {
-        if batches.is_empty() {
-            batches.push(RecordBatch::new_empty(rollup_schema()));
-        }
-        out.push((
-            format!("{table}/{suffix}/rollup.parquet"),
-            encode_parquet(&rollup_schema(), &batches, row_group_rows)?,
-        ));
-    }
-    Ok(out)
+    format!("{table}/{suffix}/rollup.parquet")
 }
 
 fn rollup(rows: &RecordBatch, width_us: i64) -> Result<RecordBatch> {
@@ -843,7 +838,7 @@ impl Compactor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parquet_io::decode_parquet;
+    use crate::parquet_io::{decode_parquet, encode_parquet};
     use crate::schema::RowsBuilder;
     use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
 

@@ -118,13 +118,15 @@ impl Flatline {
             self.fired_at = 0;
         }
         self.last = Some(x);
-        if self.n <= u64::from(cfg.warmup) {
+        // The limit is never below `min_run`: most readings (no run, or a short one) stop here
+        // without computing it.
+        if self.n <= u64::from(cfg.warmup) || self.fired_at > 0 || self.run < cfg.min_run.max(1) {
             return Signal::quiet();
         }
         let limit = (f64::from(self.longest) * cfg.factor)
             .max(f64::from(cfg.min_run.max(1)))
             .max(self.improbable_run(cfg));
-        if self.fired_at == 0 && f64::from(self.run) >= limit {
+        if f64::from(self.run) >= limit {
             // Fire once per run: a run length is a count, not a graded surprise, so the level
             // is all or nothing.
             self.fired_at = self.run;

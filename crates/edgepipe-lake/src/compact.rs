@@ -11,10 +11,14 @@
 //! directory, a server-side copy on S3) and the inputs deleted. Queries hold the lock for reading
 //! while they list and read files, so they see either the inputs or the outputs, never both and
 //! never neither. Crash safety: an intent marker `_edgepipe/compaction/<date>-<hour>.json` names
-//! inputs and outputs before anything in a table changes; on start, a marker whose outputs all
-//! exist finishes the swap (deletes the inputs), any other marker is rolled back (deletes the
-//! outputs moved so far), and every staged object left by an interrupted run is deleted. External readers (DuckDB, Spark) do not take our lock: for the moment between
-//! storing the outputs and deleting the inputs (milliseconds on a local disk, one DELETE round
+//! inputs, outputs and rollups once every output is staged and durable, before anything in a
+//! table changes; on start, a marker's swap is finished (staged files moved into place, inputs
+//! deleted: it can always go forward, also when an output has the name of an input it
+//! replaces), and every staged object left by a run that stopped before its marker is deleted.
+//! On S3, an upload interrupted by a crash stays as an incomplete multipart upload, which
+//! listings do not show: give the bucket a lifecycle rule that aborts incomplete uploads after
+//! a day. External readers (DuckDB, Spark) do not take our lock: for the moment between
+//! moving the outputs in and deleting the inputs (milliseconds on a local disk, one DELETE round
 //! trip per input on S3) a scan that lists the partition then may count a compacted reading
 //! twice. Compaction only touches flush files already checkpointed, never a flush in progress.
 
@@ -53,12 +57,14 @@ fn staging_key(key: &str) -> String {
     format!("{STAGING_PREFIX}{key}")
 }
 
-/// Deletes staged objects under `STAGING_PREFIX` + `under` (a partition's, or all).
-async fn clear_staging(store: &LakeStore, under: &str) -> Result<()> {
-    for (key, _) in store.list(&format!("{STAGING_PREFIX}{under}")).await? {
+/// Deletes every staged object (compaction runs one partition at a time, so nothing staged is
+/// in use when this runs), with a local store's unfinished uploads (`<key>#<n>` files, which
+/// listings do not show) and empty directories.
+async fn clear_staging(store: &LakeStore) -> Result<()> {
+    for (key, _) in store.list(STAGING_PREFIX).await? {
         store.delete(&key).await?;
     }
-    Ok(())
+    store.remove_local_dir(STAGING_PREFIX).await
 }
 
 /// What a compaction run did.
@@ -82,10 +88,44 @@ pub struct CompactionReport {
     pub bytes_out: u64,
 }
 
+/// A compaction's intent, stored once every output is staged and durable.
 #[derive(Debug, Serialize, Deserialize)]
 struct Marker {
     inputs: Vec<String>,
     outputs: Vec<String>,
+    /// The partition's rollup files, moved into place with the outputs (absent in markers of
+    /// versions that wrote rollups in place).
+    #[serde(default)]
+    rollups: Vec<String>,
+}
+
+/// Finishes the swap `marker` describes: moves every output and rollup still staged into
+/// place, then deletes the inputs the outputs do not replace. Idempotent, so it serves both the
+/// swap and its recovery after a crash at any point of it (a marker is written only once every
+/// output is staged and durable, so a marker's swap can always go forward, also when an output
+/// has the name of an input it replaces). Returns false, changing nothing, when an output is
+/// neither staged nor in place (a marker of a version that wrote outputs in place and crashed
+/// before storing them all).
+async fn finish_swap(store: &LakeStore, marker: &Marker) -> Result<bool> {
+    for o in &marker.outputs {
+        if !store.exists(&staging_key(o)).await? && !store.exists(o).await? {
+            return Ok(false);
+        }
+    }
+    // Rollups first: a query that read the hour's rollup must not see the rewritten one with
+    // rows it also reads from the inputs. They are a pure function of the deduplicated rows.
+    for key in marker.rollups.iter().chain(&marker.outputs) {
+        let staged = staging_key(key);
+        if store.exists(&staged).await? {
+            store.rename(&staged, key).await?;
+        }
+    }
+    for i in &marker.inputs {
+        if !marker.outputs.contains(i) {
+            store.delete(i).await?;
+        }
+    }
+    Ok(true)
 }
 
 /// A file in a `readings` partition, as named by the writer or the compactor.
@@ -262,12 +302,13 @@ async fn compact_partition(
         .map_err(|e| Error::Config(format!("cannot start the compaction thread: {e}")))?;
     let merged = rx
         .await
-        .map_err(|_| Error::Config("compaction thread ended without a result".into()))?;
+        .map_err(|_| Error::Config("compaction thread ended without a result".into()))
+        .and_then(|r| r);
     let merged = match merged {
         Ok(m) => m,
         Err(e) => {
             // Outputs staged before the failure are of no use; the inputs are untouched.
-            if let Err(c) = clear_staging(store, &format!("{dir}/")).await {
+            if let Err(c) = clear_staging(store).await {
                 tracing::warn!(partition = dir, error = %c, "lake: could not clear staged outputs");
             }
             return Err(e);
@@ -285,28 +326,25 @@ async fn compact_partition(
     let marker = Marker {
         inputs: files.iter().map(|f| f.key.clone()).collect(),
         outputs: outputs.iter().map(|(k, _)| k.clone()).collect(),
+        rollups: rollup_files.iter().map(|(k, _)| k.clone()).collect(),
     };
     let mb = serde_json::to_vec(&marker).map_err(|e| Error::Config(format!("marker: {e}")))?;
     store.put(&marker_key, Bytes::from(mb)).await?;
     {
+        // Rollups inside the swap too (see `finish_swap`). A step that fails (an S3 copy, a
+        // delete) is retried once before the lock is released, so our queries do not go on
+        // seeing moved outputs beside their inputs; if that fails too, the marker stays and
+        // the next start finishes the swap.
         let _w = swap.write().await;
-        // Rollups inside the swap too: a query that read the hour's rollup must not see the
-        // rewritten one (with rows it also reads from the fresh buffer or flush files). They
-        // are a pure function of the deduplicated rows, so a crash after writing them but
-        // before the swap finishes only rewrites them the same way on the next run.
-        for (key, _) in &rollup_files {
-            store.rename(&staging_key(key), key).await?;
-        }
-        for (key, _) in &outputs {
-            store.rename(&staging_key(key), key).await?;
-        }
-        for f in &files {
-            if !outputs.iter().any(|(k, _)| k == &f.key) {
-                store.delete(&f.key).await?;
-            }
+        if let Err(e) = finish_swap(store, &marker).await {
+            tracing::warn!(partition = dir, error = %e, "lake: compaction swap failed; retrying once");
+            finish_swap(store, &marker).await?;
         }
     }
     store.delete(&marker_key).await?;
+    if let Err(e) = store.remove_local_dir(STAGING_PREFIX).await {
+        tracing::warn!(error = %e, "lake: could not remove the empty staging directories");
+    }
     report.partitions += 1;
     report.files_in += files.len();
     report.files_out += outputs.len();
@@ -743,22 +781,11 @@ pub(crate) async fn recover_compactions(store: &LakeStore) -> Result<()> {
             key: key.clone(),
             reason: format!("compaction marker does not parse: {e}"),
         })?;
-        let mut all_outputs = true;
-        for o in &marker.outputs {
-            if !store.exists(o).await? {
-                all_outputs = false;
-            }
-        }
-        if all_outputs {
+        if finish_swap(store, &marker).await? {
             tracing::warn!(
                 marker = key,
-                "lake: finishing a compaction interrupted by a crash"
+                "lake: finished a compaction interrupted by a crash"
             );
-            for i in &marker.inputs {
-                if !marker.outputs.contains(i) {
-                    store.delete(i).await?;
-                }
-            }
         } else {
             tracing::warn!(
                 marker = key,
@@ -772,8 +799,8 @@ pub(crate) async fn recover_compactions(store: &LakeStore) -> Result<()> {
         }
         store.delete(&key).await?;
     }
-    // Outputs staged by a run that stopped before its swap (or rolled back above).
-    clear_staging(store, "").await
+    // Outputs staged by a run that stopped before its marker.
+    clear_staging(store).await
 }
 
 impl Compactor {
@@ -988,13 +1015,12 @@ mod tests {
     }
 
     /// A crash in the middle of the swap (one output moved into the partition, the other
-    /// still staged) is rolled back on start: the moved output and every staged object are
-    /// deleted, the inputs stay; an orphan staged by a run that never wrote its marker goes too.
+    /// still staged) is finished on start: the staged output moved in, the inputs deleted; an
+    /// orphan staged by a run that never wrote its marker is deleted. A marker of the earlier
+    /// layout (outputs written in place, one missing) is rolled back: inputs kept.
     #[tokio::test]
-    async fn an_interrupted_swap_is_rolled_back_and_staged_outputs_cleared()
+    async fn an_interrupted_swap_goes_forward_and_staged_leftovers_are_cleared()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = LakeStore::local(dir.path())?;
         let part = "readings/date=2023-11-14/hour=22";
         let inputs = [
             format!("{part}/part-00000000000000000000-00000000000000000009.parquet"),
@@ -1004,28 +1030,100 @@ mod tests {
             format!("{part}/compacted-00000000000000000000-00000000000000000019-000.parquet"),
             format!("{part}/compacted-00000000000000000000-00000000000000000019-001.parquet"),
         ];
-        for k in &inputs {
-            store.put(k, Bytes::from_static(b"input")).await?;
+        for legacy in [false, true] {
+            let dir = tempfile::tempdir()?;
+            let store = LakeStore::local(dir.path())?;
+            for k in &inputs {
+                store.put(k, Bytes::from_static(b"input")).await?;
+            }
+            store.put(&outputs[0], Bytes::from_static(b"moved")).await?;
+            if !legacy {
+                store
+                    .put(&staging_key(&outputs[1]), Bytes::from_static(b"staged"))
+                    .await?;
+            }
+            let orphan = staging_key(&format!("{part}/compacted-1-2-000.parquet"));
+            store.put(&orphan, Bytes::from_static(b"orphan")).await?;
+            // An upload a crash interrupted: a local store's temporary file, not listed.
+            let partial = dir.path().join(format!("{orphan}#3"));
+            std::fs::write(&partial, b"partial")?;
+            let marker = Marker {
+                inputs: inputs.to_vec(),
+                outputs: outputs.to_vec(),
+                rollups: Vec::new(),
+            };
+            store
+                .put(
+                    &format!("{MARKER_PREFIX}x.json"),
+                    Bytes::from(serde_json::to_vec(&marker)?),
+                )
+                .await?;
+            recover_compactions(&store).await?;
+            let left: Vec<String> = store.list("").await?.into_iter().map(|(k, _)| k).collect();
+            if legacy {
+                // The earlier layout wrote outputs in place: one missing means roll back.
+                assert_eq!(left, inputs.to_vec());
+            } else {
+                assert_eq!(left, outputs.to_vec());
+                assert_eq!(store.get(&outputs[1]).await?, Bytes::from_static(b"staged"));
+            }
+            // Nothing staged is left, not even directories or unlisted upload files.
+            assert!(!dir.path().join(STAGING_PREFIX).exists());
         }
-        store.put(&outputs[0], Bytes::from_static(b"moved")).await?;
-        store
-            .put(&staging_key(&outputs[1]), Bytes::from_static(b"staged"))
-            .await?;
-        let orphan = staging_key(&format!("{part}/compacted-1-2-000.parquet"));
-        store.put(&orphan, Bytes::from_static(b"orphan")).await?;
-        let marker = Marker {
-            inputs: inputs.to_vec(),
-            outputs: outputs.to_vec(),
-        };
-        store
-            .put(
-                &format!("{MARKER_PREFIX}x.json"),
-                Bytes::from(serde_json::to_vec(&marker)?),
-            )
-            .await?;
-        recover_compactions(&store).await?;
-        let left: Vec<String> = store.list("").await?.into_iter().map(|(k, _)| k).collect();
-        assert_eq!(left, inputs.to_vec());
+        Ok(())
+    }
+
+    /// A crash in the swap of a partition compacted again (outputs named like the inputs they
+    /// replace: a forced run over two compacted files): recovery moves the staged outputs into
+    /// place and deletes only the inputs no output replaces, whatever had been moved already.
+    #[tokio::test]
+    async fn an_interrupted_swap_over_same_named_files_goes_forward()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let part = "readings/date=2023-11-14/hour=22";
+        let name = |i: u32| format!("{part}/compacted-{:020}-{:020}-{i:03}.parquet", 0, 19);
+        let rollup = "rollup_1m/date=2023-11-14/hour=22/rollup.parquet".to_owned();
+        // Crash points: before any move (0), after the rollup (1), after the first output (2).
+        for moved in 0..3 {
+            let dir = tempfile::tempdir()?;
+            let store = LakeStore::local(dir.path())?;
+            let inputs = [name(0), name(1), name(2)];
+            let outputs = [name(0), name(1)];
+            for k in &inputs {
+                store.put(k, Bytes::from_static(b"old")).await?;
+            }
+            store.put(&rollup, Bytes::from_static(b"old")).await?;
+            for k in outputs.iter().chain([&rollup]) {
+                store
+                    .put(&staging_key(k), Bytes::from_static(b"new"))
+                    .await?;
+            }
+            if moved >= 1 {
+                store.rename(&staging_key(&rollup), &rollup).await?;
+            }
+            if moved >= 2 {
+                store.rename(&staging_key(&outputs[0]), &outputs[0]).await?;
+            }
+            let marker = Marker {
+                inputs: inputs.to_vec(),
+                outputs: outputs.to_vec(),
+                rollups: vec![rollup.clone()],
+            };
+            store
+                .put(
+                    &format!("{MARKER_PREFIX}x.json"),
+                    Bytes::from(serde_json::to_vec(&marker)?),
+                )
+                .await?;
+            recover_compactions(&store).await?;
+            let mut want = vec![rollup.clone()];
+            want.extend(outputs.iter().cloned());
+            want.sort();
+            let left: Vec<String> = store.list("").await?.into_iter().map(|(k, _)| k).collect();
+            assert_eq!(left, want, "crash after {moved} moves");
+            for k in &want {
+                assert_eq!(store.get(k).await?, Bytes::from_static(b"new"), "{k}");
+            }
+        }
         Ok(())
     }
 
@@ -1052,7 +1150,7 @@ mod tests {
             last: 599,
             row_group_rows: 1024,
             target_file_bytes: 4_000,
-            rollups: false,
+            rollups: true,
             batch_rows: 500,
         };
         let in_mem = merge_partition(expected.clone(), &plan, in_memory)?;
@@ -1075,12 +1173,16 @@ mod tests {
         })
         .await??;
         assert_eq!(staged.rows_out, in_mem.rows_out);
-        assert!(
-            staged.outputs.len() > 1,
-            "several outputs: {}",
-            staged.outputs.len()
-        );
-        for ((k1, bytes), (k2, size)) in in_mem.outputs.iter().zip(&staged.outputs) {
+        assert_eq!(staged.outputs.len(), in_mem.outputs.len());
+        assert!(staged.outputs.len() > 1, "several outputs");
+        assert_eq!(staged.rollup_files.len(), 2);
+        assert_eq!(in_mem.rollup_files.len(), 2);
+        let both = in_mem
+            .outputs
+            .iter()
+            .zip(&staged.outputs)
+            .chain(in_mem.rollup_files.iter().zip(&staged.rollup_files));
+        for ((k1, bytes), (k2, size)) in both {
             assert_eq!(k1, k2);
             let stored = store.get(&staging_key(k2)).await?;
             assert_eq!(stored.len() as u64, *size);
@@ -1089,8 +1191,9 @@ mod tests {
                 decode_all(&[(k2.clone(), stored)])?
             );
         }
-        for (_, r) in &probes {
-            assert!(r.fetched() > 0);
+        // Small inputs are fetched whole, once: never more than the file.
+        for ((_, r), (_, data)) in probes.iter().zip(&expected) {
+            assert_eq!(r.fetched(), data.len() as u64);
         }
         Ok(())
     }

@@ -129,6 +129,14 @@ impl LakeConfig {
                 "must be at least 1 MiB".into(),
             ));
         }
+        // Compaction moves its outputs into place with a server-side copy on S3, which S3
+        // refuses for objects over 5 GiB.
+        if self.target_file_bytes > 4 * 1024 * 1024 * 1024 {
+            out.push((
+                "lake.target_file_bytes".into(),
+                "must be at most 4 GiB (S3 copies larger objects only in parts)".into(),
+            ));
+        }
         if !(self.url.is_empty()
             || self.url.starts_with("s3://")
             || self.url.starts_with("file://")
@@ -143,5 +151,28 @@ impl LakeConfig {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_file_size_is_bounded_both_ways() {
+        let keys =
+            |c: LakeConfig| -> Vec<String> { c.problems().into_iter().map(|p| p.0).collect() };
+        assert!(keys(LakeConfig::default()).is_empty());
+        for bytes in [1024, 5 * 1024 * 1024 * 1024] {
+            let c = LakeConfig {
+                target_file_bytes: bytes,
+                ..LakeConfig::default()
+            };
+            assert_eq!(
+                keys(c),
+                vec!["lake.target_file_bytes".to_owned()],
+                "{bytes}"
+            );
+        }
     }
 }

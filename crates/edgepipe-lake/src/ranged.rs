@@ -19,14 +19,20 @@ use crate::store::LakeStore;
 use crate::{Error, Result};
 
 /// Small reads (page headers, footers) fetch at least this much, and the window is kept for
-/// the reads that follow (the page data usually sits right after its header).
+/// the reads that follow (the page data usually sits right after its header; a read at the
+/// end of the object, the footer, fetches the window that ends there, with the metadata).
 const WINDOW: u64 = 64 * 1024;
+
+/// Objects up to this size are fetched whole, once, and kept (a flush file of a quiet hour):
+/// one request instead of one per page.
+const WHOLE: u64 = 1024 * 1024;
 
 /// How much a [`SequentialRead`] takes from the window at a time.
 const SEQUENTIAL_STEP: u64 = 4 * 1024;
 
 /// An object read through ranged requests. Holds at most one window of [`WINDOW`] bytes
-/// between calls; larger reads (whole pages) are fetched as asked and not kept.
+/// between calls (or the whole object, up to [`WHOLE`] bytes); larger reads (whole pages)
+/// are fetched as asked and not kept.
 #[derive(Debug, Clone)]
 pub(crate) struct RangeReader {
     inner: Arc<Inner>,
@@ -67,10 +73,16 @@ impl RangeReader {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// `len` bytes from `start` (fewer only at the end of the object).
+    /// `len` bytes from `start`; a range past the listed end is an error.
     fn read_at(&self, start: u64, len: u64) -> std::result::Result<Bytes, ParquetError> {
         let i = &self.inner;
-        let end = start.saturating_add(len).min(i.len);
+        let end = start.saturating_add(len);
+        if end > i.len {
+            return Err(ParquetError::EOF(format!(
+                "{}: {len} bytes at {start} asked of a {}-byte object",
+                i.key, i.len
+            )));
+        }
         if start >= end {
             return Ok(Bytes::new());
         }
@@ -85,28 +97,37 @@ impl RangeReader {
             }
         }
         let want = end - start;
-        let fetch = if want < WINDOW {
-            WINDOW.min(i.len - start)
+        // What to fetch: the whole (small) object, a window around a small read, or exactly
+        // a large read.
+        let (from, fetch, keep) = if i.len <= WHOLE {
+            (0, i.len, true)
+        } else if want < WINDOW {
+            let from = if end == i.len {
+                i.len - WINDOW
+            } else {
+                start.min(i.len - WINDOW)
+            };
+            (from, WINDOW, true)
         } else {
-            want
+            (start, want, false)
         };
         let data = i
             .handle
-            .block_on(i.store.get_range(&i.key, start, fetch))
+            .block_on(i.store.get_range(&i.key, from, fetch))
             .map_err(|e| ParquetError::External(Box::new(e)))?;
         i.fetched
             .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if (data.len() as u64) < want {
+        if (data.len() as u64) < fetch {
             return Err(ParquetError::EOF(format!(
-                "{}: object shorter than listed ({} bytes at {start}, {} expected)",
+                "{}: object shorter than listed ({} bytes at {from}, {fetch} expected)",
                 i.key,
                 data.len(),
-                want
             )));
         }
-        let out = data.slice(0..want as usize);
-        if want < WINDOW {
-            *i.window.lock().map_err(|_| poisoned())? = Some((start, data));
+        let at = (start - from) as usize;
+        let out = data.slice(at..at + want as usize);
+        if keep {
+            *i.window.lock().map_err(|_| poisoned())? = Some((from, data));
         }
         Ok(out)
     }
@@ -244,13 +265,16 @@ impl UploadSink {
             )));
         };
         let key = self.key.clone();
-        self.handle
-            .block_on(up.complete())
-            .map_err(|e| Error::Store {
+        if let Err(e) = self.handle.block_on(up.complete()) {
+            if let Err(a) = self.handle.block_on(up.abort()) {
+                tracing::warn!(key, error = %a, "lake: could not abort a failed upload");
+            }
+            return Err(Error::Store {
                 op: "complete upload",
-                key: key.clone(),
+                key,
                 source: e,
-            })?;
+            });
+        }
         self.handle.block_on(self.store.sync_local(&key))?;
         Ok(self.written)
     }
@@ -274,6 +298,12 @@ impl Write for UploadSink {
 
 impl Drop for UploadSink {
     fn drop(&mut self) {
+        // Not while unwinding: waiting on the runtime then could panic again (and abort the
+        // process); a local store removes its own staging file, S3 leaves an incomplete
+        // upload for the bucket's lifecycle rule.
+        if std::thread::panicking() {
+            return;
+        }
         if let Some(mut up) = self.upload.take() {
             let key = self.key.clone();
             if let Err(e) = self.handle.block_on(up.abort()) {
@@ -301,35 +331,66 @@ mod tests {
         let rt = runtime();
         let dir = tempfile::tempdir()?;
         let store = LakeStore::local(dir.path())?;
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        const LEN: usize = 3_000_000;
+        let data: Vec<u8> = (0..LEN as u32).map(|i| (i * 7 % 251) as u8).collect();
         rt.block_on(store.put("t/obj.bin", Bytes::from(data.clone())))?;
+        let small: Vec<u8> = data[..300_000].to_vec();
+        rt.block_on(store.put("t/small.bin", Bytes::from(small.clone())))?;
         let handle = rt.handle().clone();
         let r = std::thread::spawn(move || -> std::result::Result<(), String> {
-            let r = RangeReader::new(store, "t/obj.bin".into(), 300_000, handle);
             let e = |e: ParquetError| e.to_string();
-            assert_eq!(r.get_bytes(10, 100).map_err(e)?, data[10..110]);
-            // Served from the window fetched for the read before: nothing more fetched.
-            assert_eq!(r.get_bytes(1_000, 5_000).map_err(e)?, data[1_000..6_000]);
+            let r = RangeReader::new(
+                store.clone(),
+                "t/obj.bin".into(),
+                LEN as u64,
+                handle.clone(),
+            );
+            // The footer, then the metadata before it: one window ending at the end.
+            let n = LEN as u64;
+            assert_eq!(r.get_bytes(n - 8, 8).map_err(e)?, data[LEN - 8..]);
+            assert_eq!(
+                r.get_bytes(n - 8 - 5_000, 5_000).map_err(e)?,
+                data[LEN - 5_008..LEN - 8]
+            );
             assert_eq!(r.fetched(), WINDOW);
-            // A large read is fetched as asked.
+            // A small read, then one inside the window it fetched.
+            assert_eq!(r.get_bytes(10, 100).map_err(e)?, data[10..110]);
+            assert_eq!(r.get_bytes(1_000, 5_000).map_err(e)?, data[1_000..6_000]);
+            assert_eq!(r.fetched(), 2 * WINDOW);
+            // A large read is fetched as asked and not kept.
             assert_eq!(
                 r.get_bytes(100_000, 150_000).map_err(e)?,
                 data[100_000..250_000]
             );
+            assert_eq!(r.fetched(), 2 * WINDOW + 150_000);
+            // A sequential read to the end, through windows.
             let mut all = Vec::new();
-            r.get_read(290_000)
+            r.get_read(2_900_000)
                 .map_err(e)?
                 .read_to_end(&mut all)
                 .map_err(|e| e.to_string())?;
-            assert_eq!(all, data[290_000..]);
-            // Reading past the end of a shorter object than listed is an error, not a panic.
+            assert_eq!(all, data[2_900_000..]);
+            // Past the listed end: an error, not a short answer or a panic.
+            assert!(r.get_bytes(n - 10, 20).is_err());
+            // An object shorter than listed: an error.
             let short = RangeReader::new(
-                r.inner.store.clone(),
+                store.clone(),
                 "t/obj.bin".into(),
-                400_000,
-                r.inner.handle.clone(),
+                n + 100_000,
+                handle.clone(),
             );
-            assert!(short.get_bytes(299_000, 100_000).is_err());
+            assert!(short.get_bytes(n - 1_000, 100_000).is_err());
+            // A small object is fetched once, whole, whatever is read of it.
+            let s = RangeReader::new(store, "t/small.bin".into(), 300_000, handle);
+            assert_eq!(s.get_bytes(299_992, 8).map_err(e)?, small[299_992..]);
+            assert_eq!(s.get_bytes(0, 200_000).map_err(e)?, small[..200_000]);
+            let mut rest = Vec::new();
+            s.get_read(123_456)
+                .map_err(e)?
+                .read_to_end(&mut rest)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(rest, small[123_456..]);
+            assert_eq!(s.fetched(), 300_000);
             Ok(())
         })
         .join()

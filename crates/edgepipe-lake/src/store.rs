@@ -242,6 +242,22 @@ impl LakeStore {
         Ok(())
     }
 
+    /// On a local directory, removes everything under `prefix` (files listings do not show,
+    /// like unfinished uploads, and the directories renames leave behind); elsewhere a no-op.
+    pub async fn remove_local_dir(&self, prefix: &str) -> Result<()> {
+        let Some(dir) = &self.local_dir else {
+            return Ok(());
+        };
+        let path = dir.join(prefix);
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io { path, source }),
+        })
+        .await
+        .map_err(|e| Error::Config(format!("cleanup task failed: {e}")))?
+    }
+
     /// Reads a whole object, `None` when it does not exist.
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
         let path = self.path(key);

@@ -18,10 +18,16 @@ use tokio::runtime::Handle;
 use crate::store::LakeStore;
 use crate::{Error, Result};
 
-/// Small reads (page headers, footers) fetch at least this much, and the window is kept for
-/// the reads that follow (the page data usually sits right after its header; a read at the
-/// end of the object, the footer, fetches the window that ends there, with the metadata).
-const WINDOW: u64 = 64 * 1024;
+/// Reads smaller than this (page headers, small pages, the footer) fetch a window of this
+/// size, kept for the reads that follow: the page data sits right after its header, and the
+/// next page of the column right after it. A read at the end of the object (the footer)
+/// fetches the window that ends there, with the metadata.
+const WINDOW: u64 = 256 * 1024;
+
+/// Windows kept per object, least recently used replaced: the Parquet reader decodes all the
+/// columns of a row group side by side, so each column's pages need a window of their own.
+/// At most `MAX_WINDOWS * WINDOW` (4 MiB) per object being read.
+const MAX_WINDOWS: usize = 16;
 
 /// Objects up to this size are fetched whole, once, and kept (a flush file of a quiet hour):
 /// one request instead of one per page.
@@ -30,9 +36,9 @@ const WHOLE: u64 = 1024 * 1024;
 /// How much a [`SequentialRead`] takes from the window at a time.
 const SEQUENTIAL_STEP: u64 = 4 * 1024;
 
-/// An object read through ranged requests. Holds at most one window of [`WINDOW`] bytes
-/// between calls (or the whole object, up to [`WHOLE`] bytes); larger reads (whole pages)
-/// are fetched as asked and not kept.
+/// An object read through ranged requests. Holds at most [`MAX_WINDOWS`] windows of
+/// [`WINDOW`] bytes between calls (or the whole object, up to [`WHOLE`] bytes); larger reads
+/// (whole pages) are fetched as asked and not kept.
 #[derive(Debug, Clone)]
 pub(crate) struct RangeReader {
     inner: Arc<Inner>,
@@ -44,8 +50,8 @@ struct Inner {
     key: String,
     len: u64,
     handle: Handle,
-    /// The last small window fetched: its start and bytes.
-    window: Mutex<Option<(u64, Bytes)>>,
+    /// Windows fetched: start, bytes and when last used.
+    windows: Mutex<Windows>,
     /// Bytes fetched so far (tests check that a reader does not fetch whole files twice).
     fetched: std::sync::atomic::AtomicU64,
 }
@@ -59,7 +65,7 @@ impl RangeReader {
                 key,
                 len,
                 handle,
-                window: Mutex::new(None),
+                windows: Mutex::new(Windows::default()),
                 fetched: std::sync::atomic::AtomicU64::new(0),
             }),
         }
@@ -86,15 +92,8 @@ impl RangeReader {
         if start >= end {
             return Ok(Bytes::new());
         }
-        {
-            let w = i.window.lock().map_err(|_| poisoned())?;
-            if let Some((ws, data)) = w.as_ref()
-                && *ws <= start
-                && end <= *ws + data.len() as u64
-            {
-                let from = (start - ws) as usize;
-                return Ok(data.slice(from..from + (end - start) as usize));
-            }
+        if let Some(hit) = i.windows.lock().map_err(|_| poisoned())?.get(start, end) {
+            return Ok(hit);
         }
         let want = end - start;
         // What to fetch: the whole (small) object, a window around a small read, or exactly
@@ -127,9 +126,42 @@ impl RangeReader {
         let at = (start - from) as usize;
         let out = data.slice(at..at + want as usize);
         if keep {
-            *i.window.lock().map_err(|_| poisoned())? = Some((from, data));
+            i.windows.lock().map_err(|_| poisoned())?.insert(from, data);
         }
         Ok(out)
+    }
+}
+
+/// The windows a [`RangeReader`] keeps.
+#[derive(Debug, Default)]
+struct Windows {
+    kept: Vec<(u64, Bytes, u64)>,
+    clock: u64,
+}
+
+impl Windows {
+    /// Bytes `[start, end)` if a window holds them.
+    fn get(&mut self, start: u64, end: u64) -> Option<Bytes> {
+        self.clock += 1;
+        let now = self.clock;
+        let (from, data, used) = self
+            .kept
+            .iter_mut()
+            .find(|(from, data, _)| *from <= start && end <= *from + data.len() as u64)?;
+        *used = now;
+        let at = (start - *from) as usize;
+        Some(data.slice(at..at + (end - start) as usize))
+    }
+
+    /// Keeps a window, replacing the least recently used one when full.
+    fn insert(&mut self, from: u64, data: Bytes) {
+        self.clock += 1;
+        let entry = (from, data, self.clock);
+        if self.kept.len() < MAX_WINDOWS {
+            self.kept.push(entry);
+        } else if let Some(lru) = self.kept.iter_mut().min_by_key(|w| w.2) {
+            *lru = entry;
+        }
     }
 }
 
@@ -331,7 +363,7 @@ mod tests {
         let rt = runtime();
         let dir = tempfile::tempdir()?;
         let store = LakeStore::local(dir.path())?;
-        const LEN: usize = 3_000_000;
+        const LEN: usize = 6_000_000;
         let data: Vec<u8> = (0..LEN as u32).map(|i| (i * 7 % 251) as u8).collect();
         rt.block_on(store.put("t/obj.bin", Bytes::from(data.clone())))?;
         let small: Vec<u8> = data[..300_000].to_vec();
@@ -359,17 +391,38 @@ mod tests {
             assert_eq!(r.fetched(), 2 * WINDOW);
             // A large read is fetched as asked and not kept.
             assert_eq!(
-                r.get_bytes(100_000, 150_000).map_err(e)?,
-                data[100_000..250_000]
+                r.get_bytes(1_000_000, 500_000).map_err(e)?,
+                data[1_000_000..1_500_000]
             );
-            assert_eq!(r.fetched(), 2 * WINDOW + 150_000);
+            assert_eq!(r.fetched(), 2 * WINDOW + 500_000);
+            // Both windows are still kept: reading the footer again fetches nothing.
+            assert_eq!(r.get_bytes(n - 8, 8).map_err(e)?, data[LEN - 8..]);
+            assert_eq!(r.fetched(), 2 * WINDOW + 500_000);
+            // More windows than are kept: the least recently used goes, the others stay.
+            // (Two windows are kept; 14 more fill the cache, the 15th replaces one.)
+            for k in 0..MAX_WINDOWS as u64 - 1 {
+                r.get_bytes(1_600_000 + k * (WINDOW + 1), 10).map_err(e)?;
+            }
+            let before = r.fetched();
+            r.get_bytes(n - 8, 8).map_err(e)?;
+            assert_eq!(
+                r.fetched(),
+                before,
+                "the footer window was used last among the first two"
+            );
+            r.get_bytes(10, 100).map_err(e)?;
+            assert_eq!(
+                r.fetched(),
+                before + WINDOW,
+                "the window at 10 was the least recently used"
+            );
             // A sequential read to the end, through windows.
             let mut all = Vec::new();
-            r.get_read(2_900_000)
+            r.get_read(5_900_000)
                 .map_err(e)?
                 .read_to_end(&mut all)
                 .map_err(|e| e.to_string())?;
-            assert_eq!(all, data[2_900_000..]);
+            assert_eq!(all, data[5_900_000..]);
             // Past the listed end: an error, not a short answer or a panic.
             assert!(r.get_bytes(n - 10, 20).is_err());
             // An object shorter than listed: an error.

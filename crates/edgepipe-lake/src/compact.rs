@@ -772,9 +772,10 @@ fn rollup(rows: &RecordBatch, width_us: i64) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(rollup_schema(), cols)?)
 }
 
-/// Finishes or rolls back compactions interrupted by a crash. Call before anything else
-/// touches the lake.
-pub(crate) async fn recover_compactions(store: &LakeStore) -> Result<()> {
+/// Finishes (or, for a marker of the earlier in-place layout, rolls back) compactions
+/// interrupted by a crash, and deletes what they staged. Call before anything else touches the
+/// lake: the lake writer does when it opens, `edgepipe lake compact` before it compacts.
+pub async fn recover_compactions(store: &LakeStore) -> Result<()> {
     for (key, _) in store.list(MARKER_PREFIX).await? {
         let data = store.get(&key).await?;
         let marker: Marker = serde_json::from_slice(&data).map_err(|e| Error::Corrupt {

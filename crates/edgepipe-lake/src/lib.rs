@@ -34,7 +34,7 @@ mod store;
 mod test_rng;
 mod writer;
 
-pub use compact::{CompactionReport, Compactor, SwapLock, compact};
+pub use compact::{CompactionReport, Compactor, SwapLock, compact, recover_compactions};
 pub use config::{LakeConfig, RetentionConfig};
 pub use parquet_io::{decode_parquet, encode_parquet, encode_parquet_level};
 pub use stats::{PartitionStats, TableStats, VerifyProblem, lake_stats, verify};

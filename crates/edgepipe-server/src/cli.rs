@@ -1480,6 +1480,9 @@ async fn lake_cmd(action: LakeCmd, a: LakeArgs) -> anyhow::Result<()> {
                 .copied()
                 .unwrap_or(0);
             wal.close();
+            // A pass a crash (or kill) interrupted is finished first, so the partition is
+            // whole before it is read again.
+            edgepipe_lake::recover_compactions(&store).await?;
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_message("compacting");
             bar.enable_steady_tick(Duration::from_millis(120));

@@ -338,6 +338,111 @@ impl Drop for Moto {
     }
 }
 
+/// The compacted file of every `readings` partition of `lake`, copied back in as a flush file
+/// (`part-0-1`: its rows written again), so the next compaction has a partition of two files
+/// to merge and half the rows to drop as duplicates. Returns the partitions given one.
+fn duplicate_compacted_files(lake: &Path) -> TestResult<usize> {
+    let mut n = 0;
+    for date in std::fs::read_dir(lake.join("readings"))? {
+        for hour in std::fs::read_dir(date?.path())? {
+            let hour = hour?.path();
+            let files: Vec<_> = std::fs::read_dir(&hour)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            if let [only] = files.as_slice() {
+                let copy = hour.join(format!("part-{:020}-{:020}.parquet", 0, 1));
+                std::fs::copy(only, copy)?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// `edgepipe lake compact` killed (SIGKILL) at moments spread over its pass, six times, each
+/// time over partitions with a duplicate file to merge: after a final pass every reading is in
+/// the lake exactly once (our engine and DuckDB agree with the lake before), nothing is left
+/// staged, and every file passes `lake verify`.
+#[test]
+fn kill9_during_compaction_keeps_every_reading_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let d = data.to_str().ok_or("path")?;
+    let bench = edgepipe(&[
+        "bench",
+        "lake",
+        "--devices",
+        "20",
+        "--metrics",
+        "5",
+        "--hours",
+        "2",
+        "--runs",
+        "1",
+        "--out",
+        d,
+    ])?;
+    assert!(
+        bench.status.success(),
+        "bench lake: {}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let lake = data.join("lake");
+    let before = query_json(&["--data-dir", d], AGGREGATES)?;
+    assert_eq!(before[0]["count"].as_i64(), Some(20 * 5 * 7_200));
+    // How long a whole pass takes here, so the kills spread over it (both partitions' merges,
+    // the swaps between them).
+    assert_eq!(duplicate_compacted_files(&lake)?, 2);
+    let t0 = std::time::Instant::now();
+    let c = edgepipe(&["lake", "compact", "--data-dir", d])?;
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let pass = t0.elapsed();
+    let mut killed_mid_pass = 0;
+    for (round, at) in [0.1, 0.3, 0.45, 0.55, 0.7, 0.9].into_iter().enumerate() {
+        assert_eq!(duplicate_compacted_files(&lake)?, 2, "round {round}");
+        let mut child = Command::new(bin())
+            .args(["lake", "compact", "--data-dir", d])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(pass.mul_f64(at));
+        if child.try_wait()?.is_none() {
+            killed_mid_pass += 1;
+        }
+        let _ = child.kill();
+        child.wait()?;
+        // Whatever the kill left (a marker, staged files, two files in a partition), the
+        // next pass starts by finishing it; give every partition one file again.
+        let c = edgepipe(&["lake", "compact", "--data-dir", d])?;
+        assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+        let after = query_json(&["--data-dir", d], AGGREGATES)?;
+        assert_same(
+            &format!("edgepipe after kill {round}"),
+            &before[0],
+            &after[0],
+        );
+    }
+    assert!(
+        killed_mid_pass >= 3,
+        "only {killed_mid_pass} kills landed mid-pass"
+    );
+    assert!(!lake.join("_edgepipe/staging").exists());
+    let verify = edgepipe(&["lake", "verify", "--data-dir", d])?;
+    assert!(
+        verify.status.success(),
+        "lake verify: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let peers = lake_readers(lake.to_str().ok_or("path")?, &[])?;
+    assert_same("duckdb after the kills", &before[0], &peers["duckdb"]);
+    eprintln!(
+        "compaction ({:.2} s a pass) killed {killed_mid_pass} times mid-pass; the lake agrees: {}",
+        pass.as_secs_f64(),
+        before[0]
+    );
+    Ok(())
+}
+
 #[test]
 fn s3_lake_on_a_real_s3_compatible_server() -> TestResult {
     let dir = tempfile::tempdir()?;

@@ -3,8 +3,8 @@
 //!
 //! Two learned limits, the larger wins: `factor` times the longest run seen so far, and the
 //! run length whose chance under the series' repeat rate falls below `probability`. The
-//! repeat rate is a decayed count of exact repeats among consecutive readings (Laplace
-//! smoothed), so a noisy analogue sensor that never repeats a value is stuck after a few
+//! repeat rate counts exact repeats among the recent consecutive readings (Laplace smoothed;
+//! integer counts halved as they reach twice `memory`), so a noisy analogue sensor that never repeats a value is stuck after a few
 //! repeats, while a quantised or idle series (counters, an idle disk's zeros) needs long runs.
 
 use serde::{Deserialize, Serialize};
@@ -29,9 +29,9 @@ pub struct FlatlineConfig {
     /// Chance below which a run of repeats counts as stuck, under the series' learned
     /// repeat rate `p` (a run of `k` repeats has chance `p^k`); 0 turns this limit off.
     pub probability: f64,
-    /// Weight of the oldest readings in the repeat rate's decayed counts after `1 / decay`
-    /// readings is `1/e` (0 = never forget).
-    pub decay: f64,
+    /// Readings the repeat rate is counted over: its counts halve when they reach twice this
+    /// (at least 100; 0 = never forget).
+    pub memory: u32,
 }
 
 impl Default for FlatlineConfig {
@@ -42,7 +42,7 @@ impl Default for FlatlineConfig {
             warmup: 200,
             tolerance: 1e-9,
             probability: 1e-6,
-            decay: 1e-4,
+            memory: 10_000,
         }
     }
 }
@@ -62,10 +62,10 @@ impl FlatlineConfig {
                 reason: format!("{} is not in [0, 1)", self.probability),
             });
         }
-        if !(0.0..1.0).contains(&self.decay) {
+        if (1..100).contains(&self.memory) {
             errs.push(Error::InvalidConfig {
-                field: "flatline.decay",
-                reason: format!("{} is not in [0, 1)", self.decay),
+                field: "flatline.memory",
+                reason: format!("{} is below 100 (0 = never forget)", self.memory),
             });
         }
     }
@@ -80,9 +80,9 @@ pub struct Flatline {
     longest: u32,
     /// Length of the current run when it fired (0 = it has not fired).
     fired_at: u32,
-    /// Decayed counts of consecutive pairs seen and of those that repeated.
-    steps: f64,
-    repeats: f64,
+    /// Recent consecutive pairs seen and how many of them repeated.
+    steps: u32,
+    repeats: u32,
 }
 
 impl Flatline {
@@ -98,9 +98,12 @@ impl Flatline {
         // A run that fired is anomalous: its repeats past the firing point are not learned as
         // the series' repeat rate.
         if self.last.is_some() && !(same && self.fired_at > 0) {
-            let keep = 1.0 - cfg.decay;
-            self.steps = self.steps * keep + 1.0;
-            self.repeats = self.repeats * keep + if same { 1.0 } else { 0.0 };
+            self.steps = self.steps.saturating_add(1);
+            self.repeats = self.repeats.saturating_add(u32::from(same));
+            if cfg.memory > 0 && self.steps >= cfg.memory.saturating_mul(2) {
+                self.steps /= 2;
+                self.repeats /= 2;
+            }
         }
         if same {
             self.run = self.run.saturating_add(1);
@@ -142,16 +145,12 @@ impl Flatline {
         if cfg.probability <= 0.0 {
             return 0.0;
         }
-        let p = (self.repeats + 1.0) / (self.steps + 2.0);
+        let p = (f64::from(self.repeats) + 1.0) / (f64::from(self.steps) + 2.0);
         (cfg.probability.ln() / p.ln()).ceil()
     }
 
     pub(crate) fn valid(&self) -> bool {
-        self.last.is_none_or(f64::is_finite)
-            && self.steps.is_finite()
-            && self.repeats.is_finite()
-            && self.steps >= 0.0
-            && (0.0..=self.steps).contains(&self.repeats)
+        self.last.is_none_or(f64::is_finite) && self.repeats <= self.steps
     }
 }
 
@@ -239,15 +238,15 @@ mod tests {
             d.update(&cfg, if i % 3 == 0 { 1.0 } else { noisy(i) });
             assert!(d.valid());
         }
-        for (probability, decay) in [(1.0, 1e-4), (-0.1, 1e-4), (1e-6, 1.0), (1e-6, f64::NAN)] {
+        for (probability, memory) in [(1.0, 10_000), (-0.1, 10_000), (1e-6, 99), (f64::NAN, 0)] {
             let mut errs = Vec::new();
             FlatlineConfig {
                 probability,
-                decay,
+                memory,
                 ..cfg
             }
             .validate(&mut errs);
-            assert_eq!(errs.len(), 1, "{probability} {decay}");
+            assert_eq!(errs.len(), 1, "{probability} {memory}");
         }
     }
 }

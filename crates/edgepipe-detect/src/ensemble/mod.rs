@@ -46,7 +46,7 @@ pub struct Assessment {
 }
 
 /// Version of the [`Snapshot`] layout.
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 
 /// All the state of one series. Serialise it with any serde format; restore with
 /// [`SeriesDetector::restore`] or [`SeriesState::check`].

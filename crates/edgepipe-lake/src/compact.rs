@@ -61,10 +61,15 @@ fn staging_key(key: &str) -> String {
 /// in use when this runs), with a local store's unfinished uploads (`<key>#<n>` files, which
 /// listings do not show) and empty directories.
 async fn clear_staging(store: &LakeStore) -> Result<()> {
-    for (key, _) in store.list(STAGING_PREFIX).await? {
-        store.delete(&key).await?;
-    }
-    store.remove_local_dir(STAGING_PREFIX).await
+    store.delete_prefix(STAGING_PREFIX).await
+}
+
+/// Stores `marker` as the compaction intent of partition `dir`.
+async fn put_marker(store: &LakeStore, dir: &str, marker: &Marker) -> Result<String> {
+    let key = format!("{MARKER_PREFIX}{}.json", dir.replace('/', "_"));
+    let data = serde_json::to_vec(marker).map_err(|e| Error::Config(format!("marker: {e}")))?;
+    store.put(&key, Bytes::from(data)).await?;
+    Ok(key)
 }
 
 /// What a compaction run did.
@@ -107,17 +112,24 @@ struct Marker {
 /// neither staged nor in place (a marker of a version that wrote outputs in place and crashed
 /// before storing them all).
 async fn finish_swap(store: &LakeStore, marker: &Marker) -> Result<bool> {
+    // One listing of what is staged (in a swap, everything; after a crash, what is left).
+    let staged: std::collections::HashSet<String> = store
+        .list(STAGING_PREFIX)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     for o in &marker.outputs {
-        if !store.exists(&staging_key(o)).await? && !store.exists(o).await? {
+        if !staged.contains(&staging_key(o)) && !store.exists(o).await? {
             return Ok(false);
         }
     }
     // Rollups first: a query that read the hour's rollup must not see the rewritten one with
     // rows it also reads from the inputs. They are a pure function of the deduplicated rows.
     for key in marker.rollups.iter().chain(&marker.outputs) {
-        let staged = staging_key(key);
-        if store.exists(&staged).await? {
-            store.rename(&staged, key).await?;
+        let from = staging_key(key);
+        if staged.contains(&from) {
+            store.rename(&from, key).await?;
         }
     }
     for i in &marker.inputs {
@@ -139,7 +151,8 @@ struct LakeFile {
     size: u64,
 }
 
-fn parse_file(key: &str) -> Option<LakeFile> {
+/// The file a listed object is, if it is one of ours (`size` from the listing).
+fn parse_file(key: &str, size: u64) -> Option<LakeFile> {
     let name = key.rsplit('/').next()?;
     let stem = name.strip_suffix(".parquet")?;
     let (compacted, rest) = if let Some(r) = stem.strip_prefix("part-") {
@@ -157,7 +170,7 @@ fn parse_file(key: &str) -> Option<LakeFile> {
         first,
         last,
         compacted,
-        size: 0,
+        size,
     })
 }
 
@@ -167,7 +180,7 @@ pub(crate) async fn max_wal_seq(store: &LakeStore) -> Result<Option<u64>> {
         .list(&format!("{}/", tables::READINGS))
         .await?
         .iter()
-        .filter_map(|(k, _)| parse_file(k))
+        .filter_map(|(k, m)| parse_file(k, m.size))
         .map(|f| f.last)
         .max())
 }
@@ -199,10 +212,9 @@ pub async fn compact(
 ) -> Result<CompactionReport> {
     let mut by_partition: BTreeMap<String, Vec<LakeFile>> = BTreeMap::new();
     for (key, meta) in store.list(&format!("{}/", tables::READINGS)).await? {
-        let Some(mut f) = parse_file(&key) else {
+        let Some(f) = parse_file(&key, meta.size) else {
             continue;
         };
-        f.size = meta.size;
         if !f.compacted && f.last >= committed {
             continue;
         }
@@ -322,14 +334,12 @@ async fn compact_partition(
         bytes_in,
     } = merged;
 
-    let marker_key = format!("{MARKER_PREFIX}{}.json", dir.replace('/', "_"));
     let marker = Marker {
         inputs: files.iter().map(|f| f.key.clone()).collect(),
         outputs: outputs.iter().map(|(k, _)| k.clone()).collect(),
         rollups: rollup_files.iter().map(|(k, _)| k.clone()).collect(),
     };
-    let mb = serde_json::to_vec(&marker).map_err(|e| Error::Config(format!("marker: {e}")))?;
-    store.put(&marker_key, Bytes::from(mb)).await?;
+    let marker_key = put_marker(store, dir, &marker).await?;
     {
         // Rollups inside the swap too (see `finish_swap`). A step that fails (an S3 copy, a
         // delete) is retried once before the lock is released, so our queries do not go on
@@ -342,7 +352,8 @@ async fn compact_partition(
         }
     }
     store.delete(&marker_key).await?;
-    if let Err(e) = store.remove_local_dir(STAGING_PREFIX).await {
+    // Nothing is staged now; a local store still has the directories renames left.
+    if let Err(e) = clear_staging(store).await {
         tracing::warn!(error = %e, "lake: could not remove the empty staging directories");
     }
     report.partitions += 1;
@@ -1053,12 +1064,7 @@ mod tests {
                 outputs: outputs.to_vec(),
                 rollups: Vec::new(),
             };
-            store
-                .put(
-                    &format!("{MARKER_PREFIX}x.json"),
-                    Bytes::from(serde_json::to_vec(&marker)?),
-                )
-                .await?;
+            put_marker(&store, part, &marker).await?;
             recover_compactions(&store).await?;
             let left: Vec<String> = store.list("").await?.into_iter().map(|(k, _)| k).collect();
             if legacy {
@@ -1109,12 +1115,7 @@ mod tests {
                 outputs: outputs.to_vec(),
                 rollups: vec![rollup.clone()],
             };
-            store
-                .put(
-                    &format!("{MARKER_PREFIX}x.json"),
-                    Bytes::from(serde_json::to_vec(&marker)?),
-                )
-                .await?;
+            put_marker(&store, part, &marker).await?;
             recover_compactions(&store).await?;
             let mut want = vec![rollup.clone()];
             want.extend(outputs.iter().cloned());

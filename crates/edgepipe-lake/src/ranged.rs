@@ -282,14 +282,10 @@ impl UploadSink {
     /// Sends the last part, completes the upload (the object appears whole) and makes it
     /// durable. Returns the object's size.
     pub(crate) fn finish(mut self) -> Result<u64> {
-        let io = |key: &str| {
-            let key = key.to_owned();
-            move |e: std::io::Error| Error::Io {
-                path: key.into(),
-                source: e,
-            }
-        };
-        self.send_part().map_err(io(&self.key))?;
+        self.send_part().map_err(|source| Error::Io {
+            path: self.key.clone().into(),
+            source,
+        })?;
         let Some(mut up) = self.upload.take() else {
             return Err(Error::Config(format!(
                 "{}: upload already finished",
@@ -349,20 +345,23 @@ impl Drop for UploadSink {
 mod tests {
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
+    type TestResult<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    /// A runtime for the store's futures (the code under test blocks on it from a thread of
+    /// its own, as compaction does) and a local lake in a temporary directory.
+    fn local_lake() -> TestResult<(tokio::runtime::Runtime, tempfile::TempDir, LakeStore)> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
-            .build()
-            .expect("runtime")
+            .build()?;
+        let dir = tempfile::tempdir()?;
+        let store = LakeStore::local(dir.path())?;
+        Ok((rt, dir, store))
     }
 
     #[test]
-    fn ranges_and_sequential_reads_see_the_object()
-    -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let rt = runtime();
-        let dir = tempfile::tempdir()?;
-        let store = LakeStore::local(dir.path())?;
+    fn ranges_and_sequential_reads_see_the_object() -> TestResult {
+        let (rt, _dir, store) = local_lake()?;
         const LEN: usize = 6_000_000;
         let data: Vec<u8> = (0..LEN as u32).map(|i| (i * 7 % 251) as u8).collect();
         rt.block_on(store.put("t/obj.bin", Bytes::from(data.clone())))?;
@@ -452,11 +451,8 @@ mod tests {
     }
 
     #[test]
-    fn an_upload_appears_whole_only_when_finished()
-    -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let rt = runtime();
-        let dir = tempfile::tempdir()?;
-        let store = LakeStore::local(dir.path())?;
+    fn an_upload_appears_whole_only_when_finished() -> TestResult {
+        let (rt, dir, store) = local_lake()?;
         let handle = rt.handle().clone();
         let s2 = store.clone();
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();

@@ -175,13 +175,7 @@ impl LakeStore {
             .put(&path, PutPayload::from_bytes(data))
             .await
             .map_err(Error::store_at("put", key))?;
-        if let Some(dir) = &self.local_dir {
-            let file = dir.join(key);
-            tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
-                .await
-                .map_err(|e| Error::Config(format!("fsync task failed: {e}")))??;
-        }
-        Ok(())
+        self.sync_local(key).await
     }
 
     /// Reads a whole object.
@@ -213,8 +207,8 @@ impl LakeStore {
             .map_err(Error::store_at("start upload", key))
     }
 
-    /// Makes a completed upload durable: on a local directory, fsyncs the file and its
-    /// directory (a no-op on S3, where a completed upload is durable).
+    /// Makes a stored object durable: on a local directory, fsyncs the file and its directory
+    /// (a no-op on S3, where a completed PUT or upload is durable).
     pub async fn sync_local(&self, key: &str) -> Result<()> {
         if let Some(dir) = &self.local_dir {
             let file = dir.join(key);
@@ -233,19 +227,17 @@ impl LakeStore {
             .rename(&self.path(from), &self.path(to))
             .await
             .map_err(Error::store_at("rename", from))?;
-        if let Some(dir) = &self.local_dir {
-            let file = dir.join(to);
-            tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
-                .await
-                .map_err(|e| Error::Config(format!("fsync task failed: {e}")))??;
-        }
-        Ok(())
+        self.sync_local(to).await
     }
 
-    /// On a local directory, removes everything under `prefix` (files listings do not show,
-    /// like unfinished uploads, and the directories renames leave behind); elsewhere a no-op.
-    pub async fn remove_local_dir(&self, prefix: &str) -> Result<()> {
+    /// Deletes every object under `prefix`. On a local directory that is the whole directory
+    /// (with files listings do not show, like unfinished uploads, and the empty directories
+    /// renames leave behind); elsewhere each listed object.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let Some(dir) = &self.local_dir else {
+            for (key, _) in self.list(prefix).await? {
+                self.delete(&key).await?;
+            }
             return Ok(());
         };
         let path = dir.join(prefix);

@@ -1218,15 +1218,19 @@ mod tests {
     }
 
     /// A pass that fails (a corrupt input) still ends: it is counted, the running gauge goes
-    /// back to 0, nothing counts as compacted and the partition's files are left as they were.
+    /// back to 0, nothing counts as compacted, the partition's files are left as they were and
+    /// nothing stays staged.
     #[tokio::test]
     async fn a_failed_compaction_pass_ends_and_leaves_the_files()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let (metrics, _store, left, _dir) = compactor_over_two_flush_files(true).await?;
+        let (metrics, store, left, dir) = compactor_over_two_flush_files(true).await?;
         assert!(metrics.compaction_runs.load(Ordering::Relaxed) >= 2);
         assert_eq!(metrics.partitions_compacted.load(Ordering::Relaxed), 0);
         assert_eq!(metrics.compaction_running.load(Ordering::Relaxed), 0);
         assert_eq!(left.len(), 2, "{left:?}");
+        // Nothing a failed pass staged is left behind (not even a local directory).
+        assert!(store.list("_edgepipe/staging/").await?.is_empty());
+        assert!(!dir.path().join("lake/_edgepipe/staging").exists());
         Ok(())
     }
 

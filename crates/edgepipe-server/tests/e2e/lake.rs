@@ -122,20 +122,14 @@ fn kill9_during_flushes_every_acked_reading_is_in_the_lake_once_and_peers_agree(
     );
     assert_eq!(kills, 5);
 
-    let verify = edgepipe(&["lake", "verify", "--data-dir", d])?;
-    assert!(
-        verify.status.success(),
-        "lake verify: {}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    edgepipe_ok(&["lake", "verify", "--data-dir", d])?;
     let ours = query_json(&["--data-dir", d], AGGREGATES)?;
     let peers = lake_readers(&format!("{d}/lake"), &["--spark"])?;
     for tool in ["pyarrow", "duckdb", "spark"] {
         assert_same(tool, &ours[0], &peers[tool]);
     }
     // Compaction keeps every reading exactly once and the peers still agree.
-    let c = edgepipe(&["lake", "compact", "--data-dir", d])?;
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    edgepipe_ok(&["lake", "compact", "--data-dir", d])?;
     let after = query_json(&["--data-dir", d], AGGREGATES)?;
     assert_same("edgepipe after compaction", &ours[0], &after[0]);
     let peers = lake_readers(&format!("{d}/lake"), &[])?;
@@ -368,7 +362,7 @@ fn kill9_during_compaction_keeps_every_reading_once() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let d = data.to_str().ok_or("path")?;
-    let bench = edgepipe(&[
+    edgepipe_ok(&[
         "bench",
         "lake",
         "--devices",
@@ -382,11 +376,6 @@ fn kill9_during_compaction_keeps_every_reading_once() -> TestResult {
         "--out",
         d,
     ])?;
-    assert!(
-        bench.status.success(),
-        "bench lake: {}",
-        String::from_utf8_lossy(&bench.stderr)
-    );
     let lake = data.join("lake");
     let before = query_json(&["--data-dir", d], AGGREGATES)?;
     assert_eq!(before[0]["count"].as_i64(), Some(20 * 5 * 7_200));
@@ -394,8 +383,7 @@ fn kill9_during_compaction_keeps_every_reading_once() -> TestResult {
     // the swaps between them).
     assert_eq!(duplicate_compacted_files(&lake)?, 2);
     let t0 = std::time::Instant::now();
-    let c = edgepipe(&["lake", "compact", "--data-dir", d])?;
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    edgepipe_ok(&["lake", "compact", "--data-dir", d])?;
     let pass = t0.elapsed();
     let mut killed_mid_pass = 0;
     for (round, at) in [0.1, 0.3, 0.45, 0.55, 0.7, 0.9].into_iter().enumerate() {
@@ -413,8 +401,7 @@ fn kill9_during_compaction_keeps_every_reading_once() -> TestResult {
         child.wait()?;
         // Whatever the kill left (a marker, staged files, two files in a partition), the
         // next pass starts by finishing it; give every partition one file again.
-        let c = edgepipe(&["lake", "compact", "--data-dir", d])?;
-        assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+        edgepipe_ok(&["lake", "compact", "--data-dir", d])?;
         let after = query_json(&["--data-dir", d], AGGREGATES)?;
         assert_same(
             &format!("edgepipe after kill {round}"),
@@ -427,12 +414,7 @@ fn kill9_during_compaction_keeps_every_reading_once() -> TestResult {
         "only {killed_mid_pass} kills landed mid-pass"
     );
     assert!(!lake.join("_edgepipe/staging").exists());
-    let verify = edgepipe(&["lake", "verify", "--data-dir", d])?;
-    assert!(
-        verify.status.success(),
-        "lake verify: {}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    edgepipe_ok(&["lake", "verify", "--data-dir", d])?;
     let peers = lake_readers(lake.to_str().ok_or("path")?, &[])?;
     assert_same("duckdb after the kills", &before[0], &peers["duckdb"]);
     eprintln!(
@@ -522,11 +504,26 @@ fn s3_lake_on_a_real_s3_compatible_server() -> TestResult {
     let ours = query_json(&["--config", cfg, "--data-dir", d], AGGREGATES)?;
     assert_eq!(ours[0]["count"], 200, "{ours:?}");
     assert_eq!(ours[0]["sum_int"], (0..200).sum::<i64>());
-    let v = edgepipe(&["lake", "verify", "--config", cfg, "--data-dir", d])?;
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
-    // Compaction on S3 (put outputs, delete inputs) keeps every reading exactly once.
-    let c = edgepipe(&["lake", "compact", "--config", cfg, "--data-dir", d])?;
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    edgepipe_ok(&["lake", "verify", "--config", cfg, "--data-dir", d])?;
+    // Compaction on S3 (outputs uploaded in parts to a staging key, copied into place, inputs
+    // deleted) keeps every reading exactly once and leaves nothing staged in the bucket.
+    edgepipe_ok(&["lake", "compact", "--config", cfg, "--data-dir", d])?;
+    let list = |prefix: &str| -> TestResult<String> {
+        let out = curl(&[
+            "-sf",
+            &format!("{endpoint}/edgepipe-lake?list-type=2&prefix=prod/{prefix}"),
+        ])?;
+        assert!(out.status.success(), "bucket listing of {prefix} failed");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let readings = list("readings/")?;
+    assert!(readings.contains("compacted-"), "{readings}");
+    let staged = list("_edgepipe/staging/")?;
+    assert!(staged.contains("<ListBucketResult"), "{staged}");
+    assert!(
+        !staged.contains("<Key>"),
+        "staged objects left on S3: {staged}"
+    );
     let after = query_json(&["--config", cfg, "--data-dir", d], AGGREGATES)?;
     assert_same("edgepipe on S3 after compaction", &ours[0], &after[0]);
     // pyarrow reads the same objects straight from the S3 server.

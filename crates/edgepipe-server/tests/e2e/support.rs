@@ -201,6 +201,18 @@ pub(crate) fn edgepipe(args: &[&str]) -> TestResult<Output> {
     Ok(Command::new(bin()).args(args).output()?)
 }
 
+/// Runs `edgepipe` and fails the test, with its output, unless it exits 0.
+pub(crate) fn edgepipe_ok(args: &[&str]) -> TestResult<Output> {
+    let out = edgepipe(args)?;
+    assert!(
+        out.status.success(),
+        "edgepipe {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
 /// Every reading in the WAL (server must be stopped): (device, metric, ts, value JSON).
 pub(crate) fn wal_readings(
     data: &Path,

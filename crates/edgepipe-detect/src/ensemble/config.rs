@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::likelihood::LikelihoodConfig;
+use super::precedent::PrecedentConfig;
 use super::recurrence::RecurrenceConfig;
 use crate::detectors::{
     CusumConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, LogDropConfig, PewmaConfig,
@@ -218,6 +219,8 @@ pub struct EnsembleConfig {
     pub tail: TailConfig,
     /// Recurring-event suppression.
     pub recurrence: RecurrenceConfig,
+    /// Precedent suppression (an excursion no larger than earlier ones is not news).
+    pub precedent: PrecedentConfig,
     /// Onset emphasis and alarm level.
     pub onset: OnsetConfig,
 }
@@ -247,6 +250,7 @@ impl EnsembleConfig {
         self.log_drop.validate(&mut errs);
         self.likelihood.validate(&mut errs);
         self.recurrence.validate(&mut errs);
+        self.precedent.validate(&mut errs);
         crate::detectors::check_unit(&mut errs, "tail.quantile", self.tail.quantile);
         check_positive(&mut errs, "tail.reference", self.tail.reference);
         check_positive(&mut errs, "tail.min_factor", self.tail.min_factor);

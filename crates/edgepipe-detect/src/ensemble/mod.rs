@@ -7,6 +7,7 @@
 
 mod config;
 mod likelihood;
+mod precedent;
 mod recurrence;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ pub use config::{
     Calibration, EnsembleConfig, OnsetConfig, SmoothConfig, TailConfig, VolatilityConfig, Weights,
 };
 pub use likelihood::{Likelihood, LikelihoodConfig, MAX_SHORT_WINDOW};
+pub use precedent::{MAX_EXCURSIONS, Precedent, PrecedentConfig};
 pub use recurrence::{MAX_EVENTS, Recurrence, RecurrenceConfig};
 
 use crate::detectors::stats::learnable;
@@ -46,7 +48,7 @@ pub struct Assessment {
 }
 
 /// Version of the [`Snapshot`] layout.
-pub const SNAPSHOT_VERSION: u32 = 5;
+pub const SNAPSHOT_VERSION: u32 = 6;
 
 /// All the state of one series. Serialise it with any serde format; restore with
 /// [`SeriesDetector::restore`] or [`SeriesState::check`].
@@ -69,6 +71,7 @@ pub struct SeriesState {
     log_drop: LogDrop,
     likelihood: Likelihood,
     recurrence: Recurrence,
+    precedent: Precedent,
     /// Running estimate of a high quantile of the raw surprise (0 = not started).
     tail: f64,
     /// Per-detector running high quantiles of the weighted surprise (0 = not started), used
@@ -138,6 +141,7 @@ impl SeriesState {
             && self.smooth_z.valid()
             && self.likelihood.valid(&cfg.likelihood)
             && self.recurrence.valid(&cfg.recurrence)
+            && self.precedent.valid(&cfg.precedent)
             && self.peak.is_finite()
             && self.tail.is_finite()
             && self.vol.is_finite()
@@ -320,6 +324,10 @@ impl SeriesState {
             Calibration::Both => (squashed * likelihood).sqrt(),
         };
         if self.recurrence.update(&cfg.recurrence, self.n, raw) {
+            score = 0.0;
+        }
+        let dev = if learnable(x) { x - mean } else { f64::NAN };
+        if self.precedent.update(&cfg.precedent, raw, dev, strongest) {
             score = 0.0;
         }
         let o = &cfg.onset;

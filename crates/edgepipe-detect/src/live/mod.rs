@@ -33,7 +33,7 @@ use crate::multivariate::Pca;
 use crate::{Error, Result, SeriesState};
 
 /// Version of the [`Detector::snapshot`] layout.
-pub const DETECTOR_SNAPSHOT_VERSION: u32 = 4;
+pub const DETECTOR_SNAPSHOT_VERSION: u32 = 5;
 
 /// A series' identity: one metric of one device. Serialised as `"device/metric"` (neither
 /// identifier may contain `/`).

@@ -106,6 +106,11 @@ impl EwmaZ {
         }
     }
 
+    /// Values learned.
+    pub(crate) fn count(&self) -> u64 {
+        self.stats.n
+    }
+
     /// Current mean and standard deviation.
     pub fn mean_std(&self) -> (f64, f64) {
         (self.stats.mean, self.stats.std())

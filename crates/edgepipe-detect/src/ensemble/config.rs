@@ -169,6 +169,30 @@ impl Default for TailConfig {
 }
 
 /// Which stage produces the final score.
+/// Restart of the level baseline (the EWMA mean and spread behind the z-score, CUSUM and the
+/// precedent stage) after a sustained one-sided shift.
+///
+/// After a level shift the EWMA mean creeps towards the new level (alpha 0.005: hundreds of
+/// readings) while the shift itself inflates the variance, so for a long time nothing in the
+/// new regime looks unusual. When `run` consecutive readings lie beyond `z` baseline standard
+/// deviations on the same side, the baseline restarts at the fast-smoothed level (the smoothed
+/// z-score's EWMA, weight `smooth.alpha`; the reading itself when that detector is off) with the
+/// spread it had before the run began: the new regime is judged by the noise the series had.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RebaseConfig {
+    /// |z| beyond which a reading extends a one-sided run (0 = off).
+    pub z: f64,
+    /// Readings in a run that restart the baseline (>= 2).
+    pub run: u32,
+}
+
+impl Default for RebaseConfig {
+    fn default() -> Self {
+        Self { z: 3.5, run: 8 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Calibration {
@@ -221,6 +245,8 @@ pub struct EnsembleConfig {
     pub recurrence: RecurrenceConfig,
     /// Precedent suppression (an excursion no larger than earlier ones is not news).
     pub precedent: PrecedentConfig,
+    /// Restart of the level baseline after a sustained one-sided shift.
+    pub rebase: RebaseConfig,
     /// Onset emphasis and alarm level.
     pub onset: OnsetConfig,
 }
@@ -247,6 +273,18 @@ impl EnsembleConfig {
             });
         }
         self.smooth.z.validate(&mut errs);
+        if !(self.rebase.z >= 0.0 && self.rebase.z.is_finite()) {
+            errs.push(Error::InvalidConfig {
+                field: "rebase.z",
+                reason: format!("{} is not a finite number >= 0", self.rebase.z),
+            });
+        }
+        if self.rebase.run < 2 {
+            errs.push(Error::InvalidConfig {
+                field: "rebase.run",
+                reason: format!("{} is not at least 2", self.rebase.run),
+            });
+        }
         self.log_drop.validate(&mut errs);
         self.likelihood.validate(&mut errs);
         self.recurrence.validate(&mut errs);

@@ -16,7 +16,8 @@ use edgepipe_types::TimestampMs;
 use serde::{Deserialize, Serialize};
 
 pub use config::{
-    Calibration, EnsembleConfig, OnsetConfig, SmoothConfig, TailConfig, VolatilityConfig, Weights,
+    Calibration, EnsembleConfig, OnsetConfig, RebaseConfig, SmoothConfig, TailConfig,
+    VolatilityConfig, Weights,
 };
 pub use likelihood::{Likelihood, LikelihoodConfig, MAX_SHORT_WINDOW};
 pub use precedent::{MAX_EXCURSIONS, Precedent, PrecedentConfig};
@@ -72,6 +73,11 @@ pub struct SeriesState {
     likelihood: Likelihood,
     recurrence: Recurrence,
     precedent: Precedent,
+    /// Readings in the current one-sided run beyond `rebase.z`, its side, and the baseline
+    /// variance before it began.
+    shift_run: u32,
+    shift_up: bool,
+    shift_var: f64,
     /// Running estimate of a high quantile of the raw surprise (0 = not started).
     tail: f64,
     /// Per-detector running high quantiles of the weighted surprise (0 = not started), used
@@ -146,6 +152,8 @@ impl SeriesState {
             && self.tail.is_finite()
             && self.vol.is_finite()
             && self.log_drop.valid()
+            && self.shift_var.is_finite()
+            && self.shift_var >= 0.0
             && self.tails.iter().all(|v| v.is_finite());
         if ok {
             Ok(())
@@ -327,6 +335,29 @@ impl SeriesState {
             score = 0.0;
         }
         let dev = if learnable(x) { x - mean } else { f64::NAN };
+        // A sustained one-sided shift restarts the baseline (see `RebaseConfig`).
+        if cfg.rebase.z > 0.0
+            && let Some(z) = baseline_z.filter(|z| z.is_finite())
+        {
+            if z.abs() >= cfg.rebase.z {
+                let up = z > 0.0;
+                if self.shift_run == 0 || up != self.shift_up {
+                    self.shift_run = 1;
+                    self.shift_up = up;
+                    self.shift_var = sd * sd;
+                } else {
+                    self.shift_run += 1;
+                }
+                if self.shift_run >= cfg.rebase.run {
+                    let level = self.smooth.unwrap_or(x);
+                    let n = self.ewma.count();
+                    self.ewma.seed(level, self.shift_var.sqrt(), n);
+                    self.shift_run = 0;
+                }
+            } else {
+                self.shift_run = 0;
+            }
+        }
         if self.precedent.update(&cfg.precedent, raw, dev, strongest) {
             score = 0.0;
         }

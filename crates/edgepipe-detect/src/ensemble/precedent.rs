@@ -8,10 +8,10 @@
 //! `events` *excursions*, counted in excursions rather than in time, so a quiet stretch does not
 //! erase them:
 //! - an excursion is a run of readings whose raw surprise is at least `record`; its size is the
-//!   value's largest signed distance from the baseline (EWMA) mean during the run;
+//!   value's largest distance from the baseline (EWMA) mean during the run, with its sign;
 //! - a reading whose raw surprise reaches `level`, led by the EWMA z-score, is *precedented* when
-//!   at least `need` remembered excursions in the same direction were at least `1 / factor` of
-//!   the current excursion's size; its score is then 0.
+//!   at least `need` remembered excursions on the same side were at least `1 / factor` of its
+//!   own distance from the mean; its score is then 0.
 //!
 //! Only excursions led by the EWMA z-score are judged: a stuck sensor, a collapse on a log
 //! scale, a level shift (CUSUM), a sustained moderate shift (smoothed z-score), a seasonal
@@ -38,8 +38,8 @@ pub struct PrecedentConfig {
     pub record: f64,
     /// Excursions remembered (1..=16).
     pub events: usize,
-    /// A remembered excursion is a precedent when its size times `factor` reaches the current
-    /// excursion's size.
+    /// A remembered excursion is a precedent when its size times `factor` reaches the judged
+    /// reading's distance from the mean.
     pub factor: f64,
     /// Precedents needed to suppress (1..=16).
     pub need: u32,
@@ -143,20 +143,20 @@ impl Precedent {
             }
             return false;
         }
-        if !self.active {
-            self.active = true;
-            self.size = dev;
-        } else if dev.abs() > self.size.abs() && (dev >= 0.0) == (self.size >= 0.0) {
+        if !self.active || dev.abs() > self.size.abs() {
             self.size = dev;
         }
+        self.active = true;
         if strongest != Some(DetectorKind::EwmaZ) || raw < cfg.level {
             return false;
         }
+        // The reading itself is judged: an excursion that grows past its precedents, or turns
+        // to the other side, is news again.
         let len = usize::from(self.len).min(cap);
-        let up = self.size >= 0.0;
+        let up = dev >= 0.0;
         let precedents = self.sizes[..len]
             .iter()
-            .filter(|&&s| (s >= 0.0) == up && s.abs() * cfg.factor >= self.size.abs())
+            .filter(|&&s| (s >= 0.0) == up && s.abs() * cfg.factor >= dev.abs())
             .count();
         precedents >= cfg.need.max(1) as usize
     }
@@ -208,6 +208,11 @@ mod tests {
             grew.push(p.update(&cfg, 9.0, dev, Z));
         }
         assert_eq!(grew, [true, true, false]);
+        p.update(&cfg, 0.1, 0.0, Z);
+        // An excursion that turns to the other side, far past anything seen there, is news
+        // (a reading of -500 among small rises: it is not sized by the rises before it).
+        assert!(p.update(&cfg, 2.0, 100.0, Z));
+        assert!(!p.update(&cfg, 16.0, -500.0, Z));
     }
 
     #[test]

@@ -217,3 +217,50 @@ proptest! {
         }
     }
 }
+
+/// Uniform noise in [-1, 1) from a fixed seed.
+fn noise(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 2.0
+        })
+        .collect()
+}
+
+/// Alarms of `cfg` over a series at 10 that shifts to 40 at reading 1,000 and has a spike of
+/// +12 (about 20 of its noise's standard deviations) 300 readings into the new level.
+fn alarms_after_a_shift(cfg: &EnsembleConfig) -> Vec<usize> {
+    let mut det = SeriesDetector::new(*cfg).expect("valid");
+    let mut alarms = Vec::new();
+    for (i, e) in noise(1_600, 11).into_iter().enumerate() {
+        let mut x = if i < 1_000 { 10.0 } else { 40.0 } + e;
+        if i == 1_300 {
+            x += 12.0;
+        }
+        if det.update(i as i64 * 60_000, x).alarm {
+            alarms.push(i);
+        }
+    }
+    alarms
+}
+
+#[test]
+fn after_a_level_shift_the_new_level_is_judged_by_the_old_noise() {
+    let cfg = EnsembleConfig::default();
+    let got = alarms_after_a_shift(&cfg);
+    assert!(got.contains(&1_000), "{got:?}");
+    assert!(got.contains(&1_300), "{got:?}");
+    assert!(got.iter().all(|&i| i == 1_000 || i == 1_300), "{got:?}");
+    // Without the restart, the shift's share of the variance hides the spike.
+    let off = EnsembleConfig {
+        rebase: RebaseConfig { z: 0.0, run: 8 },
+        ..cfg
+    };
+    let without = alarms_after_a_shift(&off);
+    assert!(without.contains(&1_000), "{without:?}");
+    assert!(!without.contains(&1_300), "{without:?}");
+}

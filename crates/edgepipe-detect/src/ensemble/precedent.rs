@@ -104,8 +104,9 @@ impl PrecedentConfig {
 /// State of the precedent stage.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Precedent {
-    /// Signed sizes of the most recent excursions, oldest overwritten first.
-    sizes: [f64; MAX_EXCURSIONS],
+    /// Signed sizes of the most recent excursions, oldest overwritten first (`f32`: they are
+    /// only compared within a factor; 64 bytes a series saved).
+    sizes: [f32; MAX_EXCURSIONS],
     /// Sizes stored (saturates at the configured count).
     len: u8,
     /// Slot the next size goes to.
@@ -136,7 +137,7 @@ impl Precedent {
                 self.active = false;
                 let slot = usize::from(self.next) % cap;
                 if let Some(s) = self.sizes.get_mut(slot) {
-                    *s = self.size;
+                    *s = self.size.clamp(f64::from(f32::MIN), f64::from(f32::MAX)) as f32;
                 }
                 self.next = ((slot + 1) % cap) as u8;
                 self.len = (usize::from(self.len) + 1).min(cap) as u8;
@@ -156,7 +157,7 @@ impl Precedent {
         let up = dev >= 0.0;
         let precedents = self.sizes[..len]
             .iter()
-            .filter(|&&s| (s >= 0.0) == up && s.abs() * cfg.factor >= dev.abs())
+            .filter(|&&s| (s >= 0.0) == up && f64::from(s).abs() * cfg.factor >= dev.abs())
             .count();
         precedents >= cfg.need.max(1) as usize
     }
@@ -253,6 +254,10 @@ mod tests {
             excursion(&mut p, &cfg, 0.7, 1.0, 1);
         }
         assert!(!excursion(&mut p, &cfg, 5.0, 100.0, 1));
+        assert!(p.valid(&cfg));
+        // Sizes beyond f32 are kept at its largest, still finite (a snapshot stays valid).
+        excursion(&mut p, &cfg, 5.0, 1e300, 1);
+        excursion(&mut p, &cfg, 5.0, -1e300, 1);
         assert!(p.valid(&cfg));
     }
 

@@ -500,7 +500,7 @@ mod tests {
     }
 
     /// A bucket on a moto server of its own and a store on it under a prefix.
-    fn s3_lake() -> TestResult<(tokio::runtime::Runtime, Moto, LakeStore)> {
+    fn s3_lake() -> TestResult<(tokio::runtime::Runtime, Moto, LakeStore, String)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -533,14 +533,14 @@ mod tests {
             .enable_all()
             .build()?;
         let s3 = crate::S3Config {
-            endpoint,
+            endpoint: endpoint.clone(),
             access_key_id: "test".into(),
             secret_access_key: "test".into(),
             allow_http: true,
             ..Default::default()
         };
         let store = LakeStore::open("s3://parts/lake", &s3)?;
-        Ok((rt, moto, store))
+        Ok((rt, moto, store, endpoint))
     }
 
     /// The real part size against a real S3 API: an object of three parts (two full 8 MiB
@@ -548,7 +548,7 @@ mod tests {
     /// through ranged requests, and an abandoned upload leaves no object.
     #[test]
     fn a_multipart_upload_on_s3_compatible_storage() -> TestResult {
-        let (rt, _moto, store) = s3_lake()?;
+        let (rt, _moto, store, endpoint) = s3_lake()?;
         let handle = rt.handle().clone();
         let len = 2 * PART_BYTES + 1_234_567;
         // Bytes that differ from part to part, so a part sent twice or out of order shows.
@@ -603,6 +603,18 @@ mod tests {
         let listed = rt.block_on(store.list("t/"))?;
         let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, vec!["t/big.parquet"], "{listed:?}");
+        // The abandoned upload was aborted, not left pending on the server (an unfinished
+        // multipart upload is invisible to listings of objects but holds its parts).
+        let pending = std::process::Command::new("curl")
+            .args(["-sf", &format!("{endpoint}/parts?uploads")])
+            .output()?;
+        assert!(
+            pending.status.success(),
+            "listing the multipart uploads failed"
+        );
+        let text = String::from_utf8_lossy(&pending.stdout);
+        assert!(text.contains("ListMultipartUploadsResult"), "{text}");
+        assert!(!text.contains("<Upload>"), "uploads left pending: {text}");
         Ok(())
     }
 }

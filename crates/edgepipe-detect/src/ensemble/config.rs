@@ -168,16 +168,19 @@ impl Default for TailConfig {
     }
 }
 
-/// Which stage produces the final score.
 /// Restart of the level baseline (the EWMA mean and spread behind the z-score, CUSUM and the
 /// precedent stage) after a sustained one-sided shift.
 ///
 /// After a level shift the EWMA mean creeps towards the new level (alpha 0.005: hundreds of
 /// readings) while the shift itself inflates the variance, so for a long time nothing in the
-/// new regime looks unusual. When `run` consecutive readings lie beyond `z` baseline standard
-/// deviations on the same side, the baseline restarts at the fast-smoothed level (the smoothed
-/// z-score's EWMA, weight `smooth.alpha`; the reading itself when that detector is off) with the
-/// spread it had before the run began: the new regime is judged by the noise the series had.
+/// new regime looks unusual. When `run` consecutive scored readings lie beyond `z` baseline
+/// standard deviations on the same side, the baseline restarts at the fast-smoothed level (the
+/// smoothed z-score's EWMA, weight `smooth.alpha`; the reading itself when that detector is off)
+/// with the spread it had before the run began, so the new regime is judged mostly by the noise
+/// the series had: after 8 readings the smoothed level has covered about three quarters of a
+/// step, and what is left of it in the spread keeps the restart conservative (a large step may
+/// take two or three restarts). Readings the baseline does not score (its warm-up, values that
+/// are not learnable) neither extend nor break a run; a flat series (no spread) is not restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RebaseConfig {
@@ -193,6 +196,7 @@ impl Default for RebaseConfig {
     }
 }
 
+/// Which stage produces the final score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Calibration {

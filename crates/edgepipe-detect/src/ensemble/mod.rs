@@ -334,8 +334,14 @@ impl SeriesState {
         if self.recurrence.update(&cfg.recurrence, self.n, raw) {
             score = 0.0;
         }
-        let dev = if learnable(x) { x - mean } else { f64::NAN };
-        // A sustained one-sided shift restarts the baseline (see `RebaseConfig`).
+        // Distance from the baseline mean, once the baseline scores (not during its warm-up).
+        let dev = if baseline_z.is_some() {
+            x - mean
+        } else {
+            f64::NAN
+        };
+        // A sustained one-sided shift restarts the baseline (see `RebaseConfig`). Readings the
+        // baseline does not score (warm-up, not learnable) neither extend nor break a run.
         if cfg.rebase.z > 0.0
             && let Some(z) = baseline_z.filter(|z| z.is_finite())
         {
@@ -346,10 +352,18 @@ impl SeriesState {
                     self.shift_up = up;
                     self.shift_var = sd * sd;
                 } else {
-                    self.shift_run += 1;
+                    self.shift_run = self.shift_run.saturating_add(1);
                 }
-                if self.shift_run >= cfg.rebase.run {
-                    let level = self.smooth.unwrap_or(x);
+                // A flat series (no spread to restart with) keeps its baseline.
+                if self.shift_run >= cfg.rebase.run && self.shift_var > 0.0 {
+                    // The smoothed level, not the run's mean: after 8 readings it has covered
+                    // about three quarters of a step, and the rest left in the spread keeps the
+                    // restart conservative (restarting at the run's mean: NAB 74.2-75.5).
+                    let level = if cfg.weights.smooth_z > 0.0 {
+                        self.smooth.unwrap_or(x)
+                    } else {
+                        x
+                    };
                     let n = self.ewma.count();
                     self.ewma.seed(level, self.shift_var.sqrt(), n);
                     self.shift_run = 0;

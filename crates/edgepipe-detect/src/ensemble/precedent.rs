@@ -18,6 +18,8 @@
 //! deviation or a physical limit always counts. `level` keeps the judging to large surprises:
 //! judged at the alarm level, an anomaly of moderate size in Gaussian noise would too often find
 //! two noise excursions of two thirds its size (NAB: 70.2 at level 1.2, 74.96 at 1.7).
+//! Sizes are kept as `f32`: on a series whose deviations are below about 1e-38 or above 3.4e38
+//! (no physical quantity in its own unit) the stage suppresses nothing.
 //! State: a fixed array, so it is bounded and snapshot-able.
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +99,14 @@ impl PrecedentConfig {
                 field: "precedent.need",
                 reason: format!("{} is not in 1..={MAX_EXCURSIONS}", self.need),
             });
+        } else if self.need as usize > self.events {
+            errs.push(Error::InvalidConfig {
+                field: "precedent.need",
+                reason: format!(
+                    "{} is more than precedent.events = {}: nothing could ever be suppressed",
+                    self.need, self.events
+                ),
+            });
         }
     }
 }
@@ -119,8 +129,8 @@ pub struct Precedent {
 
 impl Precedent {
     /// Records a reading's raw surprise, its signed distance `dev` from the baseline mean (NaN
-    /// when the value is not learnable) and the detector that led, and tells whether the
-    /// reading belongs to a precedented excursion (its score is to be suppressed).
+    /// while the baseline does not score it) and the detector that led, and tells whether the
+    /// reading is precedented: its own distance is no news (its score is to be suppressed).
     pub fn update(
         &mut self,
         cfg: &PrecedentConfig,
@@ -284,5 +294,18 @@ mod tests {
         let mut ok = Vec::new();
         PrecedentConfig::default().validate(&mut ok);
         assert!(ok.is_empty());
+        // More precedents needed than remembered: refused.
+        let mut never = Vec::new();
+        PrecedentConfig {
+            events: 3,
+            need: 5,
+            ..PrecedentConfig::default()
+        }
+        .validate(&mut never);
+        assert!(
+            never
+                .iter()
+                .any(|e| e.to_string().contains("precedent.need"))
+        );
     }
 }

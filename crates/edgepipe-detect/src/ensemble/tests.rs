@@ -257,10 +257,24 @@ fn after_a_level_shift_the_new_level_is_judged_by_the_old_noise() {
     assert!(got.iter().all(|&i| i == 1_000 || i == 1_300), "{got:?}");
     // Without the restart, the shift's share of the variance hides the spike.
     let off = EnsembleConfig {
-        rebase: RebaseConfig { z: 0.0, run: 8 },
+        rebase: RebaseConfig {
+            z: 0.0,
+            ..RebaseConfig::default()
+        },
         ..cfg
     };
     let without = alarms_after_a_shift(&off);
     assert!(without.contains(&1_000), "{without:?}");
     assert!(!without.contains(&1_300), "{without:?}");
+    // With the smoothed z-score off the restart takes the reading itself as the level (its
+    // smoothed value, if any, is not kept up to date then).
+    let unsmoothed = EnsembleConfig {
+        weights: Weights {
+            smooth_z: 0.0,
+            ..cfg.weights
+        },
+        ..cfg
+    };
+    let got = alarms_after_a_shift(&unsmoothed);
+    assert!(got.contains(&1_000) && got.contains(&1_300), "{got:?}");
 }

@@ -57,6 +57,15 @@ pub(crate) fn check_positive(errs: &mut Vec<Error>, field: &'static str, v: f64)
     }
 }
 
+pub(crate) fn check_non_negative(errs: &mut Vec<Error>, field: &'static str, v: f64) {
+    if !(v >= 0.0 && v.is_finite()) {
+        errs.push(Error::InvalidConfig {
+            field,
+            reason: format!("{v} is not a finite number >= 0"),
+        });
+    }
+}
+
 /// Streaming EWMA z-score with warm-up.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct EwmaZ {

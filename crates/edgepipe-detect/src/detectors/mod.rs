@@ -16,7 +16,7 @@ mod rate;
 mod seasonal;
 pub(crate) mod stats;
 
-pub(crate) use ewma::{check_positive, check_unit};
+pub(crate) use ewma::{check_non_negative, check_positive, check_unit};
 
 pub use cusum::{Cusum, CusumConfig};
 pub use ewma::{EwmaZ, EwmaZConfig};

@@ -7,7 +7,7 @@ use super::precedent::PrecedentConfig;
 use super::recurrence::RecurrenceConfig;
 use crate::detectors::{
     CusumConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, LogDropConfig, PewmaConfig,
-    RateOfChangeConfig, RobustMadConfig, SeasonalConfig, check_positive,
+    RateOfChangeConfig, RobustMadConfig, SeasonalConfig, check_non_negative, check_positive,
 };
 use crate::{Error, Result};
 
@@ -277,12 +277,7 @@ impl EnsembleConfig {
             });
         }
         self.smooth.z.validate(&mut errs);
-        if !(self.rebase.z >= 0.0 && self.rebase.z.is_finite()) {
-            errs.push(Error::InvalidConfig {
-                field: "rebase.z",
-                reason: format!("{} is not a finite number >= 0", self.rebase.z),
-            });
-        }
+        check_non_negative(&mut errs, "rebase.z", self.rebase.z);
         if self.rebase.run < 2 {
             errs.push(Error::InvalidConfig {
                 field: "rebase.run",
@@ -316,12 +311,7 @@ impl EnsembleConfig {
             ("weights.volatility", w.volatility),
             ("weights.log_drop", w.log_drop),
         ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                errs.push(Error::InvalidConfig {
-                    field,
-                    reason: format!("{v} is not a finite weight >= 0"),
-                });
-            }
+            check_non_negative(&mut errs, field, v);
         }
         check_positive(&mut errs, "onset.alarm_score", self.onset.alarm_score);
         for (field, v) in [

@@ -25,7 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::detectors::DetectorKind;
+use crate::detectors::{DetectorKind, check_non_negative};
 
 /// Most excursions remembered.
 pub const MAX_EXCURSIONS: usize = 16;
@@ -61,17 +61,8 @@ impl Default for PrecedentConfig {
 
 impl PrecedentConfig {
     pub(crate) fn validate(&self, errs: &mut Vec<Error>) {
-        for (field, v) in [
-            ("precedent.level", self.level),
-            ("precedent.record", self.record),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                errs.push(Error::InvalidConfig {
-                    field,
-                    reason: format!("{v} is not a finite number >= 0"),
-                });
-            }
-        }
+        check_non_negative(errs, "precedent.level", self.level);
+        check_non_negative(errs, "precedent.record", self.record);
         if self.level > 0.0 && !(self.record > 0.0 && self.record <= self.level) {
             errs.push(Error::InvalidConfig {
                 field: "precedent.record",

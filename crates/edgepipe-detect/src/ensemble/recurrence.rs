@@ -47,12 +47,7 @@ impl Default for RecurrenceConfig {
 
 impl RecurrenceConfig {
     pub(crate) fn validate(&self, errs: &mut Vec<Error>) {
-        if !(self.level >= 0.0 && self.level.is_finite()) {
-            errs.push(Error::InvalidConfig {
-                field: "recurrence.level",
-                reason: format!("{} is not a finite number >= 0", self.level),
-            });
-        }
+        crate::detectors::check_non_negative(errs, "recurrence.level", self.level);
         if !(1..=MAX_EVENTS).contains(&self.events) {
             errs.push(Error::InvalidConfig {
                 field: "recurrence.events",

@@ -8,6 +8,7 @@
 mod config;
 mod likelihood;
 mod precedent;
+mod rebase;
 mod recurrence;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,7 @@ pub use config::{
 };
 pub use likelihood::{Likelihood, LikelihoodConfig, MAX_SHORT_WINDOW};
 pub use precedent::{MAX_EXCURSIONS, Precedent, PrecedentConfig};
+pub use rebase::Rebase;
 pub use recurrence::{MAX_EVENTS, Recurrence, RecurrenceConfig};
 
 use crate::detectors::stats::learnable;
@@ -73,11 +75,7 @@ pub struct SeriesState {
     likelihood: Likelihood,
     recurrence: Recurrence,
     precedent: Precedent,
-    /// Readings in the current one-sided run beyond `rebase.z`, its side, and the baseline
-    /// variance before it began.
-    shift_run: u32,
-    shift_up: bool,
-    shift_var: f64,
+    rebase: Rebase,
     /// Running estimate of a high quantile of the raw surprise (0 = not started).
     tail: f64,
     /// Per-detector running high quantiles of the weighted surprise (0 = not started), used
@@ -152,8 +150,7 @@ impl SeriesState {
             && self.tail.is_finite()
             && self.vol.is_finite()
             && self.log_drop.valid()
-            && self.shift_var.is_finite()
-            && self.shift_var >= 0.0
+            && self.rebase.valid()
             && self.tails.iter().all(|v| v.is_finite());
         if ok {
             Ok(())
@@ -342,35 +339,19 @@ impl SeriesState {
         };
         // A sustained one-sided shift restarts the baseline (see `RebaseConfig`). Readings the
         // baseline does not score (warm-up, not learnable) neither extend nor break a run.
-        if cfg.rebase.z > 0.0
-            && let Some(z) = baseline_z.filter(|z| z.is_finite())
+        if let Some(z) = baseline_z
+            && let Some(spread) = self.rebase.update(&cfg.rebase, z, sd)
         {
-            if z.abs() >= cfg.rebase.z {
-                let up = z > 0.0;
-                if self.shift_run == 0 || up != self.shift_up {
-                    self.shift_run = 1;
-                    self.shift_up = up;
-                    self.shift_var = sd * sd;
-                } else {
-                    self.shift_run = self.shift_run.saturating_add(1);
-                }
-                // A flat series (no spread to restart with) keeps its baseline.
-                if self.shift_run >= cfg.rebase.run && self.shift_var > 0.0 {
-                    // The smoothed level, not the run's mean: after 8 readings it has covered
-                    // about three quarters of a step, and the rest left in the spread keeps the
-                    // restart conservative (restarting at the run's mean: NAB 74.2-75.5).
-                    let level = if cfg.weights.smooth_z > 0.0 {
-                        self.smooth.unwrap_or(x)
-                    } else {
-                        x
-                    };
-                    let n = self.ewma.count();
-                    self.ewma.seed(level, self.shift_var.sqrt(), n);
-                    self.shift_run = 0;
-                }
+            // The smoothed level, not the run's mean: after 8 readings it has covered about
+            // three quarters of a step, and the rest left in the spread keeps the restart
+            // conservative (restarting at the run's mean: NAB 74.2-75.5).
+            let level = if cfg.weights.smooth_z > 0.0 {
+                self.smooth.unwrap_or(x)
             } else {
-                self.shift_run = 0;
-            }
+                x
+            };
+            let n = self.ewma.count();
+            self.ewma.seed(level, spread, n);
         }
         if self.precedent.update(&cfg.precedent, raw, dev, strongest) {
             score = 0.0;

@@ -69,7 +69,9 @@ fn snapshot_restore_continues_bit_identically() {
     for cfg in [EnsembleConfig::default(), all_detectors()] {
         let mut reference = SeriesDetector::new(cfg).expect("config");
         let expected: Vec<Assessment> = data.iter().map(|&(t, x)| reference.update(t, x)).collect();
-        for cut in [0, 1, 49, 250, 1499, 1500, 2999] {
+        // 2254: inside the run of shifted readings that restarts the baseline (the shift
+        // starts at 2251).
+        for cut in [0, 1, 49, 250, 1499, 1500, 2254, 2999] {
             let mut d = SeriesDetector::new(cfg).expect("config");
             for &(t, x) in &data[..cut] {
                 d.update(t, x);
@@ -77,6 +79,12 @@ fn snapshot_restore_continues_bit_identically() {
             // The cuts cover the seasonal warm-up buffer and the learned profile alike.
             if cut >= 1499 {
                 assert!(d.state.seasonal.period().is_some(), "cut {cut}");
+            }
+            if cut == 2254 {
+                assert!(
+                    d.state.rebase.in_run(),
+                    "cut {cut} is not inside a rebase run"
+                );
             }
             let json = serde_json::to_string(&d.snapshot()).expect("serialise");
             let snap: Snapshot = serde_json::from_str(&json).expect("deserialise");

@@ -359,6 +359,16 @@ mod tests {
         Ok((rt, dir, store))
     }
 
+    /// Everything from `start` to the end of the object, read sequentially.
+    fn read_from(r: &RangeReader, start: u64) -> std::result::Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        r.get_read(start)
+            .map_err(|e| e.to_string())?
+            .read_to_end(&mut out)
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
     #[test]
     fn ranges_and_sequential_reads_see_the_object() -> TestResult {
         let (rt, _dir, store) = local_lake()?;
@@ -416,12 +426,7 @@ mod tests {
                 "the window at 10 was the least recently used"
             );
             // A sequential read to the end, through windows.
-            let mut all = Vec::new();
-            r.get_read(5_900_000)
-                .map_err(e)?
-                .read_to_end(&mut all)
-                .map_err(|e| e.to_string())?;
-            assert_eq!(all, data[5_900_000..]);
+            assert_eq!(read_from(&r, 5_900_000)?, data[5_900_000..]);
             // Past the listed end: an error, not a short answer or a panic.
             assert!(r.get_bytes(n - 10, 20).is_err());
             // An object shorter than listed: an error.
@@ -436,12 +441,7 @@ mod tests {
             let s = RangeReader::new(store, "t/small.bin".into(), 300_000, handle);
             assert_eq!(s.get_bytes(299_992, 8).map_err(e)?, small[299_992..]);
             assert_eq!(s.get_bytes(0, 200_000).map_err(e)?, small[..200_000]);
-            let mut rest = Vec::new();
-            s.get_read(123_456)
-                .map_err(e)?
-                .read_to_end(&mut rest)
-                .map_err(|e| e.to_string())?;
-            assert_eq!(rest, small[123_456..]);
+            assert_eq!(read_from(&s, 123_456)?, small[123_456..]);
             assert_eq!(s.fetched(), 300_000);
             Ok(())
         })
@@ -575,12 +575,7 @@ mod tests {
             if r.get_bytes(at, 300).map_err(pe)? != data[at as usize..at as usize + 300] {
                 return Err("a range across the first part boundary differs".into());
             }
-            let mut tail = Vec::new();
-            r.get_read(2 * PART_BYTES as u64 - 5)
-                .map_err(pe)?
-                .read_to_end(&mut tail)
-                .map_err(|e| e.to_string())?;
-            if tail != data[2 * PART_BYTES - 5..] {
+            if read_from(&r, 2 * PART_BYTES as u64 - 5)? != data[2 * PART_BYTES - 5..] {
                 return Err("the sequential read over the last part boundary differs".into());
             }
             // An upload abandoned after a full part leaves nothing under its key.

@@ -130,6 +130,34 @@ fn state_is_small() {
     }
 }
 
+/// The restart rule and the precedent stage name their own bad settings, through the
+/// ensemble's `problems()` (what the server's config check prints).
+#[test]
+fn rebase_and_precedent_settings_are_checked() {
+    let mut cfg = EnsembleConfig::default();
+    cfg.rebase.z = f64::NAN;
+    cfg.rebase.run = 1;
+    cfg.precedent.level = -1.0;
+    cfg.weights.smooth_z = f64::INFINITY;
+    let fields: Vec<&str> = cfg
+        .problems()
+        .iter()
+        .filter_map(|e| match e {
+            crate::Error::InvalidConfig { field, .. } => Some(*field),
+            _ => None,
+        })
+        .collect();
+    for want in [
+        "rebase.z",
+        "rebase.run",
+        "precedent.level",
+        "weights.smooth_z",
+    ] {
+        assert!(fields.contains(&want), "{want} missing from {fields:?}");
+    }
+    assert!(SeriesDetector::new(cfg).is_err());
+}
+
 #[test]
 fn invalid_configs_are_refused_with_every_problem() {
     let mut cfg = EnsembleConfig::default();
@@ -160,6 +188,32 @@ fn restore_refuses_mismatched_state() {
     let mut wrong = snap;
     wrong.version = 99;
     assert!(SeriesDetector::restore(big, wrong).is_err());
+}
+
+/// A snapshot whose restart run or precedent memory was tampered with (a negative variance to
+/// restart with, more remembered excursions than configured) is refused.
+#[test]
+fn restore_refuses_a_tampered_rebase_or_precedent_state() {
+    let mut d = SeriesDetector::new(EnsembleConfig::default()).expect("config");
+    for (t, x) in series(300) {
+        d.update(t, x);
+    }
+    let json = serde_json::to_value(d.snapshot()).expect("serialise");
+    let ok: Snapshot = serde_json::from_value(json.clone()).expect("deserialise");
+    assert!(SeriesDetector::restore(EnsembleConfig::default(), ok).is_ok());
+    for (path, bad) in [
+        ("rebase/var", serde_json::json!(-1.0)),
+        ("precedent/len", serde_json::json!(17)),
+    ] {
+        let (part, field) = path.split_once('/').expect("path");
+        let mut tampered = json.clone();
+        tampered["state"][part][field] = bad.clone();
+        let snap: Snapshot = serde_json::from_value(tampered).expect("deserialise");
+        assert!(
+            SeriesDetector::restore(EnsembleConfig::default(), snap).is_err(),
+            "{path} = {bad} was restored"
+        );
+    }
 }
 
 /// A snapshot whose log-scale drop state was tampered with (a negative offset, a negative

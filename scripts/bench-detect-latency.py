@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -81,6 +82,7 @@ def main():
     mqtt_port, http_port = free_port(), free_port()
     http = f"127.0.0.1:{http_port}"
     log = open(os.path.join(work, "server.log"), "w")
+    gen = None
     srv = subprocess.Popen(
         [binary, "serve", "--config", config, "--data-dir", data,
          "--mqtt-addr", f"127.0.0.1:{mqtt_port}",
@@ -111,7 +113,6 @@ def main():
             with urllib.request.urlopen(req, timeout=10) as r:
                 assert r.status == 200, r.read()
         time.sleep(2.0)
-        gen = None
         if load > 0:
             gen = subprocess.Popen(
                 [binary, "bench", "ingest", "--target", f"127.0.0.1:{mqtt_port}",
@@ -123,6 +124,7 @@ def main():
         t_start = time.monotonic()
         scored0 = metric(http, "edgepipe_detect_readings_scored_total")
         base = metric(http, "edgepipe_cases_events_received_total")
+        events0 = base
         opened0 = metric(http, "edgepipe_cases_opened_total")
         latencies = []
         for d in ids:
@@ -154,13 +156,19 @@ def main():
                 time.sleep(0.002)
             c.loop_stop()
             c.disconnect()
-        # One event and one new case per device: the spikes, nothing else (no silence events).
+        # One event and one new case per device: the spikes, nothing else. Any other event
+        # (the load generator's devices, silence) could have been timed as a spike's: refuse
+        # the figures then.
+        time.sleep(1.0)
+        events = metric(http, "edgepipe_cases_events_received_total") - events0
         opened = metric(http, "edgepipe_cases_opened_total") - opened0
         scored = metric(http, "edgepipe_detect_readings_scored_total") - scored0
         elapsed = time.monotonic() - t_start
-        if gen is not None:
-            gen.terminate()
-            gen.wait(timeout=30)
+        if events != len(ids) or opened != len(ids):
+            raise RuntimeError(
+                f"{int(events)} events and {int(opened)} cases for {len(ids)} spikes: "
+                "other events interleaved, the latencies are not the spikes' alone"
+            )
         latencies.sort()
         p99 = latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))]
         print(json.dumps({
@@ -174,8 +182,13 @@ def main():
             "all_ms": [round(x, 1) for x in latencies],
         }))
     finally:
+        if gen is not None:
+            gen.terminate()
+            gen.wait(timeout=30)
         srv.terminate()
         srv.wait(timeout=30)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

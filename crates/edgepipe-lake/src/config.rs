@@ -22,7 +22,9 @@ pub struct LakeConfig {
     pub flush_interval: Duration,
     /// Flush as soon as this many rows are buffered. A writer behind the WAL (a backlog after
     /// an outage or restart) with no flush in flight starts one at an eighth of this, so the
-    /// sort and encode run beside the reading.
+    /// sort and encode run beside the reading. The default (256 Ki rows, ~20 MB) keeps a
+    /// flush's working set small: a backlog written in flushes of 1 M rows took ~25 % more CPU
+    /// (fresh memory faulted in for every buffer, sorted copy and encoder) and longer.
     pub flush_max_rows: usize,
     /// Read newly durable WAL records at most this often: under load, fewer and larger reads
     /// (and fresh-buffer batches) instead of one per group commit. SQL sees a reading at most
@@ -69,7 +71,7 @@ impl Default for LakeConfig {
             url: String::new(),
             s3: S3Config::default(),
             flush_interval: Duration::from_secs(30),
-            flush_max_rows: 1_000_000,
+            flush_max_rows: 256 * 1024,
             read_interval: Duration::from_millis(50),
             row_group_rows: 256 * 1024,
             late_after: Duration::from_secs(300),

@@ -1,9 +1,11 @@
 //! Parquet encoding with the lake's writer settings, and decoding for compaction and verify.
 //!
-//! Settings, and why: zstd on every column (level 1 for flushes, 3 for compacted files); dictionary encoding for the string ids
-//! (`device_id`, `metric`, `quality`, `source`); `DELTA_BINARY_PACKED` for the timestamps and
-//! `wal_seq` (regular 1 Hz series sort into near-constant deltas that pack to a few bits);
-//! page statistics everywhere so readers prune row groups on `ts`.
+//! Settings, and why: zstd on every column (level 1 for flushes, 3 for compacted files);
+//! dictionary encoding for the string columns (`device_id`, `metric`, `quality`, `source`),
+//! except `quality` and `source` in flush files, which compaction rewrites (see [`Purpose`]);
+//! `DELTA_BINARY_PACKED` for the timestamps and `wal_seq` (regular 1 Hz series sort into
+//! near-constant deltas that pack to a few bits); page statistics on every column but a flush
+//! file's `quality` and `source`, so readers prune row groups on `ts`, `device_id` and `metric`.
 //!
 //! Only encodings every reader we promise handles: `BYTE_STREAM_SPLIT` would shrink float
 //! columns, but Spark 4.0's vectorized reader refuses it ("Unsupported encoding"), found by the
@@ -23,16 +25,42 @@ use parquet::schema::types::ColumnPath;
 
 use crate::{Error, Result};
 
-fn properties(schema: &SchemaRef, row_group_rows: usize, level: i32) -> Result<WriterProperties> {
+/// What a file is for, which decides the string columns' encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A file that lives: compaction's outputs, the small tables, encode-only measurements.
+    /// Every string column dictionary-encoded, statistics everywhere.
+    Kept,
+    /// A lake writer's flush file, rewritten by compaction within `compact_after`: the ids
+    /// (`device_id`, `metric`) dictionary-encoded with statistics as in kept files, but
+    /// `quality` and `source` `PLAIN` without statistics. Those two hold one or two values
+    /// per file, and interning them per row (plus min/max compares) was ~8 % of a backlog
+    /// write's CPU; zstd folds their repeated bytes, so the files are barely larger.
+    Flush,
+}
+
+fn properties(
+    schema: &SchemaRef,
+    row_group_rows: usize,
+    level: i32,
+    purpose: Purpose,
+) -> Result<WriterProperties> {
     let zstd = Compression::ZSTD(ZstdLevel::try_new(level)?);
     let mut b = WriterProperties::builder()
         .set_compression(zstd)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_created_by(format!("edgepipe {}", env!("CARGO_PKG_VERSION")));
+    let flush = purpose == Purpose::Flush;
     for f in schema.fields() {
         let path = ColumnPath::from(f.name().as_str());
         match f.name().as_str() {
+            "quality" | "source" if flush => {
+                b = b
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path.clone(), Encoding::PLAIN)
+                    .set_column_statistics_enabled(path, EnabledStatistics::None);
+            }
             "ts" | "received_at" | "wal_seq" | "bucket" | "count" => {
                 b = b
                     .set_column_dictionary_enabled(path.clone(), false)
@@ -82,7 +110,7 @@ fn encode_with_threads(
 ) -> Result<Bytes> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     if threads > 1 && rows >= PARALLEL_MIN_ROWS {
-        return encode_parallel(schema, batches, rows, row_group_rows, zstd_level, threads);
+        return encode_parallel(schema, batches, row_group_rows, zstd_level, threads);
     }
     let mut w = StreamWriter::new(schema, row_group_rows, zstd_level)?;
     for b in batches {
@@ -91,45 +119,78 @@ fn encode_with_threads(
     w.finish()
 }
 
-/// One row group at a time: every column's writer goes to a queue that `threads` workers
-/// drain; the finished chunks are appended in column order.
+/// Encodes the lake writer's flush files, one per batch (one per hour partition), zstd level
+/// 1 with [`Purpose::Flush`] settings, all at once on the machine's cores when there are at
+/// least 32k rows in all (see [`encode_files`]).
+pub(crate) fn encode_flush_files(
+    schema: &SchemaRef,
+    files: &[RecordBatch],
+    row_group_rows: usize,
+) -> Result<Vec<Bytes>> {
+    let rows: usize = files.iter().map(|b| b.num_rows()).sum();
+    let threads = if rows >= PARALLEL_MIN_ROWS {
+        crate::parallel::threads_for(schema.fields().len() * files.len())
+    } else {
+        1
+    };
+    let inputs: Vec<&[RecordBatch]> = files.iter().map(std::slice::from_ref).collect();
+    encode_files(schema, &inputs, row_group_rows, 1, Purpose::Flush, threads)
+}
+
+/// One file through [`encode_files`].
 fn encode_parallel(
     schema: &SchemaRef,
     batches: &[RecordBatch],
-    total: usize,
     row_group_rows: usize,
     zstd_level: i32,
     threads: usize,
 ) -> Result<Bytes> {
-    let mut buf = Vec::new();
-    let props = properties(schema, row_group_rows, zstd_level)?;
-    // The ArrowWriter embeds the Arrow schema in the file's metadata, as the serial path does.
-    let (mut file, factory) =
-        ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?.into_serialized_writer()?;
+    let mut files = encode_files(
+        schema,
+        &[batches],
+        row_group_rows,
+        zstd_level,
+        Purpose::Kept,
+        threads,
+    )?;
+    files
+        .pop()
+        .ok_or_else(|| Error::Config("parquet encoder returned no file".into()))
+}
+
+/// Encodes several Parquet files (each made of its batches, all of `schema`) at once: every
+/// column of every row group of every file is one job for `threads` workers, so the cores stay
+/// busy even when the files differ in size or a file has few columns worth the work. The
+/// finished column chunks are then appended in order; each file decodes to the same rows as
+/// the serial path's.
+pub(crate) fn encode_files(
+    schema: &SchemaRef,
+    files: &[&[RecordBatch]],
+    row_group_rows: usize,
+    zstd_level: i32,
+    purpose: Purpose,
+    threads: usize,
+) -> Result<Vec<Bytes>> {
+    let props = properties(schema, row_group_rows, zstd_level, purpose)?;
     let group_rows = row_group_rows.max(1);
-    // Row groups of `group_rows` rows, each made of slices of the input batches (no copy).
-    let mut pieces: Vec<RecordBatch> = Vec::new();
-    let mut in_group = 0;
-    let mut group = 0;
-    let mut pending = batches.iter().filter(|b| b.num_rows() > 0).cloned();
-    let mut current = pending.next();
-    let mut done = 0;
-    while let Some(batch) = current.take() {
-        let take = (group_rows - in_group).min(batch.num_rows());
-        pieces.push(batch.slice(0, take));
-        in_group += take;
-        done += take;
-        current = if take < batch.num_rows() {
-            Some(batch.slice(take, batch.num_rows() - take))
-        } else {
-            pending.next()
-        };
-        if in_group == group_rows || done == total {
-            let mut writers = factory.create_column_writers(group)?.into_iter();
-            let mut jobs = Vec::new();
+    let mut writers = Vec::with_capacity(files.len());
+    // Per file, the number of column jobs of each of its row groups.
+    let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(files.len());
+    let mut jobs: Vec<ColumnJob> = Vec::new();
+    for batches in files {
+        // The ArrowWriter embeds the Arrow schema in the file's metadata, as the serial path
+        // does.
+        let (file, factory) =
+            ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props.clone()))?
+                .into_serialized_writer()?;
+        writers.push(file);
+        let mut shape = Vec::new();
+        for (g, pieces) in row_groups(batches, group_rows).iter().enumerate() {
+            let mut column_writers = factory.create_column_writers(g)?.into_iter();
+            let before = jobs.len();
             for (j, field) in schema.fields().iter().enumerate() {
                 let mut leaves = Vec::new();
-                for piece in &pieces {
+                for piece in pieces {
                     leaves.push(compute_leaves(field, piece.column(j))?);
                 }
                 // Flat schemas have one leaf per column; nested ones several, in order.
@@ -144,25 +205,57 @@ fn encode_parallel(
                     }
                 }
                 for leaf_parts in by_leaf {
-                    let writer = writers.next().ok_or_else(|| {
+                    let writer = column_writers.next().ok_or_else(|| {
                         Error::Config(format!("no parquet column writer for {}", field.name()))
                     })?;
                     jobs.push((writer, leaf_parts));
                 }
             }
-            let chunks = encode_columns(jobs, threads)?;
+            shape.push(jobs.len() - before);
+        }
+        shapes.push(shape);
+    }
+    let mut chunks = encode_columns(jobs, threads)?.into_iter();
+    let mut out = Vec::with_capacity(files.len());
+    for (mut file, shape) in writers.into_iter().zip(shapes) {
+        for columns in shape {
             let mut row_group = file.next_row_group()?;
-            for chunk in chunks {
+            for _ in 0..columns {
+                let chunk = chunks
+                    .next()
+                    .ok_or_else(|| Error::Config("parquet encoder lost a column chunk".into()))?;
                 chunk.append_to_row_group(&mut row_group)?;
             }
             row_group.close()?;
-            pieces.clear();
-            in_group = 0;
-            group += 1;
+        }
+        out.push(Bytes::from(file.into_inner()?));
+    }
+    Ok(out)
+}
+
+/// The input batches cut into row groups of `group_rows` rows, each made of slices of the
+/// batches (no copy).
+fn row_groups(batches: &[RecordBatch], group_rows: usize) -> Vec<Vec<RecordBatch>> {
+    let mut groups = Vec::new();
+    let mut pieces: Vec<RecordBatch> = Vec::new();
+    let mut in_group = 0;
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        let mut at = 0;
+        while at < batch.num_rows() {
+            let take = (group_rows - in_group).min(batch.num_rows() - at);
+            pieces.push(batch.slice(at, take));
+            in_group += take;
+            at += take;
+            if in_group == group_rows {
+                groups.push(std::mem::take(&mut pieces));
+                in_group = 0;
+            }
         }
     }
-    file.close()?;
-    Ok(Bytes::from(buf))
+    if !pieces.is_empty() {
+        groups.push(pieces);
+    }
+    groups
 }
 
 type ColumnJob = (ArrowColumnWriter, Vec<ArrowLeafColumn>);
@@ -212,7 +305,7 @@ impl<W: std::io::Write + Send> StreamWriter<W> {
         row_group_rows: usize,
         level: i32,
     ) -> Result<Self> {
-        let props = properties(schema, row_group_rows, level)?;
+        let props = properties(schema, row_group_rows, level, Purpose::Kept)?;
         Ok(Self {
             writer: ArrowWriter::try_new(out, schema.clone(), Some(props))?,
             rows: 0,
@@ -255,8 +348,9 @@ mod tests {
     use arrow::compute::concat_batches;
     use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
 
-    #[test]
-    fn parallel_and_serial_encodes_hold_the_same_rows() -> Result<(), Box<dyn std::error::Error>> {
+    /// 5,000 seconds of 12 devices x 3 metrics (180,000 rows) of every value kind, some with
+    /// tags.
+    fn rows() -> Result<RecordBatch, Box<dyn std::error::Error>> {
         let mut b = RowsBuilder::new(300_000_000);
         let values = [
             Value::F64(1.5),
@@ -290,7 +384,12 @@ mod tests {
                 b.push_record(s as u64, &rec);
             }
         }
-        let batch = b.finish()?;
+        Ok(b.finish()?)
+    }
+
+    #[test]
+    fn parallel_and_serial_encodes_hold_the_same_rows() -> Result<(), Box<dyn std::error::Error>> {
+        let batch = rows()?;
         let schema = readings_schema();
         // Two input batches and a row-group size that does not divide them: row groups span
         // batch boundaries.
@@ -311,6 +410,68 @@ mod tests {
             .metadata()
             .clone();
         assert_eq!(meta.num_row_groups(), 4);
+        Ok(())
+    }
+
+    /// Several files encoded at once (the flush path) hold, file by file, the rows the serial
+    /// writer gives each, whatever their sizes (a row group cut mid-file, a file smaller than a
+    /// row group, an empty file) and however many threads share the jobs.
+    #[test]
+    fn files_encoded_together_each_hold_their_own_rows() -> Result<(), Box<dyn std::error::Error>> {
+        let batch = rows()?;
+        let schema = readings_schema();
+        let inputs = [
+            batch.slice(0, 120_000),
+            batch.slice(120_000, 7),
+            batch.slice(120_007, 0),
+            batch.slice(120_007, batch.num_rows() - 120_007),
+        ];
+        for threads in [1, 2, 5] {
+            let refs: Vec<&[RecordBatch]> = inputs.iter().map(std::slice::from_ref).collect();
+            let files = encode_files(&schema, &refs, 50_000, 1, Purpose::Flush, threads)?;
+            assert_eq!(files.len(), inputs.len());
+            for (file, input) in files.into_iter().zip(&inputs) {
+                let meta = ParquetRecordBatchReaderBuilder::try_new(file.clone())?
+                    .metadata()
+                    .clone();
+                assert_eq!(meta.num_row_groups(), input.num_rows().div_ceil(50_000));
+                let (s, got) = decode_parquet(file)?;
+                assert_eq!(s, schema);
+                assert_eq!(concat_batches(&s, &got)?, *input, "threads {threads}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush files: ids dictionary-encoded with statistics (readers prune on them), `quality`
+    /// and `source` plain without; files that live keep dictionaries and statistics on all.
+    #[test]
+    fn flush_files_keep_dictionary_ids_and_plain_quality_and_source()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let batch = rows()?;
+        let schema = readings_schema();
+        let flush = encode_flush_files(&schema, std::slice::from_ref(&batch), 64 * 1024)?;
+        let kept = encode_parquet_level(&schema, std::slice::from_ref(&batch), 64 * 1024, 1)?;
+        for (file, is_flush) in [(flush[0].clone(), true), (kept, false)] {
+            let meta = ParquetRecordBatchReaderBuilder::try_new(file)?
+                .metadata()
+                .clone();
+            for rg in meta.row_groups() {
+                for col in rg.columns() {
+                    let name = col.column_path().string();
+                    let dict = col.dictionary_page_offset().is_some();
+                    let stats = col.statistics().is_some();
+                    match name.as_str() {
+                        "device_id" | "metric" => assert!(dict && stats, "{name}"),
+                        "quality" | "source" if is_flush => {
+                            assert!(!dict && !stats, "flush {name}")
+                        }
+                        "quality" | "source" => assert!(dict && stats, "kept {name}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -255,6 +255,14 @@ impl<B: AppendNulls> MostlyNull<B> {
     }
 }
 
+/// Finishes a string builder and replaces it with one sized for `rows` rows of the same
+/// average length.
+fn sized(b: &mut StringBuilder, rows: usize) -> ArrayRef {
+    let bytes = b.values_slice().len();
+    let mut done = std::mem::replace(b, StringBuilder::with_capacity(rows, bytes));
+    Arc::new(done.finish())
+}
+
 /// Builds `readings` rows from decoded WAL records.
 #[derive(Debug)]
 pub struct RowsBuilder {
@@ -425,23 +433,50 @@ impl RowsBuilder {
         self.rows += n;
     }
 
-    /// The rows appended so far as one batch; the builder starts empty again.
+    /// The rows appended so far as one batch; the builder starts empty again, with room for
+    /// as many rows as this batch held (a reader's batches are alike in size, so the next one
+    /// fills its buffers without growing them: no reallocation and copy on the way).
     pub fn finish(&mut self) -> Result<RecordBatch> {
         let utc: Arc<str> = "UTC".into();
+        let rows = self.rows;
+        let device_id = sized(&mut self.device_id, rows);
+        let metric = sized(&mut self.metric, rows);
+        let quality = sized(&mut self.quality, rows);
+        let source = sized(&mut self.source, rows);
         let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.device_id.finish()),
-            Arc::new(self.metric.finish()),
-            Arc::new(self.ts.finish().with_timezone(utc.clone())),
-            Arc::new(self.value.finish()),
+            device_id,
+            metric,
+            Arc::new(
+                std::mem::replace(
+                    &mut self.ts,
+                    TimestampMicrosecondBuilder::with_capacity(rows),
+                )
+                .finish()
+                .with_timezone(utc.clone()),
+            ),
+            Arc::new(
+                std::mem::replace(&mut self.value, Float64Builder::with_capacity(rows)).finish(),
+            ),
             self.value_int.finish(),
             self.value_bool.finish(),
             self.value_str.finish(),
-            Arc::new(self.quality.finish()),
-            Arc::new(self.received_at.finish().with_timezone(utc)),
-            Arc::new(self.replayed.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.tags.finish()),
-            Arc::new(self.wal_seq.finish()),
+            quality,
+            Arc::new(
+                std::mem::replace(
+                    &mut self.received_at,
+                    TimestampMicrosecondBuilder::with_capacity(rows),
+                )
+                .finish()
+                .with_timezone(utc),
+            ),
+            Arc::new(
+                std::mem::replace(&mut self.replayed, BooleanBuilder::with_capacity(rows)).finish(),
+            ),
+            source,
+            sized(&mut self.tags, rows),
+            Arc::new(
+                std::mem::replace(&mut self.wal_seq, Int64Builder::with_capacity(rows)).finish(),
+            ),
         ];
         self.rows = 0;
         RecordBatch::try_new(readings_schema(), cols).map_err(Error::from)
@@ -593,6 +628,58 @@ mod tests {
             .ok_or(Error::Config("t".into()))?;
         assert_eq!(tags.value(0), r#"{"line":"3"}"#);
         assert!(!batch.column(3).is_null(1), "booleans also count as 0/1");
+        Ok(())
+    }
+
+    /// A builder used batch after batch (sized from the last one, larger or smaller batches
+    /// next) gives each batch exactly what a new builder would.
+    #[test]
+    fn a_reused_builder_gives_what_a_new_one_gives() -> Result<()> {
+        use edgepipe_types::{DeviceId, Metric, Reading};
+        let record = |i: usize| -> Result<IngestRecord> {
+            let e = |e: edgepipe_types::Error| Error::Config(e.to_string());
+            Ok(IngestRecord {
+                device_id: DeviceId::new(format!("device-{}", "x".repeat(i % 7))).map_err(e)?,
+                received_at: 1_000_000 + i as i64,
+                transport: if i.is_multiple_of(3) {
+                    Transport::Http
+                } else {
+                    Transport::Mqtt5
+                },
+                origin: None,
+                tags: Vec::new(),
+                readings: (0..(i % 4))
+                    .map(|m| {
+                        Ok(Reading {
+                            metric: Metric::new(format!("m{m}{}", "y".repeat(i % 5))).map_err(e)?,
+                            ts: 1_000_000,
+                            value: if m == 2 {
+                                Value::Str("s".repeat(i % 9))
+                            } else {
+                                Value::F64(i as f64)
+                            },
+                            ts_source: TsSource::Device,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            })
+        };
+        let mut reused = RowsBuilder::new(300_000_000);
+        let mut at = 0;
+        for records in [3, 100, 1, 0, 250, 2] {
+            let mut fresh = RowsBuilder::new(300_000_000);
+            for i in at..at + records {
+                let rec = record(i)?;
+                reused.push_record(i as u64, &rec);
+                fresh.push_record(i as u64, &rec);
+            }
+            at += records;
+            assert_eq!(
+                reused.finish()?,
+                fresh.finish()?,
+                "batch of {records} records"
+            );
+        }
         Ok(())
     }
 }

@@ -17,18 +17,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray, UInt32Array, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, PrimitiveArray, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray, new_null_array,
 };
 use arrow::buffer::BooleanBuffer;
-use arrow::compute::{concat, interleave, take};
+use arrow::compute::interleave;
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
 use bytes::Bytes;
 use edgepipe_types::IngestRecordView;
 use edgepipe_wal::{Consumer, Wal};
 use tokio::sync::watch;
 
 use crate::config::LakeConfig;
-use crate::parquet_io::encode_parquet_level;
+use crate::parquet_io::encode_flush_files;
 use crate::schema::{COL_TS, HOUR_US, RowsBuilder, readings_schema};
 use crate::store::LakeStore;
 use crate::{Error, Result, tables};
@@ -526,7 +529,8 @@ fn partition_and_encode(
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
         .ok_or_else(|| Error::Config("ts column is not timestamp(us)".into()))?;
-    let mut out = Vec::new();
+    let mut keys = Vec::new();
+    let mut parts = Vec::new();
     let mut start = 0usize;
     while start < sorted.num_rows() {
         let hour = ts.value(start).div_euclid(HOUR_US);
@@ -534,15 +538,13 @@ fn partition_and_encode(
         while end < sorted.num_rows() && ts.value(end).div_euclid(HOUR_US) == hour {
             end += 1;
         }
-        let part = sorted.slice(start, end - start);
-        let key = crate::sink::part_key(tables::READINGS, hour, first, last);
-        out.push((
-            key,
-            encode_parquet_level(&schema, &[part], row_group_rows, 1)?,
-        ));
+        parts.push(sorted.slice(start, end - start));
+        keys.push(crate::sink::part_key(tables::READINGS, hour, first, last));
         start = end;
     }
-    Ok(out)
+    // Every partition's columns are encoded together, on the machine's cores.
+    let files = encode_flush_files(&schema, &parts, row_group_rows)?;
+    Ok(keys.into_iter().zip(files).collect())
 }
 
 /// Interns strings to dense ids, remembering where the last one was found: ids of a WAL batch
@@ -837,17 +839,40 @@ fn gather(arrays: &[&dyn Array], order: &[(usize, usize)], n: usize) -> Result<A
         }
         return Ok(interleave(arrays, order)?);
     }
-    // Fixed-width columns: one sequential copy, then a gather by flat index, beats gathering
-    // by (batch, row) pairs.
-    let all = concat(arrays)?;
-    let mut offsets = Vec::with_capacity(arrays.len());
-    let mut at = 0u32;
-    for a in arrays {
-        offsets.push(at);
-        at += a.len() as u32;
+    // The lake's fixed-width columns: read straight from each batch's values (no concatenated
+    // copy first, no per-row dispatch on the type).
+    let typed = match data_type {
+        DataType::Int64 => gather_primitive::<Int64Type>(arrays, order),
+        DataType::Float64 => gather_primitive::<Float64Type>(arrays, order),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            gather_primitive::<TimestampMicrosecondType>(arrays, order)
+        }
+        _ => None,
+    };
+    match typed {
+        Some(a) => Ok(a),
+        None => Ok(interleave(arrays, order)?),
     }
-    let idx = UInt32Array::from_iter_values(order.iter().map(|&(b, i)| offsets[b] + i as u32));
-    Ok(take(all.as_ref(), &idx, None)?)
+}
+
+/// The rows `order` picks from null-free primitive arrays of type `T` (same data type, kept),
+/// or `None` when an array is not of that type.
+fn gather_primitive<T: ArrowPrimitiveType>(
+    arrays: &[&dyn Array],
+    order: &[(usize, usize)],
+) -> Option<ArrayRef> {
+    let values: Vec<&[T::Native]> = arrays
+        .iter()
+        .map(|a| a.as_primitive_opt::<T>().map(|p| p.values().as_ref()))
+        .collect::<Option<_>>()?;
+    let data_type = arrays.first()?.data_type().clone();
+    let mut out: Vec<T::Native> = Vec::with_capacity(order.len());
+    for &(b, i) in order {
+        out.push(*values.get(b)?.get(i)?);
+    }
+    Some(Arc::new(
+        PrimitiveArray::<T>::new(out.into(), None).with_data_type(data_type),
+    ))
 }
 
 /// Whether every value of a null-free string array is `one` (compares the offsets and the

@@ -116,10 +116,11 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     let store = LakeStore::local(root.join("lake"))?;
+    let defaults = LakeConfig::default();
     let cfg = LakeConfig {
-        flush_max_rows: 1_000_000,
+        flush_max_rows: a.flush_max_rows.unwrap_or(defaults.flush_max_rows),
         compaction_interval: std::time::Duration::ZERO,
-        ..LakeConfig::default()
+        ..defaults
     };
     let wal = Arc::new(wal);
     let lake_metrics = Arc::new(edgepipe_lake::LakeMetrics::default());

@@ -518,6 +518,9 @@ pub struct BenchLakeArgs {
     /// them; 0 compacts every partition.
     #[arg(long, default_value_t = 0)]
     pub raw_hours: i64,
+    /// The lake writer's `flush_max_rows` for the write (the server's default when absent).
+    #[arg(long)]
+    pub flush_max_rows: Option<usize>,
 }
 
 /// `bench ingest` flags.

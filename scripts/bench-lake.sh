@@ -30,7 +30,7 @@ cpu = o.get("write_cpu_seconds")
 print(f"write phases (s): read {ph['read_wal_to_arrow']:.3f}, sort+encode {ph['sort_and_encode']:.3f}, "
       f"store {ph['store_and_checkpoint']:.3f}; wall {o['write_seconds']:.3f}"
       + (f", CPU {cpu:.2f} s (all threads)" if cpu is not None else ""))
-print(f"files: {o['files_before_compaction']} before compaction, {o['files_after_compaction']} after; "
+print(f"files: {o['files_before_compaction']} before compaction (flushes of up to {o.get('flush_max_rows', 0):,} rows), {o['files_after_compaction']} after; "
       f"{o['bytes_before_compaction']:,} -> {o['bytes_after_compaction']:,} bytes; compaction {o['compaction_seconds']:.1f} s; "
       f"DuckDB threads {p['duckdb_threads']}")
 PY

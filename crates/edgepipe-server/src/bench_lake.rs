@@ -204,6 +204,7 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
         "rows": rows,
         "series": a.devices * a.metrics,
         "lake_dir": root.join("lake"),
+        "flush_max_rows": cfg.flush_max_rows,
         "write_seconds": write_s,
         "write_rows_per_sec": rows as f64 / write_s,
         // CPU time of the whole process (all threads) during the write: with 2 cores, the

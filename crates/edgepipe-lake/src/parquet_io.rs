@@ -33,9 +33,10 @@ pub(crate) enum Purpose {
     Kept,
     /// A lake writer's flush file, rewritten by compaction within `compact_after`: the ids
     /// (`device_id`, `metric`) dictionary-encoded with statistics as in kept files, but
-    /// `quality` and `source` `PLAIN` without statistics. Those two hold one or two values
-    /// per file, and interning them per row (plus min/max compares) was ~8 % of a backlog
-    /// write's CPU; zstd folds their repeated bytes, so the files are barely larger.
+    /// `quality` and `source` `PLAIN` without statistics. Those two usually hold one or two
+    /// values per file, and interning them per row (plus min/max compares) cost ~5 % of a
+    /// backlog write's CPU (BENCHMARKS.md, lake, session 15); zstd folds their repeated
+    /// bytes, so the files are barely larger.
     Flush,
 }
 

@@ -111,7 +111,17 @@ fn encode_with_threads(
 ) -> Result<Bytes> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     if threads > 1 && rows >= PARALLEL_MIN_ROWS {
-        return encode_parallel(schema, batches, row_group_rows, zstd_level, threads);
+        let mut files = encode_files(
+            schema,
+            &[batches],
+            row_group_rows,
+            zstd_level,
+            Purpose::Kept,
+            threads,
+        )?;
+        return files
+            .pop()
+            .ok_or_else(|| Error::Config("parquet encoder returned no file".into()));
     }
     let mut w = StreamWriter::new(schema, row_group_rows, zstd_level)?;
     for b in batches {
@@ -136,27 +146,6 @@ pub(crate) fn encode_flush_files(
     };
     let inputs: Vec<&[RecordBatch]> = files.iter().map(std::slice::from_ref).collect();
     encode_files(schema, &inputs, row_group_rows, 1, Purpose::Flush, threads)
-}
-
-/// One file through [`encode_files`].
-fn encode_parallel(
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    row_group_rows: usize,
-    zstd_level: i32,
-    threads: usize,
-) -> Result<Bytes> {
-    let mut files = encode_files(
-        schema,
-        &[batches],
-        row_group_rows,
-        zstd_level,
-        Purpose::Kept,
-        threads,
-    )?;
-    files
-        .pop()
-        .ok_or_else(|| Error::Config("parquet encoder returned no file".into()))
 }
 
 /// Encodes several Parquet files (each made of its batches, all of `schema`) at once: every

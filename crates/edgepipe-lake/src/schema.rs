@@ -255,12 +255,21 @@ impl<B: AppendNulls> MostlyNull<B> {
     }
 }
 
-/// Finishes a string builder and replaces it with one sized for `rows` rows of the same
-/// average length.
-fn sized(b: &mut StringBuilder, rows: usize) -> ArrayRef {
-    let bytes = b.values_slice().len();
-    let mut done = std::mem::replace(b, StringBuilder::with_capacity(rows, bytes));
-    Arc::new(done.finish())
+/// Finishes `b` and leaves in its place the empty builder `next` makes from it (sized for the
+/// next batch).
+fn finish_into<B: ArrayBuilder>(b: &mut B, next: impl FnOnce(&B) -> B) -> ArrayRef {
+    let empty = next(b);
+    std::mem::replace(b, empty).finish()
+}
+
+/// A string builder with room for `rows` rows of `b`'s bytes of values.
+fn strings_like(b: &StringBuilder, rows: usize) -> StringBuilder {
+    StringBuilder::with_capacity(rows, b.values_slice().len())
+}
+
+/// A `timestamp(µs, UTC)` builder with room for `rows` rows.
+fn utc_micros(rows: usize) -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")
 }
 
 /// Builds `readings` rows from decoded WAL records.
@@ -292,13 +301,13 @@ impl RowsBuilder {
             late_after_us,
             device_id: StringBuilder::new(),
             metric: StringBuilder::new(),
-            ts: TimestampMicrosecondBuilder::new(),
+            ts: utc_micros(0),
             value: Float64Builder::new(),
             value_int: MostlyNull::new(Int64Builder::new()),
             value_bool: MostlyNull::new(BooleanBuilder::new()),
             value_str: MostlyNull::new(StringBuilder::new()),
             quality: StringBuilder::new(),
-            received_at: TimestampMicrosecondBuilder::new(),
+            received_at: utc_micros(0),
             replayed: BooleanBuilder::new(),
             source: StringBuilder::new(),
             tags: StringBuilder::new(),
@@ -437,46 +446,21 @@ impl RowsBuilder {
     /// as many rows as this batch held (a reader's batches are alike in size, so the next one
     /// fills its buffers without growing them: no reallocation and copy on the way).
     pub fn finish(&mut self) -> Result<RecordBatch> {
-        let utc: Arc<str> = "UTC".into();
         let rows = self.rows;
-        let device_id = sized(&mut self.device_id, rows);
-        let metric = sized(&mut self.metric, rows);
-        let quality = sized(&mut self.quality, rows);
-        let source = sized(&mut self.source, rows);
         let cols: Vec<ArrayRef> = vec![
-            device_id,
-            metric,
-            Arc::new(
-                std::mem::replace(
-                    &mut self.ts,
-                    TimestampMicrosecondBuilder::with_capacity(rows),
-                )
-                .finish()
-                .with_timezone(utc.clone()),
-            ),
-            Arc::new(
-                std::mem::replace(&mut self.value, Float64Builder::with_capacity(rows)).finish(),
-            ),
+            finish_into(&mut self.device_id, |b| strings_like(b, rows)),
+            finish_into(&mut self.metric, |b| strings_like(b, rows)),
+            finish_into(&mut self.ts, |_| utc_micros(rows)),
+            finish_into(&mut self.value, |_| Float64Builder::with_capacity(rows)),
             self.value_int.finish(),
             self.value_bool.finish(),
             self.value_str.finish(),
-            quality,
-            Arc::new(
-                std::mem::replace(
-                    &mut self.received_at,
-                    TimestampMicrosecondBuilder::with_capacity(rows),
-                )
-                .finish()
-                .with_timezone(utc),
-            ),
-            Arc::new(
-                std::mem::replace(&mut self.replayed, BooleanBuilder::with_capacity(rows)).finish(),
-            ),
-            source,
-            sized(&mut self.tags, rows),
-            Arc::new(
-                std::mem::replace(&mut self.wal_seq, Int64Builder::with_capacity(rows)).finish(),
-            ),
+            finish_into(&mut self.quality, |b| strings_like(b, rows)),
+            finish_into(&mut self.received_at, |_| utc_micros(rows)),
+            finish_into(&mut self.replayed, |_| BooleanBuilder::with_capacity(rows)),
+            finish_into(&mut self.source, |b| strings_like(b, rows)),
+            finish_into(&mut self.tags, |b| strings_like(b, rows)),
+            finish_into(&mut self.wal_seq, |_| Int64Builder::with_capacity(rows)),
         ];
         self.rows = 0;
         RecordBatch::try_new(readings_schema(), cols).map_err(Error::from)

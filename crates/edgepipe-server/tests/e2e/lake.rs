@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use crate::support::*;
 
+/// `sources` and `good` read the string columns flush files keep PLAIN (`quality`, `source`).
 const AGGREGATES: &str = "SELECT count(*) AS count, count(DISTINCT device_id) AS devices, \
     coalesce(sum(value), 0) AS sum_value, coalesce(sum(value_int), 0) AS sum_int, \
-    CAST(min(ts) AS BIGINT) AS min_ts, CAST(max(ts) AS BIGINT) AS max_ts FROM readings";
+    CAST(min(ts) AS BIGINT) AS min_ts, CAST(max(ts) AS BIGINT) AS max_ts, \
+    count(DISTINCT source) AS sources, \
+    sum(CASE WHEN quality = 'good' THEN 1 ELSE 0 END) AS good FROM readings";
 
 /// `edgepipe query --format json` → rows.
 fn query_json(args: &[&str], sql: &str) -> TestResult<Vec<serde_json::Value>> {
@@ -31,7 +34,13 @@ fn query_json(args: &[&str], sql: &str) -> TestResult<Vec<serde_json::Value>> {
 /// Compares a peer's aggregates with ours (float sums with a relative tolerance: summation
 /// order differs between engines).
 fn assert_same(tool: &str, ours: &serde_json::Value, theirs: &serde_json::Value) {
-    for k in ["count", "devices", "sum_int", "min_ts", "max_ts"] {
+    for k in [
+        "count", "devices", "sum_int", "min_ts", "max_ts", "sources", "good",
+    ] {
+        assert!(
+            ours[k].as_i64().is_some(),
+            "{tool}: our {k} is missing: {ours}"
+        );
         assert_eq!(
             ours[k].as_i64(),
             theirs[k].as_i64(),

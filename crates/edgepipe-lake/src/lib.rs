@@ -26,6 +26,7 @@ mod parallel;
 mod parquet_io;
 mod ranged;
 pub mod retention;
+mod runs;
 pub mod schema;
 pub mod sink;
 mod stats;

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, PrimitiveArray, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray, new_null_array,
+    TimestampMicrosecondArray, new_null_array,
 };
 use arrow::buffer::BooleanBuffer;
 use arrow::compute::interleave;
 use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+    ArrowPrimitiveType, DataType, Float64Type, Int64Type, SchemaRef, TimeUnit,
+    TimestampMicrosecondType,
 };
 use bytes::Bytes;
 use edgepipe_types::IngestRecordView;
@@ -31,7 +32,7 @@ use edgepipe_wal::{Consumer, Wal};
 use tokio::sync::watch;
 
 use crate::config::LakeConfig;
-use crate::parquet_io::encode_flush_files;
+use crate::parquet_io::{Column, encode_flush_files};
 use crate::schema::{COL_TS, HOUR_US, RowsBuilder, readings_schema};
 use crate::store::LakeStore;
 use crate::{Error, Result, tables};
@@ -523,22 +524,33 @@ fn partition_and_encode(
     row_group_rows: usize,
 ) -> Result<Vec<(String, Bytes)>> {
     let schema = readings_schema();
-    let sorted = sort_readings(batches)?;
-    let ts = sorted
-        .column(COL_TS)
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sorted = sort_runs(batches)?;
+    let ts = match sorted.columns.get(COL_TS) {
+        Some(Column::Arrays(a)) if a.len() == 1 => a[0].clone(),
+        _ => return Err(Error::Config("sorted ts column is not one array".into())),
+    };
+    let ts = ts
         .as_any()
         .downcast_ref::<TimestampMicrosecondArray>()
         .ok_or_else(|| Error::Config("ts column is not timestamp(us)".into()))?;
     let mut keys = Vec::new();
     let mut parts = Vec::new();
     let mut start = 0usize;
-    while start < sorted.num_rows() {
+    while start < sorted.rows {
         let hour = ts.value(start).div_euclid(HOUR_US);
         let mut end = start + 1;
-        while end < sorted.num_rows() && ts.value(end).div_euclid(HOUR_US) == hour {
+        while end < sorted.rows && ts.value(end).div_euclid(HOUR_US) == hour {
             end += 1;
         }
-        parts.push(sorted.slice(start, end - start));
+        let columns = sorted
+            .columns
+            .iter()
+            .map(|c| c.slice(start, end - start))
+            .collect();
+        parts.push((end - start, columns));
         keys.push(crate::sink::part_key(tables::READINGS, hour, first, last));
         start = end;
     }
@@ -601,8 +613,37 @@ impl<'a> Interner<'a> {
 /// sorted on (ts, wal_seq) when it is not already in order (WAL order is nearly time order).
 /// The output is gathered from the input batches in one pass (no concatenation first).
 pub(crate) fn sort_readings(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let Some(first) = batches.first() else {
+    if batches.is_empty() {
         return Ok(RecordBatch::new_empty(readings_schema()));
+    }
+    sort_runs(batches)?.into_batch()
+}
+
+/// Readings sorted by [`sort_runs`]: each column Arrow arrays, or, for the string columns that
+/// come in runs (`device_id`, `metric`; any string column holding one value), the runs, so the
+/// flush writes them without per-row work (see [`crate::runs`]).
+pub(crate) struct Sorted<'a> {
+    schema: SchemaRef,
+    rows: usize,
+    columns: Vec<Column<'a>>,
+}
+
+impl Sorted<'_> {
+    /// The sorted rows as one batch.
+    pub(crate) fn into_batch(self) -> Result<RecordBatch> {
+        let columns = self
+            .columns
+            .iter()
+            .map(Column::to_array)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(self.schema, columns)?)
+    }
+}
+
+/// [`sort_readings`], keeping the columns that come in runs as runs.
+pub(crate) fn sort_runs<'a>(batches: &'a [RecordBatch]) -> Result<Sorted<'a>> {
+    let Some(first) = batches.first() else {
+        return Err(Error::Config("no batches to sort".into()));
     };
     let schema = first.schema();
     struct Cols<'a> {
@@ -766,12 +807,20 @@ pub(crate) fn sort_readings(batches: &[RecordBatch]) -> Result<RecordBatch> {
     let (dev_runs, met_runs) = (no_nulls("device_id"), no_nulls("metric"));
     // Columns are independent: gathered on the machine's cores.
     let fields = schema.fields().len();
+    let runs_of = |distinct: &[&'a str], pick: fn(&(usize, usize, usize)) -> usize| {
+        Column::Runs(
+            series_runs
+                .iter()
+                .map(|r| (distinct[pick(r)], r.2))
+                .collect(),
+        )
+    };
     let columns = crate::parallel::map(
         (0..fields).collect(),
         crate::parallel::threads_for(fields),
         |j| match schema.field(j).name().as_str() {
-            "device_id" if dev_runs => Ok(repeat_runs(&series_runs, |r| devs.distinct[r.0])),
-            "metric" if met_runs => Ok(repeat_runs(&series_runs, |r| mets.distinct[r.1])),
+            "device_id" if dev_runs => Ok(runs_of(&devs.distinct, |r| r.0)),
+            "metric" if met_runs => Ok(runs_of(&mets.distinct, |r| r.1)),
             _ => {
                 let arrays: Vec<&dyn Array> =
                     batches.iter().map(|b| b.column(j).as_ref()).collect();
@@ -779,38 +828,30 @@ pub(crate) fn sort_readings(batches: &[RecordBatch]) -> Result<RecordBatch> {
             }
         },
     )?;
-    Ok(RecordBatch::try_new(schema, columns)?)
-}
-
-/// A string column holding each run's value `rows` times.
-fn repeat_runs<'a>(
-    runs: &[(usize, usize, usize)],
-    value: impl Fn(&(usize, usize, usize)) -> &'a str,
-) -> ArrayRef {
-    let rows: usize = runs.iter().map(|r| r.2).sum();
-    let bytes: usize = runs.iter().map(|r| r.2 * value(r).len()).sum();
-    let mut b = StringBuilder::with_capacity(rows, bytes);
-    for r in runs {
-        b.append_value_n(value(r), r.2);
-    }
-    Arc::new(b.finish())
+    Ok(Sorted {
+        schema,
+        rows: n,
+        columns,
+    })
 }
 
 /// The rows `order` picks from `arrays` (one per input batch), without gathering row by row
 /// when the column holds a single value: all null (the value kinds a fleet does not send,
-/// tags without topic mappings), one string (quality, source) or one boolean (replayed).
-fn gather(arrays: &[&dyn Array], order: &[(usize, usize)], n: usize) -> Result<ArrayRef> {
+/// tags without topic mappings), one string (quality, source: kept as one run) or one boolean
+/// (replayed).
+fn gather<'a>(arrays: &[&'a dyn Array], order: &[(usize, usize)], n: usize) -> Result<Column<'a>> {
+    let one_array = |a: ArrayRef| Column::Arrays(vec![a]);
     let Some(first) = arrays.first() else {
-        return Ok(interleave(arrays, order)?);
+        return Ok(one_array(interleave(arrays, order)?));
     };
     let data_type = first.data_type();
     if arrays.iter().all(|a| a.null_count() == a.len()) {
-        return Ok(new_null_array(data_type, n));
+        return Ok(one_array(new_null_array(data_type, n)));
     }
     if arrays.iter().any(|a| a.null_count() > 0) {
-        return Ok(interleave(arrays, order)?);
+        return Ok(one_array(interleave(arrays, order)?));
     }
-    let strings: Option<Vec<&StringArray>> = arrays
+    let strings: Option<Vec<&'a StringArray>> = arrays
         .iter()
         .map(|a| a.as_any().downcast_ref::<StringArray>())
         .collect();
@@ -819,9 +860,9 @@ fn gather(arrays: &[&dyn Array], order: &[(usize, usize)], n: usize) -> Result<A
         if let Some(one) = one
             && strings.iter().all(|a| holds_only(a, one))
         {
-            return Ok(repeat_runs(&[(0, 0, n)], |_| one));
+            return Ok(Column::Runs(vec![(one, n)]));
         }
-        return Ok(interleave(arrays, order)?);
+        return Ok(one_array(interleave(arrays, order)?));
     }
     let bools: Option<Vec<&BooleanArray>> = arrays
         .iter()
@@ -835,9 +876,9 @@ fn gather(arrays: &[&dyn Array], order: &[(usize, usize)], n: usize) -> Result<A
             } else {
                 BooleanBuffer::new_unset(n)
             };
-            return Ok(Arc::new(BooleanArray::new(values, None)));
+            return Ok(one_array(Arc::new(BooleanArray::new(values, None))));
         }
-        return Ok(interleave(arrays, order)?);
+        return Ok(one_array(interleave(arrays, order)?));
     }
     // The lake's fixed-width columns: read straight from each batch's values (no concatenated
     // copy first, no per-row dispatch on the type).
@@ -850,8 +891,8 @@ fn gather(arrays: &[&dyn Array], order: &[(usize, usize)], n: usize) -> Result<A
         _ => None,
     };
     match typed {
-        Some(a) => Ok(a),
-        None => Ok(interleave(arrays, order)?),
+        Some(a) => Ok(one_array(a)),
+        None => Ok(one_array(interleave(arrays, order)?)),
     }
 }
 

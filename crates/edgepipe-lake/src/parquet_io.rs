@@ -148,8 +148,18 @@ pub(crate) fn encode_flush_files(
     } else {
         1
     };
+    let inputs = cut_row_groups(files, row_group_rows);
+    encode_files(schema, inputs, row_group_rows, 1, threads)
+}
+
+/// Files given as `(rows, columns)` cut into row groups of `row_group_rows` rows (slices, no
+/// copy).
+fn cut_row_groups<'a>(
+    files: &[(usize, Vec<Column<'a>>)],
+    row_group_rows: usize,
+) -> Vec<FileInput<'a>> {
     let group_rows = row_group_rows.max(1);
-    let inputs = files
+    files
         .iter()
         .map(|(rows, columns)| {
             (0..*rows)
@@ -160,8 +170,7 @@ pub(crate) fn encode_flush_files(
                 })
                 .collect()
         })
-        .collect();
-    encode_files(schema, inputs, row_group_rows, 1, threads)
+        .collect()
 }
 
 /// A file to encode: its row groups, each one [`Column`] per schema field.
@@ -507,20 +516,8 @@ mod tests {
             .map(|b| (b.num_rows(), flush_columns(b)))
             .collect();
         for threads in [1, 2, 5] {
-            let group_rows = 50_000;
-            let groups = files_in
-                .iter()
-                .map(|(rows, columns)| {
-                    (0..*rows)
-                        .step_by(group_rows)
-                        .map(|at| {
-                            let len = group_rows.min(rows - at);
-                            columns.iter().map(|c| c.slice(at, len)).collect()
-                        })
-                        .collect()
-                })
-                .collect();
-            let files = encode_files(&schema, groups, group_rows, 1, threads)?;
+            let groups = cut_row_groups(&files_in, 50_000);
+            let files = encode_files(&schema, groups, 50_000, 1, threads)?;
             assert_eq!(files.len(), inputs.len());
             for (file, input) in files.into_iter().zip(&inputs) {
                 let meta = ParquetRecordBatchReaderBuilder::try_new(file.clone())?

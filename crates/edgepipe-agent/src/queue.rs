@@ -473,6 +473,8 @@ pub fn wal_config(cfg: &QueueConfig, max_bytes: Option<u64>) -> WalConfig {
         full_policy: cfg.full_policy,
         max_record_bytes: 8 * 1024 * 1024,
         queue_depth: 256,
+        // A gateway's disk is small and its queues many: no zero-filled spare per stream.
+        preallocate: false,
     }
 }
 

@@ -99,6 +99,8 @@ impl DeadLetters {
                 full_policy: FullPolicy::DropOldest,
                 max_record_bytes: cfg.max_raw_bytes * 3 + 64 * 1024,
                 queue_depth: 1024,
+                // Dead letters are rare: zero-filled segments would be disk spent for nothing.
+                preallocate: false,
             },
         )?;
         Ok(Self {

@@ -14,6 +14,14 @@
 //! `len u32 LE | crc32c u32 LE over (seq LE bytes ++ payload) | seq u64 LE | payload (len bytes)`.
 //! Sequence numbers start at 0 and are contiguous across segments.
 //!
+//! With [`WalConfig::preallocate`] (the default), a segment is filled with zeros to its full
+//! size before records are written into it, and records overwrite the zeros in place: the
+//! file's size does not change with an append, so its fdatasync flushes data only. The zeros
+//! after the last record end the log (no record frame is all zeros: its checksum covers the
+//! sequence number). A background thread keeps one zero-filled spare,
+//! `<dir>/segments/spare.prealloc`, which becomes the next segment when the active one rolls
+//! (header written and synced, then renamed); a spare found at open is deleted.
+//!
 //! A checkpoint file holds `magic "EPWALCKP" | next_seq u64 LE | crc32c u32 LE`, written to a
 //! temporary file, fsynced, renamed over the old one, and the directory fsynced.
 //!
@@ -26,9 +34,12 @@
 //!   checkpoint past what a crash would keep.
 //! - If an fsync fails, the WAL is poisoned: the failing appends and every later one return
 //!   [`Error::Poisoned`]; nothing is acknowledged that might not be on disk.
-//! - On open, a torn tail (short or CRC-failing record at the end of the last segment, or a torn
-//!   segment header) is truncated and counted in [`WalStats::torn_records_truncated`] /
-//!   `torn_bytes_truncated`. Corruption anywhere else is an error naming the file and offset.
+//! - On open, a torn tail (short or CRC-failing record at the end of the last segment followed
+//!   by bytes that are not all zero, or a torn segment header) is truncated and counted in
+//!   [`WalStats::torn_records_truncated`] / `torn_bytes_truncated` (the bytes up to the last
+//!   non-zero one). Corruption anywhere else is an error naming the file and offset.
+//! - Readers read a segment only up to the bytes published as durable, never into the zeros
+//!   or into a group being written.
 //! - Retention deletes whole non-active segments whose every record every registered consumer
 //!   has passed. With no consumer registered, nothing is deleted by retention.
 //! - A disk budget ([`WalConfig::max_bytes`]) bounds the segment bytes. When an append would
@@ -147,6 +158,13 @@ pub struct WalConfig {
     pub max_record_bytes: usize,
     /// Pending appends queued for the writer before producers wait (back-pressure).
     pub queue_depth: usize,
+    /// Fill each segment with zeros up to `segment_bytes` before records go into it. An append
+    /// then overwrites zeros instead of growing the file, so its fdatasync has only data to
+    /// flush, not a new file size (on ext4 here: ~135 µs against ~215 µs). The next segment
+    /// is prepared by a background thread, so rolling does not wait for the zeros. It costs up
+    /// to two segments of disk beyond the records: the active segment's unused tail and the
+    /// spare. Off for stores that are written rarely.
+    pub preallocate: bool,
 }
 
 impl Default for WalConfig {
@@ -157,6 +175,7 @@ impl Default for WalConfig {
             full_policy: FullPolicy::Reject,
             max_record_bytes: 8 * 1024 * 1024,
             queue_depth: 4096,
+            preallocate: true,
         }
     }
 }
@@ -170,6 +189,7 @@ impl WalConfig {
             full_policy: FullPolicy::Reject,
             max_record_bytes: 64 * 1024,
             queue_depth: 64,
+            preallocate: true,
         }
     }
 
@@ -220,7 +240,9 @@ pub struct WalStats {
     pub dropped_records: u64,
     /// Appends refused because the budget was full.
     pub rejected_full: u64,
-    /// Bytes in all segment files.
+    /// Record bytes in all segment files (with preallocation the files also hold the
+    /// active segment's unused zeros, and a spare segment lies beside them). The disk budget
+    /// counts these bytes.
     pub disk_bytes: u64,
     /// Number of segment files.
     pub segments: u64,
@@ -281,8 +303,98 @@ struct Shared {
     read_cache: Mutex<Vec<(u64, Option<OpenSegment>)>>,
 }
 
-/// A segment file open for reading: its end sequence, the buffered file and its path.
-type OpenSegment = (u64, BufReader<File>, PathBuf);
+/// A segment file open for reading: its first sequence, the buffered file and its path.
+type OpenSegment = (u64, BufReader<Bounded>, PathBuf);
+
+/// A segment file read up to `limit`: the bytes known to hold durable records. Beyond it lie
+/// the zeros of a preallocated segment, or records still on their way to disk.
+#[derive(Debug)]
+struct Bounded {
+    file: File,
+    pos: u64,
+    limit: u64,
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let room = usize::try_from(self.limit.saturating_sub(self.pos)).unwrap_or(usize::MAX);
+        let n = buf.len().min(room);
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Seek for Bounded {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let (base, delta) = match to {
+            SeekFrom::Start(p) => (p, 0),
+            SeekFrom::Current(d) => (self.pos, d),
+            SeekFrom::End(d) => (self.limit, d),
+        };
+        self.pos = base.checked_add_signed(delta).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the file start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+/// File name of the spare segment a background thread fills with zeros.
+const SPARE_NAME: &str = "spare.prealloc";
+
+/// Writes zeros from `from` to `to` with positioned writes, then syncs data and size.
+fn write_zeros(f: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = from;
+    while off < to {
+        let n = usize::try_from(to - off).map_or(zeros.len(), |r| r.min(zeros.len()));
+        f.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    f.sync_all()
+}
+
+/// Creates the spare segment: `bytes` of zeros, synced. Runs on its own thread.
+fn prepare_spare(path: PathBuf, bytes: u64) -> io::Result<PathBuf> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    write_zeros(&f, 0, bytes)?;
+    Ok(path)
+}
+
+/// The end offset of the last non-zero byte of `f` in `[from, len)`, or `from` when that range
+/// holds only zeros (a preallocated segment's unused tail).
+fn dirty_end(f: &File, from: u64, len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let zeros = vec![0u8; CHUNK];
+    let mut off = from;
+    let mut end = from;
+    while off < len {
+        let want = usize::try_from(len - off).map_or(CHUNK, |r| r.min(CHUNK));
+        let got = f.read_at(&mut buf[..want], off)?;
+        if got == 0 {
+            break;
+        }
+        // A slice comparison (memcmp) first: the tail is megabytes of zeros.
+        if buf[..got] != zeros[..got]
+            && let Some(i) = buf[..got].iter().rposition(|b| *b != 0)
+        {
+            end = off + i as u64 + 1;
+        }
+        off += got as u64;
+    }
+    Ok(end)
+}
 
 /// Most readers [`Wal::read`] and [`Wal::read_each`] keep open (one per consumer is the common case).
 const READ_CACHE: usize = 8;
@@ -393,8 +505,8 @@ enum Frame<R> {
 /// to `f`. A frame that lies whole in the reader's buffer (the common case) is passed in place,
 /// without allocating or copying; one that straddles a refill is assembled in `scratch` (reused
 /// across calls). Recovery, readers and consumers all read frames through this one function.
-fn read_frame<R>(
-    r: &mut BufReader<File>,
+fn read_frame<B: BufRead, R>(
+    r: &mut B,
     max_len: usize,
     expect_seq: u64,
     scratch: &mut Vec<u8>,
@@ -517,8 +629,10 @@ fn write_checkpoint(dir: &Path, name: &str, next_seq: u64) -> Result<()> {
     fsync_dir(&cdir)
 }
 
-/// Scans one segment. Returns (end_seq, valid_bytes, torn) where torn = Some(reason) if the
-/// segment ended with an invalid frame at `valid_bytes`.
+/// Scans one segment. Returns `(end_seq, valid_bytes, torn, dirty_end)`: `torn` is
+/// `Some(reason)` when the records end at `valid_bytes` in an invalid frame followed by bytes
+/// that are not all zero, and those bytes end at `dirty_end`. Zeros after the last record are
+/// a preallocated segment's unused tail, not a torn write.
 fn scan_segment(
     path: &Path,
     first_seq: u64,
@@ -526,7 +640,14 @@ fn scan_segment(
 ) -> Result<(u64, u64, Option<String>, u64)> {
     let f = File::open(path).map_err(io_err(path))?;
     let file_len = f.metadata().map_err(io_err(path))?.len();
-    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut r = BufReader::with_capacity(
+        1 << 20,
+        Bounded {
+            file: f,
+            pos: 0,
+            limit: file_len,
+        },
+    );
     r.seek(SeekFrom::Start(SEGMENT_HEADER_LEN as u64))
         .map_err(io_err(path))?;
     let mut seq = first_seq;
@@ -540,8 +661,12 @@ fn scan_segment(
                 pos += (RECORD_HEADER_LEN + len) as u64;
                 seq += 1;
             }
-            Frame::End => return Ok((seq, pos, None, file_len)),
-            Frame::Bad(reason) => return Ok((seq, pos, Some(reason), file_len)),
+            Frame::End => return Ok((seq, pos, None, pos)),
+            Frame::Bad(reason) => {
+                let end = dirty_end(&r.get_ref().file, pos, file_len).map_err(io_err(path))?;
+                let torn = (end > pos).then_some(reason);
+                return Ok((seq, pos, torn, end));
+            }
         }
     }
 }
@@ -627,7 +752,7 @@ impl Wal {
                     ),
                 });
             }
-            let (end_seq, valid, torn, file_len) =
+            let (end_seq, valid, torn, dirty) =
                 scan_segment(&path, first, config.max_record_bytes)?;
             if let Some(reason) = torn {
                 if !last {
@@ -637,7 +762,7 @@ impl Wal {
                         reason,
                     });
                 }
-                let cut = file_len - valid;
+                let cut = dirty - valid;
                 tracing::warn!(path = %path.display(), offset = valid, bytes = cut, %reason, "truncating torn wal tail");
                 let f = OpenOptions::new()
                     .write(true)
@@ -690,7 +815,8 @@ impl Wal {
         let (file, active) = match segments.last() {
             Some(s) => {
                 let f = OpenOptions::new()
-                    .append(true)
+                    .read(true)
+                    .write(true)
                     .open(&s.path)
                     .map_err(io_err(&s.path))?;
                 (f, s.clone())
@@ -701,6 +827,19 @@ impl Wal {
                 (f, s)
             }
         };
+        // A spare left by an earlier run may be half written: start afresh.
+        let spare = seg_dir.join(SPARE_NAME);
+        match fs::remove_file(&spare) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&spare)(e)),
+        }
+        if config.preallocate {
+            let len = file.metadata().map_err(io_err(&active.path))?.len();
+            if len < config.segment_bytes {
+                write_zeros(&file, len, config.segment_bytes).map_err(io_err(&active.path))?;
+            }
+        }
 
         let (durable, _) = watch::channel(active.end_seq);
         let shared = Arc::new(Shared {
@@ -723,12 +862,16 @@ impl Wal {
         let handle = std::thread::Builder::new()
             .name("wal-writer".into())
             .spawn(move || {
-                Writer {
+                let written = active.bytes;
+                let mut w = Writer {
                     shared: writer_shared,
                     file,
                     active,
-                }
-                .run(rx)
+                    written,
+                    spare: None,
+                };
+                w.start_spare();
+                w.run(rx)
             })
             .map_err(io_err(&dir))?;
         Ok(Wal {
@@ -1019,6 +1162,7 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, Segment)> {
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
+        .read(true)
         .write(true)
         .open(&path)
         .map_err(io_err(&path))?;
@@ -1026,10 +1170,33 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, Segment)> {
         .map_err(io_err(&path))?;
     f.sync_all().map_err(io_err(&path))?;
     fsync_dir(&dir.join("segments"))?;
+    Ok((
+        f,
+        Segment {
+            first_seq,
+            end_seq: first_seq,
+            bytes: SEGMENT_HEADER_LEN as u64,
+            path,
+        },
+    ))
+}
+
+/// Turns the zero-filled spare into the segment starting at `first_seq`: its header written
+/// and synced first, then the rename, so a crash leaves either a spare (removed at open) or a
+/// valid empty segment.
+fn install_spare(dir: &Path, spare: &Path, first_seq: u64) -> Result<(File, Segment)> {
+    use std::os::unix::fs::FileExt;
+    let path = segment_path(dir, first_seq);
     let f = OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
+        .read(true)
+        .write(true)
+        .open(spare)
+        .map_err(io_err(spare))?;
+    f.write_all_at(&segment_header(first_seq), 0)
+        .map_err(io_err(spare))?;
+    f.sync_data().map_err(io_err(spare))?;
+    fs::rename(spare, &path).map_err(io_err(&path))?;
+    fsync_dir(&dir.join("segments"))?;
     Ok((
         f,
         Segment {
@@ -1045,6 +1212,11 @@ struct Writer {
     shared: Arc<Shared>,
     file: File,
     active: Segment,
+    /// File offset of the next write (records are written in place, not appended, so they
+    /// can overwrite a preallocated segment's zeros).
+    written: u64,
+    /// The thread filling the next segment with zeros, when preallocating.
+    spare: Option<JoinHandle<io::Result<PathBuf>>>,
 }
 
 struct Pending {
@@ -1146,7 +1318,43 @@ impl Writer {
                 }
             }
         }
-        // Channel closed: every request was answered; the last group is synced.
+        // Channel closed: every request was answered; the last group is synced. A spare
+        // being filled is finished, so no thread writes in the directory after close.
+        if let Some(h) = self.spare.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Starts filling a spare segment with zeros, when preallocating and none is underway.
+    fn start_spare(&mut self) {
+        if !self.shared.config.preallocate || self.spare.is_some() {
+            return;
+        }
+        let path = self.shared.dir.join("segments").join(SPARE_NAME);
+        let bytes = self.shared.config.segment_bytes;
+        match std::thread::Builder::new()
+            .name("wal-spare".into())
+            .spawn(move || prepare_spare(path, bytes))
+        {
+            Ok(h) => self.spare = Some(h),
+            Err(e) => tracing::warn!(error = %e, "wal: no thread to prepare a spare segment"),
+        }
+    }
+
+    /// The spare segment if it is ready. One still being filled is left to finish (the
+    /// caller creates a segment that grows as it is written instead of waiting).
+    fn take_spare(&mut self) -> Option<PathBuf> {
+        if !self.spare.as_ref().is_some_and(|h| h.is_finished()) {
+            return None;
+        }
+        match self.spare.take()?.join() {
+            Ok(Ok(path)) => Some(path),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "wal: spare segment not prepared; the next one grows as written");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Writes the buffer, answers unconfirmed appends, fsyncs, answers durable ones.
@@ -1155,8 +1363,7 @@ impl Writer {
             return Ok(());
         }
         let path = self.active.path.clone();
-        self.file.write_all(buf).map_err(io_err(&path))?;
-        buf.clear();
+        self.write_buf(buf).map_err(io_err(&path))?;
         // Unconfirmed appends are answered once written; the rest after the fsync.
         for p in pending.iter_mut().filter(|p| !p.durable) {
             let (tx, _) = oneshot::channel();
@@ -1178,6 +1385,15 @@ impl Writer {
                 let _ = p.reply.send(Ok(p.first));
             }
         }
+        Ok(())
+    }
+
+    /// Writes `buf` at the write offset and clears it.
+    fn write_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(buf, self.written)?;
+        self.written += buf.len() as u64;
+        buf.clear();
         Ok(())
     }
 
@@ -1271,15 +1487,21 @@ impl Writer {
     /// Seals the active segment (writing and syncing what is buffered) and opens the next.
     fn roll(&mut self, buf: &mut Vec<u8>) -> Result<()> {
         let path = self.active.path.clone();
-        self.file.write_all(buf).map_err(io_err(&path))?;
-        buf.clear();
+        self.write_buf(buf).map_err(io_err(&path))?;
         self.file.sync_data().map_err(io_err(&path))?;
         self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.publish_active();
-        let (file, seg) = create_segment(&self.shared.dir, self.active.end_seq)?;
+        let dir = self.shared.dir.clone();
+        let first = self.active.end_seq;
+        let (file, seg) = match self.take_spare() {
+            Some(spare) => install_spare(&dir, &spare, first)?,
+            None => create_segment(&dir, first)?,
+        };
         self.file = file;
+        self.written = seg.bytes;
         self.active = seg.clone();
         self.shared.lock().segments.push(seg);
+        self.start_spare();
         Ok(())
     }
 }
@@ -1343,7 +1565,14 @@ impl Reader {
                 };
                 let Some(seg) = seg else { return Ok(None) };
                 let file = File::open(&seg.path).map_err(io_err(&seg.path))?;
-                let mut r = BufReader::with_capacity(256 * 1024, file);
+                let mut r = BufReader::with_capacity(
+                    256 * 1024,
+                    Bounded {
+                        file,
+                        pos: 0,
+                        limit: seg.bytes,
+                    },
+                );
                 r.seek(SeekFrom::Start(SEGMENT_HEADER_LEN as u64))
                     .map_err(io_err(&seg.path))?;
                 let mut seq = seg.first_seq;
@@ -1364,18 +1593,29 @@ impl Reader {
                         }
                     }
                 }
-                self.current = Some((seg.end_seq, r, seg.path));
+                self.current = Some((seg.first_seq, r, seg.path));
             }
-            // At the end of this segment's file: move on if a later segment starts here,
-            // otherwise stay on the active segment for the next call.
-            let Some((_, r, path)) = self.current.as_mut() else {
+            // At the end of what this segment held when last looked at: read on if it holds
+            // more records now, move on if a later segment starts here, otherwise stay on the
+            // active segment for the next call.
+            let Some((first, r, path)) = self.current.as_mut() else {
                 return Ok(None);
             };
             if r.fill_buf().map_err(io_err(path))?.is_empty() {
-                let more = {
+                let (grown, more) = {
                     let st = self.wal.shared.lock();
-                    st.segments.iter().any(|s| s.first_seq == self.next)
+                    let grown = st
+                        .segments
+                        .iter()
+                        .find(|s| s.first_seq == *first)
+                        .map(|s| s.bytes)
+                        .filter(|b| *b > r.get_ref().limit);
+                    (grown, st.segments.iter().any(|s| s.first_seq == self.next))
                 };
+                if let Some(bytes) = grown {
+                    r.get_mut().limit = bytes;
+                    continue;
+                }
                 if !more {
                     return Ok(None);
                 }

@@ -29,6 +29,23 @@ fn last_segment(dir: &Path) -> PathBuf {
     segs.pop().expect("a segment")
 }
 
+/// Writes `garbage` right after the last record of the last segment, as a write torn by a
+/// crash leaves it (in a preallocated segment, over the zeros; otherwise at the file's end).
+fn tear_last_segment(dir: &Path, cfg: &WalConfig, garbage: &[u8]) -> TestResult {
+    use std::os::unix::fs::FileExt;
+    let seg = last_segment(dir);
+    let first: u64 = seg
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or("segment name")?
+        .parse()?;
+    let (_, valid, torn, _) = scan_segment(&seg, first, cfg.max_record_bytes)?;
+    assert!(torn.is_none(), "segment already torn");
+    let f = OpenOptions::new().write(true).open(&seg)?;
+    f.write_all_at(garbage, valid)?;
+    Ok(())
+}
+
 #[test]
 fn append_read_reopen() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -58,24 +75,88 @@ fn append_read_reopen() -> TestResult {
 
 #[test]
 fn torn_tail_is_truncated_and_counted() -> TestResult {
+    for preallocate in [true, false] {
+        let cfg = WalConfig {
+            preallocate,
+            ..WalConfig::test_config()
+        };
+        let dir = tempfile::tempdir()?;
+        let rt = rt();
+        let wal = Wal::open(dir.path(), cfg.clone())?;
+        for i in 0..5u8 {
+            rt.block_on(wal.append(vec![i; 10]))?;
+        }
+        wal.close();
+        // A crash in the middle of writing a record: a header promising more than was written.
+        tear_last_segment(
+            dir.path(),
+            &cfg,
+            &[50, 0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0, 9, 9],
+        )?;
+        let wal = Wal::open(dir.path(), cfg.clone())?;
+        let st = wal.stats();
+        assert_eq!(st.torn_records_truncated, 1, "preallocate {preallocate}");
+        assert_eq!(st.torn_bytes_truncated, 18, "preallocate {preallocate}");
+        assert_eq!(all_records(&wal)?.len(), 5);
+        assert_eq!(rt.block_on(wal.append(b"x".to_vec()))?, 5);
+        wal.close();
+        // The recovered segment takes records again where the torn one stood.
+        let wal = Wal::open(dir.path(), cfg)?;
+        assert_eq!(wal.stats().torn_records_truncated, 0);
+        assert_eq!(all_records(&wal)?.len(), 6);
+    }
+    Ok(())
+}
+
+/// Preallocated segments are zero-filled to their full size up front, the rolls take the
+/// spare a background thread prepared, and the zeros after the last record are read as the
+/// end of the log, not as a torn write, both by readers and at reopen.
+#[test]
+fn preallocated_segments_hold_zeros_after_the_records() -> TestResult {
     let dir = tempfile::tempdir()?;
     let rt = rt();
-    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
-    for i in 0..5u8 {
-        rt.block_on(wal.append(vec![i; 10]))?;
-    }
-    wal.close();
-    // A crash in the middle of writing a record: a header promising more than was written.
+    let cfg = WalConfig {
+        segment_bytes: 64 * 1024,
+        ..WalConfig::test_config()
+    };
+    let wal = Wal::open(dir.path(), cfg.clone())?;
     let seg = last_segment(dir.path());
-    let mut f = OpenOptions::new().append(true).open(&seg)?;
-    f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0, 9, 9])?;
-    drop(f);
-    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    assert_eq!(fs::metadata(&seg)?.len(), 64 * 1024, "zero-filled at open");
+    let mut reader = wal.reader(0)?;
+    let mut seen = 0u64;
+    for i in 0..400u32 {
+        // Let the spare thread finish now and then, so rolls find it ready.
+        if i % 100 == 99 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        rt.block_on(wal.append(vec![(i % 251) as u8; 500]))?;
+        // A reader kept on the active segment sees each record as it becomes durable.
+        while let Some((seq, p)) = reader.next_record()? {
+            assert_eq!(seq, seen);
+            assert_eq!(p, vec![(seq % 251) as u8; 500]);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 400);
     let st = wal.stats();
-    assert_eq!(st.torn_records_truncated, 1);
-    assert_eq!(st.torn_bytes_truncated, 18);
-    assert_eq!(all_records(&wal)?.len(), 5);
-    assert_eq!(rt.block_on(wal.append(b"x".to_vec()))?, 5);
+    assert!(st.segments >= 3, "{} segments", st.segments);
+    wal.close();
+    let mut full = 0;
+    for e in fs::read_dir(dir.path().join("segments"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "seg") && fs::metadata(&p)?.len() == 64 * 1024 {
+            full += 1;
+        }
+    }
+    assert!(
+        full >= 2,
+        "rolls took preallocated spares ({full} full-size segments)"
+    );
+    let wal = Wal::open(dir.path(), cfg)?;
+    assert_eq!(wal.stats().torn_records_truncated, 0);
+    let recs = all_records(&wal)?;
+    assert_eq!(recs.len(), 400);
+    assert_eq!(rt.block_on(wal.append(b"next".to_vec()))?, 400);
     Ok(())
 }
 
@@ -347,9 +428,9 @@ fn check_against_model(wal: &Wal, model: &[Vec<u8>], positions: &[u64; 2]) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
-    fn wal_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn wal_matches_model(ops in proptest::collection::vec(op(), 1..60), preallocate in any::<bool>()) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = WalConfig { segment_bytes: 512, max_bytes: 1 << 30, ..WalConfig::test_config() };
+        let cfg = WalConfig { segment_bytes: 512, max_bytes: 1 << 30, preallocate, ..WalConfig::test_config() };
         let rt = rt();
         let mut wal = Wal::open(dir.path(), cfg.clone()).expect("open");
         let mut model: Vec<Vec<u8>> = Vec::new();
@@ -375,10 +456,7 @@ proptest! {
                 }
                 Op::CrashTorn(garbage) => {
                     wal.close();
-                    let seg = last_segment(dir.path());
-                    let mut f = OpenOptions::new().append(true).open(&seg).expect("seg");
-                    f.write_all(&garbage).expect("garbage");
-                    drop(f);
+                    tear_last_segment(dir.path(), &cfg, &garbage).expect("tear");
                     wal = Wal::open(dir.path(), cfg.clone()).expect("recover");
                 }
                 Op::Commit(c, frac) => {
@@ -489,7 +567,15 @@ fn kill9_loop_keeps_every_acked_record() -> TestResult {
         );
         acked.extend(round_acked);
 
-        let wal = Wal::open(dir.path(), WalConfig::default())?;
+        // The child's configuration: opening with another segment size would fill the
+        // active segment with zeros to that size.
+        let wal = Wal::open(
+            dir.path(),
+            WalConfig {
+                segment_bytes: 64 * 1024,
+                ..WalConfig::default()
+            },
+        )?;
         let recs = wal.read(0, usize::MAX)?;
         let by_seq: std::collections::HashMap<u64, &[u8]> =
             recs.iter().map(|(s, p)| (*s, p.as_slice())).collect();

@@ -186,8 +186,7 @@ pub(crate) fn decode_inner(
             found: "something other than an array as the envelope body",
         });
     }
-    let node = json::parse(body)?;
-    let readings = json::decode_document(node, now_ms, limits, device, 0)?;
+    let readings = json::decode_bytes(body, now_ms, limits, device, 0)?;
     Ok(Decoded {
         origin: Some(BatchOrigin {
             source: header.source,

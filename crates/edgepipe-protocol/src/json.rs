@@ -173,6 +173,22 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Node<'_>> {
     serde_json::from_slice(bytes).map_err(Error::Json)
 }
 
+/// Parses and decodes a whole JSON document of readings: [`parse`] then [`decode_document`],
+/// with the plain shapes devices send taken by the fast path (`fastjson`), which returns what
+/// these two would, or leaves the document to them.
+pub(crate) fn decode_bytes(
+    bytes: &[u8],
+    now_ms: i64,
+    limits: &Limits,
+    device: Option<&DeviceId>,
+    already: usize,
+) -> Result<Vec<Reading>> {
+    if let Some(readings) = crate::fastjson::decode(bytes, now_ms, limits, device, already) {
+        return Ok(readings);
+    }
+    parse(bytes).and_then(|node| decode_document(node, now_ms, limits, device, already))
+}
+
 /// First byte that is not JSON whitespace, if any.
 pub(crate) fn first_non_ws(bytes: &[u8]) -> Option<u8> {
     bytes

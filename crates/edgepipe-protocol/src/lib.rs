@@ -22,6 +22,7 @@
 
 pub mod envelope;
 mod error;
+mod fastjson;
 pub mod http;
 mod json;
 pub mod mapping;
@@ -117,8 +118,7 @@ fn decode_inner(
     match json::first_non_ws(payload) {
         None => Err(Error::EmptyPayload),
         Some(b'{' | b'[') => {
-            let node = json::parse(payload)?;
-            let readings = json::decode_document(node, now_ms, limits, device, 0)?;
+            let readings = json::decode_bytes(payload, now_ms, limits, device, 0)?;
             Ok(Decoded {
                 origin: None,
                 readings,

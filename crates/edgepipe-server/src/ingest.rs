@@ -259,8 +259,16 @@ impl ContentDedup {
 
 /// Content hashes of a message's readings; empty (never a duplicate) when any timestamp was
 /// stamped by the server, since such a reading has no identity of its own to repeat.
-fn content_hashes(device: &DeviceId, readings: &[edgepipe_types::Reading]) -> Vec<u64> {
-    use std::hash::{Hash, Hasher};
+///
+/// foldhash's quality variant with a seed drawn at start (the index is rebuilt from the WAL at
+/// each start, so hashes never outlive the process): well spread in every bit, as the
+/// pass-through tables need, unpredictable to devices, and a fraction of SipHash's cost.
+fn content_hashes(
+    seed: &foldhash::quality::RandomState,
+    device: &DeviceId,
+    readings: &[edgepipe_types::Reading],
+) -> Vec<u64> {
+    use std::hash::{BuildHasher, Hash, Hasher};
     if readings
         .iter()
         .any(|r| r.ts_source == edgepipe_types::TsSource::Server)
@@ -270,7 +278,7 @@ fn content_hashes(device: &DeviceId, readings: &[edgepipe_types::Reading]) -> Ve
     readings
         .iter()
         .map(|r| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
+            let mut h = seed.build_hasher();
             device.as_str().hash(&mut h);
             r.metric.as_str().hash(&mut h);
             r.ts.hash(&mut h);
@@ -311,6 +319,7 @@ pub struct Ingestor {
     /// after the agent restarted) must not be written too.
     batches_in_flight: Arc<Mutex<HashSet<(DedupKey, u64)>>>,
     content: Arc<Mutex<ContentDedup>>,
+    content_seed: foldhash::quality::RandomState,
     buckets: Mutex<HashMap<String, Bucket>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -357,6 +366,7 @@ impl Ingestor {
             dedup: Arc::new(Mutex::new(HashMap::new())),
             batches_in_flight: Arc::new(Mutex::new(HashSet::new())),
             content: Arc::new(Mutex::new(ContentDedup::default())),
+            content_seed: foldhash::quality::RandomState::default(),
             buckets: Mutex::new(HashMap::new()),
             clock: p.clock,
             metrics: p.metrics,
@@ -378,7 +388,11 @@ impl Ingestor {
         while let Some((seq, bytes)) = reader.next_record()? {
             match IngestRecord::decode(&bytes) {
                 Ok(rec) => {
-                    content.insert_all(&content_hashes(&rec.device_id, &rec.readings));
+                    content.insert_all(&content_hashes(
+                        &self.content_seed,
+                        &rec.device_id,
+                        &rec.readings,
+                    ));
                     if let Some(o) = rec.origin {
                         dedup
                             .entry((rec.device_id.to_string(), o.source, o.stream))
@@ -627,7 +641,7 @@ impl Ingestor {
                 BatchStart::Write(b) => batch = Some(b),
             }
         }
-        let hashes = content_hashes(device, &decoded.readings);
+        let hashes = content_hashes(&self.content_seed, device, &decoded.readings);
         if decoded.origin.is_none()
             && self
                 .content

@@ -16,9 +16,9 @@ mod config;
 #[cfg(test)]
 mod tests;
 
+use foldhash::quality::RandomState;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::RandomState;
 
 use hashbrown::Equivalent;
 
@@ -856,7 +856,7 @@ impl Detector {
             }
         }
         let mut index =
-            hashbrown::HashMap::with_capacity_and_hasher(snap.series.len(), RandomState::new());
+            hashbrown::HashMap::with_capacity_and_hasher(snap.series.len(), RandomState::default());
         let mut series = snap.series;
         for (key, e) in &mut series {
             // Derived from the parameters: recomputed, not trusted.

@@ -166,9 +166,7 @@ pub fn decode_body(
                     continue;
                 }
                 let already = out.readings.len();
-                match json::parse(raw)
-                    .and_then(|n| json::decode_document(n, now_ms, limits, Some(device), already))
-                {
+                match json::decode_bytes(raw, now_ms, limits, Some(device), already) {
                     Ok(rs) => out.readings.extend(rs),
                     Err(e) => out.fail(line, &e, raw),
                 }
@@ -211,8 +209,7 @@ fn decode_json(
     if first != Some(b'[') {
         let result = match first {
             None => Err(Error::EmptyPayload),
-            Some(_) => json::parse(body)
-                .and_then(|n| json::decode_document(n, now_ms, limits, Some(device), 0)),
+            Some(_) => json::decode_bytes(body, now_ms, limits, Some(device), 0),
         };
         match result {
             Ok(rs) => out.readings = rs,

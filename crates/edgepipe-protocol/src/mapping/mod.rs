@@ -254,8 +254,7 @@ impl TopicMapping {
                 self.decode_pointers(payload, now_ms, limits)?
             }
             (PayloadFormat::Json, None) => {
-                let node = json::parse(payload)?;
-                json::decode_document(node, now_ms, limits, Some(&device), 0)?
+                json::decode_bytes(payload, now_ms, limits, Some(&device), 0)?
             }
         };
         Ok(Decoded {

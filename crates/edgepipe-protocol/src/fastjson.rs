@@ -1,0 +1,526 @@
+//! The fast path of the JSON reading format: the shapes devices send nearly always
+//! (`{"ts":1700000000123,"metrics":{"temp":21.5}}`, or an array of such objects) decoded
+//! straight from the bytes into readings, without building a [`Node`](crate::json) tree.
+//!
+//! It only ever answers `Some` with exactly what the general decoder
+//! ([`json::parse`](crate::json::parse) then [`json::decode_document`](crate::json)) returns for
+//! the same input. Whatever it does not handle itself, it gives up on (`None`) and the general
+//! decoder decides, with its error messages: a key or string with an escape, an unknown field,
+//! `null`, nested values, a number it would have to round differently, any syntax error, any
+//! limit exceeded. A property test compares the two on generated documents.
+
+use edgepipe_types::{DeviceId, Metric, Reading, TsSource, Value};
+
+use crate::Limits;
+use crate::json::check_ts;
+
+/// Decodes `bytes` (a reading object or an array of them) when it is one of the plain shapes;
+/// `None` hands the document to the general decoder.
+pub(crate) fn decode(
+    bytes: &[u8],
+    now_ms: i64,
+    limits: &Limits,
+    device: Option<&DeviceId>,
+    already: usize,
+) -> Option<Vec<Reading>> {
+    let mut c = Cursor { b: bytes, i: 0 };
+    let mut out = Vec::new();
+    let cx = Context {
+        now_ms,
+        limits,
+        device,
+        already,
+    };
+    c.ws();
+    match c.peek()? {
+        b'{' => {
+            c.i += 1;
+            c.object(&cx, &mut out)?;
+        }
+        b'[' => {
+            c.i += 1;
+            c.ws();
+            loop {
+                if c.peek()? != b'{' {
+                    return None;
+                }
+                c.i += 1;
+                c.object(&cx, &mut out)?;
+                c.ws();
+                match c.peek()? {
+                    b',' => {
+                        c.i += 1;
+                        c.ws();
+                    }
+                    b']' => {
+                        c.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        _ => return None,
+    }
+    c.ws();
+    (c.i == bytes.len()).then_some(out)
+}
+
+struct Context<'l> {
+    now_ms: i64,
+    limits: &'l Limits,
+    device: Option<&'l DeviceId>,
+    already: usize,
+}
+
+/// A number as the general decoder would type it.
+enum Num {
+    I64(i64),
+    F64(f64),
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\r' | b'\n') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        self.ws();
+        (self.peek()? == byte).then(|| self.i += 1)
+    }
+
+    /// A string without escapes or control characters, after its opening quote was seen at
+    /// the cursor; the cursor ends past the closing quote.
+    fn plain_str(&mut self) -> Option<&'a str> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let start = self.i + 1;
+        let len = self.b.get(start..)?.iter().position(|b| *b == b'"')?;
+        let raw = &self.b[start..start + len];
+        // An escape (the quote found may be escaped) or a raw control character: general path.
+        if raw.iter().any(|b| *b == b'\\' || *b < 0x20) {
+            return None;
+        }
+        self.i = start + len + 1;
+        std::str::from_utf8(raw).ok()
+    }
+
+    /// A JSON number, typed as the general decoder types it; `None` for the few it would
+    /// type otherwise than plainly (`-0`, integers beyond `i64`) and for anything malformed.
+    fn number(&mut self) -> Option<Num> {
+        let start = self.i;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let int_start = self.i;
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => {
+                while let Some(b'0'..=b'9') = self.peek() {
+                    self.i += 1;
+                }
+            }
+            _ => return None,
+        }
+        let int_end = self.i;
+        let mut float = false;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            self.digits()?;
+            float = true;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.digits()?;
+            float = true;
+        }
+        // Checked above to be ASCII digits, signs, dots and exponents.
+        let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+        if float {
+            // Exact (correctly rounded), as the general decoder's `float_roundtrip` parse.
+            let v: f64 = text.parse().ok()?;
+            return v.is_finite().then_some(Num::F64(v));
+        }
+        let digits = std::str::from_utf8(&self.b[int_start..int_end]).ok()?;
+        // The general decoder's typing: `-0` and integers beyond `i64` (below `i64::MIN`, or
+        // above `u64::MAX`) are floats; those in (i64::MAX, u64::MAX] are out of range, which
+        // it reports.
+        let as_float = || {
+            let v: f64 = text.parse().ok()?;
+            v.is_finite().then_some(Num::F64(v))
+        };
+        match digits.parse::<u64>() {
+            Ok(0) if negative => as_float(),
+            Ok(m) if negative && m <= 1 << 63 => Some(Num::I64((m as i64).wrapping_neg())),
+            Ok(_) if negative => as_float(),
+            Ok(m) => i64::try_from(m).ok().map(Num::I64),
+            Err(_) => as_float(),
+        }
+    }
+
+    fn digits(&mut self) -> Option<()> {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        (self.i > start).then_some(())
+    }
+
+    /// One reading object's body, after its `{`: `ts`, `metrics` and `device_id`, each at most
+    /// once, in any order. Its readings are appended to `out`.
+    fn object(&mut self, cx: &Context<'_>, out: &mut Vec<Reading>) -> Option<()> {
+        let first = out.len();
+        let mut ts: Option<i64> = None;
+        let mut seen_metrics = false;
+        let mut seen_device = false;
+        self.ws();
+        if self.peek()? == b'}' {
+            // No metrics: the general decoder names what is missing.
+            return None;
+        }
+        loop {
+            self.ws();
+            let key = self.plain_str()?;
+            self.eat(b':')?;
+            self.ws();
+            match key {
+                "ts" if ts.is_none() => match self.number()? {
+                    Num::I64(v) => ts = Some(v),
+                    Num::F64(_) => return None,
+                },
+                "metrics" if !seen_metrics => {
+                    seen_metrics = true;
+                    self.metrics(cx, out)?;
+                }
+                "device_id" if !seen_device => {
+                    seen_device = true;
+                    let declared = self.plain_str()?;
+                    if cx.device.is_some_and(|d| d.as_str() != declared) {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        if !seen_metrics {
+            return None;
+        }
+        let (ts, ts_source) = match ts {
+            Some(ts) => {
+                check_ts(ts, cx.now_ms, cx.limits).ok()?;
+                (ts, TsSource::Device)
+            }
+            None => (cx.now_ms, TsSource::Server),
+        };
+        for r in &mut out[first..] {
+            r.ts = ts;
+            r.ts_source = ts_source;
+        }
+        Some(())
+    }
+
+    /// A `metrics` object: at least one entry, names valid and distinct, values numbers,
+    /// booleans or strings within the limits. Readings are pushed with a placeholder time the
+    /// caller fills in.
+    fn metrics(&mut self, cx: &Context<'_>, out: &mut Vec<Reading>) -> Option<()> {
+        if self.peek()? != b'{' {
+            return None;
+        }
+        self.i += 1;
+        let first = out.len();
+        loop {
+            self.ws();
+            let name = self.plain_str()?;
+            self.eat(b':')?;
+            self.ws();
+            let value = match self.peek()? {
+                b'"' => {
+                    let s = self.plain_str()?;
+                    if s.len() > cx.limits.max_string_len {
+                        return None;
+                    }
+                    Value::Str(s.to_owned())
+                }
+                b't' => {
+                    self.literal(b"true")?;
+                    Value::Bool(true)
+                }
+                b'f' => {
+                    self.literal(b"false")?;
+                    Value::Bool(false)
+                }
+                _ => match self.number()? {
+                    Num::I64(v) => Value::I64(v),
+                    Num::F64(v) => Value::F64(v),
+                },
+            };
+            if cx.already.saturating_add(out.len()) >= cx.limits.max_readings_per_message {
+                return None;
+            }
+            out.push(Reading {
+                metric: Metric::new(name).ok()?,
+                ts: 0,
+                value,
+                ts_source: TsSource::Device,
+            });
+            self.ws();
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        // Duplicate names are refused by the general decoder.
+        let names = &out[first..];
+        let duplicate = if names.len() <= 16 {
+            names
+                .iter()
+                .enumerate()
+                .any(|(i, a)| names[i + 1..].iter().any(|b| a.metric == b.metric))
+        } else {
+            let mut sorted: Vec<&str> = names.iter().map(|r| r.metric.as_str()).collect();
+            sorted.sort_unstable();
+            sorted.windows(2).any(|w| w[0] == w[1])
+        };
+        (!duplicate).then_some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::json::{decode_document, parse};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// What the general decoder makes of `bytes`: readings (floats compared by their bits,
+    /// through `Debug`) or an error.
+    fn general(bytes: &[u8], limits: &Limits, device: Option<&DeviceId>) -> Option<String> {
+        parse(bytes)
+            .and_then(|n| decode_document(n, NOW, limits, device, 0))
+            .ok()
+            .map(|r| format!("{r:?}"))
+    }
+
+    fn fast(bytes: &[u8], limits: &Limits, device: Option<&DeviceId>) -> Option<String> {
+        decode(bytes, NOW, limits, device, 0).map(|r| format!("{r:?}"))
+    }
+
+    /// Pieces a reading document is made of, plain ones weighted up, with the edge cases of
+    /// each: numbers the general decoder types specially, escapes, unknown keys, duplicate
+    /// keys and names, limits, whitespace, truncation and stray bytes.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => any::<f64>().prop_filter("finite", |v| v.is_finite()).prop_map(|v| v.to_string()),
+            3 => any::<i64>().prop_map(|v| v.to_string()),
+            1 => any::<u64>().prop_map(|v| v.to_string()),
+            1 => Just("-0".to_string()),
+            1 => Just("-0.0".to_string()),
+            1 => Just("01".to_string()),
+            1 => Just("1.".to_string()),
+            1 => Just(".5".to_string()),
+            1 => Just("1e400".to_string()),
+            1 => Just("1e-400".to_string()),
+            1 => Just("2.5E+3".to_string()),
+            1 => Just("-9223372036854775808".to_string()),
+            1 => Just("-9223372036854775809".to_string()),
+            1 => Just("9223372036854775808".to_string()),
+            1 => Just("123456789012345678901234567890".to_string()),
+            1 => Just("0.30000000000000004".to_string()),
+            1 => Just("1.7976931348623157e308".to_string()),
+            1 => Just("4.9e-324".to_string()),
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => "[a-z][a-z0-9_.]{0,6}",
+            1 => Just("t\\u0065mp".to_string()),
+            1 => Just("".to_string()),
+            1 => Just("bad name".to_string()),
+            1 => Just("é".to_string()),
+            1 => Just("m0".to_string()),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => number(),
+            1 => Just("true".to_string()),
+            1 => Just("false".to_string()),
+            1 => Just("null".to_string()),
+            1 => "[a-z ]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            1 => Just("\"a\\\"b\"".to_string()),
+            1 => Just("\"x\u{7}\"".to_string()),
+            1 => Just("[1]".to_string()),
+            1 => Just("{}".to_string()),
+            1 => Just("truex".to_string()),
+        ]
+    }
+
+    fn ws() -> impl Strategy<Value = String> {
+        prop_oneof![6 => Just(String::new()), 1 => Just(" ".to_string()), 1 => Just("\n\t ".to_string())]
+    }
+
+    fn ts() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => (NOW - 10_000_000..NOW + 1_000_000).prop_map(|v| v.to_string()),
+            1 => Just((NOW + 10_000_000).to_string()),
+            1 => Just("1000".to_string()),
+            1 => Just("1700000000000.5".to_string()),
+            1 => Just("null".to_string()),
+            1 => Just("\"1700000000000\"".to_string()),
+        ]
+    }
+
+    fn object() -> impl Strategy<Value = String> {
+        let metrics = proptest::collection::vec((name(), ws(), value()), 0..5).prop_map(|ms| {
+            let body: Vec<String> = ms
+                .iter()
+                .map(|(n, w, v)| format!("\"{n}\"{w}:{w}{v}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        });
+        let field = prop_oneof![
+            4 => ts().prop_map(|t| format!("\"ts\":{t}")),
+            4 => metrics.prop_map(|m| format!("\"metrics\":{m}")),
+            1 => Just("\"device_id\":\"dev-1\"".to_string()),
+            1 => Just("\"device_id\":\"dev-2\"".to_string()),
+            1 => Just("\"device_id\":7".to_string()),
+            1 => Just("\"other\":1".to_string()),
+            1 => Just("\"t\\u0073\":1700000000000".to_string()),
+        ];
+        (proptest::collection::vec(field, 0..4), ws())
+            .prop_map(|(fs, w)| format!("{{{w}{}{w}}}", fs.join(&format!("{w},{w}"))))
+    }
+
+    fn document() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => object(),
+            2 => proptest::collection::vec(object(), 0..4).prop_map(|os| format!("[{}]", os.join(","))),
+            1 => (object(), 0..40usize).prop_map(|(o, cut)| o.chars().take(cut).collect()),
+            1 => (object(), "[ x\\]}1,\"]").prop_map(|(o, tail)| format!("{o}{tail}")),
+        ]
+    }
+
+    /// The plain shape devices send: always taken by the fast path.
+    fn plain() -> impl Strategy<Value = String> {
+        let reading = (
+            ts(),
+            proptest::collection::vec(("[a-z][a-z0-9]{0,5}", number()), 1..4),
+        )
+            .prop_map(|(t, ms)| {
+                let mut seen = std::collections::HashSet::new();
+                let body: Vec<String> = ms
+                    .into_iter()
+                    .filter(|(n, _)| seen.insert(n.clone()))
+                    .map(|(n, v)| format!("\"{n}\":{v}"))
+                    .collect();
+                format!("{{\"ts\":{t},\"metrics\":{{{}}}}}", body.join(","))
+            });
+        proptest::collection::vec(reading, 1..4).prop_map(|rs| format!("[{}]", rs.join(",")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// Whatever the fast path decodes, the general decoder decodes the same way.
+        #[test]
+        fn fast_path_agrees_with_the_general_decoder(doc in document(), small in any::<bool>(), named in any::<bool>()) {
+            let limits = Limits {
+                max_readings_per_message: if small { 2 } else { 10_000 },
+                max_string_len: if small { 4 } else { 1024 },
+                ..Limits::default()
+            };
+            let dev = DeviceId::new("dev-1").ok();
+            let device = if named { dev.as_ref() } else { None };
+            if let Some(f) = fast(doc.as_bytes(), &limits, device) {
+                prop_assert_eq!(Some(f), general(doc.as_bytes(), &limits, device), "{}", doc);
+            }
+        }
+
+        /// The documents devices send are taken by the fast path, as the general decoder
+        /// would decode them (unless a value is one it leaves to the general decoder).
+        #[test]
+        fn plain_documents_take_the_fast_path(doc in plain()) {
+            let limits = Limits::default();
+            let general = general(doc.as_bytes(), &limits, None);
+            let fast = fast(doc.as_bytes(), &limits, None);
+            if fast.is_some() {
+                prop_assert_eq!(&fast, &general, "{}", doc);
+            }
+            if general.is_some() {
+                prop_assert!(fast.is_some(), "{}", doc);
+            }
+        }
+    }
+
+    #[test]
+    fn the_usual_payloads_take_the_fast_path() {
+        let limits = Limits::default();
+        for doc in [
+            r#"{"ts":1700000000123,"metrics":{"temp":21.5,"on":true,"state":"ok","count":5}}"#,
+            r#"[{"ts":1700000000123,"metrics":{"m0":1.25}},{"ts":1700000000124,"metrics":{"m1":-3}}]"#,
+            r#" { "metrics" : { "temp" : 2e3 } , "device_id" : "dev-1" } "#,
+        ] {
+            let dev = DeviceId::new("dev-1").ok();
+            let f = fast(doc.as_bytes(), &limits, dev.as_ref());
+            assert!(f.is_some(), "{doc}");
+            assert_eq!(f, general(doc.as_bytes(), &limits, dev.as_ref()), "{doc}");
+        }
+        // Numbers the general decoder types specially are decoded alike (or both refused).
+        for n in [
+            "-0",
+            "-0.0",
+            "1e-400",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "-18446744073709551617",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "0.1e1",
+        ] {
+            let doc = format!(r#"{{"ts":1700000000000,"metrics":{{"v":{n}}}}}"#);
+            let g = general(doc.as_bytes(), &limits, None);
+            assert_eq!(fast(doc.as_bytes(), &limits, None), g, "{doc}");
+            assert_eq!(g.is_some(), n != "9223372036854775808", "{doc}");
+        }
+    }
+}

@@ -150,22 +150,23 @@ impl<'a> Cursor<'a> {
             self.digits()?;
             float = true;
         }
-        // Checked above to be ASCII digits, signs, dots and exponents.
-        let text = std::str::from_utf8(&self.b[start..self.i]).ok()?;
+        let text = &self.b[start..self.i];
+        // Exact (correctly rounded), as the general decoder's `float_roundtrip` parse. The
+        // text was checked above to be ASCII digits, signs, dots and exponents.
+        let as_float = || {
+            let v: f64 = std::str::from_utf8(text).ok()?.parse().ok()?;
+            v.is_finite().then_some(Num::F64(v))
+        };
         if float {
-            // Exact (correctly rounded), as the general decoder's `float_roundtrip` parse.
-            let v: f64 = text.parse().ok()?;
-            return v.is_finite().then_some(Num::F64(v));
+            return as_float();
         }
-        let digits = std::str::from_utf8(&self.b[int_start..int_end]).ok()?;
         // The general decoder's typing: `-0` and integers beyond `i64` (below `i64::MIN`, or
         // above `u64::MAX`) are floats; those in (i64::MAX, u64::MAX] are out of range, which
         // it reports.
-        let as_float = || {
-            let v: f64 = text.parse().ok()?;
-            v.is_finite().then_some(Num::F64(v))
-        };
-        match digits.parse::<u64>() {
+        let magnitude = self.b[int_start..int_end].iter().try_fold(0u64, |m, d| {
+            m.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        });
+        match magnitude.ok_or(()) {
             Ok(0) if negative => as_float(),
             Ok(m) if negative && m <= 1 << 63 => Some(Num::I64((m as i64).wrapping_neg())),
             Ok(_) if negative => as_float(),

@@ -836,8 +836,14 @@ impl Wal {
         }
         if config.preallocate {
             let len = file.metadata().map_err(io_err(&active.path))?.len();
-            if len < config.segment_bytes {
-                write_zeros(&file, len, config.segment_bytes).map_err(io_err(&active.path))?;
+            if len < config.segment_bytes
+                && let Err(e) = write_zeros(&file, len, config.segment_bytes)
+            {
+                // A disk too full for the zeros still takes records: the segment grows as
+                // written instead (slower syncs), and the zeros that did land are cut off.
+                tracing::warn!(path = %active.path.display(), error = %e, "wal: segment not preallocated");
+                file.set_len(len).map_err(io_err(&active.path))?;
+                file.sync_all().map_err(io_err(&active.path))?;
             }
         }
 
@@ -1351,6 +1357,13 @@ impl Writer {
             Ok(Ok(path)) => Some(path),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "wal: spare segment not prepared; the next one grows as written");
+                // A partial spare (a full disk, say) gives its space back.
+                let spare = self.shared.dir.join("segments").join(SPARE_NAME);
+                if let Err(e) = fs::remove_file(&spare)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(error = %e, "wal: could not remove a partial spare segment");
+                }
                 None
             }
             Err(_) => None,

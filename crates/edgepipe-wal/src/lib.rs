@@ -163,7 +163,9 @@ pub struct WalConfig {
     /// flush, not a new file size (on ext4 here: ~135 µs against ~215 µs). The next segment
     /// is prepared by a background thread, so rolling does not wait for the zeros. It costs up
     /// to two segments of disk beyond the records: the active segment's unused tail and the
-    /// spare. Off for stores that are written rarely.
+    /// spare. Off for stores that are written rarely. On a disk too full for the zeros the
+    /// WAL still opens and takes records: the segment then grows as written, a partial spare is
+    /// removed at once, and no further spare is tried until the next open.
     pub preallocate: bool,
 }
 
@@ -359,14 +361,19 @@ fn write_zeros(f: &File, from: u64, to: u64) -> io::Result<()> {
     f.sync_all()
 }
 
-/// Creates the spare segment: `bytes` of zeros, synced. Runs on its own thread.
+/// Creates the spare segment: `bytes` of zeros, synced. Runs on its own thread. On failure (a
+/// full disk, say) the partial file is removed at once, so it holds no space others need.
 fn prepare_spare(path: PathBuf, bytes: u64) -> io::Result<PathBuf> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(&path)?;
-    write_zeros(&f, 0, bytes)?;
+    if let Err(e) = write_zeros(&f, 0, bytes) {
+        drop(f);
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(path)
 }
 
@@ -875,6 +882,7 @@ impl Wal {
                     active,
                     written,
                     spare: None,
+                    spare_failed: false,
                 };
                 w.start_spare();
                 w.run(rx)
@@ -1223,6 +1231,9 @@ struct Writer {
     written: u64,
     /// The thread filling the next segment with zeros, when preallocating.
     spare: Option<JoinHandle<io::Result<PathBuf>>>,
+    /// Set once a spare could not be made: no more are tried in this process, so a nearly
+    /// full disk is not filled to the brim again at every roll.
+    spare_failed: bool,
 }
 
 struct Pending {
@@ -1333,7 +1344,7 @@ impl Writer {
 
     /// Starts filling a spare segment with zeros, when preallocating and none is underway.
     fn start_spare(&mut self) {
-        if !self.shared.config.preallocate || self.spare.is_some() {
+        if !self.shared.config.preallocate || self.spare.is_some() || self.spare_failed {
             return;
         }
         let path = self.shared.dir.join("segments").join(SPARE_NAME);
@@ -1356,17 +1367,14 @@ impl Writer {
         match self.spare.take()?.join() {
             Ok(Ok(path)) => Some(path),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "wal: spare segment not prepared; the next one grows as written");
-                // A partial spare (a full disk, say) gives its space back.
-                let spare = self.shared.dir.join("segments").join(SPARE_NAME);
-                if let Err(e) = fs::remove_file(&spare)
-                    && e.kind() != io::ErrorKind::NotFound
-                {
-                    tracing::warn!(error = %e, "wal: could not remove a partial spare segment");
-                }
+                tracing::warn!(error = %e, "wal: spare segment not prepared; segments grow as written from now on");
+                self.spare_failed = true;
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                self.spare_failed = true;
+                None
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 //! <dir>/consumers/<name>.ckpt          one checkpoint per named consumer
 //! ```
 //! Every segment starts with a 32-byte header:
-//! `magic "EPWALSEG" (8) | version u32 LE (=1) | reserved u32 | first_seq u64 LE | crc32c u32 LE
+//! `magic "EPWALSEG" (8) | version u32 LE (=2; 1 is read too) | reserved u32 | first_seq u64 LE | crc32c u32 LE
 //! of the preceding 24 bytes | reserved u32`, followed by records framed as
 //! `len u32 LE | crc32c u32 LE over (seq LE bytes ++ payload) | seq u64 LE | payload (len bytes)`.
 //! Sequence numbers start at 0 and are contiguous across segments.
@@ -256,7 +256,12 @@ pub struct WalStats {
 
 const SEGMENT_MAGIC: &[u8; 8] = b"EPWALSEG";
 const CHECKPOINT_MAGIC: &[u8; 8] = b"EPWALCKP";
-const FORMAT_VERSION: u32 = 1;
+/// Segment format written. Version 2 segments may hold zeros after their last record (see
+/// [`WalConfig::preallocate`]), which a build reading only version 1 would take for corruption;
+/// the bump makes such a build refuse them by name instead.
+const FORMAT_VERSION: u32 = 2;
+/// Oldest segment format still read (version 1: records up to the end of the file).
+const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Bytes of a segment header.
 pub const SEGMENT_HEADER_LEN: usize = 32;
 /// Bytes of framing before each record's payload.
@@ -469,7 +474,8 @@ fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_LEN] {
     h
 }
 
-fn parse_segment_header(h: &[u8; SEGMENT_HEADER_LEN]) -> std::result::Result<u64, String> {
+/// `(first_seq, format version)` of a segment header.
+fn parse_segment_header(h: &[u8; SEGMENT_HEADER_LEN]) -> std::result::Result<(u64, u32), String> {
     if &h[0..8] != SEGMENT_MAGIC {
         return Err("bad segment magic".into());
     }
@@ -478,14 +484,14 @@ fn parse_segment_header(h: &[u8; SEGMENT_HEADER_LEN]) -> std::result::Result<u64
         return Err("segment header checksum mismatch".into());
     }
     let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(format!(
-            "segment format version {version}, this build reads {FORMAT_VERSION}"
+            "segment format version {version}, this build reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
         ));
     }
     let mut s = [0u8; 8];
     s.copy_from_slice(&h[16..24]);
-    Ok(u64::from_le_bytes(s))
+    Ok((u64::from_le_bytes(s), version))
 }
 
 fn record_crc(seq: u64, payload: &[u8]) -> u32 {
@@ -708,6 +714,8 @@ impl Wal {
         firsts.sort_unstable();
 
         let mut segments: Vec<Segment> = Vec::new();
+        // Format version of the last segment (a new one is written in the current format).
+        let mut last_version = FORMAT_VERSION;
         let mut torn_records = 0;
         let mut torn_bytes = 0;
         let count = firsts.len();
@@ -720,8 +728,8 @@ impl Wal {
                 .map_err(|e| e.to_string())
                 .and_then(|()| parse_segment_header(&header));
             match header_ok {
-                Ok(hfirst) if hfirst == first => {}
-                Ok(hfirst) => {
+                Ok((hfirst, version)) if hfirst == first => last_version = version,
+                Ok((hfirst, _)) => {
                     return Err(Error::Corrupt {
                         path,
                         offset: 16,
@@ -841,7 +849,9 @@ impl Wal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&spare)(e)),
         }
-        if config.preallocate {
+        // A version 1 segment is left to grow as written, so a build before preallocation can
+        // still read it; the next segment is zero-filled.
+        if config.preallocate && last_version >= 2 {
             let len = file.metadata().map_err(io_err(&active.path))?.len();
             if len < config.segment_bytes
                 && let Err(e) = write_zeros(&file, len, config.segment_bytes)

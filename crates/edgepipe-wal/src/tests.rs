@@ -108,6 +108,68 @@ fn torn_tail_is_truncated_and_counted() -> TestResult {
     Ok(())
 }
 
+/// A segment of format version 1 (written before preallocation) is read, and is left to grow
+/// as written so older builds can still read it; the segments after it are version 2 and
+/// zero-filled.
+#[test]
+fn version_1_segments_are_read_and_not_preallocated() -> TestResult {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let cfg = WalConfig {
+        segment_bytes: 8 * 1024,
+        ..WalConfig::test_config()
+    };
+    let old = WalConfig {
+        preallocate: false,
+        ..cfg.clone()
+    };
+    let wal = Wal::open(dir.path(), old)?;
+    for i in 0..3u8 {
+        rt.block_on(wal.append(vec![i; 100]))?;
+    }
+    wal.close();
+    // Make it a version 1 segment, as an older build wrote it.
+    let seg = last_segment(dir.path());
+    let mut h = segment_header(0);
+    h[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)?
+        .write_all_at(&h, 0)?;
+    let len = fs::metadata(&seg)?.len();
+
+    let wal = Wal::open(dir.path(), cfg)?;
+    assert_eq!(
+        fs::metadata(&seg)?.len(),
+        len,
+        "a version 1 segment is not zero-filled"
+    );
+    assert_eq!(all_records(&wal)?.len(), 3);
+    for i in 0..200u32 {
+        rt.block_on(wal.append(vec![(i % 7) as u8; 100]))?;
+    }
+    let recs = all_records(&wal)?;
+    assert_eq!(recs.len(), 203);
+    assert_eq!(recs[2].1, vec![2u8; 100]);
+    wal.close();
+    let newest = last_segment(dir.path());
+    assert_ne!(newest, seg);
+    let mut head = [0u8; SEGMENT_HEADER_LEN];
+    File::open(&newest)?.read_exact(&mut head)?;
+    assert_eq!(parse_segment_header(&head)?.1, FORMAT_VERSION);
+    // A version this build does not know is refused by name.
+    let mut h = segment_header(0);
+    h[8..12].copy_from_slice(&9u32.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    let err = parse_segment_header(&h).err().unwrap_or_default();
+    assert!(err.contains("version 9"), "{err}");
+    Ok(())
+}
+
 /// Preallocated segments are zero-filled to their full size up front, the rolls take the
 /// spare a background thread prepared, and the zeros after the last record are read as the
 /// end of the log, not as a torn write, both by readers and at reopen.

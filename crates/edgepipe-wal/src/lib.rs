@@ -276,6 +276,18 @@ struct Segment {
     path: PathBuf,
 }
 
+impl Segment {
+    /// A segment holding its header and no record yet.
+    fn empty(first_seq: u64, path: PathBuf) -> Self {
+        Segment {
+            first_seq,
+            end_seq: first_seq,
+            bytes: SEGMENT_HEADER_LEN as u64,
+            path,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     /// Closed segments plus the active one (last).
@@ -885,12 +897,10 @@ impl Wal {
         let handle = std::thread::Builder::new()
             .name("wal-writer".into())
             .spawn(move || {
-                let written = active.bytes;
                 let mut w = Writer {
                     shared: writer_shared,
                     file,
                     active,
-                    written,
                     spare: None,
                     spare_failed: false,
                 };
@@ -1194,15 +1204,7 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, Segment)> {
         .map_err(io_err(&path))?;
     f.sync_all().map_err(io_err(&path))?;
     fsync_dir(&dir.join("segments"))?;
-    Ok((
-        f,
-        Segment {
-            first_seq,
-            end_seq: first_seq,
-            bytes: SEGMENT_HEADER_LEN as u64,
-            path,
-        },
-    ))
+    Ok((f, Segment::empty(first_seq, path)))
 }
 
 /// Turns the zero-filled spare into the segment starting at `first_seq`: its header written
@@ -1221,24 +1223,13 @@ fn install_spare(dir: &Path, spare: &Path, first_seq: u64) -> Result<(File, Segm
     f.sync_data().map_err(io_err(spare))?;
     fs::rename(spare, &path).map_err(io_err(&path))?;
     fsync_dir(&dir.join("segments"))?;
-    Ok((
-        f,
-        Segment {
-            first_seq,
-            end_seq: first_seq,
-            bytes: SEGMENT_HEADER_LEN as u64,
-            path,
-        },
-    ))
+    Ok((f, Segment::empty(first_seq, path)))
 }
 
 struct Writer {
     shared: Arc<Shared>,
     file: File,
     active: Segment,
-    /// File offset of the next write (records are written in place, not appended, so they
-    /// can overwrite a preallocated segment's zeros).
-    written: u64,
     /// The thread filling the next segment with zeros, when preallocating.
     spare: Option<JoinHandle<io::Result<PathBuf>>>,
     /// Set once a spare could not be made: no more are tried in this process, so a nearly
@@ -1419,11 +1410,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `buf` at the write offset and clears it.
+    /// Writes `buf`, which holds the active segment's last records (already counted in its
+    /// `bytes`), at their place in the file, and clears it. Records are written in place, not
+    /// appended, so they overwrite a preallocated segment's zeros.
     fn write_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file.write_all_at(buf, self.written)?;
-        self.written += buf.len() as u64;
+        self.file
+            .write_all_at(buf, self.active.bytes - buf.len() as u64)?;
         buf.clear();
         Ok(())
     }
@@ -1529,7 +1522,6 @@ impl Writer {
             None => create_segment(&dir, first)?,
         };
         self.file = file;
-        self.written = seg.bytes;
         self.active = seg.clone();
         self.shared.lock().segments.push(seg);
         self.start_spare();

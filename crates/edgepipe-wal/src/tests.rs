@@ -108,6 +108,64 @@ fn torn_tail_is_truncated_and_counted() -> TestResult {
     Ok(())
 }
 
+/// A valid segment header that names format `version`.
+fn header_of_version(first_seq: u64, version: u32) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut h = segment_header(first_seq);
+    h[8..12].copy_from_slice(&version.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// A crash can persist a later page of a group and lose an earlier one: zeros right after the
+/// last record, then bytes further on. That is a torn tail in the last segment (cut off and
+/// counted up to the last non-zero byte) and corruption in a sealed one, never an end of log
+/// that would hide the bytes.
+#[test]
+fn bytes_after_zeros_are_a_torn_tail_or_corruption() -> TestResult {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let cfg = WalConfig::test_config();
+    let wal = Wal::open(dir.path(), cfg.clone())?;
+    for i in 0..3u8 {
+        rt.block_on(wal.append(vec![i; 10]))?;
+    }
+    wal.close();
+    let seg = last_segment(dir.path());
+    let (_, valid, _, _) = scan_segment(&seg, 0, cfg.max_record_bytes)?;
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)?
+        .write_all_at(&[7, 7, 7], valid + 1000)?;
+    let wal = Wal::open(dir.path(), cfg.clone())?;
+    let st = wal.stats();
+    assert_eq!(st.torn_records_truncated, 1);
+    assert_eq!(st.torn_bytes_truncated, 1003);
+    assert_eq!(all_records(&wal)?.len(), 3);
+    // Fill past the first segment, then plant a byte after the zeros of the sealed one.
+    for _ in 0..60 {
+        rt.block_on(wal.append(vec![1u8; 100]))?;
+    }
+    assert!(wal.stats().segments > 1);
+    wal.close();
+    let first = segment_path(dir.path(), 0);
+    let (_, valid, torn, _) = scan_segment(&first, 0, cfg.max_record_bytes)?;
+    assert!(torn.is_none());
+    let len = fs::metadata(&first)?.len();
+    assert!(len > valid + 1, "the sealed segment keeps a zero tail");
+    OpenOptions::new()
+        .write(true)
+        .open(&first)?
+        .write_all_at(&[7], len - 1)?;
+    let err = Wal::open(dir.path(), cfg).err();
+    assert!(
+        matches!(err, Some(Error::Corrupt { .. })),
+        "bytes after the zeros of a sealed segment must be reported, got {err:?}"
+    );
+    Ok(())
+}
+
 /// A segment of format version 1 (written before preallocation) is read, and is left to grow
 /// as written so older builds can still read it; the segments after it are version 2 and
 /// zero-filled.
@@ -131,14 +189,10 @@ fn version_1_segments_are_read_and_not_preallocated() -> TestResult {
     wal.close();
     // Make it a version 1 segment, as an older build wrote it.
     let seg = last_segment(dir.path());
-    let mut h = segment_header(0);
-    h[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let crc = crc32c::crc32c(&h[0..24]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
     OpenOptions::new()
         .write(true)
         .open(&seg)?
-        .write_all_at(&h, 0)?;
+        .write_all_at(&header_of_version(0, 1), 0)?;
     let len = fs::metadata(&seg)?.len();
 
     let wal = Wal::open(dir.path(), cfg)?;
@@ -161,11 +215,9 @@ fn version_1_segments_are_read_and_not_preallocated() -> TestResult {
     File::open(&newest)?.read_exact(&mut head)?;
     assert_eq!(parse_segment_header(&head)?.1, FORMAT_VERSION);
     // A version this build does not know is refused by name.
-    let mut h = segment_header(0);
-    h[8..12].copy_from_slice(&9u32.to_le_bytes());
-    let crc = crc32c::crc32c(&h[0..24]);
-    h[24..28].copy_from_slice(&crc.to_le_bytes());
-    let err = parse_segment_header(&h).err().unwrap_or_default();
+    let err = parse_segment_header(&header_of_version(0, 9))
+        .err()
+        .unwrap_or_default();
     assert!(err.contains("version 9"), "{err}");
     Ok(())
 }

@@ -12,7 +12,7 @@
 use edgepipe_types::{DeviceId, Metric, Reading, TsSource, Value};
 
 use crate::Limits;
-use crate::json::check_ts;
+use crate::json::{check_str, check_ts, smallest_duplicate};
 
 /// Decodes `bytes` (a reading object or an array of them) when it is one of the plain shapes;
 /// `None` hands the document to the general decoder.
@@ -262,9 +262,7 @@ impl<'a> Cursor<'a> {
             let value = match self.peek()? {
                 b'"' => {
                     let s = self.plain_str()?;
-                    if s.len() > cx.limits.max_string_len {
-                        return None;
-                    }
+                    check_str(String::new, s, cx.limits).ok()?;
                     Value::Str(s.to_owned())
                 }
                 b't' => {
@@ -300,18 +298,9 @@ impl<'a> Cursor<'a> {
             }
         }
         // Duplicate names are refused by the general decoder.
-        let names = &out[first..];
-        let duplicate = if names.len() <= 16 {
-            names
-                .iter()
-                .enumerate()
-                .any(|(i, a)| names[i + 1..].iter().any(|b| a.metric == b.metric))
-        } else {
-            let mut sorted: Vec<&str> = names.iter().map(|r| r.metric.as_str()).collect();
-            sorted.sort_unstable();
-            sorted.windows(2).any(|w| w[0] == w[1])
-        };
-        (!duplicate).then_some(())
+        smallest_duplicate(&out[first..], |r| r.metric.as_str())
+            .is_none()
+            .then_some(())
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
@@ -350,62 +339,46 @@ mod tests {
             4 => any::<f64>().prop_filter("finite", |v| v.is_finite()).prop_map(|v| v.to_string()),
             3 => any::<i64>().prop_map(|v| v.to_string()),
             1 => any::<u64>().prop_map(|v| v.to_string()),
-            1 => Just("-0".to_string()),
-            1 => Just("-0.0".to_string()),
-            1 => Just("01".to_string()),
-            1 => Just("1.".to_string()),
-            1 => Just(".5".to_string()),
-            1 => Just("1e400".to_string()),
-            1 => Just("1e-400".to_string()),
-            1 => Just("2.5E+3".to_string()),
-            1 => Just("-9223372036854775808".to_string()),
-            1 => Just("-9223372036854775809".to_string()),
-            1 => Just("9223372036854775808".to_string()),
-            1 => Just("123456789012345678901234567890".to_string()),
-            1 => Just("0.30000000000000004".to_string()),
-            1 => Just("1.7976931348623157e308".to_string()),
-            1 => Just("4.9e-324".to_string()),
+            15 => one_of(&[
+                "-0", "-0.0", "01", "1.", ".5", "1e400", "1e-400", "2.5E+3",
+                "-9223372036854775808", "-9223372036854775809", "9223372036854775808",
+                "123456789012345678901234567890", "0.30000000000000004",
+                "1.7976931348623157e308", "4.9e-324",
+            ]),
         ]
     }
 
     fn name() -> impl Strategy<Value = String> {
         prop_oneof![
             6 => "[a-z][a-z0-9_.]{0,6}",
-            1 => Just("t\\u0065mp".to_string()),
-            1 => Just("".to_string()),
-            1 => Just("bad name".to_string()),
-            1 => Just("é".to_string()),
-            1 => Just("m0".to_string()),
+            // Two names drawn often, so objects with a name twice are common.
+            6 => one_of(&["m0", "m1"]),
+            4 => one_of(&["t\\u0065mp", "", "bad name", "é"]),
         ]
     }
 
     fn value() -> impl Strategy<Value = String> {
         prop_oneof![
             6 => number(),
-            1 => Just("true".to_string()),
-            1 => Just("false".to_string()),
-            1 => Just("null".to_string()),
             1 => "[a-z ]{0,12}".prop_map(|s| format!("\"{s}\"")),
-            1 => Just("\"a\\\"b\"".to_string()),
-            1 => Just("\"x\u{7}\"".to_string()),
-            1 => Just("[1]".to_string()),
-            1 => Just("{}".to_string()),
-            1 => Just("truex".to_string()),
+            8 => one_of(&["true", "false", "null", "\"a\\\"b\"", "\"x\u{7}\"", "[1]", "{}", "truex"]),
         ]
     }
 
     fn ws() -> impl Strategy<Value = String> {
-        prop_oneof![6 => Just(String::new()), 1 => Just(" ".to_string()), 1 => Just("\n\t ".to_string())]
+        prop_oneof![6 => Just(String::new()), 2 => one_of(&[" ", "\n\t "])]
+    }
+
+    /// One of `texts`, uniformly.
+    fn one_of(texts: &[&str]) -> impl Strategy<Value = String> + use<> {
+        proptest::sample::select(texts.iter().map(|t| t.to_string()).collect::<Vec<_>>())
     }
 
     fn ts() -> impl Strategy<Value = String> {
         prop_oneof![
             6 => (NOW - 10_000_000..NOW + 1_000_000).prop_map(|v| v.to_string()),
             1 => Just((NOW + 10_000_000).to_string()),
-            1 => Just("1000".to_string()),
-            1 => Just("1700000000000.5".to_string()),
-            1 => Just("null".to_string()),
-            1 => Just("\"1700000000000\"".to_string()),
+            4 => one_of(&["1000", "1700000000000.5", "null", "\"1700000000000\""]),
         ]
     }
 
@@ -420,10 +393,12 @@ mod tests {
         let field = prop_oneof![
             4 => ts().prop_map(|t| format!("\"ts\":{t}")),
             4 => metrics.prop_map(|m| format!("\"metrics\":{m}")),
-            1 => Just("\"device_id\":\"dev-1\"".to_string()),
-            1 => Just("\"device_id\":\"dev-2\"".to_string()),
-            1 => Just("\"device_id\":7".to_string()),
-            1 => Just("\"other\":1".to_string()),
+            4 => one_of(&[
+                "\"device_id\":\"dev-1\"",
+                "\"device_id\":\"dev-2\"",
+                "\"device_id\":7",
+                "\"other\":1",
+            ]),
             1 => Just("\"t\\u0073\":1700000000000".to_string()),
         ];
         (proptest::collection::vec(field, 0..4), ws())
@@ -444,15 +419,16 @@ mod tests {
         let reading = (
             ts(),
             proptest::collection::vec(("[a-z][a-z0-9]{0,5}", number()), 1..4),
+            one_of(&["", ",\"device_id\":\"dev-1\"", ",\"device_id\":\"dev-2\""]),
         )
-            .prop_map(|(t, ms)| {
+            .prop_map(|(t, ms, device)| {
                 let mut seen = std::collections::HashSet::new();
                 let body: Vec<String> = ms
                     .into_iter()
                     .filter(|(n, _)| seen.insert(n.clone()))
                     .map(|(n, v)| format!("\"{n}\":{v}"))
                     .collect();
-                format!("{{\"ts\":{t},\"metrics\":{{{}}}}}", body.join(","))
+                format!("{{\"ts\":{t}{device},\"metrics\":{{{}}}}}", body.join(","))
             });
         proptest::collection::vec(reading, 1..4).prop_map(|rs| format!("[{}]", rs.join(",")))
     }
@@ -480,8 +456,9 @@ mod tests {
         #[test]
         fn plain_documents_take_the_fast_path(doc in plain()) {
             let limits = Limits::default();
-            let general = general(doc.as_bytes(), &limits, None);
-            let fast = fast(doc.as_bytes(), &limits, None);
+            let dev = DeviceId::new("dev-1").ok();
+            let general = general(doc.as_bytes(), &limits, dev.as_ref());
+            let fast = fast(doc.as_bytes(), &limits, dev.as_ref());
             if fast.is_some() {
                 prop_assert_eq!(&fast, &general, "{}", doc);
             }
@@ -503,6 +480,16 @@ mod tests {
             let f = fast(doc.as_bytes(), &limits, dev.as_ref());
             assert!(f.is_some(), "{doc}");
             assert_eq!(f, general(doc.as_bytes(), &limits, dev.as_ref()), "{doc}");
+        }
+        // A metric named twice is left to the general decoder (which refuses it), in small
+        // objects and in large ones.
+        for n in [2usize, 20] {
+            let mut names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+            names.push("m1".into());
+            let body: Vec<String> = names.iter().map(|m| format!("\"{m}\":1")).collect();
+            let doc = format!(r#"{{"ts":1700000000000,"metrics":{{{}}}}}"#, body.join(","));
+            assert_eq!(fast(doc.as_bytes(), &limits, None), None, "{doc}");
+            assert_eq!(general(doc.as_bytes(), &limits, None), None, "{doc}");
         }
         // Numbers the general decoder types specially are decoded alike (or both refused).
         for n in [

@@ -142,28 +142,32 @@ impl<'de> Visitor<'de> for NodeVisitor {
             fields.push((k, v));
         }
         // Duplicate keys are refused: keeping only one of them would drop data silently.
-        if let Some(dup) = smallest_duplicate(&fields) {
+        if let Some(dup) = smallest_duplicate(&fields, |(k, _)| k) {
             return Err(de::Error::custom(format_args!("duplicate key {dup:?}")));
         }
         Ok(Node::Obj(fields))
     }
 }
 
-/// The smallest (in byte order) key that occurs more than once, if any. Small objects (the
-/// usual reading object and its metrics) are checked pairwise without allocating; larger ones
-/// by sorting their keys.
-fn smallest_duplicate<'f>(fields: &'f [(Cow<'_, str>, Node<'_>)]) -> Option<&'f str> {
+/// The smallest (in byte order) key of `items` that occurs more than once, if any. Small
+/// objects (the usual reading object and its metrics) are checked pairwise without allocating;
+/// larger ones by sorting their keys.
+pub(crate) fn smallest_duplicate<'f, T>(
+    items: &'f [T],
+    key: impl Fn(&'f T) -> &'f str,
+) -> Option<&'f str> {
     const PAIRWISE_MAX: usize = 16;
-    if fields.len() <= PAIRWISE_MAX {
+    if items.len() <= PAIRWISE_MAX {
         let mut found: Option<&str> = None;
-        for (i, (a, _)) in fields.iter().enumerate() {
-            if fields[i + 1..].iter().any(|(b, _)| a == b) && found.is_none_or(|f| a.as_ref() < f) {
+        for (i, a) in items.iter().enumerate() {
+            let a = key(a);
+            if items[i + 1..].iter().any(|b| key(b) == a) && found.is_none_or(|f| a < f) {
                 found = Some(a);
             }
         }
         return found;
     }
-    let mut keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_ref()).collect();
+    let mut keys: Vec<&str> = items.iter().map(key).collect();
     keys.sort_unstable();
     keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }

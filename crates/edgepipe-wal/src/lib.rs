@@ -27,7 +27,9 @@
 //!
 //! # Guarantees
 //! - One writer thread owns the active segment. Appends that arrive while it is syncing are
-//!   written together and covered by one `fdatasync` (group commit).
+//!   written together and covered by one `fdatasync` (group commit). Appends a caller prepared
+//!   and handed over together ([`Wal::prepare_then`], [`Wal::submit_prepared`]) are always in
+//!   the same group.
 //! - [`Wal::append`] returns only after the record's bytes are fdatasynced. [`Wal::append_unconfirmed`]
 //!   returns once the bytes are handed to the OS; the same group's fsync follows right after.
 //! - Readers and consumers only ever see records that are durable, so a consumer can never
@@ -441,6 +443,29 @@ enum Request {
         reply: oneshot::Sender<Result<u64>>,
         on_durable: Option<OnDurable>,
     },
+    /// Appends handed over together ([`Wal::submit_prepared`]); each is answered on its own.
+    Many(Vec<Request>),
+}
+
+/// A durable append built by [`Wal::prepare_then`] and not yet handed to the writer.
+#[derive(Debug)]
+pub struct Prepared(Request);
+
+/// The outcome of a prepared append: resolves to its sequence once it is fdatasynced, or to
+/// the error that stopped it ([`Error::Closed`] if it was never handed to the writer).
+#[derive(Debug)]
+pub struct Appended(oneshot::Receiver<Result<u64>>);
+
+impl std::future::Future for Appended {
+    type Output = Result<u64>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<u64>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|_| Error::Closed)?)
+    }
 }
 
 /// A handle to an open WAL. Cheap to clone; the writer thread stops when the last handle drops
@@ -462,6 +487,7 @@ impl std::fmt::Debug for Request {
                 .field("records", &payloads.len())
                 .field("durable", durable)
                 .finish(),
+            Request::Many(reqs) => f.debug_list().entries(reqs).finish(),
         }
     }
 }
@@ -953,6 +979,62 @@ impl Wal {
         self.submit(vec![payload], false, None).await
     }
 
+    /// Builds a durable append like [`append_then`](Self::append_then) without handing it to
+    /// the writer yet; returns it and the future of its outcome. Hand any number of them to the
+    /// writer at once with [`submit_prepared`](Self::submit_prepared).
+    ///
+    /// For a caller that makes appends in bursts (a network thread that read many messages in
+    /// one go and handles each in its own task): the writer starts a group commit as soon as
+    /// anything arrives, so appends submitted one by one split such a burst, the first alone in
+    /// one fsync and the rest in the next. Gathered and handed over together, the burst shares
+    /// one fsync. `on_durable` runs only if the append is handed over and becomes durable.
+    pub fn prepare_then(
+        &self,
+        payload: Vec<u8>,
+        on_durable: impl FnOnce(u64) + Send + 'static,
+    ) -> Result<(Prepared, Appended)> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        let limit = self.shared.config.max_record_bytes;
+        if payload.len() > limit {
+            return Err(Error::RecordTooLarge {
+                len: payload.len(),
+                limit,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Append {
+            payloads: vec![payload],
+            durable: true,
+            reply,
+            on_durable: Some(Box::new(on_durable)),
+        };
+        Ok((Prepared(req), Appended(rx)))
+    }
+
+    /// Hands prepared appends to the writer in one piece, in order: they go into the same group
+    /// commit. Waits only while the
+    /// writer's queue is full. If the WAL is closed, each append's [`Appended`] resolves to
+    /// [`Error::Closed`].
+    pub async fn submit_prepared(&self, batch: Vec<Prepared>) {
+        let req = match batch.len() {
+            0 => return,
+            1 => match batch.into_iter().next() {
+                Some(Prepared(r)) => r,
+                None => return,
+            },
+            _ => Request::Many(batch.into_iter().map(|Prepared(r)| r).collect()),
+        };
+        // A send error drops the requests, and with them their replies: their futures see Closed.
+        let _ = self.tx.send(req).await;
+    }
+
+    /// Whether `self` and `other` are handles to the same open WAL.
+    pub fn same_as(&self, other: &Wal) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     async fn submit(
         &self,
         payloads: Vec<Vec<u8>>,
@@ -1249,7 +1331,8 @@ impl Writer {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut pending: Vec<Pending> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            let mut reqs = vec![first];
+            let mut reqs = Vec::new();
+            flatten(first, &mut reqs);
             // Group commit: take everything that queued up while we were syncing, bounded so
             // one group does not grow without limit.
             let mut bytes: usize = reqs.iter().map(req_bytes).sum();
@@ -1257,27 +1340,32 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(r) => {
                         bytes += req_bytes(&r);
-                        reqs.push(r);
+                        flatten(r, &mut reqs);
                     }
                     Err(_) => break,
                 }
             }
             if self.shared.poisoned.load(Ordering::Acquire) {
-                for Request::Append { reply, .. } in reqs {
-                    let _ = reply.send(Err(Error::Poisoned));
+                for r in reqs {
+                    if let Request::Append { reply, .. } = r {
+                        let _ = reply.send(Err(Error::Poisoned));
+                    }
                 }
                 continue;
             }
             buf.clear();
             pending.clear();
             let mut failed = false;
-            for Request::Append {
-                payloads,
-                durable,
-                reply,
-                on_durable,
-            } in reqs
-            {
+            for r in reqs {
+                let Request::Append {
+                    payloads,
+                    durable,
+                    reply,
+                    on_durable,
+                } = r
+                else {
+                    continue; // flattened above
+                };
                 if failed {
                     let _ = reply.send(Err(Error::Poisoned));
                     continue;
@@ -1534,6 +1622,19 @@ fn req_bytes(r: &Request) -> usize {
         Request::Append { payloads, .. } => {
             payloads.iter().map(|p| p.len() + RECORD_HEADER_LEN).sum()
         }
+        Request::Many(reqs) => reqs.iter().map(req_bytes).sum(),
+    }
+}
+
+/// Appends `r`'s appends, in order, to `out` (a [`Request::Many`] holds only appends).
+fn flatten(r: Request, out: &mut Vec<Request>) {
+    match r {
+        Request::Many(reqs) => {
+            for r in reqs {
+                flatten(r, out);
+            }
+        }
+        a @ Request::Append { .. } => out.push(a),
     }
 }
 

@@ -803,3 +803,56 @@ fn in_place_reads_match_appends_across_buffer_refills() -> TestResult {
     );
     Ok(())
 }
+
+/// Prepared appends handed over together share one group commit (one fsync), keep their order,
+/// run their callbacks, and each resolves to its own sequence, across a segment roll too. One
+/// prepared and never handed over resolves to `Closed` and leaves nothing behind; a record over
+/// the limit is refused when prepared.
+#[test]
+fn prepared_appends_handed_over_together_share_one_fsync() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let rt = rt();
+    let wal = Wal::open(dir.path(), WalConfig::test_config())?;
+    let called = Arc::new(Mutex::new(Vec::new()));
+    let mut batch = Vec::new();
+    let mut outcomes = Vec::new();
+    // 60 records of ~100 bytes do not fit one 4 KiB segment: the group rolls once.
+    for i in 0..60u8 {
+        let called = called.clone();
+        let (p, fut) = wal.prepare_then(vec![i; 100], move |seq| {
+            called.lock().unwrap_or_else(|p| p.into_inner()).push(seq);
+        })?;
+        batch.push(p);
+        outcomes.push(fut);
+    }
+    let (unsent, never) = wal.prepare_then(b"dropped".to_vec(), |_| {})?;
+    drop(unsent);
+    let fsyncs = wal.stats().fsyncs;
+    rt.block_on(wal.submit_prepared(batch));
+    let mut seqs = Vec::new();
+    for fut in outcomes {
+        seqs.push(rt.block_on(fut)?);
+    }
+    assert_eq!(seqs, (0..60).collect::<Vec<u64>>());
+    // The group's own fsync; a roll inside it syncs the sealed segment first.
+    let used = wal.stats().fsyncs - fsyncs;
+    assert!(
+        (1..=2).contains(&used),
+        "one group commit (plus the roll's sync), got {used} fsyncs"
+    );
+    assert_eq!(*called.lock().unwrap_or_else(|p| p.into_inner()), seqs);
+    assert!(matches!(rt.block_on(never), Err(Error::Closed)));
+    let recs = all_records(&wal)?;
+    assert_eq!(recs.len(), 60);
+    for (i, (seq, payload)) in recs.iter().enumerate() {
+        assert_eq!((*seq, payload.as_slice()), (i as u64, &[i as u8; 100][..]));
+    }
+    assert!(matches!(
+        wal.prepare_then(vec![0; 64 * 1024 + 1], |_| {}),
+        Err(Error::RecordTooLarge { .. })
+    ));
+    // An empty hand-over is a no-op.
+    rt.block_on(wal.submit_prepared(Vec::new()));
+    assert!(wal.same_as(&wal.clone()));
+    Ok(())
+}

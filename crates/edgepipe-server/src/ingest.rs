@@ -669,22 +669,21 @@ impl Ingestor {
         let content = self.content.clone();
         let dedup = self.dedup.clone();
         let metrics = self.metrics.clone();
-        let result = self
-            .wal
-            .append_then(rec.encode(), move |_| {
-                metrics.messages_written.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .readings_written
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                content
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert_all(&hashes);
-                if let Some(b) = batch {
-                    b.stored(&dedup);
-                }
-            })
-            .await;
+        // Through the thread's submission batch, when it has one (MQTT workers, see `submit`).
+        let result = crate::submit::append_then(&self.wal, rec.encode(), move |_| {
+            metrics.messages_written.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .readings_written
+                .fetch_add(n as u64, Ordering::Relaxed);
+            content
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert_all(&hashes);
+            if let Some(b) = batch {
+                b.stored(&dedup);
+            }
+        })
+        .await;
         match result {
             Ok(_) => Ok(Accepted {
                 readings: n,

@@ -33,3 +33,4 @@ pub mod models;
 pub mod mqtt;
 pub mod relay;
 pub mod server;
+pub mod submit;

@@ -76,6 +76,8 @@ pub struct Conn {
     will: Option<(String, Vec<u8>)>,
     clean_disconnect: Cell<bool>,
     ingestor: Arc<Ingestor>,
+    /// Counts this connection on its worker thread (see `submit`).
+    _counted: crate::submit::Connection,
 }
 
 impl Drop for Conn {
@@ -165,6 +167,7 @@ fn admit(
         will,
         clean_disconnect: Cell::new(false),
         ingestor: ing.clone(),
+        _counted: crate::submit::Connection::open(),
     };
     if open as usize > max_connections {
         m.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -255,6 +258,9 @@ pub fn spawn(
                             // One pump per worker thread: a group commit's PUBACKs leave in
                             // one write (see `relay`).
                             crate::relay::install();
+                            // One submission batch per worker thread: with several connections,
+                            // the appends of one scheduler pass share one fsync (see `submit`).
+                            crate::submit::install(ing.wal().clone());
                             let ing3 = ing.clone();
                             let ing5 = ing.clone();
                             let max = s.max_connections;

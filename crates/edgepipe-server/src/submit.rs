@@ -1,0 +1,297 @@
+//! Submission batching: hands the WAL appends that a worker thread's tasks make in one
+//! scheduler pass to the WAL writer in one piece.
+//!
+//! The WAL writer starts a group commit as soon as an append arrives. ntex reads many PUBLISH
+//! packets from a socket in one go and handles the first inline and each of the others in a task
+//! of its own; submitted one by one, the first append wakes the writer on the other core, which
+//! syncs it alone while the rest are still being decoded, and the rest wait for the next fsync
+//! (seen on one connection: groups of 1, 21 and 27 records from one 49-packet read).
+//!
+//! [`append_then`] instead puts the prepared append ([`Wal::prepare_then`]) in the thread's
+//! batch; the first append of a batch spawns a flush task that first yields with tokio's
+//! deferred wake-up (it is rescheduled only after the tasks that are ready now have run, up to
+//! tokio's per-tick budget, and I/O has been polled, so the tasks the thread's last reads made
+//! have added their appends) and then hands the whole batch over ([`Wal::submit_prepared`]): one
+//! group, one fsync.
+//!
+//! This applies only while the thread holds more than one connection ([`Connection`]). A lone
+//! client's publishes are limited by its own window of unacknowledged messages: batched, its
+//! window lands in one group (seen: groups of 100, its whole window) and it sends nothing while
+//! that group syncs. Submitted one by one, its burst is split across fsyncs and it refills the
+//! window while the earlier part syncs, which measured ~8 % faster on one connection. With many
+//! connections the windows are independent and one fsync serves many of them (measured in
+//! `BENCHMARKS.md`, ingest run 22: more readings/s with 100 connections, and far fewer fsyncs).
+//!
+//! A batch is also handed over as soon as it holds [`MAX_BATCH_BYTES`] of payloads, which
+//! bounds its memory and its first append's wait whatever the scheduler does.
+//!
+//! [`install`] sets a batch up on the current thread (inside a tokio `LocalSet`, an ntex worker)
+//! for one WAL; on other threads, or for another WAL, [`append_then`] submits at once. An append
+//! still in a batch when its thread's runtime stops is dropped unwritten, its future resolves to
+//! `Closed` and nothing is acknowledged for it.
+
+use std::cell::RefCell;
+
+use edgepipe_wal::{Prepared, Wal};
+
+/// A thread's pending batch for one WAL.
+struct Batch {
+    wal: Wal,
+    pending: Vec<Prepared>,
+    /// Payload bytes in `pending`.
+    pending_bytes: usize,
+    /// A flush task is spawned and has not taken the batch yet.
+    scheduled: bool,
+    /// Connections open on this thread ([`Connection`]).
+    connections: usize,
+}
+
+impl Batch {
+    fn take(&mut self) -> (Wal, Vec<Prepared>) {
+        self.pending_bytes = 0;
+        (self.wal.clone(), std::mem::take(&mut self.pending))
+    }
+}
+
+/// A batch is handed over at once when its payloads reach this size, without waiting for the
+/// flush task: it bounds the batch's memory and the wait of its first append.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+thread_local! {
+    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
+}
+
+/// Sets up batching on this thread for `wal`. Call it from inside a tokio `LocalSet`; a second
+/// call on the same thread does nothing. Returns whether batching was set up.
+pub fn install(wal: Wal) -> bool {
+    BATCH.with(|b| {
+        let mut slot = b.borrow_mut();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(Batch {
+            wal,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            scheduled: false,
+            connections: 0,
+        });
+        true
+    })
+}
+
+/// Counts a connection on this thread while it lives. Batching applies only while the thread
+/// holds more than one (see the module docs).
+#[derive(Debug)]
+pub struct Connection(());
+
+impl Connection {
+    /// Counts a connection opened on this thread (drop it on the same thread).
+    pub fn open() -> Self {
+        Self::add(1);
+        Connection(())
+    }
+
+    fn add(delta: isize) {
+        BATCH.with(|b| {
+            if let Ok(mut slot) = b.try_borrow_mut()
+                && let Some(batch) = slot.as_mut()
+            {
+                batch.connections = batch.connections.saturating_add_signed(delta);
+            }
+        });
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        Self::add(-1);
+    }
+}
+
+/// Appends `payload` to `wal` durably, like [`Wal::append_then`], through this thread's batch
+/// when it has one for `wal`.
+pub async fn append_then(
+    wal: &Wal,
+    payload: Vec<u8>,
+    on_durable: impl FnOnce(u64) + Send + 'static,
+) -> edgepipe_wal::Result<u64> {
+    let len = payload.len();
+    let (prepared, appended) = wal.prepare_then(payload, on_durable)?;
+    let direct = BATCH.with(|b| {
+        let mut slot = b.borrow_mut();
+        match slot.as_mut() {
+            Some(batch) if batch.connections > 1 && batch.wal.same_as(wal) => {
+                batch.pending.push(prepared);
+                batch.pending_bytes += len;
+                if batch.pending_bytes >= MAX_BATCH_BYTES {
+                    let (wal, full) = batch.take();
+                    tokio::task::spawn_local(async move { wal.submit_prepared(full).await });
+                    return None;
+                }
+                if !batch.scheduled {
+                    batch.scheduled = true;
+                    tokio::task::spawn_local(flush());
+                }
+                None
+            }
+            _ => Some(prepared),
+        }
+    });
+    if let Some(p) = direct {
+        wal.submit_prepared(vec![p]).await;
+    }
+    appended.await
+}
+
+/// The flush task: runs after this pass's ready tasks, then hands the batch over.
+async fn flush() {
+    tokio::task::yield_now().await;
+    let taken = BATCH.with(|b| {
+        let mut slot = b.borrow_mut();
+        let batch = slot.as_mut()?;
+        batch.scheduled = false;
+        Some(batch.take())
+    });
+    if let Some((wal, pending)) = taken {
+        wal.submit_prepared(pending).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgepipe_wal::WalConfig;
+
+    /// Runs `n` appends as ntex does with one read of `n` packets (the first polled inline by
+    /// the reading task, the others in tasks it spawns) on a `LocalSet`; returns the fsyncs
+    /// they took and their sequences.
+    fn burst(n: usize, batching: bool) -> anyhow::Result<(u64, Vec<u64>)> {
+        let dir = tempfile::tempdir()?;
+        let wal = Wal::open(dir.path(), WalConfig::default())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let set = tokio::task::LocalSet::new();
+        let before = wal.stats().fsyncs;
+        let w = wal.clone();
+        let seqs = set.block_on(&rt, async move {
+            assert!(install(w.clone()));
+            assert!(!install(w.clone()), "a second install is a no-op");
+            // One connection: submitted at once; two: batched.
+            let _conns: Vec<Connection> = (0..if batching { 2 } else { 1 })
+                .map(|_| Connection::open())
+                .collect();
+            let mut handles = Vec::new();
+            let first = {
+                let w = w.clone();
+                async move { append_then(&w, b"0".to_vec(), |_| {}).await }
+            };
+            let mut first = Box::pin(first);
+            // The reading task polls the first append inline, then spawns the others.
+            let inline = futures_poll_once(first.as_mut()).await;
+            for i in 1..n {
+                let w = w.clone();
+                handles.push(tokio::task::spawn_local(async move {
+                    append_then(&w, i.to_string().into_bytes(), |_| {}).await
+                }));
+            }
+            let mut seqs = vec![match inline {
+                Some(r) => r?,
+                None => first.await?,
+            }];
+            for h in handles {
+                seqs.push(h.await??);
+            }
+            Ok::<_, anyhow::Error>(seqs)
+        })?;
+        Ok((wal.stats().fsyncs - before, seqs))
+    }
+
+    /// Polls `f` once; its output if it completed.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        let mut f = f;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    #[test]
+    fn one_pass_of_appends_shares_one_fsync() -> anyhow::Result<()> {
+        let (fsyncs, mut seqs) = burst(49, true)?;
+        assert_eq!(fsyncs, 1, "49 appends from one pass, one group commit");
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..49).collect::<Vec<u64>>());
+        Ok(())
+    }
+
+    #[test]
+    fn with_one_connection_appends_go_straight_to_the_writer() -> anyhow::Result<()> {
+        // How the writer groups them then depends on timing; each is durable all the same.
+        let (fsyncs, mut seqs) = burst(49, false)?;
+        assert!(fsyncs >= 1);
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..49).collect::<Vec<u64>>());
+        Ok(())
+    }
+
+    /// A batch that reaches the size limit is handed over by the append that filled it; the
+    /// appends after it start a new batch. All are durable, in order.
+    #[test]
+    fn a_full_batch_is_handed_over_and_the_rest_follows() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let wal = Wal::open(dir.path(), WalConfig::default())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let set = tokio::task::LocalSet::new();
+        let w = wal.clone();
+        let seqs = set.block_on(&rt, async move {
+            install(w.clone());
+            let _conns = (Connection::open(), Connection::open());
+            // Three appends of half the limit: the second fills the batch, which leaves at
+            // once; the third goes with the flush task.
+            let half = MAX_BATCH_BYTES / 2;
+            let mut handles = Vec::new();
+            for i in 0..3u8 {
+                let w = w.clone();
+                handles.push(tokio::task::spawn_local(async move {
+                    append_then(&w, vec![i; half], |_| {}).await
+                }));
+            }
+            let mut seqs = Vec::new();
+            for h in handles {
+                seqs.push(h.await??);
+            }
+            Ok::<_, anyhow::Error>(seqs)
+        })?;
+        assert_eq!(seqs, vec![0, 1, 2]);
+        // Two hand-overs; the writer may find both queued and sync them together.
+        let fsyncs = wal.stats().fsyncs;
+        assert!((1..=2).contains(&fsyncs), "{fsyncs} fsyncs");
+        Ok(())
+    }
+
+    #[test]
+    fn another_wal_is_not_batched() -> anyhow::Result<()> {
+        let d1 = tempfile::tempdir()?;
+        let d2 = tempfile::tempdir()?;
+        let ours = Wal::open(d1.path(), WalConfig::default())?;
+        let other = Wal::open(d2.path(), WalConfig::default())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let set = tokio::task::LocalSet::new();
+        let seq = set.block_on(&rt, async move {
+            install(ours);
+            let _conns = (Connection::open(), Connection::open());
+            append_then(&other, b"x".to_vec(), |_| {}).await
+        })?;
+        assert_eq!(seq, 0);
+        Ok(())
+    }
+}

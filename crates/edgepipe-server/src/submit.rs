@@ -44,12 +44,15 @@ struct Batch {
     scheduled: bool,
     /// Connections open on this thread ([`Connection`]).
     connections: usize,
+    /// Batches taken for hand-over so far.
+    taken: u64,
 }
 
 impl Batch {
-    fn take(&mut self) -> (Wal, Vec<Prepared>) {
+    fn take(&mut self) -> Vec<Prepared> {
         self.pending_bytes = 0;
-        (self.wal.clone(), std::mem::take(&mut self.pending))
+        self.taken += 1;
+        std::mem::take(&mut self.pending)
     }
 }
 
@@ -75,6 +78,7 @@ pub fn install(wal: Wal) -> bool {
             pending_bytes: 0,
             scheduled: false,
             connections: 0,
+            taken: 0,
         });
         true
     })
@@ -118,29 +122,29 @@ pub async fn append_then(
 ) -> edgepipe_wal::Result<u64> {
     let len = payload.len();
     let (prepared, appended) = wal.prepare_then(payload, on_durable)?;
-    let direct = BATCH.with(|b| {
+    // What this append's task hands over itself: nothing (batched), the append alone, or the
+    // batch it filled. The hand-over is awaited here, before any other task on this thread runs
+    // (unless the writer's queue is full, and then the channel keeps senders in order), so the
+    // WAL keeps the order in which the thread made its appends.
+    let hand_over = BATCH.with(|b| {
         let mut slot = b.borrow_mut();
         match slot.as_mut() {
             Some(batch) if batch.connections > 1 && batch.wal.same_as(wal) => {
                 batch.pending.push(prepared);
                 batch.pending_bytes += len;
                 if batch.pending_bytes >= MAX_BATCH_BYTES {
-                    let (wal, full) = batch.take();
-                    tokio::task::spawn_local(async move { wal.submit_prepared(full).await });
-                    return None;
+                    return batch.take();
                 }
                 if !batch.scheduled {
                     batch.scheduled = true;
                     tokio::task::spawn_local(flush());
                 }
-                None
+                Vec::new()
             }
-            _ => Some(prepared),
+            _ => vec![prepared],
         }
     });
-    if let Some(p) = direct {
-        wal.submit_prepared(vec![p]).await;
-    }
+    wal.submit_prepared(hand_over).await;
     appended.await
 }
 
@@ -151,11 +155,17 @@ async fn flush() {
         let mut slot = b.borrow_mut();
         let batch = slot.as_mut()?;
         batch.scheduled = false;
-        Some(batch.take())
+        Some((batch.wal.clone(), batch.take()))
     });
     if let Some((wal, pending)) = taken {
         wal.submit_prepared(pending).await;
     }
+}
+
+/// Batches this thread has taken for hand-over.
+#[cfg(test)]
+fn batches_taken() -> u64 {
+    BATCH.with(|b| b.borrow().as_ref().map_or(0, |b| b.taken))
 }
 
 #[cfg(test)]
@@ -165,8 +175,8 @@ mod tests {
 
     /// Runs `n` appends as ntex does with one read of `n` packets (the first polled inline by
     /// the reading task, the others in tasks it spawns) on a `LocalSet`; returns the fsyncs
-    /// they took and their sequences.
-    fn burst(n: usize, batching: bool) -> anyhow::Result<(u64, Vec<u64>)> {
+    /// they took, the batches handed over and their sequences.
+    fn burst(n: usize, batching: bool) -> anyhow::Result<(u64, u64, Vec<u64>)> {
         let dir = tempfile::tempdir()?;
         let wal = Wal::open(dir.path(), WalConfig::default())?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -203,9 +213,10 @@ mod tests {
             for h in handles {
                 seqs.push(h.await??);
             }
-            Ok::<_, anyhow::Error>(seqs)
+            Ok::<_, anyhow::Error>((batches_taken(), seqs))
         })?;
-        Ok((wal.stats().fsyncs - before, seqs))
+        let (batches, seqs) = seqs;
+        Ok((wal.stats().fsyncs - before, batches, seqs))
     }
 
     /// Polls `f` once; its output if it completed.
@@ -222,8 +233,9 @@ mod tests {
 
     #[test]
     fn one_pass_of_appends_shares_one_fsync() -> anyhow::Result<()> {
-        let (fsyncs, mut seqs) = burst(49, true)?;
-        assert_eq!(fsyncs, 1, "49 appends from one pass, one group commit");
+        let (fsyncs, batches, mut seqs) = burst(49, true)?;
+        assert_eq!(batches, 1, "49 appends from one pass, one hand-over");
+        assert_eq!(fsyncs, 1, "one hand-over, one group commit");
         seqs.sort_unstable();
         assert_eq!(seqs, (0..49).collect::<Vec<u64>>());
         Ok(())
@@ -232,7 +244,8 @@ mod tests {
     #[test]
     fn with_one_connection_appends_go_straight_to_the_writer() -> anyhow::Result<()> {
         // How the writer groups them then depends on timing; each is durable all the same.
-        let (fsyncs, mut seqs) = burst(49, false)?;
+        let (fsyncs, batches, mut seqs) = burst(49, false)?;
+        assert_eq!(batches, 0);
         assert!(fsyncs >= 1);
         seqs.sort_unstable();
         assert_eq!(seqs, (0..49).collect::<Vec<u64>>());

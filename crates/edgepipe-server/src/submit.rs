@@ -28,7 +28,9 @@
 //! [`install`] sets a batch up on the current thread (inside a tokio `LocalSet`, an ntex worker)
 //! for one WAL; on other threads, or for another WAL, [`append_then`] submits at once. An append
 //! still in a batch when its thread's runtime stops is dropped unwritten, its future resolves to
-//! `Closed` and nothing is acknowledged for it.
+//! `Closed` and nothing is acknowledged for it. The same happens to a full batch whose handing
+//! task is cancelled (its connection closed) while the writer's queue is full: the other
+//! publishes in it are not acknowledged either, and their clients send them again.
 
 use std::cell::RefCell;
 

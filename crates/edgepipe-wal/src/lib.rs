@@ -993,16 +993,7 @@ impl Wal {
         payload: Vec<u8>,
         on_durable: impl FnOnce(u64) + Send + 'static,
     ) -> Result<(Prepared, Appended)> {
-        if self.shared.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Poisoned);
-        }
-        let limit = self.shared.config.max_record_bytes;
-        if payload.len() > limit {
-            return Err(Error::RecordTooLarge {
-                len: payload.len(),
-                limit,
-            });
-        }
+        self.admit(std::slice::from_ref(&payload))?;
         let (reply, rx) = oneshot::channel();
         let req = Request::Append {
             payloads: vec![payload],
@@ -1030,6 +1021,21 @@ impl Wal {
         let _ = self.tx.send(req).await;
     }
 
+    /// Refuses appends up front: the WAL is poisoned, or a record is over the size limit.
+    fn admit(&self, payloads: &[Vec<u8>]) -> Result<()> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned);
+        }
+        let limit = self.shared.config.max_record_bytes;
+        if let Some(p) = payloads.iter().find(|p| p.len() > limit) {
+            return Err(Error::RecordTooLarge {
+                len: p.len(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether `self` and `other` are handles to the same open WAL.
     pub fn same_as(&self, other: &Wal) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -1041,16 +1047,7 @@ impl Wal {
         durable: bool,
         on_durable: Option<OnDurable>,
     ) -> Result<u64> {
-        if self.shared.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Poisoned);
-        }
-        let limit = self.shared.config.max_record_bytes;
-        if let Some(p) = payloads.iter().find(|p| p.len() > limit) {
-            return Err(Error::RecordTooLarge {
-                len: p.len(),
-                limit,
-            });
-        }
+        self.admit(&payloads)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Append {

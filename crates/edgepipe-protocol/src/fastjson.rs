@@ -89,6 +89,19 @@ impl<'a> Cursor<'a> {
         self.b.get(self.i).copied()
     }
 
+    /// After an object member: consumes `,` (false: another member follows) or `}` (true: the
+    /// object ends); anything else is not a plain document.
+    fn object_member_end(&mut self) -> Option<bool> {
+        self.ws();
+        let end = match self.peek()? {
+            b',' => false,
+            b'}' => true,
+            _ => return None,
+        };
+        self.i += 1;
+        Some(end)
+    }
+
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\r' | b'\n') = self.peek() {
             self.i += 1;
@@ -218,14 +231,8 @@ impl<'a> Cursor<'a> {
                 }
                 _ => return None,
             }
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return None,
+            if self.object_member_end()? {
+                break;
             }
         }
         if !seen_metrics {
@@ -287,14 +294,8 @@ impl<'a> Cursor<'a> {
                 value,
                 ts_source: TsSource::Device,
             });
-            self.ws();
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return None,
+            if self.object_member_end()? {
+                break;
             }
         }
         // Duplicate names are refused by the general decoder.

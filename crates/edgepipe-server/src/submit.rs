@@ -175,16 +175,21 @@ mod tests {
     use super::*;
     use edgepipe_wal::WalConfig;
 
+    /// A current-thread runtime and a `LocalSet`, as an ntex worker runs.
+    fn local_runtime() -> std::io::Result<(tokio::runtime::Runtime, tokio::task::LocalSet)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok((rt, tokio::task::LocalSet::new()))
+    }
+
     /// Runs `n` appends as ntex does with one read of `n` packets (the first polled inline by
     /// the reading task, the others in tasks it spawns) on a `LocalSet`; returns the fsyncs
     /// they took, the batches handed over and their sequences.
     fn burst(n: usize, batching: bool) -> anyhow::Result<(u64, u64, Vec<u64>)> {
         let dir = tempfile::tempdir()?;
         let wal = Wal::open(dir.path(), WalConfig::default())?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let set = tokio::task::LocalSet::new();
+        let (rt, set) = local_runtime()?;
         let before = wal.stats().fsyncs;
         let w = wal.clone();
         let seqs = set.block_on(&rt, async move {
@@ -260,10 +265,7 @@ mod tests {
     fn a_full_batch_is_handed_over_and_the_rest_follows() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let wal = Wal::open(dir.path(), WalConfig::default())?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let set = tokio::task::LocalSet::new();
+        let (rt, set) = local_runtime()?;
         let w = wal.clone();
         let seqs = set.block_on(&rt, async move {
             install(w.clone());
@@ -297,10 +299,7 @@ mod tests {
         let d2 = tempfile::tempdir()?;
         let ours = Wal::open(d1.path(), WalConfig::default())?;
         let other = Wal::open(d2.path(), WalConfig::default())?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let set = tokio::task::LocalSet::new();
+        let (rt, set) = local_runtime()?;
         let seq = set.block_on(&rt, async move {
             install(ours);
             let _conns = (Connection::open(), Connection::open());

@@ -78,6 +78,10 @@ pub struct Metrics {
     pub wills_published: AtomicU64,
     /// HTTP ingest requests.
     pub http_requests: AtomicU64,
+    /// Submission batches handed to the WAL by MQTT workers (see `submit`).
+    pub mqtt_submit_batches: AtomicU64,
+    /// WAL appends that went through those batches.
+    pub mqtt_batched_appends: AtomicU64,
 }
 
 impl Metrics {
@@ -183,6 +187,18 @@ impl Metrics {
             "edgepipe_http_ingest_requests_total",
             "HTTP ingest requests.",
             &self.http_requests,
+        );
+        c(
+            &mut out,
+            "edgepipe_mqtt_submit_batches_total",
+            "Batches of WAL appends handed over together by MQTT worker threads.",
+            &self.mqtt_submit_batches,
+        );
+        c(
+            &mut out,
+            "edgepipe_mqtt_batched_appends_total",
+            "WAL appends handed over in those batches.",
+            &self.mqtt_batched_appends,
         );
         let _ = writeln!(
             out,

@@ -260,7 +260,7 @@ pub fn spawn(
                             crate::relay::install();
                             // One submission batch per worker thread: with several connections,
                             // the appends of one scheduler pass share one fsync (see `submit`).
-                            crate::submit::install(ing.wal().clone());
+                            crate::submit::install(ing.wal().clone(), ing.metrics().clone());
                             let ing3 = ing.clone();
                             let ing5 = ing.clone();
                             let max = s.max_connections;

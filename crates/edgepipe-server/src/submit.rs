@@ -25,6 +25,10 @@
 //! A batch is also handed over as soon as it holds [`MAX_BATCH_BYTES`] of payloads, which
 //! bounds its memory and its first append's wait whatever the scheduler does.
 //!
+//! `/metrics` counts the batches handed over (`edgepipe_mqtt_submit_batches_total`) and the
+//! appends in them (`edgepipe_mqtt_batched_appends_total`); the e2e kill -9 test with four
+//! connections on one worker reads them to show its appends went through batches.
+//!
 //! [`install`] sets a batch up on the current thread (inside a tokio `LocalSet`, an ntex worker)
 //! for one WAL; on other threads, or for another WAL, [`append_then`] submits at once. An append
 //! still in a batch when its thread's runtime stops is dropped unwritten, its future resolves to
@@ -33,8 +37,12 @@
 //! publishes in it are not acknowledged either, and their clients send them again.
 
 use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use edgepipe_wal::{Prepared, Wal};
+
+use crate::metrics::Metrics;
 
 /// A thread's pending batch for one WAL.
 struct Batch {
@@ -46,15 +54,21 @@ struct Batch {
     scheduled: bool,
     /// Connections open on this thread ([`Connection`]).
     connections: usize,
-    /// Batches taken for hand-over so far.
-    taken: u64,
+    /// Counts batches and their appends for `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 impl Batch {
     fn take(&mut self) -> Vec<Prepared> {
         self.pending_bytes = 0;
-        self.taken += 1;
-        std::mem::take(&mut self.pending)
+        let pending = std::mem::take(&mut self.pending);
+        self.metrics
+            .mqtt_submit_batches
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .mqtt_batched_appends
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        pending
     }
 }
 
@@ -66,9 +80,10 @@ thread_local! {
     static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
 }
 
-/// Sets up batching on this thread for `wal`. Call it from inside a tokio `LocalSet`; a second
-/// call on the same thread does nothing. Returns whether batching was set up.
-pub fn install(wal: Wal) -> bool {
+/// Sets up batching on this thread for `wal`, counting its batches in `metrics`. Call it from
+/// inside a tokio `LocalSet`; a second call on the same thread does nothing. Returns whether
+/// batching was set up.
+pub fn install(wal: Wal, metrics: Arc<Metrics>) -> bool {
     BATCH.with(|b| {
         let mut slot = b.borrow_mut();
         if slot.is_some() {
@@ -80,7 +95,7 @@ pub fn install(wal: Wal) -> bool {
             pending_bytes: 0,
             scheduled: false,
             connections: 0,
-            taken: 0,
+            metrics,
         });
         true
     })
@@ -164,12 +179,6 @@ async fn flush() {
     }
 }
 
-/// Batches this thread has taken for hand-over.
-#[cfg(test)]
-fn batches_taken() -> u64 {
-    BATCH.with(|b| b.borrow().as_ref().map_or(0, |b| b.taken))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,16 +194,21 @@ mod tests {
 
     /// Runs `n` appends as ntex does with one read of `n` packets (the first polled inline by
     /// the reading task, the others in tasks it spawns) on a `LocalSet`; returns the fsyncs
-    /// they took, the batches handed over and their sequences.
-    fn burst(n: usize, batching: bool) -> anyhow::Result<(u64, u64, Vec<u64>)> {
+    /// they took, the batches handed over, the appends in them and their sequences.
+    fn burst(n: usize, batching: bool) -> anyhow::Result<(u64, u64, u64, Vec<u64>)> {
         let dir = tempfile::tempdir()?;
         let wal = Wal::open(dir.path(), WalConfig::default())?;
         let (rt, set) = local_runtime()?;
         let before = wal.stats().fsyncs;
         let w = wal.clone();
+        let metrics = Arc::new(Metrics::default());
+        let m = metrics.clone();
         let seqs = set.block_on(&rt, async move {
-            assert!(install(w.clone()));
-            assert!(!install(w.clone()), "a second install is a no-op");
+            assert!(install(w.clone(), m));
+            assert!(
+                !install(w.clone(), Arc::default()),
+                "a second install is a no-op"
+            );
             // One connection: submitted at once; two: batched.
             let _conns: Vec<Connection> = (0..if batching { 2 } else { 1 })
                 .map(|_| Connection::open())
@@ -220,10 +234,14 @@ mod tests {
             for h in handles {
                 seqs.push(h.await??);
             }
-            Ok::<_, anyhow::Error>((batches_taken(), seqs))
+            Ok::<_, anyhow::Error>(seqs)
         })?;
-        let (batches, seqs) = seqs;
-        Ok((wal.stats().fsyncs - before, batches, seqs))
+        Ok((
+            wal.stats().fsyncs - before,
+            metrics.mqtt_submit_batches.load(Ordering::Relaxed),
+            metrics.mqtt_batched_appends.load(Ordering::Relaxed),
+            seqs,
+        ))
     }
 
     /// Polls `f` once; its output if it completed.
@@ -240,8 +258,9 @@ mod tests {
 
     #[test]
     fn one_pass_of_appends_shares_one_fsync() -> anyhow::Result<()> {
-        let (fsyncs, batches, mut seqs) = burst(49, true)?;
+        let (fsyncs, batches, appends, mut seqs) = burst(49, true)?;
         assert_eq!(batches, 1, "49 appends from one pass, one hand-over");
+        assert_eq!(appends, 49);
         assert_eq!(fsyncs, 1, "one hand-over, one group commit");
         seqs.sort_unstable();
         assert_eq!(seqs, (0..49).collect::<Vec<u64>>());
@@ -251,8 +270,8 @@ mod tests {
     #[test]
     fn with_one_connection_appends_go_straight_to_the_writer() -> anyhow::Result<()> {
         // How the writer groups them then depends on timing; each is durable all the same.
-        let (fsyncs, batches, mut seqs) = burst(49, false)?;
-        assert_eq!(batches, 0);
+        let (fsyncs, batches, appends, mut seqs) = burst(49, false)?;
+        assert_eq!((batches, appends), (0, 0));
         assert!(fsyncs >= 1);
         seqs.sort_unstable();
         assert_eq!(seqs, (0..49).collect::<Vec<u64>>());
@@ -267,8 +286,10 @@ mod tests {
         let wal = Wal::open(dir.path(), WalConfig::default())?;
         let (rt, set) = local_runtime()?;
         let w = wal.clone();
+        let metrics = Arc::new(Metrics::default());
+        let m = metrics.clone();
         let seqs = set.block_on(&rt, async move {
-            install(w.clone());
+            install(w.clone(), m);
             let _conns = (Connection::open(), Connection::open());
             // Three appends of half the limit: the second fills the batch, which leaves at
             // once; the third goes with the flush task.
@@ -287,6 +308,8 @@ mod tests {
             Ok::<_, anyhow::Error>(seqs)
         })?;
         assert_eq!(seqs, vec![0, 1, 2]);
+        assert_eq!(metrics.mqtt_submit_batches.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.mqtt_batched_appends.load(Ordering::Relaxed), 3);
         // Two hand-overs; the writer may find both queued and sync them together.
         let fsyncs = wal.stats().fsyncs;
         assert!((1..=2).contains(&fsyncs), "{fsyncs} fsyncs");
@@ -301,7 +324,7 @@ mod tests {
         let other = Wal::open(d2.path(), WalConfig::default())?;
         let (rt, set) = local_runtime()?;
         let seq = set.block_on(&rt, async move {
-            install(ours);
+            install(ours, Arc::default());
             let _conns = (Connection::open(), Connection::open());
             append_then(&other, b"x".to_vec(), |_| {}).await
         })?;

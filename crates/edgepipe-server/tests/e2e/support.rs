@@ -301,7 +301,7 @@ pub(crate) struct PahoLoad {
 
 impl PahoLoad {
     pub(crate) fn start(dir: &Path, mqtt_port: u16, device: &str, token: &str) -> TestResult<Self> {
-        let acked_path = dir.join("acked.txt");
+        let acked_path = dir.join(format!("acked-{device}.txt"));
         let stop_path = dir.join("stop");
         let child = Command::new("python3")
             .arg(script("paho_publisher.py"))

@@ -99,6 +99,7 @@ pub async fn run_ingest(cfg: BenchConfig, progress: bool) -> Result<BenchReport>
     let mut messages_sent = 0;
     let mut messages_acked = 0;
     let mut errors = 0;
+    let mut ack_order_stalls = 0;
     let mut end: Option<Instant> = None;
     let mut failure = None;
     while let Some(res) = pollers.join_next().await {
@@ -111,6 +112,7 @@ pub async fn run_ingest(cfg: BenchConfig, progress: bool) -> Result<BenchReport>
                 messages_sent += c.published;
                 messages_acked += if cfg.qos == 0 { c.published } else { c.acked };
                 errors += c.errors;
+                ack_order_stalls += c.ack_order_stalls;
                 end = end.max(c.last);
             }
             Ok(Err(e)) => {
@@ -156,6 +158,7 @@ pub async fn run_ingest(cfg: BenchConfig, progress: bool) -> Result<BenchReport>
         latency_max_us: q(hist.max()),
         latency_samples: if cfg.qos > 0 { hist.len() } else { 0 },
         errors,
+        ack_order_stalls,
     })
 }
 
@@ -384,6 +387,8 @@ struct ConnResult {
     published: u64,
     acked: u64,
     errors: u64,
+    /// Sends held back by an out-of-order acknowledgement (`Outgoing::AwaitAck`).
+    ack_order_stalls: u64,
     /// Last acknowledgement (QoS 1) or write (QoS 0).
     last: Option<Instant>,
 }
@@ -404,6 +409,7 @@ async fn poll_loop(
         published: 0,
         acked: 0,
         errors: 0,
+        ack_order_stalls: 0,
         last: None,
     };
     let mut sent_at: HashMap<u16, Instant> = HashMap::new();
@@ -452,6 +458,7 @@ async fn poll_loop(
                 r.last = Some(now);
                 live.acked.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(Event::Outgoing(Outgoing::AwaitAck(_))) => r.ack_order_stalls += 1,
             Ok(_) => {}
             Err(e) => {
                 r.errors += 1;

@@ -40,6 +40,10 @@ pub struct BenchReport {
     pub latency_samples: u64,
     /// Connection errors during the run (each followed by a reconnect attempt).
     pub errors: u64,
+    /// Times a connection stopped sending because the next packet id was still unacknowledged
+    /// while later ones were: the server acknowledged out of order (rumqttc reuses packet ids
+    /// `1..=inflight` in turn and waits for that one id's PUBACK before it sends again).
+    pub ack_order_stalls: u64,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -88,7 +92,11 @@ impl fmt::Display for BenchReport {
                 us(self.latency_max_us)
             )?;
         }
-        write!(f, "; {} errors", self.errors)
+        write!(f, "; {} errors", self.errors)?;
+        if self.ack_order_stalls > 0 {
+            write!(f, "; {} out-of-order ack stalls", self.ack_order_stalls)?;
+        }
+        Ok(())
     }
 }
 
@@ -114,6 +122,7 @@ mod tests {
             latency_max_us: Some(40_000),
             latency_samples: 2000,
             errors: 0,
+            ack_order_stalls: 0,
         };
         let line = r.to_string();
         assert!(!line.contains('\n'));
@@ -126,6 +135,13 @@ mod tests {
         assert_eq!(j["elapsed_s"], 2.0);
         assert_eq!(j["latency_p99_us"], 12_500);
         assert_eq!(j["readings_acked"], 20_000);
+        assert_eq!(j["ack_order_stalls"], 0);
+        assert!(!line.contains("out-of-order"), "{line}");
+        let stalled = BenchReport {
+            ack_order_stalls: 3,
+            ..r.clone()
+        };
+        assert!(stalled.to_string().ends_with("; 3 out-of-order ack stalls"));
         let q0 = BenchReport {
             qos: 0,
             latency_p50_us: None,

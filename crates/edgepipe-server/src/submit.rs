@@ -62,12 +62,15 @@ impl Batch {
     fn take(&mut self) -> Vec<Prepared> {
         self.pending_bytes = 0;
         let pending = std::mem::take(&mut self.pending);
-        self.metrics
-            .mqtt_submit_batches
-            .fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .mqtt_batched_appends
-            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        // A flush task can find its batch already handed over by the append that filled it.
+        if !pending.is_empty() {
+            self.metrics
+                .mqtt_submit_batches
+                .fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .mqtt_batched_appends
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        }
         pending
     }
 }
@@ -313,6 +316,43 @@ mod tests {
         // Two hand-overs; the writer may find both queued and sync them together.
         let fsyncs = wal.stats().fsyncs;
         assert!((1..=2).contains(&fsyncs), "{fsyncs} fsyncs");
+        Ok(())
+    }
+
+    /// Two appends of half the limit: the second hands the batch over itself, and the flush
+    /// task the first one spawned then finds nothing to hand over, and counts nothing.
+    #[test]
+    fn a_flush_that_finds_its_batch_gone_counts_no_batch() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let wal = Wal::open(dir.path(), WalConfig::default())?;
+        let (rt, set) = local_runtime()?;
+        let w = wal.clone();
+        let metrics = Arc::new(Metrics::default());
+        let m = metrics.clone();
+        let seqs = set.block_on(&rt, async move {
+            install(w.clone(), m);
+            let _conns = (Connection::open(), Connection::open());
+            let half = MAX_BATCH_BYTES / 2;
+            let mut handles = Vec::new();
+            for i in 0..2u8 {
+                let w = w.clone();
+                handles.push(tokio::task::spawn_local(async move {
+                    append_then(&w, vec![i; half], |_| {}).await
+                }));
+            }
+            let mut seqs = Vec::new();
+            for h in handles {
+                seqs.push(h.await??);
+            }
+            // Let the flush task run to its end.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, anyhow::Error>(seqs)
+        })?;
+        assert_eq!(seqs, vec![0, 1]);
+        assert_eq!(metrics.mqtt_submit_batches.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.mqtt_batched_appends.load(Ordering::Relaxed), 2);
         Ok(())
     }
 

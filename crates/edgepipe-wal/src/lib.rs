@@ -436,20 +436,52 @@ impl Shared {
 /// Runs on the writer thread once an append is durable, with the append's first sequence.
 pub type OnDurable = Box<dyn FnOnce(u64) + Send + 'static>;
 
+/// One append: its records, whether its reply waits for the fsync, the reply and the callback.
+struct Append {
+    payloads: Vec<Vec<u8>>,
+    durable: bool,
+    reply: oneshot::Sender<Result<u64>>,
+    on_durable: Option<OnDurable>,
+}
+
+impl Append {
+    /// Bytes the records take in a segment.
+    fn bytes(&self) -> usize {
+        self.payloads
+            .iter()
+            .map(|p| p.len() + RECORD_HEADER_LEN)
+            .sum()
+    }
+}
+
+/// What the writer receives: one append, or appends handed over together
+/// ([`Wal::submit_prepared`]), which go into one group and are each answered on their own.
+#[derive(Debug)]
 enum Request {
-    Append {
-        payloads: Vec<Vec<u8>>,
-        durable: bool,
-        reply: oneshot::Sender<Result<u64>>,
-        on_durable: Option<OnDurable>,
-    },
-    /// Appends handed over together ([`Wal::submit_prepared`]); each is answered on its own.
-    Many(Vec<Request>),
+    One(Append),
+    Many(Vec<Append>),
+}
+
+impl Request {
+    fn bytes(&self) -> usize {
+        match self {
+            Request::One(a) => a.bytes(),
+            Request::Many(all) => all.iter().map(Append::bytes).sum(),
+        }
+    }
+
+    /// Adds its appends, in order, to `out`.
+    fn into_appends(self, out: &mut Vec<Append>) {
+        match self {
+            Request::One(a) => out.push(a),
+            Request::Many(all) => out.extend(all),
+        }
+    }
 }
 
 /// A durable append built by [`Wal::prepare_then`] and not yet handed to the writer.
 #[derive(Debug)]
-pub struct Prepared(Request);
+pub struct Prepared(Append);
 
 /// The outcome of a prepared append: resolves to its sequence once it is fdatasynced, or to
 /// the error that stopped it ([`Error::Closed`] if it was never handed to the writer).
@@ -477,18 +509,12 @@ pub struct Wal {
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
-impl std::fmt::Debug for Request {
+impl std::fmt::Debug for Append {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Request::Append {
-                payloads, durable, ..
-            } => f
-                .debug_struct("Append")
-                .field("records", &payloads.len())
-                .field("durable", durable)
-                .finish(),
-            Request::Many(reqs) => f.debug_list().entries(reqs).finish(),
-        }
+        f.debug_struct("Append")
+            .field("records", &self.payloads.len())
+            .field("durable", &self.durable)
+            .finish()
     }
 }
 
@@ -995,13 +1021,13 @@ impl Wal {
     ) -> Result<(Prepared, Appended)> {
         self.admit(std::slice::from_ref(&payload))?;
         let (reply, rx) = oneshot::channel();
-        let req = Request::Append {
+        let append = Append {
             payloads: vec![payload],
             durable: true,
             reply,
             on_durable: Some(Box::new(on_durable)),
         };
-        Ok((Prepared(req), Appended(rx)))
+        Ok((Prepared(append), Appended(rx)))
     }
 
     /// Hands prepared appends to the writer in one piece, in order: they go into the same group
@@ -1009,13 +1035,14 @@ impl Wal {
     /// writer's queue is full. If the WAL is closed, each append's [`Appended`] resolves to
     /// [`Error::Closed`].
     pub async fn submit_prepared(&self, batch: Vec<Prepared>) {
-        let req = match batch.len() {
+        let mut appends: Vec<Append> = batch.into_iter().map(|Prepared(a)| a).collect();
+        let req = match appends.len() {
             0 => return,
-            1 => match batch.into_iter().next() {
-                Some(Prepared(r)) => r,
+            1 => match appends.pop() {
+                Some(a) => Request::One(a),
                 None => return,
             },
-            _ => Request::Many(batch.into_iter().map(|Prepared(r)| r).collect()),
+            _ => Request::Many(appends),
         };
         // A send error drops the requests, and with them their replies: their futures see Closed.
         let _ = self.tx.send(req).await;
@@ -1050,12 +1077,12 @@ impl Wal {
         self.admit(&payloads)?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Append {
+            .send(Request::One(Append {
                 payloads,
                 durable,
                 reply,
                 on_durable,
-            })
+            }))
             .await
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
@@ -1328,49 +1355,41 @@ impl Writer {
         let mut buf = Vec::with_capacity(1 << 20);
         let mut pending: Vec<Pending> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            let mut reqs = Vec::new();
-            flatten(first, &mut reqs);
+            let mut bytes = first.bytes();
+            let mut appends = Vec::new();
+            first.into_appends(&mut appends);
             // Group commit: take everything that queued up while we were syncing, bounded so
             // one group does not grow without limit.
-            let mut bytes: usize = reqs.iter().map(req_bytes).sum();
             while bytes < 8 * 1024 * 1024 {
                 match rx.try_recv() {
                     Ok(r) => {
-                        bytes += req_bytes(&r);
-                        flatten(r, &mut reqs);
+                        bytes += r.bytes();
+                        r.into_appends(&mut appends);
                     }
                     Err(_) => break,
                 }
             }
             if self.shared.poisoned.load(Ordering::Acquire) {
-                for r in reqs {
-                    if let Request::Append { reply, .. } = r {
-                        let _ = reply.send(Err(Error::Poisoned));
-                    }
+                for a in appends {
+                    let _ = a.reply.send(Err(Error::Poisoned));
                 }
                 continue;
             }
             buf.clear();
             pending.clear();
             let mut failed = false;
-            for r in reqs {
-                let Request::Append {
+            for a in appends {
+                let need = a.bytes() as u64;
+                let Append {
                     payloads,
                     durable,
                     reply,
                     on_durable,
-                } = r
-                else {
-                    continue; // flattened above
-                };
+                } = a;
                 if failed {
                     let _ = reply.send(Err(Error::Poisoned));
                     continue;
                 }
-                let need: u64 = payloads
-                    .iter()
-                    .map(|p| (p.len() + RECORD_HEADER_LEN) as u64)
-                    .sum();
                 if let Err(e) = self.make_room(&mut buf, need) {
                     if matches!(e, Error::Full { .. }) {
                         self.shared
@@ -1611,27 +1630,6 @@ impl Writer {
         self.shared.lock().segments.push(seg);
         self.start_spare();
         Ok(())
-    }
-}
-
-fn req_bytes(r: &Request) -> usize {
-    match r {
-        Request::Append { payloads, .. } => {
-            payloads.iter().map(|p| p.len() + RECORD_HEADER_LEN).sum()
-        }
-        Request::Many(reqs) => reqs.iter().map(req_bytes).sum(),
-    }
-}
-
-/// Appends `r`'s appends, in order, to `out` (a [`Request::Many`] holds only appends).
-fn flatten(r: Request, out: &mut Vec<Request>) {
-    match r {
-        Request::Many(reqs) => {
-            for r in reqs {
-                flatten(r, out);
-            }
-        }
-        a @ Request::Append { .. } => out.push(a),
     }
 }
 

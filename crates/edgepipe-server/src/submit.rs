@@ -140,29 +140,36 @@ pub async fn append_then(
     payload: Vec<u8>,
     on_durable: impl FnOnce(u64) + Send + 'static,
 ) -> edgepipe_wal::Result<u64> {
+    let batching = BATCH.with(|b| {
+        b.borrow()
+            .as_ref()
+            .is_some_and(|batch| batch.connections > 1 && batch.wal.same_as(wal))
+    });
+    if !batching {
+        return wal.append_then(payload, on_durable).await;
+    }
     let len = payload.len();
     let (prepared, appended) = wal.prepare_then(payload, on_durable)?;
-    // What this append's task hands over itself: nothing (batched), the append alone, or the
-    // batch it filled. The hand-over is awaited here, before any other task on this thread runs
-    // (unless the writer's queue is full, and then the channel keeps senders in order), so the
-    // WAL keeps the order in which the thread made its appends.
+    // What this append's task hands over itself: nothing (batched) or the batch it filled.
+    // The hand-over is awaited here, before any other task on this thread runs (unless the
+    // writer's queue is full, and then the channel keeps senders in order), so the WAL keeps
+    // the order in which the thread made its appends.
     let hand_over = BATCH.with(|b| {
+        // Still this thread's batch for `wal`: nothing ran since the check above.
         let mut slot = b.borrow_mut();
-        match slot.as_mut() {
-            Some(batch) if batch.connections > 1 && batch.wal.same_as(wal) => {
-                batch.pending.push(prepared);
-                batch.pending_bytes += len;
-                if batch.pending_bytes >= MAX_BATCH_BYTES {
-                    return batch.take();
-                }
-                if !batch.scheduled {
-                    batch.scheduled = true;
-                    tokio::task::spawn_local(flush());
-                }
-                Vec::new()
-            }
-            _ => vec![prepared],
+        let Some(batch) = slot.as_mut() else {
+            return vec![prepared];
+        };
+        batch.pending.push(prepared);
+        batch.pending_bytes += len;
+        if batch.pending_bytes >= MAX_BATCH_BYTES {
+            return batch.take();
         }
+        if !batch.scheduled {
+            batch.scheduled = true;
+            tokio::task::spawn_local(flush());
+        }
+        Vec::new()
     });
     wal.submit_prepared(hand_over).await;
     appended.await
@@ -281,48 +288,10 @@ mod tests {
         Ok(())
     }
 
-    /// A batch that reaches the size limit is handed over by the append that filled it; the
-    /// appends after it start a new batch. All are durable, in order.
-    #[test]
-    fn a_full_batch_is_handed_over_and_the_rest_follows() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let wal = Wal::open(dir.path(), WalConfig::default())?;
-        let (rt, set) = local_runtime()?;
-        let w = wal.clone();
-        let metrics = Arc::new(Metrics::default());
-        let m = metrics.clone();
-        let seqs = set.block_on(&rt, async move {
-            install(w.clone(), m);
-            let _conns = (Connection::open(), Connection::open());
-            // Three appends of half the limit: the second fills the batch, which leaves at
-            // once; the third goes with the flush task.
-            let half = MAX_BATCH_BYTES / 2;
-            let mut handles = Vec::new();
-            for i in 0..3u8 {
-                let w = w.clone();
-                handles.push(tokio::task::spawn_local(async move {
-                    append_then(&w, vec![i; half], |_| {}).await
-                }));
-            }
-            let mut seqs = Vec::new();
-            for h in handles {
-                seqs.push(h.await??);
-            }
-            Ok::<_, anyhow::Error>(seqs)
-        })?;
-        assert_eq!(seqs, vec![0, 1, 2]);
-        assert_eq!(metrics.mqtt_submit_batches.load(Ordering::Relaxed), 2);
-        assert_eq!(metrics.mqtt_batched_appends.load(Ordering::Relaxed), 3);
-        // Two hand-overs; the writer may find both queued and sync them together.
-        let fsyncs = wal.stats().fsyncs;
-        assert!((1..=2).contains(&fsyncs), "{fsyncs} fsyncs");
-        Ok(())
-    }
-
-    /// Two appends of half the limit: the second hands the batch over itself, and the flush
-    /// task the first one spawned then finds nothing to hand over, and counts nothing.
-    #[test]
-    fn a_flush_that_finds_its_batch_gone_counts_no_batch() -> anyhow::Result<()> {
+    /// Runs `n` appends of half the batch limit, each in its own task, on a thread holding two
+    /// connections, then lets the flush task finish. Returns their sequences, the batches
+    /// handed over, the appends in those batches, and the WAL's fsyncs.
+    fn half_limit_appends(n: u8) -> anyhow::Result<(Vec<u64>, u64, u64, u64)> {
         let dir = tempfile::tempdir()?;
         let wal = Wal::open(dir.path(), WalConfig::default())?;
         let (rt, set) = local_runtime()?;
@@ -334,7 +303,7 @@ mod tests {
             let _conns = (Connection::open(), Connection::open());
             let half = MAX_BATCH_BYTES / 2;
             let mut handles = Vec::new();
-            for i in 0..2u8 {
+            for i in 0..n {
                 let w = w.clone();
                 handles.push(tokio::task::spawn_local(async move {
                     append_then(&w, vec![i; half], |_| {}).await
@@ -350,9 +319,35 @@ mod tests {
             }
             Ok::<_, anyhow::Error>(seqs)
         })?;
+        Ok((
+            seqs,
+            metrics.mqtt_submit_batches.load(Ordering::Relaxed),
+            metrics.mqtt_batched_appends.load(Ordering::Relaxed),
+            wal.stats().fsyncs,
+        ))
+    }
+
+    /// A batch that reaches the size limit is handed over by the append that filled it; the
+    /// appends after it start a new batch. All are durable, in order.
+    #[test]
+    fn a_full_batch_is_handed_over_and_the_rest_follows() -> anyhow::Result<()> {
+        // Three appends of half the limit: the second fills the batch, which leaves at once;
+        // the third goes with the flush task.
+        let (seqs, batches, appends, fsyncs) = half_limit_appends(3)?;
+        assert_eq!(seqs, vec![0, 1, 2]);
+        assert_eq!((batches, appends), (2, 3));
+        // Two hand-overs; the writer may find both queued and sync them together.
+        assert!((1..=2).contains(&fsyncs), "{fsyncs} fsyncs");
+        Ok(())
+    }
+
+    /// Two appends of half the limit: the second hands the batch over itself, and the flush
+    /// task the first one spawned then finds nothing to hand over, and counts nothing.
+    #[test]
+    fn a_flush_that_finds_its_batch_gone_counts_no_batch() -> anyhow::Result<()> {
+        let (seqs, batches, appends, _) = half_limit_appends(2)?;
         assert_eq!(seqs, vec![0, 1]);
-        assert_eq!(metrics.mqtt_submit_batches.load(Ordering::Relaxed), 1);
-        assert_eq!(metrics.mqtt_batched_appends.load(Ordering::Relaxed), 2);
+        assert_eq!((batches, appends), (1, 2));
         Ok(())
     }
 

@@ -17,7 +17,7 @@
 use edgepipe_types::{BatchOrigin, DeviceId, Reading};
 use serde::{Deserialize, Serialize};
 
-use crate::{Decoded, Error, Limits, Result, json};
+use crate::{Decoded, Error, Limits, Result, json, validate};
 
 /// First three bytes of every envelope.
 pub const MAGIC: &[u8; 3] = b"EPB";
@@ -162,7 +162,7 @@ pub(crate) fn decode_inner(
         if value.is_empty() {
             return Err(Error::EmptyOriginField { field });
         }
-        json::check_str(|| format!("envelope {field}"), value, limits)?;
+        validate::check_str(|| format!("envelope {field}"), value, limits)?;
     }
     let decompressed;
     let body = match header.compression.as_str() {

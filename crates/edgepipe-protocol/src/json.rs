@@ -15,6 +15,7 @@ use std::io::Write;
 use edgepipe_types::{DeviceId, Metric, Reading, TsSource, Value};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use crate::validate::{check_finite, check_str, check_ts, smallest_duplicate};
 use crate::{Error, Limits, Result};
 
 /// A parsed JSON value that keeps object key order and integer precision. Keys and strings
@@ -149,29 +150,6 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 }
 
-/// The smallest (in byte order) key of `items` that occurs more than once, if any. Small
-/// objects (the usual reading object and its metrics) are checked pairwise without allocating;
-/// larger ones by sorting their keys.
-pub(crate) fn smallest_duplicate<'f, T>(
-    items: &'f [T],
-    key: impl Fn(&'f T) -> &'f str,
-) -> Option<&'f str> {
-    const PAIRWISE_MAX: usize = 16;
-    if items.len() <= PAIRWISE_MAX {
-        let mut found: Option<&str> = None;
-        for (i, a) in items.iter().enumerate() {
-            let a = key(a);
-            if items[i + 1..].iter().any(|b| key(b) == a) && found.is_none_or(|f| a < f) {
-                found = Some(a);
-            }
-        }
-        return found;
-    }
-    let mut keys: Vec<&str> = items.iter().map(key).collect();
-    keys.sort_unstable();
-    keys.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
-}
-
 /// Parses `bytes` as one JSON document.
 pub(crate) fn parse(bytes: &[u8]) -> Result<Node<'_>> {
     serde_json::from_slice(bytes).map_err(Error::Json)
@@ -201,25 +179,6 @@ pub(crate) fn first_non_ws(bytes: &[u8]) -> Option<u8> {
         .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
-/// Checks a timestamp against the limits.
-pub(crate) fn check_ts(ts: i64, now_ms: i64, limits: &Limits) -> Result<()> {
-    if ts > now_ms.saturating_add(limits.max_future_skew_ms) {
-        return Err(Error::TsInFuture {
-            ts,
-            now_ms,
-            ahead_ms: ts.saturating_sub(now_ms),
-            limit_ms: limits.max_future_skew_ms,
-        });
-    }
-    if ts < limits.min_ts_ms {
-        return Err(Error::TsTooOld {
-            ts,
-            min_ts_ms: limits.min_ts_ms,
-        });
-    }
-    Ok(())
-}
-
 /// Reads a `ts` node as integer milliseconds (unchecked against limits).
 pub(crate) fn ts_from_node(node: &Node<'_>) -> Result<i64> {
     match node {
@@ -233,30 +192,6 @@ pub(crate) fn ts_from_node(node: &Node<'_>) -> Result<i64> {
         other => Err(Error::TsNotInteger {
             found: other.kind().to_owned(),
         }),
-    }
-}
-
-/// Checks a string value against `max_string_len`.
-pub(crate) fn check_str(what: impl FnOnce() -> String, s: &str, limits: &Limits) -> Result<()> {
-    if s.len() > limits.max_string_len {
-        return Err(Error::StringTooLong {
-            what: what(),
-            len: s.len(),
-            limit: limits.max_string_len,
-        });
-    }
-    Ok(())
-}
-
-/// Checks that a float is finite.
-pub(crate) fn check_finite(metric: &str, v: f64) -> Result<f64> {
-    if v.is_finite() {
-        Ok(v)
-    } else {
-        Err(Error::NonFinite {
-            metric: metric.to_owned(),
-            value: v.to_string(),
-        })
     }
 }
 
@@ -279,11 +214,6 @@ pub(crate) fn value_from_node(metric: &str, node: Node<'_>, limits: &Limits) -> 
             found: other.kind(),
         }),
     }
-}
-
-/// Validates a metric name.
-pub(crate) fn metric(name: &str) -> Result<Metric> {
-    Metric::new(name).map_err(Error::InvalidMetric)
 }
 
 /// Decodes a whole JSON document (one reading object or an array of them).

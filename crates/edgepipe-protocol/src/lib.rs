@@ -26,6 +26,7 @@ mod fastjson;
 pub mod http;
 mod json;
 pub mod mapping;
+mod validate;
 
 #[cfg(doc)]
 use edgepipe_types::TsSource;

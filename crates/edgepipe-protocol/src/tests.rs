@@ -125,8 +125,8 @@ fn integer_above_i64_max_is_refused_naming_the_metric() {
 
 #[test]
 fn non_finite_float_is_refused() {
-    assert!(json::check_finite("m", f64::NAN).is_err());
-    assert!(json::check_finite("m", f64::INFINITY).is_err());
+    assert!(validate::check_finite("m", f64::NAN).is_err());
+    assert!(validate::check_finite("m", f64::INFINITY).is_err());
     // JSON cannot spell NaN; an overflowing literal is a parse error, not an infinity.
     assert!(decode(r#"{"metrics": {"x": 1e999}}"#).is_err());
     assert!(decode(r#"{"metrics": {"x": NaN}}"#).is_err());

@@ -3,7 +3,7 @@
 use edgepipe_types::{DeviceId, Reading, TsSource, Value};
 
 use super::Precision;
-use crate::{Error, Limits, Result, json};
+use crate::{Error, Limits, Result, validate};
 
 fn syntax(reason: impl Into<String>) -> Error {
     Error::LineSyntax {
@@ -146,7 +146,7 @@ pub(super) fn parse_line(
         } else {
             format!("{measurement}.{key}")
         };
-        let metric = json::metric(&name)?;
+        let metric = validate::metric(&name)?;
         if readings.iter().any(|r| r.metric == metric) {
             return Err(Error::DuplicateMetric { metric: name });
         }
@@ -178,7 +178,7 @@ fn parse_timestamp(text: &str, precision: Precision, now_ms: i64, limits: &Limit
     let ms = precision
         .to_ms(ts)
         .ok_or_else(|| bad("out of range in milliseconds"))?;
-    json::check_ts(ms, now_ms, limits)?;
+    validate::check_ts(ms, now_ms, limits)?;
     Ok(ms)
 }
 
@@ -193,7 +193,7 @@ fn parse_field_value(key: &str, metric: &str, text: &str, limits: &Limits) -> Re
     }
     if let Some(inner) = text.strip_prefix('"') {
         let s = parse_string(inner).ok_or_else(|| bad("unterminated or malformed string"))?;
-        json::check_str(|| format!("metric {metric:?}"), &s, limits)?;
+        validate::check_str(|| format!("metric {metric:?}"), &s, limits)?;
         return Ok(Value::Str(s));
     }
     match text {
@@ -237,7 +237,7 @@ fn parse_field_value(key: &str, metric: &str, text: &str, limits: &Limits) -> Re
         return Err(bad("not a number, boolean or string"));
     }
     let v: f64 = text.parse().map_err(|_| bad("not a valid float"))?;
-    json::check_finite(metric, v).map(Value::F64)
+    validate::check_finite(metric, v).map(Value::F64)
 }
 
 /// Parses the rest of a quoted string after its opening `"`: `\"` and `\\` are unescaped,

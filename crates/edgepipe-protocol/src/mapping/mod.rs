@@ -22,8 +22,8 @@ pub use config::{PayloadFormat, TopicMappingConfig};
 
 use edgepipe_types::{DeviceId, Metric, Reading, TsSource, Value};
 
-use crate::json;
 use crate::{Decoded, Error, Limits, Result};
+use crate::{json, validate};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -122,7 +122,7 @@ impl TopicMapping {
         }
         let topic_metric = segments.contains(&Segment::Metric);
 
-        let metric = cfg.metric.as_deref().map(json::metric).transpose()?;
+        let metric = cfg.metric.as_deref().map(validate::metric).transpose()?;
         if topic_metric && metric.is_some() {
             return Err(bad("has {metric} and the `metric` setting; use one".into()));
         }
@@ -149,7 +149,7 @@ impl TopicMapping {
         let mut metrics = Vec::with_capacity(cfg.metrics.len());
         for (name, pointer) in &cfg.metrics {
             check_pointer(format!("metrics.{name}"), pointer)?;
-            metrics.push((json::metric(name)?, pointer.clone()));
+            metrics.push((validate::metric(name)?, pointer.clone()));
         }
         if let Some(p) = &cfg.ts_pointer {
             check_pointer("ts_pointer".into(), p)?;
@@ -230,7 +230,7 @@ impl TopicMapping {
     ) -> Result<Decoded, Error> {
         let device = m.device()?;
         let metric = match (&m.metric, &self.metric) {
-            (Some(name), _) => Some(json::metric(name)?),
+            (Some(name), _) => Some(validate::metric(name)?),
             (None, Some(fixed)) => Some(fixed.clone()),
             (None, None) => None,
         };
@@ -279,7 +279,7 @@ impl TopicMapping {
         let (ts, ts_source) = match self.ts_pointer.as_deref().and_then(|p| node.pointer(p)) {
             Some(ts_node) => {
                 let ts = json::ts_from_node(ts_node)?;
-                json::check_ts(ts, now_ms, limits)?;
+                validate::check_ts(ts, now_ms, limits)?;
                 (ts, TsSource::Device)
             }
             None => (now_ms, TsSource::Server),
@@ -349,7 +349,7 @@ fn raw_value(metric: &str, payload: &[u8], limits: &Limits) -> Result<Value> {
             metric: metric.to_owned(),
             reason: format!("malformed quoted string: {e}"),
         })?;
-        json::check_str(|| format!("metric {metric:?}"), &s, limits)?;
+        validate::check_str(|| format!("metric {metric:?}"), &s, limits)?;
         return Ok(Value::Str(s));
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
@@ -369,8 +369,8 @@ fn raw_value(metric: &str, payload: &[u8], limits: &Limits) -> Result<Value> {
             .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
         && let Ok(v) = text.parse::<f64>()
     {
-        return json::check_finite(metric, v).map(Value::F64);
+        return validate::check_finite(metric, v).map(Value::F64);
     }
-    json::check_str(|| format!("metric {metric:?}"), text, limits)?;
+    validate::check_str(|| format!("metric {metric:?}"), text, limits)?;
     Ok(Value::Str(text.to_owned()))
 }

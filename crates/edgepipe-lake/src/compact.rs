@@ -35,42 +35,17 @@ use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::file::reader::ChunkReader;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::LakeConfig;
+use crate::metrics::LakeMetrics;
 use crate::parquet_io::StreamWriter;
 use crate::ranged::{RangeReader, UploadSink};
 use crate::schema::{HOUR_US, hour_of_key, readings_schema, rollup_schema};
+use crate::sort::sort_readings;
 use crate::store::LakeStore;
-use crate::writer::sort_readings;
+use crate::swap::{Marker, SwapLock, clear_staging, finish_swap, put_marker, staging_key};
 use crate::{Error, Result, tables};
-
-/// The lock that makes compaction's file swap atomic for our queries.
-pub type SwapLock = Arc<tokio::sync::RwLock<()>>;
-
-const MARKER_PREFIX: &str = "_edgepipe/compaction/";
-
-/// Where compaction outputs are written before the swap moves them into their partition.
-const STAGING_PREFIX: &str = "_edgepipe/staging/";
-
-fn staging_key(key: &str) -> String {
-    format!("{STAGING_PREFIX}{key}")
-}
-
-/// Deletes every staged object (compaction runs one partition at a time, so nothing staged is
-/// in use when this runs), with a local store's unfinished uploads (`<key>#<n>` files, which
-/// listings do not show) and empty directories.
-async fn clear_staging(store: &LakeStore) -> Result<()> {
-    store.delete_prefix(STAGING_PREFIX).await
-}
-
-/// Stores `marker` as the compaction intent of partition `dir`.
-async fn put_marker(store: &LakeStore, dir: &str, marker: &Marker) -> Result<String> {
-    let key = format!("{MARKER_PREFIX}{}.json", dir.replace('/', "_"));
-    let data = serde_json::to_vec(marker).map_err(|e| Error::Config(format!("marker: {e}")))?;
-    store.put(&key, Bytes::from(data)).await?;
-    Ok(key)
-}
 
 /// What a compaction run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -91,53 +66,6 @@ pub struct CompactionReport {
     pub bytes_in: u64,
     /// Bytes written.
     pub bytes_out: u64,
-}
-
-/// A compaction's intent, stored once every output is staged and durable.
-#[derive(Debug, Serialize, Deserialize)]
-struct Marker {
-    inputs: Vec<String>,
-    outputs: Vec<String>,
-    /// The partition's rollup files, moved into place with the outputs (absent in markers of
-    /// versions that wrote rollups in place).
-    #[serde(default)]
-    rollups: Vec<String>,
-}
-
-/// Finishes the swap `marker` describes: moves every output and rollup still staged into
-/// place, then deletes the inputs the outputs do not replace. Idempotent, so it serves both the
-/// swap and its recovery after a crash at any point of it (a marker is written only once every
-/// output is staged and durable, so a marker's swap can always go forward, also when an output
-/// has the name of an input it replaces). Returns false, changing nothing, when an output is
-/// neither staged nor in place (a marker of a version that wrote outputs in place and crashed
-/// before storing them all).
-async fn finish_swap(store: &LakeStore, marker: &Marker) -> Result<bool> {
-    // One listing of what is staged (in a swap, everything; after a crash, what is left).
-    let staged: std::collections::HashSet<String> = store
-        .list(STAGING_PREFIX)
-        .await?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    for o in &marker.outputs {
-        if !staged.contains(&staging_key(o)) && !store.exists(o).await? {
-            return Ok(false);
-        }
-    }
-    // Rollups first: a query that read the hour's rollup must not see the rewritten one with
-    // rows it also reads from the inputs. They are a pure function of the deduplicated rows.
-    for key in marker.rollups.iter().chain(&marker.outputs) {
-        let from = staging_key(key);
-        if staged.contains(&from) {
-            store.rename(&from, key).await?;
-        }
-    }
-    for i in &marker.inputs {
-        if !marker.outputs.contains(i) {
-            store.delete(i).await?;
-        }
-    }
-    Ok(true)
 }
 
 /// A file in a `readings` partition, as named by the writer or the compactor.
@@ -195,7 +123,7 @@ pub struct Compactor {
     /// Swap lock shared with the query engine.
     pub swap: SwapLock,
     /// Where the passes are counted (shared with the lake writer's counters).
-    pub metrics: Arc<crate::LakeMetrics>,
+    pub metrics: Arc<LakeMetrics>,
 }
 
 /// Compacts every partition that needs it. `committed` is the lake writer's WAL checkpoint:
@@ -783,38 +711,6 @@ fn rollup(rows: &RecordBatch, width_us: i64) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(rollup_schema(), cols)?)
 }
 
-/// Finishes (or, for a marker of the earlier in-place layout, rolls back) compactions
-/// interrupted by a crash, and deletes what they staged. Call before anything else touches the
-/// lake: the lake writer does when it opens, `edgepipe lake compact` before it compacts.
-pub async fn recover_compactions(store: &LakeStore) -> Result<()> {
-    for (key, _) in store.list(MARKER_PREFIX).await? {
-        let data = store.get(&key).await?;
-        let marker: Marker = serde_json::from_slice(&data).map_err(|e| Error::Corrupt {
-            key: key.clone(),
-            reason: format!("compaction marker does not parse: {e}"),
-        })?;
-        if finish_swap(store, &marker).await? {
-            tracing::warn!(
-                marker = key,
-                "lake: finished a compaction interrupted by a crash"
-            );
-        } else {
-            tracing::warn!(
-                marker = key,
-                "lake: rolling back a compaction interrupted by a crash"
-            );
-            for o in &marker.outputs {
-                if !marker.inputs.contains(o) {
-                    store.delete(o).await?;
-                }
-            }
-        }
-        store.delete(&key).await?;
-    }
-    // Outputs staged by a run that stopped before its marker.
-    clear_staging(store).await
-}
-
 impl Compactor {
     /// Compacts every `compaction_interval` until `stop` turns true. `committed` reports the
     /// lake writer's checkpoint.
@@ -879,6 +775,7 @@ mod tests {
     use super::*;
     use crate::parquet_io::{decode_parquet, encode_parquet};
     use crate::schema::RowsBuilder;
+    use crate::swap::{STAGING_PREFIX, recover_compactions};
     use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
 
     use crate::test_rng::Rng;

@@ -19,9 +19,11 @@
 //! writes the partition's 1-minute and 1-hour rollups. [`retention`] deletes partitions past each
 //! table's age limit. Table schemas are in [`schema`].
 
+mod column;
 mod compact;
 mod config;
 pub use edgepipe_types::duration_serde;
+mod metrics;
 mod parallel;
 mod parquet_io;
 mod ranged;
@@ -29,18 +31,22 @@ pub mod retention;
 mod runs;
 pub mod schema;
 pub mod sink;
+mod sort;
 mod stats;
 mod store;
+mod swap;
 #[cfg(test)]
 mod test_rng;
 mod writer;
 
-pub use compact::{CompactionReport, Compactor, SwapLock, compact, recover_compactions};
+pub use compact::{CompactionReport, Compactor, compact};
 pub use config::{LakeConfig, RetentionConfig};
+pub use metrics::LakeMetrics;
 pub use parquet_io::{decode_parquet, encode_parquet, encode_parquet_level};
 pub use stats::{PartitionStats, TableStats, VerifyProblem, lake_stats, verify};
 pub use store::{LakeStore, S3Config};
-pub use writer::{CONSUMER as LAKE_CONSUMER, FreshBuffer, FreshSnapshot, LakeMetrics, LakeWriter};
+pub use swap::{SwapLock, recover_compactions};
+pub use writer::{CONSUMER as LAKE_CONSUMER, FreshBuffer, FreshSnapshot, LakeWriter};
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,7 +12,7 @@
 //! columns, but Spark 4.0's vectorized reader refuses it ("Unsupported encoding"), found by the
 //! pyspark end-to-end test.
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -24,6 +24,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::{ColumnDescPtr, ColumnPath};
 
+use crate::column::Column;
 use crate::runs::Runs;
 
 use crate::{Error, Result};
@@ -102,36 +103,6 @@ fn encode_with_threads(
         w.write(b)?;
     }
     w.finish()
-}
-
-/// One column of a file to encode: Arrow arrays (pieces of one row group, in order), or a
-/// string column as runs of one value (see [`crate::runs`]).
-#[derive(Debug, Clone)]
-pub(crate) enum Column<'a> {
-    Arrays(Vec<ArrayRef>),
-    Runs(Runs<'a>),
-}
-
-impl<'a> Column<'a> {
-    /// Rows `start..start + len` of a one-piece column.
-    pub(crate) fn slice(&self, start: usize, len: usize) -> Column<'a> {
-        match self {
-            Column::Arrays(a) => Column::Arrays(a.iter().map(|a| a.slice(start, len)).collect()),
-            Column::Runs(r) => Column::Runs(crate::runs::slice(r, start, len)),
-        }
-    }
-
-    /// The column as one Arrow array (runs repeated row by row).
-    pub(crate) fn to_array(&self) -> Result<ArrayRef> {
-        match self {
-            Column::Arrays(a) if a.len() == 1 => Ok(a[0].clone()),
-            Column::Arrays(a) => {
-                let refs: Vec<&dyn Array> = a.iter().map(|a| a.as_ref()).collect();
-                Ok(arrow::compute::concat(&refs)?)
-            }
-            Column::Runs(runs) => Ok(crate::runs::to_array(runs)),
-        }
-    }
 }
 
 /// Encodes the lake writer's flush files (one per hour partition, each its columns of equal
@@ -548,7 +519,7 @@ mod tests {
         use parquet::file::metadata::PageIndexPolicy;
         use parquet::file::page_index::column_index::ColumnIndexMetaData;
         let batch = rows()?;
-        let sorted = crate::writer::sort_readings(std::slice::from_ref(&batch))?;
+        let sorted = crate::sort::sort_readings(std::slice::from_ref(&batch))?;
         let schema = readings_schema();
         let ours = encode_flush_files(
             &schema,

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::compact::SwapLock;
 use crate::config::LakeConfig;
 use crate::store::LakeStore;
+use crate::swap::SwapLock;
 use crate::{Result, tables};
 
 /// Deletes partitions past their table's age limit; returns the deleted partition directories.

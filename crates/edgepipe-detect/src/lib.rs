@@ -24,6 +24,7 @@ pub mod live;
 pub mod model;
 pub mod multivariate;
 pub mod nab;
+mod series_key;
 
 pub use ensemble::{Assessment, EnsembleConfig, SeriesDetector, SeriesState, Snapshot};
 pub use error::{Error, Result};

@@ -13,7 +13,7 @@ use edgepipe_types::TimestampMs;
 use serde::{Deserialize, Serialize};
 
 use crate::detectors::stats::{learnable, median_in_place};
-use crate::live::SeriesKey;
+use crate::series_key::SeriesKey;
 use crate::{EnsembleConfig, Error, Result, SeriesState};
 
 /// Version of the [`ModelParams`] layout.

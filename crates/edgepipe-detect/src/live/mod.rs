@@ -18,7 +18,6 @@ mod tests;
 
 use foldhash::quality::RandomState;
 use std::collections::HashMap;
-use std::fmt;
 
 use hashbrown::Equivalent;
 
@@ -27,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{DetectorConfig, SilenceConfig};
 
+pub use crate::series_key::SeriesKey;
+
 use crate::detectors::DetectorKind;
 use crate::model::{ModelParams, SeriesParams};
 use crate::multivariate::Pca;
@@ -34,17 +35,6 @@ use crate::{Error, Result, SeriesState};
 
 /// Version of the [`Detector::snapshot`] layout.
 pub const DETECTOR_SNAPSHOT_VERSION: u32 = 5;
-
-/// A series' identity: one metric of one device. Serialised as `"device/metric"` (neither
-/// identifier may contain `/`).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SeriesKey {
-    /// The device.
-    pub device: DeviceId,
-    /// The metric.
-    pub metric: Metric,
-}
 
 /// A borrowed series key: looks up a [`SeriesKey`] without building one (hashes exactly as the
 /// owned key does: the device's text, then the metric's).
@@ -57,50 +47,6 @@ struct SeriesRef<'a> {
 impl Equivalent<SeriesKey> for SeriesRef<'_> {
     fn equivalent(&self, key: &SeriesKey) -> bool {
         self.device == key.device.as_str() && self.metric == key.metric.as_str()
-    }
-}
-
-impl SeriesKey {
-    /// The key of `metric` of `device`.
-    pub fn new(device: DeviceId, metric: Metric) -> Self {
-        Self { device, metric }
-    }
-
-    /// Parses `"device/metric"`.
-    pub fn parse(s: &str) -> Result<Self> {
-        let bad = |reason: String| Error::Params(format!("series key {s:?}: {reason}"));
-        let (d, m) = s
-            .split_once('/')
-            .ok_or_else(|| bad("expected device/metric".into()))?;
-        Ok(Self {
-            device: DeviceId::new(d).map_err(|e| bad(e.to_string()))?,
-            metric: Metric::new(m).map_err(|e| bad(e.to_string()))?,
-        })
-    }
-}
-
-impl TryFrom<String> for SeriesKey {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        Self::parse(&s)
-    }
-}
-
-impl From<SeriesKey> for String {
-    fn from(k: SeriesKey) -> String {
-        k.to_string()
-    }
-}
-
-impl fmt::Display for SeriesKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.device, self.metric)
-    }
-}
-
-impl fmt::Debug for SeriesKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
     }
 }
 

@@ -21,6 +21,7 @@ pub mod bench;
 mod error;
 pub mod http;
 pub mod mqtt;
+mod net;
 pub mod signal;
 
 pub use error::{Error, Result};

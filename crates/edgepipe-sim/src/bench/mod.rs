@@ -31,6 +31,7 @@ pub use config::{BenchConfig, MAX_BATCH, MAX_CONNECTIONS};
 pub use report::BenchReport;
 
 use crate::mqtt::telemetry_topic;
+use crate::net::network_options;
 use crate::{Error, Result};
 
 /// Connections opened concurrently during warm-up.
@@ -251,15 +252,6 @@ async fn connect_one(cfg: &BenchConfig, i: usize) -> Result<(AsyncClient, EventL
             after: cfg.connect_timeout,
         }),
     }
-}
-
-/// TCP options for a client: no Nagle delay, since an MQTT client's small PUBLISH writes would
-/// otherwise wait for the peer's delayed ACK (tens of ms added to measured latency).
-pub(crate) fn network_options(connect_timeout: Duration) -> rumqttc::NetworkOptions {
-    let mut n = rumqttc::NetworkOptions::new();
-    n.set_tcp_nodelay(true);
-    n.set_connection_timeout(connect_timeout.as_secs().max(1));
-    n
 }
 
 /// Builds message payloads with only the timestamp formatted per message.

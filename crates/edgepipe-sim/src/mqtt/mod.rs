@@ -318,7 +318,7 @@ impl Device {
             .set_credentials(id.clone(), self.password.clone())
             .set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(mqtt, o.queue_capacity);
-        eventloop.set_network_options(crate::bench::network_options(Duration::from_secs(10)));
+        eventloop.set_network_options(crate::net::network_options(Duration::from_secs(10)));
 
         let sampler = tokio::spawn(sample_loop(
             self.index,

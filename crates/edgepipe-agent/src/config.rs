@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::durations::{dur, opt_dur};
+pub use crate::problem::Problem;
+
 use crate::collect::{CollectorConfig, CollectorKind};
 use crate::detect::{AlertsConfig, DetectConfig};
 use crate::http::HttpConfig;
@@ -38,31 +41,6 @@ use crate::pipeline::{ALERTS_STREAM, HEALTH_STREAM};
 use crate::queue::{Priority, QueueConfig};
 use crate::transform::{Chain, TransformConfig};
 use crate::uplink::UplinkConfig;
-
-/// One configuration problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Key path, e.g. `collectors[1].rate`.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl Problem {
-    /// A problem at `path`.
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
 
 /// `[[streams]]`: a named queue with a priority and transforms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -452,51 +430,6 @@ impl AgentConfig {
             let _ = self.detect.ensemble(&mut p);
         }
         p
-    }
-}
-
-/// Serde adapter for durations written as `"500ms"`, `"30s"`.
-pub mod dur {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Serializes as humantime text.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    /// Parses humantime text.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "bad duration {s:?}: {e} (use e.g. \"500ms\", \"30s\")"
-            ))
-        })
-    }
-}
-
-/// Serde adapter for optional durations.
-pub mod opt_dur {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Serializes as humantime text or nothing.
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::dur::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    /// Parses humantime text.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}")))
     }
 }
 

@@ -17,8 +17,8 @@ use edgepipe_types::{Metric, Reading, TsSource, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::config::Problem;
 use crate::metrics::Metrics;
+use crate::problem::Problem;
 use crate::transform::glob;
 
 /// `[detect]`: local anomaly detection.

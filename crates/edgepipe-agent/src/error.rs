@@ -11,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The configuration is invalid; every problem found, each with its key path.
     #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Config(Vec<crate::config::Problem>),
+    Config(Vec<crate::problem::Problem>),
     /// A stream's store-and-forward queue failed.
     #[error("queue of stream {stream:?}: {source}")]
     Queue {

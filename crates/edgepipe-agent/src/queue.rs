@@ -30,7 +30,8 @@ use edgepipe_wal::{FullPolicy, Wal, WalConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::config::{Problem, dur};
+use crate::durations::dur;
+use crate::problem::Problem;
 use crate::{Error, Result};
 
 /// Queue settings shared by every stream (a stream may override `max_bytes`).

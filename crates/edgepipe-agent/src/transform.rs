@@ -13,7 +13,8 @@ use std::time::Duration;
 use edgepipe_types::{Metric, Reading, TsSource, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Problem, dur, opt_dur};
+use crate::durations::{dur, opt_dur};
+use crate::problem::Problem;
 
 /// One transform step.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -42,9 +42,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::config::{Problem, dur};
+use crate::durations::dur;
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::pipeline::{ALERTS_STREAM, Input, InputTx};
+use crate::problem::Problem;
 use crate::queue::{AckState, Priority, QueueRecord, StreamQueue};
 
 /// MQTT protocol version of the uplink.

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::lines::{LineFormat, LineParser};
 use super::{Ctx, Error};
-use crate::config::dur;
+use crate::durations::dur;
 
 /// `type = "file"` settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use tokio_modbus::Slave;
 use tokio_modbus::client::{Context, Reader};
 
 use super::{Ctx, Error};
-use crate::config::dur;
+use crate::durations::dur;
 
 /// `type = "modbus"` settings.
 #[derive(Debug, Clone, Deserialize)]

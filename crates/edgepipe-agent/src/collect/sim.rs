@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::file::sleep_or_cancel;
 use super::{Ctx, Error};
-use crate::config::dur;
+use crate::durations::dur;
 
 /// `type = "generator"` settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use edgepipe_types::{Metric, Reading, TsSource, Value};
 use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Error};
-use crate::config::dur;
+use crate::durations::dur;
 
 /// `type = "system"` settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]

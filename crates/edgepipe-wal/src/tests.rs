@@ -1,9 +1,14 @@
-use std::io::{BufRead, Write as _};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, Read, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
 
 use super::*;
+use crate::format::{FORMAT_VERSION, parse_segment_header, segment_header, segment_path};
+use crate::recovery::scan_segment;
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 

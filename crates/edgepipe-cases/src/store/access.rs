@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::audit::audit_in;
 use super::sql::SqlCaseStore;
 use crate::model::Millis;
 use crate::{Error, Result, now_ms};
@@ -250,27 +251,6 @@ impl SqlCaseStore {
             })
             .collect()
     }
-}
-
-pub(super) async fn audit_in(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-    now: Millis,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(now)
-    .bind(actor.to_owned())
-    .bind(action.to_owned())
-    .bind(target.to_owned())
-    .bind(detail.to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 fn user_row(r: &sqlx::any::AnyRow) -> Result<User> {

@@ -2,6 +2,7 @@
 //! notification outbox live.
 
 mod access;
+mod audit;
 mod migrations;
 mod sql;
 

@@ -726,7 +726,7 @@ impl CaseStore for SqlCaseStore {
         let case = c.clone();
         self.timeline(&mut tx, id, now, actor, action.name(), detail.clone())
             .await?;
-        super::access::audit_in(
+        super::audit::audit_in(
             &mut tx,
             actor,
             &format!("case.{}", action.name()),

@@ -828,7 +828,7 @@ impl Uplink {
             .device_id
             .clone()
             .unwrap_or_else(|| self.agent_id.clone());
-        let topic = format!("edgepipe/v1/{user}/telemetry");
+        let topic = edgepipe_protocol::telemetry_topic(&user);
         let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut bucket = TokenBucket {
             rate: self.cfg.catch_up_rate as f64,

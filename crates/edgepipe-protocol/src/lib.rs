@@ -7,7 +7,8 @@
 //! finite numbers, bounded strings, timestamps within [`Limits`]) or an [`Error`] that says
 //! exactly what was wrong, fit to be stored as a dead-letter reason. It owns:
 //!
-//! - the device topic scheme `edgepipe/v1/{device_id}/telemetry` ([`parse_telemetry_topic`]);
+//! - the device topic scheme `edgepipe/v1/{device_id}/telemetry` ([`telemetry_topic`],
+//!   [`parse_telemetry_topic`], [`TELEMETRY_FILTER`]);
 //! - the JSON reading format, one object or an array ([`decode_payload`], [`decode_payload_for`]):
 //!   `{"ts": 1700000000123, "metrics": {"temp": 21.5, "on": true, "state": "ok", "count": 5}}`
 //!   with optional `ts` (else server time, [`TsSource::Server`]) and optional `device_id`;
@@ -82,10 +83,15 @@ pub fn parse_telemetry_topic(topic: &str) -> Option<&str> {
     (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
-/// The telemetry topic of `device`: `edgepipe/v1/{device}/telemetry`.
-pub fn telemetry_topic(device: &DeviceId) -> String {
-    format!("{TOPIC_PREFIX}{device}/telemetry")
+/// The telemetry topic of `device_id`: `edgepipe/v1/{device_id}/telemetry`, which
+/// [`parse_telemetry_topic`] reads back. Devices, the simulator and the agent's uplink publish
+/// to it.
+pub fn telemetry_topic(device_id: &str) -> String {
+    format!("{TOPIC_PREFIX}{device_id}/telemetry")
 }
+
+/// The subscription filter for every device's telemetry topic: `edgepipe/v1/+/telemetry`.
+pub const TELEMETRY_FILTER: &str = "edgepipe/v1/+/telemetry";
 
 /// Decodes an MQTT telemetry payload, detecting its format: a JSON reading object, a JSON
 /// array of reading objects, or the binary agent batch envelope (starts with `EPB`).

@@ -46,9 +46,24 @@ fn telemetry_topic_yields_the_device_id() {
         Some("dev-1")
     );
     assert_eq!(
-        parse_telemetry_topic(&telemetry_topic(&dev("d9"))),
+        parse_telemetry_topic(&telemetry_topic(dev("d9").as_str())),
         Some("d9")
     );
+}
+
+#[test]
+fn telemetry_topic_round_trips_through_the_parser() {
+    assert_eq!(
+        telemetry_topic("sim-0001"),
+        "edgepipe/v1/sim-0001/telemetry"
+    );
+    for id in ["d9", "sim-0001", "gw-1", "pump_7.a:b", "x"] {
+        let topic = telemetry_topic(id);
+        assert!(topic.starts_with(TOPIC_PREFIX), "{topic}");
+        assert_eq!(parse_telemetry_topic(&topic), Some(id), "{topic}");
+    }
+    // The subscription filter is the scheme with MQTT's one-level wildcard for the device.
+    assert_eq!(TELEMETRY_FILTER, telemetry_topic("+"));
 }
 
 #[test]

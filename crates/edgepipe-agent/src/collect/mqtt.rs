@@ -9,7 +9,7 @@
 //! (a broker would otherwise redeliver them forever) and counted as rejected.
 
 use edgepipe_protocol::mapping::{TopicMapping, TopicMappingConfig};
-use edgepipe_protocol::{Limits, decode_payload_for, parse_telemetry_topic};
+use edgepipe_protocol::{Limits, TELEMETRY_FILTER, decode_payload_for, parse_telemetry_topic};
 use edgepipe_types::{DeviceId, Metric, Reading};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
@@ -49,7 +49,7 @@ fn addr() -> String {
     "127.0.0.1:1883".into()
 }
 fn topics() -> Vec<String> {
-    vec!["edgepipe/v1/+/telemetry".into()]
+    vec![TELEMETRY_FILTER.into()]
 }
 fn yes() -> bool {
     true

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use edgepipe_protocol::telemetry_topic;
 use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{Semaphore, oneshot};
@@ -30,7 +31,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 pub use config::{BenchConfig, MAX_BATCH, MAX_CONNECTIONS};
 pub use report::BenchReport;
 
-use crate::mqtt::telemetry_topic;
 use crate::net::network_options;
 use crate::{Error, Result};
 

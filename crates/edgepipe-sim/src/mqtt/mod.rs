@@ -27,10 +27,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::signal::{Fleet, FleetConfig};
 use crate::{Error, Result};
 
-/// Topic a device publishes its telemetry to.
-pub fn telemetry_topic(device_id: &str) -> String {
-    format!("edgepipe/v1/{device_id}/telemetry")
-}
+/// Topic a device publishes its telemetry to (the device scheme of `edgepipe-protocol`).
+pub use edgepipe_protocol::telemetry_topic;
 
 /// Encodes one sample as the gateway's JSON reading: `{"ts":..,"metrics":{"name":value,..}}`.
 /// Non-finite values (never produced by the model) are left out, since JSON cannot carry them.

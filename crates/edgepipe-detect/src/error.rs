@@ -63,6 +63,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg(feature = "eval")]
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             op,

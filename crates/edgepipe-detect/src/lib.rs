@@ -4,7 +4,7 @@
 //! It sits on the detection stage of the data path (architecture: "WAL consumers → detector →
 //! anomalies") and in the edge agent alike, so the same code finds anomalies offline at the edge.
 //! The core is pure and synchronous: a detector takes `(timestamp, value)` and returns a score;
-//! it never reads a clock or a file. Only [`nab`] performs I/O, to read the benchmark and write
+//! it never reads a clock or a file. Only `nab` performs I/O, to read the benchmark and write
 //! its results layout.
 //!
 //! - [`Detector`] (module [`live`]): the many-series detector a WAL consumer drives —
@@ -13,16 +13,19 @@
 //! - [`ModelParams`] (module [`model`]): the versioned, fitted, hot-swappable parameters.
 //! - [`ensemble`] and [`detectors`]: the univariate ensemble and its parts; [`multivariate`]:
 //!   the per-device streaming PCA.
-//! - [`eval`]: drives a [`Detector`] over a labelled fleet and scores its events (precision,
-//!   recall, F1, detection delay per incident kind); [`nab`]: the NAB benchmark.
+//! - `eval`: drives a [`Detector`] over a labelled fleet and scores its events (precision,
+//!   recall, F1, detection delay per incident kind); `nab`: the NAB benchmark. Both are behind
+//!   the `eval` feature (off by default: the edge agent does not compile them).
 
 pub mod detectors;
 pub mod ensemble;
 mod error;
+#[cfg(feature = "eval")]
 pub mod eval;
 pub mod live;
 pub mod model;
 pub mod multivariate;
+#[cfg(feature = "eval")]
 pub mod nab;
 mod series_key;
 

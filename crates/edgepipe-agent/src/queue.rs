@@ -20,7 +20,6 @@
 //! surviving record's `first_reading` minus `next_reading` (less anything already in flight).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,21 +67,11 @@ impl Default for QueueConfig {
 
 impl QueueConfig {
     pub(crate) fn check(&self, path: &str, problems: &mut Vec<Problem>) {
-        if self.segment_bytes < 4096 {
-            problems.push(Problem::new(
-                format!("{path}.segment_bytes"),
-                "must be at least 4096",
-            ));
-        }
-        if self.max_bytes < self.segment_bytes.saturating_mul(2) {
-            problems.push(Problem::new(
-                format!("{path}.max_bytes"),
-                format!(
-                    "must be at least two segments ({} bytes)",
-                    self.segment_bytes.saturating_mul(2)
-                ),
-            ));
-        }
+        problems.extend(edgepipe_wal::size_problems(
+            path,
+            self.segment_bytes,
+            self.max_bytes,
+        ));
         if !(1..=5000).contains(&self.batch_max_readings) {
             problems.push(Problem::new(
                 format!("{path}.batch_max_readings"),
@@ -275,16 +264,8 @@ impl StreamQueue {
     /// acknowledged. When this returns, a restart resumes at `state.next_seq`.
     pub fn save_acked(&self, state: &AckState) -> Result<()> {
         let path = self.ack_path();
-        let tmp = self.dir.join("acked.json.tmp");
         let bytes = serde_json::to_vec(state).unwrap_or_default();
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(Error::io(&path))?;
+        edgepipe_wal::durable::replace_file(&path, &bytes).map_err(Error::io(&path))?;
         let mut consumer = self.wal.consumer(CONSUMER).map_err(|e| self.err(e))?;
         consumer.commit(state.next_seq).map_err(|e| self.err(e))
     }

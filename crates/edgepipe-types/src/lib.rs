@@ -6,7 +6,11 @@
 //! WAL: one accepted message (MQTT publish, HTTP line batch, agent envelope) with every reading it
 //! carried, encoded by [`IngestRecord::encode`] in a versioned binary form.
 
+pub mod clock;
+pub mod config;
 pub mod duration_serde;
+
+pub use clock::{Clock, SharedClock, SystemClock};
 
 use std::fmt;
 

@@ -1,11 +1,9 @@
 //! Consumer checkpoint files: the name rule, the encoding, and the atomic replace.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use crate::error::{Error, Result, io_err};
-use crate::format::fsync_dir;
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"EPWALCKP";
 
@@ -40,18 +38,10 @@ pub(crate) fn read_checkpoint(path: &Path) -> Result<u64> {
 }
 
 pub(crate) fn write_checkpoint(dir: &Path, name: &str, next_seq: u64) -> Result<()> {
-    let cdir = dir.join("consumers");
-    let tmp = cdir.join(format!("{name}.ckpt.tmp"));
-    let path = cdir.join(format!("{name}.ckpt"));
+    let path = dir.join("consumers").join(format!("{name}.ckpt"));
     let mut bytes = Vec::with_capacity(20);
     bytes.extend_from_slice(CHECKPOINT_MAGIC);
     bytes.extend_from_slice(&next_seq.to_le_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-    {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&bytes).map_err(io_err(&tmp))?;
-        f.sync_data().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    fsync_dir(&cdir)
+    crate::durable::replace_file(&path, &bytes).map_err(io_err(&path))
 }

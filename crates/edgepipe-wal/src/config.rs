@@ -1,5 +1,7 @@
 //! WAL configuration: sizes, limits and the full-disk policy, validated in one place.
 
+use edgepipe_types::config::{Problem, key_path};
+
 use crate::error::{Error, Result};
 use crate::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 
@@ -65,6 +67,27 @@ impl WalConfig {
         }
     }
 
+    /// Every problem an operator's settings have, under `path` (e.g. `wal`, `queue`): the
+    /// rules of [`size_problems`], and positive record and queue limits. Stricter than what
+    /// [`crate::Wal::open`] insists on (tests open tiny WALs), so configurations get room to work.
+    pub fn problems(&self, path: &str) -> Vec<Problem> {
+        let mut out = size_problems(path, self.segment_bytes, self.max_bytes);
+        if self.max_record_bytes == 0 {
+            out.push(Problem::new(
+                key_path(path, "max_record_bytes"),
+                "must be positive",
+            ));
+        }
+        if self.queue_depth == 0 {
+            out.push(Problem::new(
+                key_path(path, "queue_depth"),
+                "must be positive",
+            ));
+        }
+        out
+    }
+
+    /// What [`crate::Wal::open`] refuses: limits it cannot work with at all.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.segment_bytes < (SEGMENT_HEADER_LEN + RECORD_HEADER_LEN) as u64 {
             return Err(Error::Config(
@@ -84,4 +107,30 @@ impl WalConfig {
         }
         Ok(())
     }
+}
+
+/// The smallest segment an operator may configure.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// The WAL's size rules for a configuration at `path`: segments of at least
+/// [`MIN_SEGMENT_BYTES`], and a disk budget of at least two segments (the active segment and
+/// the zero-filled spare; with less, retention could never free a whole segment).
+pub fn size_problems(path: &str, segment_bytes: u64, max_bytes: u64) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if segment_bytes < MIN_SEGMENT_BYTES {
+        out.push(Problem::new(
+            key_path(path, "segment_bytes"),
+            format!("must be at least {MIN_SEGMENT_BYTES}"),
+        ));
+    }
+    if max_bytes < segment_bytes.saturating_mul(2) {
+        out.push(Problem::new(
+            key_path(path, "max_bytes"),
+            format!(
+                "{max_bytes} must be at least two segments ({} bytes)",
+                segment_bytes.saturating_mul(2)
+            ),
+        ));
+    }
+    out
 }

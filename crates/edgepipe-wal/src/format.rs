@@ -48,9 +48,7 @@ pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 }
 
 pub(crate) fn fsync_dir(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(path))
+    crate::durable::fsync_dir(path).map_err(io_err(path))
 }
 
 /// A segment file open for reading: its first sequence, the buffered file and its path.

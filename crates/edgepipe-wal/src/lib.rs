@@ -51,6 +51,7 @@
 
 mod checkpoint;
 mod config;
+pub mod durable;
 mod error;
 mod format;
 mod reader;
@@ -68,7 +69,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::mpsc;
 
-pub use crate::config::{FullPolicy, WalConfig};
+pub use crate::config::{FullPolicy, MIN_SEGMENT_BYTES, WalConfig, size_problems};
 pub use crate::error::{Error, Result};
 pub use crate::format::{RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 pub use crate::reader::{Consumer, Reader};

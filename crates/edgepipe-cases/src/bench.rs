@@ -101,8 +101,8 @@ pub async fn run(a: BenchArgs) -> crate::Result<serde_json::Value> {
     );
     let notifier = Notifier::new(store.clone(), Arc::new(cfg))?;
     let waker = notifier.waker();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let ntask = tokio::spawn(notifier.run(Duration::from_secs(1), stop_rx));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ntask = tokio::spawn(notifier.run(Duration::from_secs(1), stop.clone()));
 
     // Part 1: events at a steady rate, in batches every 10 ms; every third event is for a new
     // device (a new case), the others join open cases.
@@ -141,7 +141,7 @@ pub async fn run(a: BenchArgs) -> crate::Result<serde_json::Value> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = stop_tx.send(true);
+    stop.cancel();
     let _ = ntask.await;
     let arr = arrivals.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut hook_ms: Vec<f64> = opened_at

@@ -1,5 +1,6 @@
 //! `[cases]` configuration: correlation, severity, the store, notification channels and routes.
 
+use edgepipe_types::config::Problem;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -66,58 +67,70 @@ impl Default for CasesConfig {
 
 impl CasesConfig {
     /// Every problem with the configuration, with its key path.
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if self.window.is_zero() {
-            p.push("cases.window: must be more than 0".to_owned());
+            p.push(Problem::new("cases.window", "must be more than 0"));
         }
         if let Some(u) = self.store_url.as_ref().filter(|u| !u.is_empty())
             && !(u.starts_with("sqlite:")
                 || u.starts_with("postgres:")
                 || u.starts_with("postgresql:"))
         {
-            p.push(format!(
-                "cases.store_url: {:?} is neither sqlite://PATH nor postgres://...",
-                redact(u)
+            p.push(Problem::new(
+                "cases.store_url",
+                format!(
+                    "{:?} is neither sqlite://PATH nor postgres://...",
+                    redact(u)
+                ),
             ));
         }
         for (m, c) in &self.criticality {
             if !(-1..=2).contains(c) {
-                p.push(format!("cases.criticality.{m}: {c} is outside -1..=2"));
+                p.push(Problem::new(
+                    format!("cases.criticality.{m}"),
+                    format!("{c} is outside -1..=2"),
+                ));
             }
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, c) in self.channels.iter().enumerate() {
             if !names.insert(c.name()) {
-                p.push(format!(
-                    "cases.channels[{i}].name: {:?} is used twice",
-                    c.name()
+                p.push(Problem::new(
+                    format!("cases.channels[{i}].name"),
+                    format!("{:?} is used twice", c.name()),
                 ));
             }
             if c.name().is_empty() {
-                p.push(format!("cases.channels[{i}].name: empty"));
+                p.push(Problem::new(format!("cases.channels[{i}].name"), "empty"));
             }
             match c {
                 ChannelConfig::Webhook { url, secret, .. } => {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        p.push(format!(
-                            "cases.channels[{i}].url: {url:?} is not http(s)://"
+                        p.push(Problem::new(
+                            format!("cases.channels[{i}].url"),
+                            format!("{url:?} is not http(s)://"),
                         ));
                     }
                     if secret.is_empty() {
-                        p.push(format!(
-                            "cases.channels[{i}].secret: empty (receivers verify the HMAC with it)"
+                        p.push(Problem::new(
+                            format!("cases.channels[{i}].secret"),
+                            "empty (receivers verify the HMAC with it)",
                         ));
                     }
                 }
                 ChannelConfig::Email { to, from, .. } => {
                     if to.is_empty() {
-                        p.push(format!("cases.channels[{i}].to: no recipients"));
+                        p.push(Problem::new(
+                            format!("cases.channels[{i}].to"),
+                            "no recipients",
+                        ));
                     }
                     for a in to.iter().chain(std::iter::once(from)) {
                         if a.parse::<lettre::Address>().is_err() {
-                            p.push(format!(
-                                "cases.channels[{i}]: {a:?} is not an email address"
+                            p.push(Problem::new(
+                                format!("cases.channels[{i}]"),
+                                format!("{a:?} is not an email address"),
                             ));
                         }
                     }
@@ -126,15 +139,16 @@ impl CasesConfig {
         }
         for (i, r) in self.routes.iter().enumerate() {
             if !names.contains(r.channel.as_str()) {
-                p.push(format!(
-                    "cases.routes[{i}].channel: no channel named {:?}",
-                    r.channel
+                p.push(Problem::new(
+                    format!("cases.routes[{i}].channel"),
+                    format!("no channel named {:?}", r.channel),
                 ));
             }
             for e in &r.events {
                 if !["opened", "escalated", "reopened", "resolved"].contains(&e.as_str()) {
-                    p.push(format!(
-                        "cases.routes[{i}].events: {e:?} is not one of opened, escalated, reopened, resolved"
+                    p.push(Problem::new(
+                        format!("cases.routes[{i}].events"),
+                        format!("{e:?} is not one of opened, escalated, reopened, resolved"),
                     ));
                 }
             }
@@ -314,7 +328,12 @@ mod tests {
             r#"{"window":"0s","channels":[{"name":"w","type":"webhook","url":"ftp://x","secret":""}],
                 "routes":[{"channel":"nope","events":["boom"]}], "criticality":{"p":7}}"#,
         );
-        let p = cfg.problems().join("\n");
+        let p = cfg
+            .problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
         for needle in [
             "cases.window",
             "cases.channels[0].url",

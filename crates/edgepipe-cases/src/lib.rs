@@ -33,8 +33,5 @@ pub use store::{AuditEntry, CaseStore, Role, SqlCaseStore, User};
 /// Wall-clock time in ms since the Unix epoch (for stamps the store sets itself: migrations,
 /// audit entries, delivery times).
 pub(crate) fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    edgepipe_types::Clock::now_ms(&edgepipe_types::SystemClock)
 }

@@ -712,12 +712,12 @@ fn rollup(rows: &RecordBatch, width_us: i64) -> Result<RecordBatch> {
 }
 
 impl Compactor {
-    /// Compacts every `compaction_interval` until `stop` turns true. `committed` reports the
+    /// Compacts every `compaction_interval` until `stop` is cancelled. `committed` reports the
     /// lake writer's checkpoint.
     pub async fn run(
         self,
         committed: impl Fn() -> u64 + Send,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio_util::sync::CancellationToken,
     ) {
         if self.config.compaction_interval.is_zero() {
             return;
@@ -725,9 +725,9 @@ impl Compactor {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.compaction_interval) => {}
-                _ = stop.changed() => {}
+                _ = stop.cancelled() => {}
             }
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 return;
             }
             let now_ms = chrono::Utc::now().timestamp_millis();

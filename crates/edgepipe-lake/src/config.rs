@@ -1,6 +1,7 @@
 //! `[lake]` configuration: where the lake lives, how often it flushes and compacts, and how long
 //! each table is kept.
 
+use edgepipe_types::config::Problem;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -98,45 +99,45 @@ impl LakeConfig {
         }
     }
 
-    /// Every problem with the settings, as `(key path, message)`.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// Every problem with the settings, each with its key path.
+    pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         if self.flush_interval.is_zero() {
-            out.push((
-                "lake.flush_interval".into(),
-                "must be greater than 0".into(),
+            out.push(Problem::new(
+                "lake.flush_interval",
+                "must be greater than 0",
             ));
         }
         if self.read_interval >= self.flush_interval {
-            out.push((
-                "lake.read_interval".into(),
-                "must be shorter than lake.flush_interval".into(),
+            out.push(Problem::new(
+                "lake.read_interval",
+                "must be shorter than lake.flush_interval",
             ));
         }
         if self.flush_max_rows == 0 {
-            out.push(("lake.flush_max_rows".into(), "must be at least 1".into()));
+            out.push(Problem::new("lake.flush_max_rows", "must be at least 1"));
         }
         if self.row_group_rows < 1024 {
-            out.push((
-                "lake.row_group_rows".into(),
+            out.push(Problem::new(
+                "lake.row_group_rows",
                 format!("{} is too small (at least 1024)", self.row_group_rows),
             ));
         }
         if self.compact_min_files < 2 {
-            out.push(("lake.compact_min_files".into(), "must be at least 2".into()));
+            out.push(Problem::new("lake.compact_min_files", "must be at least 2"));
         }
         if self.target_file_bytes < 1024 * 1024 {
-            out.push((
-                "lake.target_file_bytes".into(),
-                "must be at least 1 MiB".into(),
+            out.push(Problem::new(
+                "lake.target_file_bytes",
+                "must be at least 1 MiB",
             ));
         }
         // Compaction moves its outputs into place with a server-side copy on S3, which S3
         // refuses for objects over 5 GiB.
         if self.target_file_bytes > 4 * 1024 * 1024 * 1024 {
-            out.push((
-                "lake.target_file_bytes".into(),
-                "must be at most 4 GiB (S3 copies larger objects only in parts)".into(),
+            out.push(Problem::new(
+                "lake.target_file_bytes",
+                "must be at most 4 GiB (S3 copies larger objects only in parts)",
             ));
         }
         if !(self.url.is_empty()
@@ -144,8 +145,8 @@ impl LakeConfig {
             || self.url.starts_with("file://")
             || !self.url.contains("://"))
         {
-            out.push((
-                "lake.url".into(),
+            out.push(Problem::new(
+                "lake.url",
                 format!(
                     "{:?}: unsupported scheme (use a directory, file:// or s3://)",
                     self.url
@@ -163,7 +164,7 @@ mod tests {
     #[test]
     fn target_file_size_is_bounded_both_ways() {
         let keys =
-            |c: LakeConfig| -> Vec<String> { c.problems().into_iter().map(|p| p.0).collect() };
+            |c: LakeConfig| -> Vec<String> { c.problems().into_iter().map(|p| p.path).collect() };
         assert!(keys(LakeConfig::default()).is_empty());
         for bytes in [1024, 5 * 1024 * 1024 * 1024] {
             let c = LakeConfig {

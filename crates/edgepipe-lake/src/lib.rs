@@ -22,6 +22,7 @@
 mod column;
 mod compact;
 mod config;
+pub mod events;
 pub use edgepipe_types::duration_serde;
 mod metrics;
 mod parallel;

@@ -20,7 +20,7 @@ use arrow::array::{RecordBatch, TimestampMicrosecondArray};
 use bytes::Bytes;
 use edgepipe_types::IngestRecordView;
 use edgepipe_wal::{Consumer, Wal};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::column::Column;
 use crate::config::LakeConfig;
@@ -180,16 +180,16 @@ impl LakeWriter {
         self.fresh.clone()
     }
 
-    /// Runs until `stop` turns true, then flushes what is buffered and returns.
+    /// Runs until `stop` is cancelled, then flushes what is buffered and returns.
     ///
     /// Flushes are pipelined: while one is sorted, encoded and stored, the writer reads on
     /// into the fresh buffer (which then holds up to twice `flush_max_rows`); the next flush
     /// starts only after the previous one is checkpointed, so checkpoints move in WAL order.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+    pub async fn run(mut self, stop: CancellationToken) -> Result<()> {
         let mut last_flush = Instant::now();
         let mut last_read = Instant::now();
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 break;
             }
             self.poll_flush().await?;
@@ -231,7 +231,7 @@ impl LakeWriter {
                     self.consumer = Some(done?);
                 }
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
+                _ = stop.cancelled() => {}
             }
         }
         self.finish_flush().await?;
@@ -711,21 +711,21 @@ mod tests {
                 .await?;
         }
         let fresh = w.fresh();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop = CancellationToken::new();
         let compactor = crate::Compactor {
             store: store.clone(),
             config,
             swap: crate::SwapLock::default(),
             metrics: metrics.clone(),
         };
-        let task = tokio::spawn(compactor.run(move || fresh.committed(), stop_rx));
+        let task = tokio::spawn(compactor.run(move || fresh.committed(), stop.clone()));
         for _ in 0..3000 {
             if metrics.compaction_runs.load(Ordering::Relaxed) >= 2 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        stop_tx.send(true)?;
+        stop.cancel();
         task.await?;
         let left = keys(store.clone()).await?;
         Ok((metrics, store, left, dir))

@@ -8,8 +8,11 @@ use std::time::Duration;
 use edgepipe_lake::LakeConfig;
 use edgepipe_protocol::mapping::{TopicMapping, TopicMappingConfig};
 use edgepipe_query::QueryConfig;
+use edgepipe_types::config::Problem;
 use edgepipe_wal::{FullPolicy, WalConfig};
 use serde::Deserialize;
+
+pub use crate::gateway::deadletter::DeadLetterConfig;
 
 /// Errors from loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +35,23 @@ pub enum ConfigError {
     },
     /// One or more values are invalid.
     #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<String>),
+    Invalid(Vec<Problem>),
 }
+
+/// `EDGEPIPE_*` variables (without the prefix) that are not settings of [`ServerConfig::load`]
+/// but are read by the binary itself.
+const ENV_READ_ELSEWHERE: &[&str] = &["LOG", "LOG_FORMAT", "CONFIG", "DATA_DIR"];
+
+/// The `EDGEPIPE_*` variables [`ServerConfig::load`] reads, for messages.
+pub const ENV_SETTINGS: &[&str] = &[
+    "EDGEPIPE_DATA_DIR",
+    "EDGEPIPE_MQTT_ADDR",
+    "EDGEPIPE_HTTP_ADDR",
+    "EDGEPIPE_AUTO_REGISTER",
+    "EDGEPIPE_LAKE_URL",
+    "EDGEPIPE_LAKE_FLUSH_INTERVAL",
+    "EDGEPIPE_CASES_STORE_URL",
+];
 
 /// Top-level server configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,11 +81,16 @@ pub struct ServerConfig {
     /// Per-query limits.
     pub query: QueryConfig,
     /// The detection stage.
-    pub detect: crate::detect::DetectConfig,
+    pub detect: crate::stages::detect::DetectConfig,
     /// Cases, notifications and the state store (cases, users, audit log).
     pub cases: edgepipe_cases::CasesConfig,
+    /// `EDGEPIPE_*` environment variables that [`ServerConfig::load`] found but no setting
+    /// reads (a misspelling, or a variable of another version): reported by `serve` and
+    /// `validate`, never silently ignored.
+    #[serde(skip)]
+    pub unknown_env: Vec<String>,
     /// Pipeline alarms (raised as `pipeline` cases).
-    pub alarms: crate::alarms::AlarmsConfig,
+    pub alarms: crate::stages::alarms::AlarmsConfig,
 }
 
 /// Limits on what devices may send.
@@ -102,25 +125,6 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Dead-letter store settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeadLetterConfig {
-    /// Disk budget; the oldest dead letters are dropped (and counted) beyond it.
-    pub max_bytes: u64,
-    /// Raw bytes kept per dead letter; longer payloads are truncated and flagged.
-    pub max_raw_bytes: usize,
-}
-
-impl Default for DeadLetterConfig {
-    fn default() -> Self {
-        Self {
-            max_bytes: 256 * 1024 * 1024,
-            max_raw_bytes: 64 * 1024,
-        }
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -135,9 +139,10 @@ impl Default for ServerConfig {
             topic_mappings: Vec::new(),
             lake: LakeConfig::default(),
             query: QueryConfig::default(),
-            detect: crate::detect::DetectConfig::default(),
+            detect: crate::stages::detect::DetectConfig::default(),
             cases: edgepipe_cases::CasesConfig::default(),
-            alarms: crate::alarms::AlarmsConfig::default(),
+            alarms: crate::stages::alarms::AlarmsConfig::default(),
+            unknown_env: Vec::new(),
         }
     }
 }
@@ -186,21 +191,30 @@ impl ServerConfig {
                 "DATA_DIR" => cfg.data_dir = PathBuf::from(v),
                 "MQTT_ADDR" => match v.parse() {
                     Ok(a) => cfg.mqtt_addr = a,
-                    Err(e) => errors.push(format!("EDGEPIPE_MQTT_ADDR={v:?}: {e}")),
+                    Err(e) => {
+                        errors.push(Problem::new("EDGEPIPE_MQTT_ADDR", format!("{v:?}: {e}")))
+                    }
                 },
                 "HTTP_ADDR" => match v.parse() {
                     Ok(a) => cfg.http_addr = a,
-                    Err(e) => errors.push(format!("EDGEPIPE_HTTP_ADDR={v:?}: {e}")),
+                    Err(e) => {
+                        errors.push(Problem::new("EDGEPIPE_HTTP_ADDR", format!("{v:?}: {e}")))
+                    }
                 },
                 "AUTO_REGISTER" => cfg.auto_register = matches!(v.as_str(), "1" | "true" | "yes"),
                 "LAKE_URL" => cfg.lake.url = v,
                 "LAKE_FLUSH_INTERVAL" => match humantime::parse_duration(&v) {
                     Ok(d) => cfg.lake.flush_interval = d,
-                    Err(e) => errors.push(format!("EDGEPIPE_LAKE_FLUSH_INTERVAL={v:?}: {e}")),
+                    Err(e) => errors.push(Problem::new(
+                        "EDGEPIPE_LAKE_FLUSH_INTERVAL",
+                        format!("{v:?}: {e}"),
+                    )),
                 },
                 "CASES_STORE_URL" => cfg.cases.store_url = Some(v),
-                "LOG" => {}
-                _ => {}
+                // Read elsewhere: the log filter and format (main), the config file and data
+                // directory flags' defaults (clap), and the edge agent's own variables.
+                k if ENV_READ_ELSEWHERE.contains(&k) || k.starts_with("AGENT_") => {}
+                _ => cfg.unknown_env.push(format!("EDGEPIPE_{key}")),
             }
         }
         if !errors.is_empty() {
@@ -214,73 +228,85 @@ impl ServerConfig {
         let mut errors = Vec::new();
         let l = &self.limits;
         if l.max_payload_bytes == 0 {
-            errors.push("limits.max_payload_bytes: must be positive".to_string());
+            errors.push(Problem::new("limits.max_payload_bytes", "must be positive"));
         }
         if l.max_payload_bytes > self.wal.max_record_bytes {
-            errors.push(format!(
-                "limits.max_payload_bytes ({}) exceeds wal.max_record_bytes ({})",
-                l.max_payload_bytes, self.wal.max_record_bytes
+            errors.push(Problem::new(
+                "limits.max_payload_bytes",
+                format!(
+                    "{} exceeds wal.max_record_bytes ({})",
+                    l.max_payload_bytes, self.wal.max_record_bytes
+                ),
             ));
         }
         if l.max_connections == 0 {
-            errors.push("limits.max_connections: must be positive".to_string());
+            errors.push(Problem::new("limits.max_connections", "must be positive"));
         }
         if l.max_readings_per_message == 0 {
-            errors.push("limits.max_readings_per_message: must be positive".to_string());
-        }
-        if self.wal.segment_bytes < 4096 {
-            errors.push("wal.segment_bytes: must be at least 4096".to_string());
-        }
-        if self.wal.max_bytes < self.wal.segment_bytes * 2 {
-            errors.push(format!(
-                "wal.max_bytes ({}) must be at least two segments ({})",
-                self.wal.max_bytes,
-                self.wal.segment_bytes * 2
+            errors.push(Problem::new(
+                "limits.max_readings_per_message",
+                "must be positive",
             ));
         }
+        // The WAL's own rules (segment size, two-segment budget, positive limits).
+        errors.extend(self.wal.problems("wal"));
         if self.wal.full_policy == FullPolicy::DropOldest {
-            errors.push(
-                "wal.full_policy: drop_oldest would lose acknowledged readings on the server; \
-                 use reject (devices retry until there is room)"
-                    .to_string(),
-            );
+            errors.push(Problem::new(
+                "wal.full_policy",
+                "drop_oldest would lose acknowledged readings on the server; \
+                 use reject (devices retry until there is room)",
+            ));
         }
         if self.deadletters.max_bytes < 1024 * 1024 {
-            errors.push("deadletters.max_bytes: must be at least 1 MiB".to_string());
+            errors.push(Problem::new(
+                "deadletters.max_bytes",
+                "must be at least 1 MiB",
+            ));
         }
         if self.mqtt_addr == self.http_addr && self.mqtt_addr.port() != 0 {
-            errors.push(format!(
-                "mqtt_addr and http_addr are both {}; give them different ports",
-                self.mqtt_addr
+            errors.push(Problem::new(
+                "mqtt_addr",
+                format!(
+                    "{} is http_addr too; give them different ports",
+                    self.mqtt_addr
+                ),
             ));
         }
         errors.extend(self.cases.problems());
         errors.extend(self.alarms.problems());
-        for (key, msg) in self.lake.problems() {
-            errors.push(format!("{key}: {msg}"));
-        }
+        errors.extend(self.lake.problems());
         for e in self.detect.detector.problems() {
-            errors.push(format!("detect.detector: {e}"));
+            errors.push(Problem::new("detect.detector", format!("{e}")));
         }
         if self.detect.checkpoint_interval.is_zero() {
-            errors.push("detect.checkpoint_interval: must be greater than 0".to_string());
+            errors.push(Problem::new(
+                "detect.checkpoint_interval",
+                "must be greater than 0",
+            ));
         }
         if self.detect.read_interval >= self.detect.checkpoint_interval {
-            errors.push(
-                "detect.read_interval: must be shorter than detect.checkpoint_interval".to_string(),
-            );
+            errors.push(Problem::new(
+                "detect.read_interval",
+                "must be shorter than detect.checkpoint_interval",
+            ));
         }
         if self.query.max_rows == 0 {
-            errors.push("query.max_rows: must be at least 1".to_string());
+            errors.push(Problem::new("query.max_rows", "must be at least 1"));
         }
         if self.query.max_memory_bytes < 1024 * 1024 {
-            errors.push("query.max_memory_bytes: must be at least 1 MiB".to_string());
+            errors.push(Problem::new(
+                "query.max_memory_bytes",
+                "must be at least 1 MiB",
+            ));
         }
         let mut mappings = Vec::new();
         for (i, m) in self.topic_mappings.iter().enumerate() {
             match TopicMapping::compile(m) {
                 Ok(t) => mappings.push(t),
-                Err(e) => errors.push(format!("topic_mappings[{i}] ({}): {e}", m.pattern)),
+                Err(e) => errors.push(Problem::new(
+                    format!("topic_mappings[{i}]"),
+                    format!("{}: {e}", m.pattern),
+                )),
             }
         }
         if errors.is_empty() {
@@ -383,6 +409,28 @@ payload = "raw"
         assert_eq!(cfg.mqtt_addr.port(), 1999);
         assert!(
             ServerConfig::load(None, vec![("EDGEPIPE_HTTP_ADDR".into(), "nope".into())]).is_err()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_edgepipe_variables_are_reported_and_others_are_not() -> Result<(), ConfigError> {
+        let cfg = ServerConfig::load(
+            None,
+            [
+                ("EDGEPIPE_MQTT_ADRR", "127.0.0.1:1999"),
+                ("EDGEPIPE_LOG", "debug"),
+                ("EDGEPIPE_AGENT_TOKEN", "x"),
+                ("EDGEPIPE_DATA_DIR", "/tmp/x"),
+                ("PATH", "/bin"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )?;
+        assert_eq!(cfg.unknown_env, vec!["EDGEPIPE_MQTT_ADRR".to_string()]);
+        assert_eq!(
+            cfg.mqtt_addr.port(),
+            1883,
+            "the misspelt variable changed nothing"
         );
         Ok(())
     }

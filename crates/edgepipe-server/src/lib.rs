@@ -14,23 +14,9 @@
 //! also serves the dashboard ([`dashboard`]) and the case, fleet and user APIs, with API
 //! tokens and roles.
 
-pub mod alarms;
-pub mod api;
-pub mod bench_lake;
-pub mod cases;
 pub mod cli;
 pub mod config;
-pub mod dashboard;
-pub mod deadletter;
-pub mod detect;
-pub mod devices;
-pub mod eval_sim;
-pub mod http;
-pub mod ingest;
-pub mod lake;
-pub mod metrics;
-pub mod models;
-pub mod mqtt;
-pub mod relay;
+pub mod gateway;
 pub mod server;
-pub mod submit;
+pub mod stages;
+pub mod web;

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
-use crate::deadletter::{DeadLetterError, DeadLetters};
-use crate::devices::{DeviceError, DeviceRegistry};
-use crate::ingest::{Ingestor, IngestorParts, SystemClock};
-use crate::lake::LakeService;
-use crate::metrics::Metrics;
-use crate::mqtt::{self, MqttHandle, MqttSettings};
+use crate::gateway::deadletter::{DeadLetterError, DeadLetters};
+use crate::gateway::devices::{DeviceError, DeviceRegistry};
+use edgepipe_types::{SharedClock, SystemClock};
+
+use crate::gateway::ingest::{Ingestor, IngestorParts};
+use crate::gateway::metrics::Metrics;
+use crate::gateway::mqtt::{self, MqttHandle, MqttSettings};
+use crate::stages::lake::LakeService;
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +151,8 @@ pub struct RunningServer {
     pub lake_metrics: Arc<edgepipe_lake::LakeMetrics>,
     lake: Option<LakeService>,
     /// The case service (cases, users, notifications).
-    pub cases: Option<crate::cases::CaseService>,
-    detect_stop: tokio::sync::watch::Sender<bool>,
+    pub cases: Option<crate::stages::cases::CaseService>,
+    detect_stop: CancellationToken,
     detect_task: Option<tokio::task::JoinHandle<()>>,
     retrain_task: Option<tokio::task::JoinHandle<()>>,
     mqtt: Option<MqttHandle>,
@@ -181,11 +183,13 @@ impl RunningServer {
                 "recovered wal: truncated a torn tail (never acknowledged)"
             );
         }
-        let store = crate::lake::open_store(&cfg.data_dir, &cfg.lake)?;
+        let store = crate::stages::lake::open_store(&cfg.data_dir, &cfg.lake)?;
         let mut lake =
             LakeService::start(store, wal.clone(), cfg.lake.clone(), cfg.query.clone()).await?;
+        // The one clock every component of this server reads.
+        let clock: SharedClock = Arc::new(SystemClock);
         let deadletters = DeadLetters::open(&cfg.data_dir, &cfg.deadletters)?;
-        let devices = DeviceRegistry::open(&cfg.data_dir)?;
+        let devices = DeviceRegistry::open(&cfg.data_dir)?.with_clock(clock.clone());
         let ingestor = Arc::new(Ingestor::new(IngestorParts {
             wal,
             deadletters,
@@ -194,21 +198,21 @@ impl RunningServer {
             max_payload: cfg.limits.max_payload_bytes,
             device_msgs_per_sec: cfg.limits.device_msgs_per_sec,
             mappings,
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             metrics: Arc::new(Metrics::default()),
             auto_register: cfg.auto_register,
         })?);
 
         lake.export_deadletters(ingestor.clone());
-        let case_store = crate::cases::open_store(&cfg.data_dir, &cfg.cases)
+        let case_store = crate::stages::cases::open_store(&cfg.data_dir, &cfg.cases)
             .await
             .map_err(StartError::Cases)?;
         write_cli_token(&case_store, &cfg.data_dir).await?;
-        let detect_metrics: Arc<crate::detect::DetectMetrics> = Arc::default();
+        let detect_metrics: Arc<crate::stages::detect::DetectMetrics> = Arc::default();
         let watched = cfg.alarms.enabled.then(|| {
             (
                 cfg.alarms.clone(),
-                crate::alarms::Watched {
+                crate::stages::alarms::Watched {
                     wal: ingestor.wal().clone(),
                     wal_max_bytes: cfg.wal.max_bytes,
                     fresh: lake.fresh.clone(),
@@ -217,38 +221,42 @@ impl RunningServer {
                 },
             )
         });
-        let cases = crate::cases::CaseService::start(
+        let cases = crate::stages::cases::CaseService::start(
             case_store,
             lake.engine.clone(),
             lake.store.clone(),
             watched,
+            clock.clone(),
         )
         .map_err(StartError::Cases)?;
-        let (detect_stop, detect_stop_rx) = tokio::sync::watch::channel(false);
+        let detect_stop = CancellationToken::new();
         if !cfg.detect.enabled {
             // A disabled stage must not hold back WAL retention with a stale checkpoint.
-            let _ = ingestor.wal().remove_consumer(crate::detect::CONSUMER);
+            let _ = ingestor
+                .wal()
+                .remove_consumer(crate::stages::detect::CONSUMER);
         }
         let detect_task = cfg.detect.enabled.then(|| {
-            tokio::spawn(crate::detect::run_stage(
+            tokio::spawn(crate::stages::detect::run_stage(
                 cfg.data_dir.clone(),
                 ingestor.wal().clone(),
                 lake.store.clone(),
                 cfg.detect.clone(),
                 Some(cases.handler()),
                 detect_metrics.clone(),
-                detect_stop_rx,
+                detect_stop.clone(),
             ))
         });
 
         let retrain_task = (cfg.detect.enabled && !cfg.detect.retrain.every.is_zero()).then(|| {
             let mut qcfg = cfg.query.clone();
             qcfg.max_rows = usize::MAX;
-            tokio::spawn(crate::models::retrain_loop(
+            tokio::spawn(crate::stages::models::retrain_loop(
                 cfg.data_dir.clone(),
                 lake.engine.with_config(qcfg),
                 cfg.detect.retrain.clone(),
-                detect_stop.subscribe(),
+                clock.clone(),
+                detect_stop.clone(),
             ))
         });
 
@@ -274,16 +282,16 @@ impl RunningServer {
             .map_err(io("http listener"))?;
         let http_listener =
             tokio::net::TcpListener::from_std(http_listener).map_err(io("http listener"))?;
-        let app = crate::http::router(
+        let app = crate::web::router::router(
             ingestor.clone(),
             cfg.limits.max_payload_bytes,
-            crate::http::LakeApi {
+            crate::web::state::LakeApi {
                 engine: lake.engine.clone(),
                 metrics: lake.metrics.clone(),
                 fresh: lake.fresh.clone(),
                 detect: detect_metrics.clone(),
             },
-            crate::api::CasesApi {
+            crate::web::state::CasesApi {
                 store: cases.store.clone(),
                 metrics: cases.metrics.clone(),
                 notify: cases.notify_metrics.clone(),
@@ -291,6 +299,7 @@ impl RunningServer {
                 evidence_before_ms: i64::try_from(cfg.cases.evidence_before.as_millis())
                     .unwrap_or(i64::MAX),
             },
+            clock.clone(),
         )
         .into_make_service_with_connect_info::<SocketAddr>();
         let cancel = CancellationToken::new();
@@ -340,7 +349,7 @@ impl RunningServer {
         if let Some(t) = self.http_task.take() {
             let _ = t.await;
         }
-        let _ = self.detect_stop.send(true);
+        self.detect_stop.cancel();
         if let Some(t) = self.detect_task.take() {
             let _ = t.await;
         }

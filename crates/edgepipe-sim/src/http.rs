@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::mqtt::{FleetRunOptions, SimStats, telemetry_json};
@@ -20,11 +20,11 @@ use crate::signal::Fleet;
 /// Largest response accepted from the server.
 const MAX_RESPONSE: usize = 1 << 20;
 
-/// Runs the fleet against the HTTP endpoint at `opts.host:opts.port` until `shutdown` is true.
+/// Runs the fleet against the HTTP endpoint at `opts.host:opts.port` until `shutdown` is cancelled.
 pub async fn run_fleet_http(
     opts: FleetRunOptions,
     stats: Arc<SimStats>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<()> {
     opts.validate()?;
     let fleet = Arc::new(Fleet::new(opts.fleet.clone())?);
@@ -59,7 +59,7 @@ async fn device(
     opts: Arc<FleetRunOptions>,
     stats: Arc<SimStats>,
     origin: Instant,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let cfg = fleet.config();
     let interval_ms = cfg.interval.as_millis().max(1) as f64;
@@ -76,7 +76,7 @@ async fn device(
     loop {
         let at = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.cancelled() => return,
             at = ticker.tick() => at,
         };
         let k = ((at - first).as_nanos() / period.as_nanos().max(1)) as i64;

@@ -25,14 +25,3 @@ mod net;
 pub mod signal;
 
 pub use error::{Error, Result};
-
-/// Wall-clock time in ms since the Unix epoch, for binaries that start a live fleet "now".
-///
-/// The simulator itself never reads the clock to decide a reading's timestamp: it derives
-/// timestamps from [`signal::FleetConfig::start_ms`] plus elapsed run time.
-pub fn now_ms() -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(_) => 0,
-    }
-}

@@ -153,7 +153,7 @@ async fn fleet_publishes_gateway_json_per_device() -> Result<(), String> {
         devices: 3,
         metrics: 4,
         interval: Duration::from_millis(200),
-        start_ms: edgepipe_sim::now_ms(),
+        start_ms: edgepipe_types::Clock::now_ms(&edgepipe_types::SystemClock),
         anomaly_rate: 0.0,
         device_prefix: prefix.clone(),
         ..FleetConfig::default()
@@ -166,8 +166,8 @@ async fn fleet_publishes_gateway_json_per_device() -> Result<(), String> {
         ..FleetRunOptions::default()
     };
     let stats = Arc::new(SimStats::default());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let fleet_task = tokio::spawn(run_fleet(run, Arc::clone(&stats), stop_rx));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let fleet_task = tokio::spawn(run_fleet(run, Arc::clone(&stats), stop.clone()));
 
     let mut per_device: HashMap<String, Vec<i64>> = HashMap::new();
     let collect = async {
@@ -208,7 +208,7 @@ async fn fleet_publishes_gateway_json_per_device() -> Result<(), String> {
             stats.snapshot()
         );
     }
-    let _ = stop_tx.send(true);
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), fleet_task)
         .await
         .map_err(|_| "run_fleet did not stop on shutdown".to_string())?

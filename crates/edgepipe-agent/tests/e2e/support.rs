@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+use edgepipe_testkit::ServerProcess;
+pub(crate) use edgepipe_testkit::{TestResult, free_port};
 
 /// `target/debug/edgepipe`, next to this test's `deps/` directory, or `EDGEPIPE_SERVER_BIN`
 /// (a shared target directory may hold a server built from another branch).
@@ -36,58 +37,38 @@ pub(crate) fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_edgepipe-agent")
 }
 
-pub(crate) fn free_port() -> TestResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+/// A running `edgepipe serve` (the testkit's launcher, shared with the server's suite).
+pub(crate) struct Server(ServerProcess);
 
-/// A running `edgepipe serve`.
-pub(crate) struct Server {
-    child: Child,
-    pub(crate) mqtt: SocketAddr,
+impl std::ops::Deref for Server {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.0
+    }
 }
 
 impl Server {
     pub(crate) fn start(data: &Path, mqtt: &str) -> TestResult<Server> {
-        let mut child = Command::new(server_bin()?)
-            .args(["serve", "--data-dir"])
-            .arg(data)
-            .args(["--mqtt-addr", mqtt, "--http-addr", "127.0.0.1:0"])
-            .env("EDGEPIPE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let mqtt = line
-            .split("mqtt://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .ok_or_else(|| format!("unexpected first line: {line:?}"))?
-            .parse()?;
-        Ok(Server { child, mqtt })
+        let p = ServerProcess::start(
+            &server_bin()?,
+            data,
+            mqtt,
+            "127.0.0.1:0",
+            &[],
+            &[("EDGEPIPE_LOG", "warn")],
+        )?;
+        Ok(Server(p))
     }
 
     pub(crate) fn kill9(&mut self) -> TestResult {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
+        self.0.kill9()
     }
 
     /// SIGINT and wait (ordered shutdown: the lake is flushed), so `wal-dump` can open the data
     /// directory.
     pub(crate) fn stop(mut self) -> TestResult {
-        sigint(&self.child)?;
-        wait_exit(&mut self.child, "server")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.stop_within(Duration::from_secs(30))?;
+        Ok(())
     }
 }
 

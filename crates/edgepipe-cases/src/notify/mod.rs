@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{CasesConfig, ChannelConfig};
 use crate::model::{Millis, OutboxMessage};
@@ -95,9 +96,9 @@ impl Notifier {
     }
 
     /// Delivers until `stop`: a round whenever woken, at least every `poll`.
-    pub async fn run(self, poll: Duration, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, poll: Duration, stop: CancellationToken) {
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 return;
             }
             let more = match self.round(now_ms()).await {
@@ -113,7 +114,7 @@ impl Notifier {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
-                _ = stop.changed() => {}
+                _ = stop.cancelled() => {}
             }
         }
     }

@@ -12,7 +12,168 @@ use edgepipe_query::{QueryConfig, QueryEngine};
 use edgepipe_types::{DeviceId, IngestRecord, Metric, Reading, Transport, TsSource, Value};
 use edgepipe_wal::{Wal, WalConfig};
 
-use crate::cli::BenchLakeArgs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use edgepipe_types::{Clock, SystemClock};
+
+use crate::config::ServerConfig;
+use crate::server::RunningServer;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// MQTT ingest throughput and PUBACK latency.
+    Ingest(BenchIngestArgs),
+    /// Lake writer throughput, compaction size and three standard queries, on generated 1 Hz
+    /// series; prints JSON (scripts/bench-lake.sh runs pyarrow and DuckDB beside it).
+    Lake(BenchLakeArgs),
+    /// Anomaly → case → webhook latency at a steady event rate, and listing open cases with
+    /// many cases stored (SQLite); prints JSON.
+    Cases(BenchCasesArgs),
+}
+
+/// `bench cases` flags.
+#[derive(Debug, Args)]
+pub struct BenchCasesArgs {
+    /// Anomaly events per second.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds of events.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Cases stored for the listing part.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub cases: u64,
+    /// Runs per listing query.
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+}
+
+/// `bench lake` flags.
+#[derive(Debug, Args)]
+pub struct BenchLakeArgs {
+    /// Devices.
+    #[arg(long, default_value_t = 20)]
+    pub devices: usize,
+    /// Metrics per device.
+    #[arg(long, default_value_t = 5)]
+    pub metrics: usize,
+    /// Hours of 1 Hz data per series.
+    #[arg(long, default_value_t = 6)]
+    pub hours: usize,
+    /// Directory to keep the lake in (for peers to read); a temporary one when absent.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Runs per query (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// End the generated data now (to the second) instead of starting at 2026-01-01, so a
+    /// server started on `--out` shows it in its "last 7 days" views.
+    #[arg(long)]
+    pub end_now: bool,
+    /// Leave the last N hours uncompacted (raw flush files, no rollups), as a live lake has
+    /// them; 0 compacts every partition.
+    #[arg(long, default_value_t = 0)]
+    pub raw_hours: i64,
+    /// The lake writer's `flush_max_rows` for the write (the server's default when absent).
+    #[arg(long)]
+    pub flush_max_rows: Option<usize>,
+}
+
+/// `bench ingest` flags.
+#[derive(Debug, Args)]
+pub struct BenchIngestArgs {
+    /// Concurrent MQTT connections.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// QoS (0 or 1).
+    #[arg(long, default_value_t = 1)]
+    pub qos: u8,
+    /// Readings per message.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Total messages/s (default: as fast as acks allow).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// In-flight publishes per connection.
+    #[arg(long, default_value_t = 100)]
+    pub inflight: u16,
+    /// Measure an existing endpoint (e.g. 127.0.0.1:1883 for Mosquitto) instead of starting
+    /// our own server in a temporary directory.
+    #[arg(long)]
+    pub target: Option<SocketAddr>,
+    /// Password for --target (our server started here uses auto-registration).
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(crate) async fn bench_ingest(a: BenchIngestArgs) -> anyhow::Result<()> {
+    use edgepipe_sim::bench::{BenchConfig, run_ingest};
+    let mut _tmp = None;
+    let mut server = None;
+    let (host, port, password) = match a.target {
+        Some(t) => (t.ip().to_string(), t.port(), a.password.clone()),
+        None => {
+            let dir = tempfile_dir()?;
+            let mut cfg = ServerConfig::test_config(&dir);
+            cfg.mqtt_workers = 0;
+            cfg.auto_register = true;
+            cfg.limits.device_msgs_per_sec = 0;
+            cfg.wal = edgepipe_wal::WalConfig::default();
+            let s = RunningServer::start(&cfg).await?;
+            eprintln!(
+                "bench: edgepipe server on {} (data {})",
+                s.mqtt_addr,
+                dir.display()
+            );
+            let addr = s.mqtt_addr;
+            server = Some(s);
+            _tmp = Some(dir);
+            (
+                addr.ip().to_string(),
+                addr.port(),
+                Some("bench-secret".to_string()),
+            )
+        }
+    };
+    let cfg = BenchConfig {
+        host,
+        port,
+        connections: a.connections,
+        qos: a.qos,
+        batch: a.batch,
+        rate: a.rate,
+        duration: a.duration,
+        inflight: a.inflight,
+        password,
+        ..BenchConfig::default()
+    };
+    let report = run_ingest(cfg, !a.json).await?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    if let Some(s) = server {
+        let fsyncs = s.ingestor.wal().stats().fsyncs;
+        eprintln!("bench: server fsyncs during run: {fsyncs}");
+        s.shutdown().await;
+    }
+    if let Some(d) = _tmp {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(())
+}
 
 /// 2026-01-01T00:00:00Z in ms: generated data starts here.
 pub const BENCH_T0_MS: i64 = 1_767_225_600_000;
@@ -42,7 +203,7 @@ pub fn standard_queries() -> [(&'static str, String); 3] {
 }
 
 /// A sensor-like value: a slow daily wave plus noise, kept at two decimals as sensors report.
-fn value(device: usize, metric: usize, t: usize) -> f64 {
+pub(crate) fn value(device: usize, metric: usize, t: usize) -> f64 {
     let base = 20.0 + 5.0 * (device as f64 * 0.37 + metric as f64).sin();
     let wave = 3.0 * ((t as f64) * std::f64::consts::TAU / 86_400.0).sin();
     // Deterministic pseudo-noise (splitmix-style hash), ±0.25.
@@ -81,7 +242,7 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
         .map(|m| Metric::new(format!("m{m}")))
         .collect::<Result<_, _>>()?;
     let t0 = if a.end_now {
-        (edgepipe_sim::now_ms() / 1000 - seconds as i64) * 1000
+        (SystemClock.now_ms() / 1000 - seconds as i64) * 1000
     } else {
         BENCH_T0_MS
     };
@@ -234,7 +395,7 @@ pub async fn run(a: BenchLakeArgs) -> anyhow::Result<()> {
 
 /// User + system CPU time of this process so far (all threads), from `/proc/self/stat`
 /// (Linux; clock ticks of 1/100 s). `None` where that file is missing or unreadable.
-fn process_cpu_seconds() -> Option<f64> {
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which is in parentheses and may hold spaces): utime and
     // stime are the 12th and 13th of them.
@@ -245,7 +406,8 @@ fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+/// A fresh directory under the system temp dir for a benchmark's server or lake.
+pub(crate) fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!(
         "edgepipe-bench-lake-{}-{}",
         std::process::id(),

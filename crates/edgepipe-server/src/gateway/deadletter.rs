@@ -10,7 +10,24 @@ use std::path::Path;
 use edgepipe_wal::{FullPolicy, Wal, WalConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::DeadLetterConfig;
+/// Dead-letter store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Disk budget; the oldest dead letters are dropped (and counted) beyond it.
+    pub max_bytes: u64,
+    /// Raw bytes kept per dead letter; longer payloads are truncated and flagged.
+    pub max_raw_bytes: usize,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            max_raw_bytes: 64 * 1024,
+        }
+    }
+}
 
 /// One refused message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

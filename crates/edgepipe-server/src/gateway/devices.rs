@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use edgepipe_types::DeviceId;
+use edgepipe_types::{DeviceId, SharedClock, SystemClock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -111,13 +111,8 @@ pub struct DeviceRegistry {
     lock_path: PathBuf,
     journal_path: PathBuf,
     cache: Mutex<(Stamp, RegistryFile)>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    /// Stamps creation and rotation times.
+    clock: SharedClock,
 }
 
 /// Hex SHA-256 of a token.
@@ -152,9 +147,17 @@ impl DeviceRegistry {
             lock_path: data_dir.join("devices.lock"),
             journal_path: data_dir.join("devices.journal"),
             cache: Mutex::new((Stamp::default(), RegistryFile::default())),
+            clock: Arc::new(SystemClock),
         };
         reg.refresh()?;
         Ok(reg)
+    }
+
+    /// The registry with `clock` stamping creation and rotation times (the server passes its
+    /// one clock; [`DeviceRegistry::open`] starts with the system clock).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> DeviceError {
@@ -222,17 +225,11 @@ impl DeviceRegistry {
         let (_, mut file) = self.read_file()?;
         let out = f(&mut file)?;
         file.version = 1;
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| DeviceError::Corrupt {
             path: self.path.clone(),
             message: e.to_string(),
         })?;
-        {
-            let mut t = File::create(&tmp).map_err(self.io(&tmp))?;
-            t.write_all(&bytes).map_err(self.io(&tmp))?;
-            t.sync_all().map_err(self.io(&tmp))?;
-        }
-        fs::rename(&tmp, &self.path).map_err(self.io(&self.path))?;
+        edgepipe_wal::durable::replace_file(&self.path, &bytes).map_err(self.io(&self.path))?;
         match fs::remove_file(&self.journal_path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -298,7 +295,7 @@ impl DeviceRegistry {
             if f.devices.contains_key(id.as_str()) {
                 return Err(DeviceError::Exists(id.to_string()));
             }
-            let now = now_ms();
+            let now = self.clock.now_ms();
             f.devices.insert(
                 id.to_string(),
                 DeviceRecord {
@@ -325,7 +322,7 @@ impl DeviceRegistry {
                 .get_mut(id)
                 .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
             d.token_sha256 = hash;
-            d.rotated_at = now_ms();
+            d.rotated_at = self.clock.now_ms();
             Ok(())
         })?;
         Ok(token)
@@ -384,7 +381,7 @@ impl DeviceRegistry {
             Some(d) if ct_eq(&d.token_sha256, &hash_token(token)) => Ok(AuthResult::Ok),
             Some(_) => Ok(AuthResult::BadToken),
             None if auto_register && !token.is_empty() => {
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 self.register(DeviceRecord {
                     id: id.to_string(),
                     token_sha256: hash_token(token),

@@ -1,11 +1,11 @@
 //! The MQTT 3.1.1 / 5 device endpoint, on ntex-mqtt.
 //!
 //! It runs on its own ntex `System` thread(s). The publish handler awaits
-//! [`Ingestor::publish`](crate::ingest::Ingestor::publish) directly: the ingest path only uses
+//! [`Ingestor::publish`](crate::gateway::ingest::Ingestor::publish) directly: the ingest path only uses
 //! runtime-agnostic channels, so no bridge task is needed, and ntex writes the PUBACK only when
 //! the handler returns, i.e. after the WAL append is fdatasynced. Publishes are handled
 //! concurrently per connection (up to `receive maximum`), so many acks share one fsync, and
-//! the WAL writer's wake-ups reach the handlers through [`crate::relay`], so the PUBACKs of one
+//! the WAL writer's wake-ups reach the handlers through [`crate::gateway::mqtt_relay`], so the PUBACKs of one
 //! group commit leave in one write.
 //!
 //! Protocol behaviour:
@@ -39,8 +39,9 @@ use edgepipe_types::{DeviceId, Transport};
 use ntex::SharedCfg;
 use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
 
-use crate::devices::AuthResult;
-use crate::ingest::{Ingestor, Rejection};
+use crate::gateway::devices::AuthResult;
+use crate::gateway::ingest::{Ingestor, Rejection};
+use crate::gateway::mqtt_submit::Batched;
 
 /// Errors surfaced to ntex (they close the connection).
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,7 @@ pub struct Conn {
     clean_disconnect: Cell<bool>,
     ingestor: Arc<Ingestor>,
     /// Counts this connection on its worker thread (see `submit`).
-    _counted: crate::submit::Connection,
+    _counted: crate::gateway::mqtt_submit::Connection,
 }
 
 impl Drop for Conn {
@@ -98,7 +99,14 @@ impl Drop for Conn {
                 .fetch_add(1, Ordering::Relaxed);
             ntex::rt::spawn(async move {
                 if let Err(e) = ing
-                    .publish(&device, &topic, &payload, transport, peer.as_deref())
+                    .publish(
+                        &Batched,
+                        &device,
+                        &topic,
+                        &payload,
+                        transport,
+                        peer.as_deref(),
+                    )
                     .await
                 {
                     tracing::warn!(device = %device, error = %e, "will message refused");
@@ -167,7 +175,7 @@ fn admit(
         will,
         clean_disconnect: Cell::new(false),
         ingestor: ing.clone(),
-        _counted: crate::submit::Connection::open(),
+        _counted: crate::gateway::mqtt_submit::Connection::open(),
     };
     if open as usize > max_connections {
         m.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -257,10 +265,13 @@ pub fn spawn(
                         .listen("mqtt", listener, cfg, async move |_| {
                             // One pump per worker thread: a group commit's PUBACKs leave in
                             // one write (see `relay`).
-                            crate::relay::install();
+                            crate::gateway::mqtt_relay::install();
                             // One submission batch per worker thread: with several connections,
                             // the appends of one scheduler pass share one fsync (see `submit`).
-                            crate::submit::install(ing.wal().clone(), ing.metrics().clone());
+                            crate::gateway::mqtt_submit::install(
+                                ing.wal().clone(),
+                                ing.metrics().clone(),
+                            );
                             let ing3 = ing.clone();
                             let ing5 = ing.clone();
                             let max = s.max_connections;
@@ -360,8 +371,9 @@ async fn ingest(
     conn: &Conn,
     topic: &str,
     payload: &[u8],
-) -> Result<crate::ingest::Accepted, Rejection> {
-    crate::relay::local(Box::pin(conn.ingestor.publish(
+) -> Result<crate::gateway::ingest::Accepted, Rejection> {
+    crate::gateway::mqtt_relay::local(Box::pin(conn.ingestor.publish(
+        &Batched,
         &conn.device,
         topic,
         payload,

@@ -42,7 +42,8 @@ use std::sync::atomic::Ordering;
 
 use edgepipe_wal::{Prepared, Wal};
 
-use crate::metrics::Metrics;
+use crate::gateway::ingest::Submit;
+use crate::gateway::metrics::Metrics;
 
 /// A thread's pending batch for one WAL.
 struct Batch {
@@ -173,6 +174,21 @@ pub async fn append_then(
     });
     wal.submit_prepared(hand_over).await;
     appended.await
+}
+
+/// The MQTT workers' submission path for the ingest core: [`append_then`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Batched;
+
+impl Submit for Batched {
+    fn append_then(
+        &self,
+        wal: &Wal,
+        payload: Vec<u8>,
+        on_durable: impl FnOnce(u64) + Send + 'static,
+    ) -> impl Future<Output = edgepipe_wal::Result<u64>> + Send {
+        append_then(wal, payload, on_durable)
+    }
 }
 
 /// The flush task: runs after this pass's ready tasks, then hands the batch over.

@@ -5,13 +5,15 @@
 //! minute (joining the same case); when it clears, the case resolves itself after the quiet
 //! window.
 
+use edgepipe_types::config::Problem;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgepipe_cases::{CaseEvent, CaseStore, Category, SqlCaseStore};
+use edgepipe_types::SharedClock;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// `[alarms]` configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,16 +47,16 @@ impl Default for AlarmsConfig {
 
 impl AlarmsConfig {
     /// Every problem, with its key path.
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if !(self.wal_disk_fraction > 0.0 && self.wal_disk_fraction <= 1.0) {
-            p.push(format!(
-                "alarms.wal_disk_fraction: {} is not in (0, 1]",
-                self.wal_disk_fraction
+            p.push(Problem::new(
+                "alarms.wal_disk_fraction",
+                format!("{} is not in (0, 1]", self.wal_disk_fraction),
             ));
         }
         if self.check_interval.is_zero() {
-            p.push("alarms.check_interval: must be more than 0".to_owned());
+            p.push(Problem::new("alarms.check_interval", "must be more than 0"));
         }
         p
     }
@@ -70,7 +72,7 @@ pub struct Watched {
     /// The lake writer's committed position.
     pub fresh: edgepipe_lake::FreshBuffer,
     /// The detection stage's checkpointed position.
-    pub detect: Arc<crate::detect::DetectMetrics>,
+    pub detect: Arc<crate::stages::detect::DetectMetrics>,
     /// Whether the detection stage runs.
     pub detect_enabled: bool,
 }
@@ -163,14 +165,15 @@ pub async fn run(
     w: Watched,
     store: Arc<SqlCaseStore>,
     waker: Arc<tokio::sync::Notify>,
-    mut stop: watch::Receiver<bool>,
+    clock: SharedClock,
+    stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.check_interval) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
-        let now = edgepipe_sim::now_ms();
+        let now = clock.now_ms();
         let alarms = check(&cfg, &w, &store, now).await;
         if alarms.is_empty() {
             continue;
@@ -212,6 +215,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgepipe_types::{Clock, SystemClock};
 
     #[tokio::test]
     async fn conditions_over_their_limits_raise_pipeline_cases() -> anyhow::Result<()> {
@@ -240,7 +244,7 @@ mod tests {
             max_consumer_lag_records: 10,
             ..AlarmsConfig::default()
         };
-        let alarms = check(&cfg, &watched, &store, edgepipe_sim::now_ms()).await;
+        let alarms = check(&cfg, &watched, &store, SystemClock.now_ms()).await;
         let what: Vec<&str> = alarms.iter().map(|a| a.what).collect();
         assert_eq!(what, ["wal_disk", "lake_lag", "detect_lag"], "{alarms:?}");
         assert!(
@@ -259,7 +263,7 @@ mod tests {
             ..watched
         };
         assert!(
-            check(&calm, &w2, &store, edgepipe_sim::now_ms())
+            check(&calm, &w2, &store, SystemClock.now_ms())
                 .await
                 .is_empty()
         );

@@ -10,17 +10,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arrow::array::{
-    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::RecordBatch;
 use edgepipe_cases::notify::{Notifier, NotifyMetrics};
 use edgepipe_cases::{CaseEvent, CaseStore, CasesConfig, Category, Evidence, Label, SqlCaseStore};
 use edgepipe_detect::{EventKind, Feedback, SeriesKey};
 use edgepipe_lake::LakeStore;
-use edgepipe_types::{DeviceId, Metric};
-use tokio::sync::{Notify, mpsc, watch};
+use edgepipe_lake::events::LabelRow;
+use edgepipe_types::{DeviceId, Metric, SharedClock};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
-use crate::detect::{AnomalyEvent, AnomalyHandler, FeedbackItem};
+use crate::stages::detect::{AnomalyEvent, AnomalyHandler, FeedbackItem};
 
 /// Counters of the case service.
 #[derive(Debug, Default)]
@@ -75,8 +76,12 @@ pub struct CaseService {
     pub notify_metrics: Arc<NotifyMetrics>,
     waker: Arc<Notify>,
     evidence_tx: mpsc::Sender<EvidenceRequest>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The server's clock (case times, auto-resolve windows).
+    pub clock: SharedClock,
+    stop: CancellationToken,
+    /// Stops the tasks if the service is dropped without [`CaseService::shutdown`].
+    _stop_on_drop: DropGuard,
+    tasks: TaskTracker,
 }
 
 impl CaseService {
@@ -85,7 +90,11 @@ impl CaseService {
         store: SqlCaseStore,
         engine: edgepipe_query::QueryEngine,
         lake: LakeStore,
-        alarms: Option<(crate::alarms::AlarmsConfig, crate::alarms::Watched)>,
+        alarms: Option<(
+            crate::stages::alarms::AlarmsConfig,
+            crate::stages::alarms::Watched,
+        )>,
+        clock: SharedClock,
     ) -> anyhow::Result<Self> {
         let cfg = Arc::new(store.config().clone());
         let store = Arc::new(store);
@@ -93,48 +102,51 @@ impl CaseService {
         let waker = notifier.waker();
         let notify_metrics = notifier.metrics();
         let metrics: Arc<CaseMetrics> = Arc::default();
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let (evidence_tx, evidence_rx) = mpsc::channel(4096);
-        let tasks = vec![
-            tokio::spawn(notifier.run(Duration::from_secs(1), stop_rx.clone())),
-            tokio::spawn(auto_resolve_loop(
-                store.clone(),
-                cfg.clone(),
-                waker.clone(),
-                metrics.clone(),
-                stop_rx.clone(),
-            )),
-            tokio::spawn(evidence_loop(
-                store.clone(),
-                cfg.clone(),
-                engine,
-                evidence_rx,
-                metrics.clone(),
-            )),
-            tokio::spawn(label_export_loop(
-                store.clone(),
-                lake,
-                metrics.clone(),
-                stop_rx.clone(),
-            )),
-        ];
-        let mut tasks = tasks;
+        tasks.spawn(notifier.run(Duration::from_secs(1), stop.clone()));
+        tasks.spawn(auto_resolve_loop(
+            store.clone(),
+            clock.clone(),
+            cfg.clone(),
+            waker.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(evidence_loop(
+            store.clone(),
+            clock.clone(),
+            cfg.clone(),
+            engine,
+            evidence_rx,
+            metrics.clone(),
+        ));
+        tasks.spawn(label_export_loop(
+            store.clone(),
+            lake,
+            metrics.clone(),
+            stop.clone(),
+        ));
         if let Some((cfg, watched)) = alarms {
-            tasks.push(tokio::spawn(crate::alarms::run(
+            tasks.spawn(crate::stages::alarms::run(
                 cfg,
                 watched,
                 store.clone(),
                 waker.clone(),
-                stop_rx,
-            )));
+                clock.clone(),
+                stop.clone(),
+            ));
         }
         Ok(Self {
             store,
+            clock,
             cfg,
             metrics,
             notify_metrics,
             waker,
             evidence_tx,
+            _stop_on_drop: stop.clone().drop_guard(),
             stop,
             tasks,
         })
@@ -148,6 +160,7 @@ impl CaseService {
             waker: self.waker.clone(),
             evidence_tx: self.evidence_tx.clone(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
         })
     }
 
@@ -159,11 +172,10 @@ impl CaseService {
     /// Stops the background tasks (the notifier finishes its round; undelivered
     /// notifications stay in the outbox for the next start).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         drop(self.evidence_tx);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
         self.store.close().await;
     }
 }
@@ -176,6 +188,7 @@ pub struct CaseManager {
     waker: Arc<Notify>,
     evidence_tx: mpsc::Sender<EvidenceRequest>,
     metrics: Arc<CaseMetrics>,
+    clock: SharedClock,
 }
 
 /// The case-manager view of a detection event.
@@ -215,7 +228,7 @@ impl AnomalyHandler for CaseManager {
             return Ok(());
         }
         let evs: Vec<CaseEvent> = events.iter().map(case_event).collect();
-        let out = self.store.ingest(&evs, now_ms()).await?;
+        let out = self.store.ingest(&evs, self.clock.now_ms()).await?;
         let m = &self.metrics;
         m.events_received
             .fetch_add(evs.len() as u64, Ordering::Relaxed);
@@ -273,19 +286,20 @@ fn feedback_item(l: &Label) -> Option<FeedbackItem> {
 
 async fn auto_resolve_loop(
     store: Arc<SqlCaseStore>,
+    clock: SharedClock,
     cfg: Arc<CasesConfig>,
     waker: Arc<Notify>,
     metrics: Arc<CaseMetrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     // Often enough that "quiet for the window" is met within a few percent of it.
     let every = (cfg.window / 20).clamp(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
-        match store.auto_resolve(now_ms()).await {
+        match store.auto_resolve(clock.now_ms()).await {
             Ok(ids) if !ids.is_empty() => {
                 metrics
                     .auto_resolved
@@ -327,6 +341,7 @@ fn reaches(batches: &[RecordBatch], ts_ms: i64) -> bool {
 
 async fn evidence_loop(
     store: Arc<SqlCaseStore>,
+    clock: SharedClock,
     cfg: Arc<CasesConfig>,
     engine: edgepipe_query::QueryEngine,
     mut rx: mpsc::Receiver<EvidenceRequest>,
@@ -379,7 +394,7 @@ async fn evidence_loop(
         };
         let ev = Evidence {
             kind: "readings".into(),
-            created_at: now_ms(),
+            created_at: clock.now_ms(),
             body,
         };
         match store.add_evidence(req.case_id, &ev).await {
@@ -405,12 +420,12 @@ async fn label_export_loop(
     store: Arc<SqlCaseStore>,
     lake: LakeStore,
     metrics: Arc<CaseMetrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => false,
-            _ = stop.changed() => true,
+            _ = stop.cancelled() => true,
         };
         if let Err(e) = export_labels(&store, &lake, &metrics).await {
             tracing::warn!(error = %format!("{e:#}"), "cases: exporting labels to the lake failed; will retry");
@@ -446,18 +461,7 @@ pub async fn export_labels(
             .into_iter()
             .filter(|l| l.id < start + LABEL_BLOCK)
             .collect();
-        let mut by_hour: std::collections::BTreeMap<i64, Vec<&Label>> = Default::default();
-        for l in &labels {
-            by_hour
-                .entry(
-                    l.start_ts
-                        .saturating_mul(1000)
-                        .div_euclid(edgepipe_lake::schema::HOUR_US),
-                )
-                .or_default()
-                .push(l);
-        }
-        for (hour, ls) in by_hour {
+        for (hour, ls) in edgepipe_lake::events::by_hour(&labels, |l| l.start_ts) {
             let key = edgepipe_lake::sink::part_key(
                 edgepipe_lake::tables::LABELS,
                 hour,
@@ -474,51 +478,22 @@ pub async fn export_labels(
 }
 
 fn encode_labels(ls: &[&Label]) -> anyhow::Result<bytes::Bytes> {
-    let schema = edgepipe_lake::schema::labels_schema();
-    let mut id = Int64Builder::new();
-    let mut case = Int64Builder::new();
-    let mut dev = StringBuilder::new();
-    let mut met = StringBuilder::new();
-    let mut ts = TimestampMicrosecondBuilder::new();
-    let mut end = TimestampMicrosecondBuilder::new();
-    let mut label = StringBuilder::new();
-    let mut score = Float64Builder::new();
-    let mut cause = StringBuilder::new();
-    let mut actor = StringBuilder::new();
-    let mut created = TimestampMicrosecondBuilder::new();
-    let mut category = StringBuilder::new();
-    for l in ls {
-        id.append_value(l.id);
-        case.append_value(l.case_id);
-        dev.append_value(&l.device_id);
-        met.append_option(l.metric.as_deref());
-        ts.append_value(l.start_ts.saturating_mul(1000));
-        end.append_value(l.end_ts.saturating_mul(1000));
-        label.append_value(&l.label);
-        score.append_value(l.max_score);
-        cause.append_option(l.root_cause.as_deref());
-        actor.append_value(&l.actor);
-        created.append_value(l.created_at.saturating_mul(1000));
-        category.append_value(l.category.as_str());
-    }
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(id.finish()),
-        Arc::new(case.finish()),
-        Arc::new(dev.finish()),
-        Arc::new(met.finish()),
-        Arc::new(ts.finish().with_timezone("UTC")),
-        Arc::new(end.finish().with_timezone("UTC")),
-        Arc::new(label.finish()),
-        Arc::new(score.finish()),
-        Arc::new(cause.finish()),
-        Arc::new(actor.finish()),
-        Arc::new(created.finish().with_timezone("UTC")),
-        Arc::new(category.finish()),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), cols)?;
-    Ok(edgepipe_lake::encode_parquet(&schema, &[batch], 64 * 1024)?)
-}
-
-fn now_ms() -> i64 {
-    edgepipe_sim::now_ms()
+    let rows: Vec<LabelRow<'_>> = ls
+        .iter()
+        .map(|l| LabelRow {
+            label_id: l.id,
+            case_id: l.case_id,
+            device_id: &l.device_id,
+            metric: l.metric.as_deref(),
+            start_ms: l.start_ts,
+            end_ms: l.end_ts,
+            label: &l.label,
+            max_score: l.max_score,
+            root_cause: l.root_cause.as_deref(),
+            actor: &l.actor,
+            created_at_ms: l.created_at,
+            category: l.category.as_str(),
+        })
+        .collect();
+    Ok(edgepipe_lake::events::encode_labels(&rows, 64 * 1024)?)
 }

@@ -8,12 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgepipe_lake::events::DeadLetterRow;
 use edgepipe_lake::{
     Compactor, FreshBuffer, LakeConfig, LakeMetrics, LakeStore, LakeWriter, SwapLock,
 };
 use edgepipe_query::{QueryConfig, QueryEngine};
 use edgepipe_wal::Wal;
-use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Opens the configured lake: `lake.url`, or `<data_dir>/lake` when empty.
 pub fn open_store(
@@ -38,7 +39,9 @@ pub struct LakeService {
     pub fresh: FreshBuffer,
     /// The lake.
     pub store: LakeStore,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
+    /// Stops the tasks if the service is dropped without [`LakeService::shutdown`].
+    _stop_on_drop: DropGuard,
     writer: Option<tokio::task::JoinHandle<()>>,
     compactor: Option<tokio::task::JoinHandle<()>>,
     exporter: Option<tokio::task::JoinHandle<()>>,
@@ -65,7 +68,7 @@ impl LakeService {
             fresh.clone(),
         )
         .await?;
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let writer = tokio::spawn(writer_loop(
             first,
             store.clone(),
@@ -73,7 +76,7 @@ impl LakeService {
             lake.clone(),
             metrics.clone(),
             fresh.clone(),
-            stop_rx.clone(),
+            stop.clone(),
         ));
         let swap = SwapLock::default();
         let lake_cfg = lake.clone();
@@ -84,13 +87,14 @@ impl LakeService {
             metrics: metrics.clone(),
         };
         let f = fresh.clone();
-        let compactor = tokio::spawn(compactor.run(move || f.committed(), stop_rx));
+        let compactor = tokio::spawn(compactor.run(move || f.committed(), stop.clone()));
         let engine = QueryEngine::new(store.clone(), Some(fresh.clone()), swap, query);
         Ok(Self {
             engine,
             metrics,
             fresh,
             store,
+            _stop_on_drop: stop.clone().drop_guard(),
             stop,
             writer: Some(writer),
             compactor: Some(compactor),
@@ -100,19 +104,19 @@ impl LakeService {
     }
 
     /// Starts exporting the ingestor's dead-letter store to the `deadletters` table.
-    pub fn export_deadletters(&mut self, ing: Arc<crate::ingest::Ingestor>) {
+    pub fn export_deadletters(&mut self, ing: Arc<crate::gateway::ingest::Ingestor>) {
         self.exporter = Some(tokio::spawn(export_deadletters(
             ing,
             self.store.clone(),
             self.config.clone(),
-            self.stop.subscribe(),
+            self.stop.clone(),
         )));
     }
 
     /// Stops the compactor, flushes every buffered row to the lake and stops the writer. Call
     /// after ingestion stopped and before the WAL closes.
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         if let Some(t) = self.compactor.take() {
             let _ = t.await;
         }
@@ -132,7 +136,7 @@ async fn writer_loop(
     cfg: LakeConfig,
     metrics: Arc<LakeMetrics>,
     fresh: FreshBuffer,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut writer = Some(first);
     let mut backoff = Duration::from_millis(200);
@@ -175,11 +179,10 @@ async fn writer_loop(
 }
 
 /// Sleeps `d`; returns true when asked to stop meanwhile.
-async fn wait_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
-    let mut stop = stop.clone();
+async fn wait_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(d) => *stop.borrow(),
-        _ = stop.changed() => true,
+        _ = tokio::time::sleep(d) => stop.is_cancelled(),
+        _ = stop.cancelled() => true,
     }
 }
 
@@ -187,10 +190,10 @@ async fn wait_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
 /// message was refused), with the same crash-safe flush protocol as readings. Runs every
 /// `lake.flush_interval` until `stop`.
 pub async fn export_deadletters(
-    ing: Arc<crate::ingest::Ingestor>,
+    ing: Arc<crate::gateway::ingest::Ingestor>,
     store: LakeStore,
     cfg: LakeConfig,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     // Undo a half-written range at start and after a failed round (a retry may cover a longer
     // range under other file names); not on every healthy round.
@@ -204,12 +207,12 @@ pub async fn export_deadletters(
                 recover = true;
             }
         }
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         tokio::select! {
             _ = tokio::time::sleep(cfg.flush_interval) => {}
-            _ = stop.changed() => {}
+            _ = stop.cancelled() => {}
         }
     }
 }
@@ -217,15 +220,11 @@ pub async fn export_deadletters(
 /// One export round: everything the `lake` consumer of the dead-letter store has not passed.
 /// `recover` first undoes a range an earlier round or process left half-written.
 pub async fn export_deadletters_once(
-    dl: &crate::deadletter::DeadLetters,
+    dl: &crate::gateway::deadletter::DeadLetters,
     store: &LakeStore,
     row_group_rows: usize,
     recover: bool,
 ) -> anyhow::Result<usize> {
-    use arrow::array::{
-        BinaryBuilder, BooleanBuilder, Int64Builder, RecordBatch, StringBuilder,
-        TimestampMicrosecondBuilder,
-    };
     let mut consumer = dl.consumer(edgepipe_lake::LAKE_CONSUMER)?;
     let position = consumer.position();
     if recover {
@@ -240,61 +239,28 @@ pub async fn export_deadletters_once(
     }
     let first = entries.first().map_or(position, |e| e.id);
     let last = next - 1;
-    let mut by_hour: std::collections::BTreeMap<i64, Vec<&crate::deadletter::DeadLetter>> =
-        std::collections::BTreeMap::new();
-    for e in &entries {
-        by_hour
-            .entry(
-                e.time_ms
-                    .saturating_mul(1000)
-                    .div_euclid(edgepipe_lake::schema::HOUR_US),
-            )
-            .or_default()
-            .push(e);
-    }
-    let schema = edgepipe_lake::schema::deadletters_schema();
     let mut files = Vec::new();
-    for (hour, es) in by_hour {
-        let mut id = Int64Builder::new();
-        let mut time = TimestampMicrosecondBuilder::new();
-        let mut device = StringBuilder::new();
-        let mut peer = StringBuilder::new();
-        let mut endpoint = StringBuilder::new();
-        let mut reason = StringBuilder::new();
-        let mut detail = StringBuilder::new();
-        let mut raw = BinaryBuilder::new();
-        let mut truncated = BooleanBuilder::new();
-        let mut original_len = Int64Builder::new();
-        for e in es {
-            id.append_value(i64::try_from(e.id).unwrap_or(i64::MAX));
-            time.append_value(e.time_ms.saturating_mul(1000));
-            device.append_option(e.device.as_deref());
-            peer.append_option(e.peer.as_deref());
-            endpoint.append_value(&e.endpoint);
-            reason.append_value(&e.reason);
-            detail.append_value(&e.detail);
-            raw.append_value(&e.raw);
-            truncated.append_value(e.truncated);
-            original_len.append_value(i64::try_from(e.original_len).unwrap_or(i64::MAX));
-        }
-        let cols: Vec<arrow::array::ArrayRef> = vec![
-            Arc::new(id.finish()),
-            Arc::new(time.finish().with_timezone("UTC")),
-            Arc::new(device.finish()),
-            Arc::new(peer.finish()),
-            Arc::new(endpoint.finish()),
-            Arc::new(reason.finish()),
-            Arc::new(detail.finish()),
-            Arc::new(raw.finish()),
-            Arc::new(truncated.finish()),
-            Arc::new(original_len.finish()),
-        ];
-        let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    for (hour, es) in edgepipe_lake::events::by_hour(&entries, |e| e.time_ms) {
+        let rows: Vec<DeadLetterRow<'_>> = es
+            .iter()
+            .map(|e| DeadLetterRow {
+                id: e.id,
+                time_ms: e.time_ms,
+                device: e.device.as_deref(),
+                peer: e.peer.as_deref(),
+                endpoint: &e.endpoint,
+                reason: &e.reason,
+                detail: &e.detail,
+                raw: &e.raw,
+                truncated: e.truncated,
+                original_len: u64::try_from(e.original_len).unwrap_or(u64::MAX),
+            })
+            .collect();
         let key =
             edgepipe_lake::sink::part_key(edgepipe_lake::tables::DEADLETTERS, hour, first, last);
         files.push((
             key,
-            edgepipe_lake::encode_parquet(&schema, &[batch], row_group_rows)?,
+            edgepipe_lake::events::encode_deadletters(&rows, row_group_rows)?,
         ));
     }
     edgepipe_lake::sink::store_flush(

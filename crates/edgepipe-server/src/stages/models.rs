@@ -15,13 +15,49 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use edgepipe_detect::eval::{
     LabelScore, LabelledInterval, raise_thresholds_for_false_positives, score_on_labels,
 };
 use edgepipe_detect::{EnsembleConfig, FitOptions, ModelParams, SeriesKey};
-use edgepipe_types::{DeviceId, Metric};
+use edgepipe_types::{DeviceId, Metric, SharedClock};
+use serde::{Deserialize, Serialize};
+
+/// `[detect.retrain]`: fit a new model artifact from the lake on a schedule, evaluate it on
+/// operators' labels against the promoted one, and promote it when it does better.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    /// How often to retrain ("0s" = never; `edgepipe models train` still works by hand).
+    #[serde(with = "edgepipe_lake::duration_serde")]
+    pub every: Duration,
+    /// History to fit on.
+    #[serde(with = "edgepipe_lake::duration_serde")]
+    pub since: Duration,
+    /// Promote the new artifact when its score on the labels beats the promoted one's (with
+    /// no labels at all: only when nothing is promoted yet).
+    pub auto_promote: bool,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        Self {
+            every: Duration::ZERO,
+            since: Duration::from_secs(30 * 86_400),
+            auto_promote: true,
+        }
+    }
+}
+
+/// The version string of a parameter set: the first 12 hex digits of the SHA-256 of its JSON.
+pub fn model_version(params: &ModelParams) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(params).unwrap_or_default();
+    let h = sha2::Sha256::digest(&json);
+    format!("m{}-{}", params.version, &hex::encode(h)[..12])
+}
 
 /// The models directory of a data directory.
 pub fn models_dir(data_dir: &Path) -> PathBuf {
@@ -55,12 +91,10 @@ pub fn load(data_dir: &Path, version: &str) -> anyhow::Result<ModelParams> {
 /// Promotes `version` (it must exist).
 pub fn promote(data_dir: &Path, version: &str) -> anyhow::Result<()> {
     load(data_dir, version)?;
-    let dir = models_dir(data_dir);
-    let tmp = dir.join("CURRENT.tmp");
-    std::fs::write(&tmp, format!("{version}\n"))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join("CURRENT"))?;
-    std::fs::File::open(&dir)?.sync_all()?;
+    edgepipe_wal::durable::replace_file(
+        &models_dir(data_dir).join("CURRENT"),
+        format!("{version}\n").as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -193,12 +227,13 @@ pub async fn train(
     data_dir: &Path,
     engine: &edgepipe_query::QueryEngine,
     since: std::time::Duration,
+    now_ms: i64,
     promote: Promote,
 ) -> anyhow::Result<TrainReport> {
     let secs = since.as_secs();
     // One query per 6 hours of history rather than one sorted scan of all of it: bounded
     // memory per query, and the compaction swap lock is held briefly each time.
-    let now = edgepipe_sim::now_ms();
+    let now = now_ms;
     let start = now.saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
     let mut histories: BTreeMap<SeriesKey, Vec<(i64, f64)>> = BTreeMap::new();
     let mut rows = 0usize;
@@ -283,7 +318,7 @@ pub async fn train(
     .await??;
     let labels_n = score.confirmed + score.false_positive;
     let baseline = (baseline_name, baseline_score);
-    let version = crate::detect::model_version(&params);
+    let version = model_version(&params);
     let dir = models_dir(data_dir);
     std::fs::create_dir_all(&dir)?;
     write_synced(
@@ -351,11 +386,9 @@ pub fn prune(data_dir: &Path, keep: usize) -> anyhow::Result<()> {
 }
 
 fn write_synced(dir: &Path, name: &str, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    std::fs::write(&tmp, data)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    Ok(())
+    // Temp file, fdatasync, rename, fsync of the directory: the artifact survives a crash
+    // right after `train` returns (the directory fsync makes the rename itself durable).
+    Ok(edgepipe_wal::durable::replace_file(&dir.join(name), data)?)
 }
 
 /// The evaluation stored next to an artifact by `train`, if any.
@@ -365,12 +398,13 @@ pub fn evaluation(data_dir: &Path, version: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&text).ok()
 }
 
-/// Retrains every `cfg.every` (see [`crate::detect::RetrainConfig`]) until `stop` turns true.
+/// Retrains every `cfg.every` (see [`RetrainConfig`]) until `stop` is cancelled.
 pub async fn retrain_loop(
     data_dir: PathBuf,
     engine: edgepipe_query::QueryEngine,
-    cfg: crate::detect::RetrainConfig,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    cfg: RetrainConfig,
+    clock: SharedClock,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     if cfg.every.is_zero() {
         return;
@@ -378,9 +412,9 @@ pub async fn retrain_loop(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.every) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         let how = if cfg.auto_promote {
@@ -388,7 +422,7 @@ pub async fn retrain_loop(
         } else {
             Promote::Never
         };
-        match train(&data_dir, &engine, cfg.since, how).await {
+        match train(&data_dir, &engine, cfg.since, clock.now_ms(), how).await {
             Ok(r) => tracing::info!(
                 version = %r.version,
                 series = r.series,

@@ -2,7 +2,6 @@
 //! the fleet overview, devices, users and the audit log. Every change is in the audit log
 //! (actor, action, target, time); case changes also in the case's timeline.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
@@ -11,49 +10,12 @@ use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use edgepipe_cases::{
-    Action, CaseFilter, CaseState, CaseStore, Category, Role, Severity, SqlCaseStore, User,
-};
+use edgepipe_cases::{Action, CaseFilter, CaseState, CaseStore, Category, Role, Severity, User};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::http::{ApiError, AppState};
-
-/// What the API needs from the case service.
-#[derive(Debug, Clone)]
-pub struct CasesApi {
-    /// The state store (cases, users, audit).
-    pub store: Arc<SqlCaseStore>,
-    /// Case counters.
-    pub metrics: Arc<crate::cases::CaseMetrics>,
-    /// Notifier counters.
-    pub notify: Arc<edgepipe_cases::notify::NotifyMetrics>,
-    /// Wakes the notifier after a change.
-    pub waker: Arc<tokio::sync::Notify>,
-    /// How far around a case its window query reaches (ms).
-    pub evidence_before_ms: i64,
-}
-
-impl From<edgepipe_cases::Error> for ApiError {
-    fn from(e: edgepipe_cases::Error) -> Self {
-        use edgepipe_cases::Error as E;
-        match e {
-            E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            E::InvalidTransition { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
-            }
-            E::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-            e => {
-                tracing::error!(error = %e, "case store failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the case store failed; see the server log",
-                )
-            }
-        }
-    }
-}
+use crate::web::error::ApiError;
+use crate::web::state::{AppState, CasesApi};
 
 /// Authenticates the API token of every request under it and puts the [`User`] in the
 /// request's extensions. 401 (opaque) for a missing, unknown or disabled token.
@@ -189,7 +151,7 @@ pub(crate) async fn get_case(
 ) -> Result<Response, ApiError> {
     let d = st.cases.store.get(id).await?;
     let before = st.cases.evidence_before_ms;
-    let q = crate::cases::window_query(
+    let q = crate::stages::cases::window_query(
         &d.case.device_id,
         d.case.first_event_ts.saturating_sub(before),
         d.case.last_event_ts.saturating_add(before),
@@ -228,7 +190,7 @@ pub(crate) async fn case_action(
     let c = st
         .cases
         .store
-        .act(id, &action, &u.name, edgepipe_sim::now_ms())
+        .act(id, &action, &u.name, st.clock.now_ms())
         .await?;
     st.cases.waker.notify_one();
     Ok(Json(c).into_response())
@@ -237,7 +199,7 @@ pub(crate) async fn case_action(
 /// `GET /api/v1/fleet`: every device with last seen, online, readings in the last hour,
 /// metrics and open cases.
 pub(crate) async fn fleet(State(st): State<AppState>) -> Result<Response, ApiError> {
-    let now = edgepipe_sim::now_ms();
+    let now = st.clock.now_ms();
     let sql = format!(
         "SELECT device_id, CAST(max(ts) AS BIGINT) / 1000 AS last_ms, \
          sum(CASE WHEN ts >= to_timestamp_millis({h}) THEN 1 ELSE 0 END) AS n1h, \
@@ -303,8 +265,8 @@ pub(crate) async fn list_devices(State(st): State<AppState>) -> Result<Response,
     Ok(Json(json!({"devices": list})).into_response())
 }
 
-fn device_err(e: crate::devices::DeviceError) -> ApiError {
-    use crate::devices::DeviceError as D;
+fn device_err(e: crate::gateway::devices::DeviceError) -> ApiError {
+    use crate::gateway::devices::DeviceError as D;
     match e {
         D::Exists(_) | D::InvalidId(_) => bad(e.to_string()),
         D::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
@@ -450,7 +412,7 @@ pub(crate) async fn add_user(
 }
 
 /// The `cases` section of `/api/v1/status`.
-pub(crate) async fn cases_status(c: &CasesApi) -> serde_json::Value {
+pub(crate) async fn cases_status(c: &CasesApi, now_ms: i64) -> serde_json::Value {
     // The opened and reopened counters before the outbox figures: a case is counted only once
     // its notifications are committed to the outbox, so read in this order every counted case's
     // notifications are in the figures (read the other way round, a reader could see a case
@@ -460,11 +422,7 @@ pub(crate) async fn cases_status(c: &CasesApi) -> serde_json::Value {
         m.opened.load(Ordering::Relaxed),
         m.flapped.load(Ordering::Relaxed),
     );
-    let o = c
-        .store
-        .outbox_stats(edgepipe_sim::now_ms())
-        .await
-        .unwrap_or_default();
+    let o = c.store.outbox_stats(now_ms).await.unwrap_or_default();
     let open: i64 = c
         .store
         .open_by_device()

@@ -6,14 +6,14 @@ use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-const INDEX: &str = include_str!("../assets/index.html");
-const APP_JS: &str = include_str!("../assets/app.js");
-const APP_CSS: &str = include_str!("../assets/app.css");
-const UPLOT_JS: &str = include_str!("../assets/uplot.min.js");
-const UPLOT_CSS: &str = include_str!("../assets/uplot.min.css");
-const OPENAPI: &str = include_str!("../assets/openapi.json");
-const API_DOCS: &str = include_str!("../assets/api-docs.html");
-const API_DOCS_JS: &str = include_str!("../assets/api-docs.js");
+const INDEX: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const APP_CSS: &str = include_str!("../../assets/app.css");
+const UPLOT_JS: &str = include_str!("../../assets/uplot.min.js");
+const UPLOT_CSS: &str = include_str!("../../assets/uplot.min.css");
+const OPENAPI: &str = include_str!("../../assets/openapi.json");
+const API_DOCS: &str = include_str!("../../assets/api-docs.html");
+const API_DOCS_JS: &str = include_str!("../../assets/api-docs.js");
 
 /// The policy every page is served with: nothing from elsewhere, no inline script.
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'";

@@ -21,8 +21,7 @@ impl Receiver {
     fn start(dir: &Path, secret: &str) -> TestResult<Self> {
         let port = free_port()?;
         let out = dir.join("webhook.jsonl");
-        let child = Command::new("python3")
-            .arg(script("webhook_receiver.py"))
+        let child = python_peer("webhook_receiver.py")
             .args([&port.to_string(), secret])
             .arg(&out)
             .spawn()?;

@@ -2,6 +2,7 @@
 //! PUBACKed reading exactly once (by content).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -254,19 +255,7 @@ fn kill9_under_http_load_keeps_every_200_batch_exactly_once() -> TestResult {
 #[test]
 fn fsync_failure_stops_acknowledging_and_never_pretends() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let shim = dir.path().join("fail_fdatasync.so");
-    let cc = Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&shim)
-        .arg(script("fail_fdatasync.c"))
-        .arg("-ldl")
-        .output()
-        .map_err(|e| format!("cc (gcc, present on the CI machine): {e}"))?;
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    let shim = build_shim(dir.path(), "fail_fdatasync.c")?;
     let data = dir.path().join("data");
     let token = add_device(&data, "disk")?;
     let flag = dir.path().join("fail-now");
@@ -357,4 +346,66 @@ fn post_after_restart(srv: &Server, token: &str) -> TestResult<String> {
         &format!("http://{}/api/v1/ingest", srv.http),
     ])?;
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Model artifacts (`models train` writes `<version>.json`, `<version>.eval` and, promoting,
+/// `CURRENT`) are renamed into place and then their directory is fsynced, so the rename itself
+/// survives a power loss. An LD_PRELOAD shim records every rename and fsync of the process.
+#[test]
+fn model_artifacts_are_renamed_into_place_and_then_their_directory_is_fsynced() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let shim = build_shim(dir.path(), "record_fsync.c")?;
+    let data = dir.path().join("data");
+    let log = dir.path().join("fsync.log");
+    let out = Command::new(bin())
+        .args([
+            "models",
+            "train",
+            "--since",
+            "1h",
+            "--promote",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("LD_PRELOAD", &shim)
+        .env("EDGEPIPE_TEST_FSYNC_LOG", &log)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "models train: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let models = std::fs::canonicalize(data.join("models"))?;
+    let models = models.to_str().ok_or("path")?;
+    let lines: Vec<String> = std::fs::read_to_string(&log)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let renamed: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.starts_with("rename ")
+                && l.split(' ').nth(2).is_some_and(|to| {
+                    Path::new(to)
+                        .parent()
+                        .and_then(|p| std::fs::canonicalize(p).ok())
+                        .is_some_and(|p| p == Path::new(models))
+                })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        renamed.len(),
+        3,
+        "the artifact, its evaluation and CURRENT are renamed into {models}: {lines:#?}"
+    );
+    for i in renamed {
+        assert!(
+            lines[i + 1..].contains(&format!("fsync {models}")),
+            "no fsync of {models} after {:?}: {lines:#?}",
+            lines[i]
+        );
+    }
+    Ok(())
 }

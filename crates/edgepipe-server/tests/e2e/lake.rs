@@ -58,28 +58,10 @@ fn assert_same(tool: &str, ours: &serde_json::Value, theirs: &serde_json::Value)
 }
 
 fn lake_readers(lake: &str, extra: &[&str]) -> TestResult<serde_json::Value> {
-    let out = Command::new("python3")
-        .arg(script("lake_readers.py"))
-        .arg(lake)
-        .args(extra)
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    assert!(
-        out.status.success(),
-        "lake_readers.py failed (pyarrow, duckdb and pyspark come from .ci/run): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-fn start_with_env(
-    data: &Path,
-    mqtt: &str,
-    http: &str,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> TestResult<Server> {
-    Server::start_on_env(data, mqtt, http, extra, env)
+    peer_json(
+        "lake_readers.py",
+        python_peer("lake_readers.py").arg(lake).args(extra),
+    )
 }
 
 #[test]
@@ -92,7 +74,7 @@ fn kill9_during_flushes_every_acked_reading_is_in_the_lake_once_and_peers_agree(
     // Flush every 100 ms so that kills land in the middle of flushes.
     let env = [("EDGEPIPE_LAKE_FLUSH_INTERVAL", "100ms")];
     let args = ["--device-rate", "0"];
-    let mut srv = start_with_env(&data, &mqtt, &http, &args, &env)?;
+    let mut srv = Server::start_on_env(&data, &mqtt, &http, &args, &env)?;
     let load = PahoLoad::start(dir.path(), srv.mqtt.port(), "lk9", &token)?;
     let mut kills = 0;
     for round in 0..5u64 {
@@ -103,7 +85,7 @@ fn kill9_during_flushes_every_acked_reading_is_in_the_lake_once_and_peers_agree(
         std::thread::sleep(Duration::from_millis(50 + (round * 173) % 300));
         srv.kill9()?;
         kills += 1;
-        srv = start_with_env(&data, &mqtt, &http, &args, &env)?;
+        srv = Server::start_on_env(&data, &mqtt, &http, &args, &env)?;
     }
     assert!(load.wait_progress(300));
     let (acked, _) = load.finish()?;
@@ -159,24 +141,19 @@ fn sql_sees_a_reading_right_after_its_puback() -> TestResult {
     let token = add_device(&data, "vis")?;
     // The default flush interval (30 s): visibility comes from the fresh buffer, not files.
     let srv = Server::start(&data, &[])?;
-    let out = Command::new("python3")
-        .env("EDGEPIPE_API_TOKEN", srv.token()?)
-        .arg(script("visibility.py"))
-        .args([
-            "127.0.0.1",
-            &srv.mqtt.port().to_string(),
-            &srv.http.to_string(),
-            "vis",
-            &token,
-            "100",
-        ])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "visibility.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let v = peer_json(
+        "visibility.py",
+        python_peer("visibility.py")
+            .env("EDGEPIPE_API_TOKEN", srv.token()?)
+            .args([
+                "127.0.0.1",
+                &srv.mqtt.port().to_string(),
+                &srv.http.to_string(),
+                "vis",
+                &token,
+                "100",
+            ]),
+    )?;
     assert_eq!(v["timeouts"], 0, "readings never became visible: {v}");
     let mut lat: Vec<f64> = v["latencies_ms"]
         .as_array()
@@ -536,18 +513,13 @@ fn s3_lake_on_a_real_s3_compatible_server() -> TestResult {
     let after = query_json(&["--config", cfg, "--data-dir", d], AGGREGATES)?;
     assert_same("edgepipe on S3 after compaction", &ours[0], &after[0]);
     // pyarrow reads the same objects straight from the S3 server.
-    let out = Command::new("python3")
-        .arg(script("lake_readers.py"))
-        .args(["s3://edgepipe-lake/prod", "--s3-endpoint", &endpoint])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let peers: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let peers = peer_json(
+        "lake_readers.py",
+        python_peer("lake_readers.py")
+            .args(["s3://edgepipe-lake/prod", "--s3-endpoint", &endpoint])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test"),
+    )?;
     assert_same("pyarrow on S3", &ours[0], &peers["pyarrow"]);
     drop(moto);
     Ok(())

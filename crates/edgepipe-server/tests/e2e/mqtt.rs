@@ -192,22 +192,16 @@ fn paho_mqtt5_gets_reason_codes_and_bad_payload_is_dead_lettered() -> TestResult
     let token = add_device(dir.path(), "v5dev")?;
     add_device(dir.path(), "someone-else")?;
     let srv = Server::start(dir.path(), &[])?;
-    let out = run(
-        "python3",
-        &[
-            script("paho_v5.py").to_str().ok_or("path")?,
+    let out = run_peer(
+        "paho_v5.py",
+        python_peer("paho_v5.py").args([
             "127.0.0.1",
             &srv.mqtt.port().to_string(),
             "v5dev",
             &token,
             "someone-else",
-        ],
+        ]),
     )?;
-    assert!(
-        out.status.success(),
-        "paho script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(r["connack"], 0, "{r}");
     assert_eq!(r["good"], 0, "{r}");
@@ -251,21 +245,15 @@ fn will_is_ingested_after_abnormal_disconnect() -> TestResult {
     let dir = tempfile::tempdir()?;
     let token = add_device(dir.path(), "willdev")?;
     let srv = Server::start(dir.path(), &[])?;
-    let out = run(
-        "python3",
-        &[
-            script("paho_will.py").to_str().ok_or("path")?,
+    run_peer(
+        "paho_will.py",
+        python_peer("paho_will.py").args([
             "127.0.0.1",
             &srv.mqtt.port().to_string(),
             "willdev",
             &token,
-        ],
+        ]),
     )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         wait_until(Duration::from_secs(10), || srv
             .status()
@@ -477,21 +465,15 @@ fn keep_alive_timeout_drops_a_silent_client_and_publishes_its_will() -> TestResu
     let dir = tempfile::tempdir()?;
     let token = add_device(dir.path(), "quiet")?;
     let srv = Server::start(dir.path(), &[])?;
-    let out = run(
-        "python3",
-        &[
-            script("raw_keepalive.py").to_str().ok_or("path")?,
+    let out = run_peer(
+        "raw_keepalive.py",
+        python_peer("raw_keepalive.py").args([
             "127.0.0.1",
             &srv.mqtt.port().to_string(),
             "quiet",
             &token,
-        ],
+        ]),
     )?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(r["connack_rc"], 0, "{r}");
     assert_eq!(r["closed"], true, "{r}");

@@ -1,12 +1,12 @@
 //! Starting the real binary and talking to it with real clients.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub(crate) type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+use edgepipe_testkit::ServerProcess;
+pub(crate) use edgepipe_testkit::{TestResult, free_port, peer_json, run_peer, wait_until};
 
 pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_edgepipe")
@@ -18,12 +18,31 @@ pub(crate) fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A running `edgepipe serve`.
-pub(crate) struct Server {
-    pub(crate) child: Child,
-    pub(crate) mqtt: SocketAddr,
-    pub(crate) http: SocketAddr,
-    pub(crate) data: PathBuf,
+/// A Python peer of this folder (`tests/e2e/<name>`, paho-mqtt, pyarrow, DuckDB, pyspark...),
+/// as a command to add arguments and environment to.
+pub(crate) fn python_peer(name: &str) -> Command {
+    edgepipe_testkit::python_peer(&script(name))
+}
+
+/// Compiles one of this folder's LD_PRELOAD shims (`tests/e2e/<source>`) into `dir`.
+pub(crate) fn build_shim(dir: &Path, source: &str) -> TestResult<PathBuf> {
+    edgepipe_testkit::build_shim(dir, &script(source))
+}
+
+/// A running `edgepipe serve` (the testkit's process, with this suite's API helpers).
+pub(crate) struct Server(ServerProcess);
+
+impl std::ops::Deref for Server {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut ServerProcess {
+        &mut self.0
+    }
 }
 
 impl Server {
@@ -48,37 +67,14 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> TestResult<Server> {
-        let mut child = Command::new(bin())
-            .envs(env.iter().copied())
-            .args(["serve", "--data-dir"])
-            .arg(data)
-            .args(["--mqtt-addr", mqtt, "--http-addr", http])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        // "edgepipe serving: mqtt://A  http://B  data: D"
-        let mqtt = line
-            .split("mqtt://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .ok_or_else(|| format!("unexpected first line: {line:?}"))?
-            .parse()?;
-        let http = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .ok_or_else(|| format!("unexpected first line: {line:?}"))?
-            .parse()?;
-        Ok(Server {
-            child,
+        Ok(Server(ServerProcess::start(
+            Path::new(bin()),
+            data,
             mqtt,
             http,
-            data: data.to_path_buf(),
-        })
+            extra,
+            env,
+        )?))
     }
 
     /// The admin API token the server wrote for local CLI use.
@@ -96,28 +92,9 @@ impl Server {
         curl(&all)
     }
 
-    pub(crate) fn kill9(&mut self) -> TestResult {
-        self.child.kill()?;
-        self.child.wait()?;
-        Ok(())
-    }
-
     /// Ctrl-C (SIGINT) and wait: the ordered shutdown path.
     pub(crate) fn stop(mut self) -> TestResult<std::process::ExitStatus> {
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                return Err("server did not stop within 20 s of SIGINT".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.0.stop_within(Duration::from_secs(20))
     }
 
     /// A server for detection tests: checkpoints every 200 ms, readings up to 48 h old are
@@ -157,13 +134,6 @@ impl Server {
     pub(crate) fn status(&self) -> TestResult<serde_json::Value> {
         let out = self.api(&[&format!("http://{}/api/v1/status", self.http)])?;
         Ok(serde_json::from_slice(&out.stdout)?)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -243,24 +213,6 @@ pub(crate) fn wal_readings(
     Ok(v)
 }
 
-/// Polls `f` until it returns true or `timeout` passes.
-pub(crate) fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-pub(crate) fn free_port() -> TestResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Runs `edgepipe demo ARGS --data-dir DIR`, asserts exit 0 and returns the summary line
 /// ("demo finished: N messages published, M acked; server wrote R readings ...").
 pub(crate) fn run_demo(dir: &Path, args: &[&str]) -> TestResult<String> {
@@ -303,8 +255,7 @@ impl PahoLoad {
     pub(crate) fn start(dir: &Path, mqtt_port: u16, device: &str, token: &str) -> TestResult<Self> {
         let acked_path = dir.join(format!("acked-{device}.txt"));
         let stop_path = dir.join("stop");
-        let child = Command::new("python3")
-            .arg(script("paho_publisher.py"))
+        let child = python_peer("paho_publisher.py")
             .args(["127.0.0.1", &mqtt_port.to_string(), device, token])
             .arg(&acked_path)
             .arg(&stop_path)

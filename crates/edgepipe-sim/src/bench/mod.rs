@@ -56,7 +56,7 @@ pub async fn run_ingest(cfg: BenchConfig, progress: bool) -> Result<BenchReport>
     // gateway refuses readings too far ahead), and values carry a per-run nonce so that a run
     // never repeats an earlier run's readings (the gateway acknowledges exact resends without
     // writing them, which would make a second run measure the dedup path instead of the WAL).
-    let now = crate::now_ms();
+    let now = edgepipe_types::Clock::now_ms(&edgepipe_types::SystemClock);
     let ts_base = now - 30 * 24 * 3_600_000;
     let nonce = (now % 1_000_000) as f64 / 1_000.0;
     let n = conns.len();

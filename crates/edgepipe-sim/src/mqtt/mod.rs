@@ -20,9 +20,9 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS,
 };
 use serde::Serialize;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use crate::signal::{Fleet, FleetConfig};
 use crate::{Error, Result};
@@ -244,7 +244,7 @@ pub fn is_auth_refusal(e: &ConnectionError) -> bool {
     )
 }
 
-/// Runs the fleet until `shutdown` becomes `true` (or its sender is dropped).
+/// Runs the fleet until `shutdown` is cancelled.
 ///
 /// Connection errors do not end the run: each device reconnects with exponential backoff, and
 /// errors and authentication refusals are counted in `stats`. Returns an error only for an
@@ -253,7 +253,7 @@ pub fn is_auth_refusal(e: &ConnectionError) -> bool {
 pub async fn run_fleet(
     opts: FleetRunOptions,
     stats: Arc<SimStats>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<()> {
     opts.validate()?;
     let fleet = Arc::new(Fleet::new(opts.fleet.clone())?);
@@ -305,7 +305,7 @@ struct Device {
 }
 
 impl Device {
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(self, shutdown: CancellationToken) {
         let Some(id) = self.fleet.device_id(self.index).map(str::to_owned) else {
             return;
         };
@@ -348,7 +348,7 @@ impl Device {
             } else {
                 tokio::select! {
                     biased;
-                    _ = shutdown_signal(&mut shutdown) => {
+                    _ = shutdown.cancelled() => {
                         stopping = true;
                         drain_deadline = Instant::now() + o.drain_timeout;
                         continue;
@@ -401,7 +401,7 @@ impl Device {
                     backoff = (backoff * 2).min(o.max_backoff);
                     tokio::select! {
                         biased;
-                        _ = shutdown_signal(&mut shutdown) => break,
+                        _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -427,12 +427,6 @@ impl Device {
     }
 }
 
-/// Resolves once shutdown is requested or the sender is gone.
-async fn shutdown_signal(rx: &mut watch::Receiver<bool>) {
-    // `wait_for` errs only when the sender is dropped, which also means "stop".
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
 /// `base` scaled by a deterministic factor in [0.75, 1.25), so a fleet refused at once does
 /// not reconnect in lockstep.
 fn jitter(base: Duration, device: u64, attempt: u64) -> Duration {
@@ -450,7 +444,7 @@ async fn sample_loop(
     stats: Arc<SimStats>,
     client: AsyncClient,
     origin: Instant,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let Some(id) = fleet.device_id(index) else {
         return;
@@ -473,7 +467,7 @@ async fn sample_loop(
     loop {
         let at = tokio::select! {
             biased;
-            _ = shutdown_signal(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
             at = ticker.tick() => at,
         };
         // Ticks report their scheduled instant, so k is exact even when they fire late.

@@ -24,12 +24,12 @@ pub struct FleetConfig {
     /// Seed: the same seed gives the same readings and the same labels.
     pub seed: u64,
     /// Per-device sample period, e.g. `"1s"`.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "edgepipe_types::duration_serde")]
     pub interval: Duration,
     /// Expected injected anomalies per device-hour (0 disables them).
     pub anomaly_rate: f64,
     /// Simulated time (ms since the epoch) at which the fleet starts; sample times are
-    /// `start_ms + k * interval`. Live runs usually set this to [`crate::now_ms`].
+    /// `start_ms + k * interval`. Live runs usually set this to the wall clock (`edgepipe_types::SystemClock`).
     pub start_ms: i64,
     /// Device id prefix.
     pub device_prefix: String,
@@ -102,21 +102,5 @@ impl FleetConfig {
                 problems,
             })
         }
-    }
-}
-
-/// Durations as humantime strings (`"500ms"`, `"1s"`).
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }

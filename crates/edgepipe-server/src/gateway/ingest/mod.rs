@@ -5,175 +5,29 @@
 //! Everything here uses runtime-agnostic primitives (the WAL's channels), so the MQTT gateway's
 //! ntex threads and the HTTP server's tokio runtime both await it directly.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use edgepipe_protocol::http::{Format, Precision};
 use edgepipe_protocol::mapping::TopicMapping;
 use edgepipe_protocol::{Decoded, Limits};
-use edgepipe_types::{BatchOrigin, DeviceId, IngestRecord, Transport};
+use edgepipe_types::{BatchOrigin, Clock, DeviceId, IngestRecord, Transport};
 use edgepipe_wal::Wal;
 
-use crate::deadletter::{DeadLetter, DeadLetters};
-use crate::devices::DeviceRegistry;
-use crate::metrics::{Metrics, RejectReason};
+use crate::gateway::deadletter::{DeadLetter, DeadLetters};
+use crate::gateway::dedup::{ContentDedup, DedupKey, InFlightBatch, SeqWindow, content_hashes};
+use crate::gateway::devices::DeviceRegistry;
+use crate::gateway::metrics::{Metrics, RejectReason};
 
-/// Source of "now" for the domain code (tests inject their own).
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> i64;
-}
+pub use self::outcome::{Accepted, HttpLineError, HttpOutcome, Rejection};
+pub use self::submit::{Direct, Submit};
 
-/// The system clock.
-#[derive(Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
-}
-
-/// Why a message was not acknowledged as written.
-#[derive(Debug, thiserror::Error)]
-pub enum Rejection {
-    /// The client may not publish there.
-    #[error("not authorized: {0}")]
-    NotAuthorized(String),
-    /// The payload is invalid (stored as a dead letter).
-    #[error("bad payload: {0}")]
-    BadPayload(String),
-    /// No topic scheme or mapping matches.
-    #[error(
-        "unknown topic {0:?}: use edgepipe/v1/{{device_id}}/telemetry or configure a topic mapping"
-    )]
-    UnknownTopic(String),
-    /// Over the device's message rate.
-    #[error("device {device} exceeded {limit} messages/s")]
-    RateLimited {
-        /// Device.
-        device: String,
-        /// Limit.
-        limit: u32,
-    },
-    /// Payload over the size limit.
-    #[error("payload of {len} bytes exceeds the limit of {limit} bytes")]
-    TooLarge {
-        /// Payload length.
-        len: usize,
-        /// Limit.
-        limit: usize,
-    },
-    /// The WAL did not accept it; nothing was acknowledged, the client should retry.
-    #[error("server cannot store data right now: {0}")]
-    Unavailable(String),
-}
-
-impl Rejection {
-    /// The metrics label.
-    pub fn reason(&self) -> RejectReason {
-        match self {
-            Rejection::NotAuthorized(_) => RejectReason::NotAuthorized,
-            Rejection::BadPayload(_) => RejectReason::BadPayload,
-            Rejection::UnknownTopic(_) => RejectReason::UnknownTopic,
-            Rejection::RateLimited { .. } => RejectReason::RateLimited,
-            Rejection::TooLarge { .. } => RejectReason::TooLarge,
-            Rejection::Unavailable(_) => RejectReason::Unavailable,
-        }
-    }
-}
-
-/// A durably accepted message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Accepted {
-    /// Readings written (0 for a duplicate).
-    pub readings: usize,
-    /// A replay of an agent batch already stored.
-    pub duplicate: bool,
-}
-
-/// Outcome of an HTTP ingest request.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HttpOutcome {
-    /// Readings durably written.
-    pub accepted: usize,
-    /// Lines refused (each stored as a dead letter).
-    pub rejected: usize,
-    /// The refused lines.
-    pub errors: Vec<HttpLineError>,
-}
-
-/// One refused HTTP line.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HttpLineError {
-    /// 1-based line (or array element); 0 for the whole body.
-    pub line: usize,
-    /// What was wrong.
-    pub message: String,
-}
-
-/// Per-(device, source, stream) window of agent batch sequence numbers already stored.
-#[derive(Debug, Default)]
-struct SeqWindow {
-    seen: BTreeSet<u64>,
-    /// Everything at or below this is treated as seen (pruned from `seen`).
-    floor: Option<u64>,
-}
-
-const DEDUP_WINDOW: usize = 4096;
-
-impl SeqWindow {
-    fn contains(&self, seq: u64) -> bool {
-        self.floor.is_some_and(|f| seq <= f) || self.seen.contains(&seq)
-    }
-    fn insert(&mut self, seq: u64) {
-        self.seen.insert(seq);
-        while self.seen.len() > DEDUP_WINDOW {
-            if let Some(min) = self.seen.pop_first() {
-                self.floor = Some(self.floor.map_or(min, |f| f.max(min)));
-            }
-        }
-    }
-}
-
-type DedupKey = (String, String, String);
-
-/// An agent batch marked in flight. It travels inside the WAL append's durable callback, so it
-/// is dropped, clearing the mark, exactly when that append can no longer become durable
-/// unseen: after the callback recorded it as stored, or when the append failed or was never
-/// queued (its handler dropped while waiting to enqueue; the callback is dropped with it).
-#[derive(Debug)]
-struct InFlightBatch {
-    set: Arc<Mutex<HashSet<(DedupKey, u64)>>>,
-    batch: (DedupKey, u64),
-}
-
-impl InFlightBatch {
-    /// Its append is durable: into its window first, then (on drop) out of the in-flight set,
-    /// so a copy checked in between finds it in one of the two.
-    fn stored(self, dedup: &Mutex<HashMap<DedupKey, SeqWindow>>) {
-        dedup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(self.batch.0.clone())
-            .or_default()
-            .insert(self.batch.1);
-    }
-}
-
-impl Drop for InFlightBatch {
-    fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.batch);
-    }
-}
+mod outcome;
+mod submit;
+#[cfg(test)]
+mod tests;
 
 /// What to do with an agent batch (see [`Ingestor::begin_batch`]).
 #[derive(Debug)]
@@ -184,113 +38,6 @@ enum BatchStart {
     InFlight,
     /// Write it; it stays marked in flight while this lives.
     Write(InFlightBatch),
-}
-
-/// Recently stored readings by content hash `(device, metric, ts, value)`, in two generations so
-/// memory stays bounded. A message whose every reading is already here is a resend (a QoS 1
-/// publish repeated after a crash or lost PUBACK) and is acknowledged without writing again.
-#[derive(Debug, Default)]
-struct ContentDedup {
-    current: HashSet64,
-    previous: HashSet64,
-}
-
-/// The set's keys are already SipHash outputs: hashing them again would only cost time.
-#[derive(Debug, Default, Clone, Copy)]
-struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `HashSet<u64>`; fold anything else in for completeness.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type HashSet64 = std::collections::HashSet<u64, std::hash::BuildHasherDefault<PassThrough>>;
-
-/// Readings remembered per generation (two generations are kept): 7/8 of 2^20, the most a hash
-/// table of 2^20 buckets holds at its load factor. One more and the table would double to 2^21
-/// buckets (18 MB instead of 9 MB per generation) for an eighth more history.
-const CONTENT_GENERATION: usize = (1 << 20) / 8 * 7;
-
-impl ContentDedup {
-    fn contains_all(&self, hashes: &[u64]) -> bool {
-        !hashes.is_empty()
-            && hashes
-                .iter()
-                .all(|h| self.current.contains(h) || self.previous.contains(h))
-    }
-    fn insert_all(&mut self, hashes: &[u64]) {
-        // Start a new generation before this message would overfill the current one, so the
-        // table never grows past its reserved size. The old generation's table is cleared and
-        // reused rather than freed and allocated again.
-        if !self.current.is_empty() && self.current.len() + hashes.len() > CONTENT_GENERATION {
-            std::mem::swap(&mut self.previous, &mut self.current);
-            self.current.clear();
-        }
-        if self.current.capacity() == 0 {
-            self.current.reserve(CONTENT_GENERATION);
-        }
-        for h in hashes {
-            self.current.insert(*h);
-        }
-    }
-    /// Bytes of the two tables (buckets of 8 bytes plus one control byte each).
-    #[cfg(test)]
-    fn table_bytes(&self) -> usize {
-        let bucket = |cap: usize| {
-            if cap == 0 {
-                0
-            } else {
-                (cap * 8 / 7).next_power_of_two()
-            }
-        };
-        (bucket(self.current.capacity()) + bucket(self.previous.capacity())) * 9
-    }
-}
-
-/// Content hashes of a message's readings; empty (never a duplicate) when any timestamp was
-/// stamped by the server, since such a reading has no identity of its own to repeat.
-///
-/// foldhash's quality variant with a seed drawn at start (the index is rebuilt from the WAL at
-/// each start, so hashes never outlive the process): well spread in every bit, as the
-/// pass-through tables need, unpredictable to devices, and a fraction of SipHash's cost.
-fn content_hashes(
-    seed: &foldhash::quality::RandomState,
-    device: &DeviceId,
-    readings: &[edgepipe_types::Reading],
-) -> Vec<u64> {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    if readings
-        .iter()
-        .any(|r| r.ts_source == edgepipe_types::TsSource::Server)
-    {
-        return Vec::new();
-    }
-    readings
-        .iter()
-        .map(|r| {
-            let mut h = seed.build_hasher();
-            device.as_str().hash(&mut h);
-            r.metric.as_str().hash(&mut h);
-            r.ts.hash(&mut h);
-            match &r.value {
-                edgepipe_types::Value::F64(v) => (0u8, v.to_bits()).hash(&mut h),
-                edgepipe_types::Value::I64(v) => (1u8, *v).hash(&mut h),
-                edgepipe_types::Value::Bool(v) => (2u8, *v).hash(&mut h),
-                edgepipe_types::Value::Str(v) => (3u8, v).hash(&mut h),
-            }
-            h.finish()
-        })
-        .collect()
 }
 
 /// WAL records scanned at startup to rebuild the replay and resend indexes.
@@ -523,6 +270,7 @@ impl Ingestor {
     /// Ingests one MQTT publish from the authenticated `device`. `Ok` means durable.
     pub async fn publish(
         &self,
+        submit: &impl Submit,
         device: &DeviceId,
         topic: &str,
         payload: &[u8],
@@ -581,7 +329,7 @@ impl Ingestor {
             };
             return Err(self.refuse(device, peer, endpoint(), payload, r).await);
         }
-        self.write(device, decoded, tags, transport).await
+        self.write(submit, device, decoded, tags, transport).await
     }
 
     /// Whether an agent batch is already stored, being stored by another copy, or is ours to
@@ -614,6 +362,7 @@ impl Ingestor {
 
     async fn write(
         &self,
+        submit: &impl Submit,
         device: &DeviceId,
         decoded: Decoded,
         tags: Vec<(String, String)>,
@@ -669,21 +418,22 @@ impl Ingestor {
         let content = self.content.clone();
         let dedup = self.dedup.clone();
         let metrics = self.metrics.clone();
-        // Through the thread's submission batch, when it has one (MQTT workers, see `submit`).
-        let result = crate::submit::append_then(&self.wal, rec.encode(), move |_| {
-            metrics.messages_written.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .readings_written
-                .fetch_add(n as u64, Ordering::Relaxed);
-            content
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert_all(&hashes);
-            if let Some(b) = batch {
-                b.stored(&dedup);
-            }
-        })
-        .await;
+        // The transport's submission path (the MQTT workers batch appends, see `mqtt_submit`).
+        let result = submit
+            .append_then(&self.wal, rec.encode(), move |_| {
+                metrics.messages_written.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .readings_written
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                content
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert_all(&hashes);
+                if let Some(b) = batch {
+                    b.stored(&dedup);
+                }
+            })
+            .await;
         match result {
             Ok(_) => Ok(Accepted {
                 readings: n,
@@ -701,6 +451,7 @@ impl Ingestor {
     /// ones are stored as dead letters and reported.
     pub async fn http(
         &self,
+        submit: &impl Submit,
         device: &DeviceId,
         format: Format,
         precision: Precision,
@@ -736,7 +487,7 @@ impl Ingestor {
                 readings: out.readings,
             };
             accepted = self
-                .write(device, decoded, Vec::new(), Transport::Http)
+                .write(submit, device, decoded, Vec::new(), Transport::Http)
                 .await?
                 .readings;
         }
@@ -773,198 +524,5 @@ impl Ingestor {
                 })
                 .collect(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The resend index remembers between one and two generations of readings, and its two
-    /// tables keep their reserved size however messages of any size fill them.
-    #[test]
-    fn the_content_index_keeps_two_generations_in_fixed_tables() {
-        let mut c = ContentDedup::default();
-        let mut next = 0u64;
-        let mut batch = |n: usize| -> Vec<u64> {
-            (0..n)
-                .map(|_| {
-                    next += 1;
-                    next.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                })
-                .collect()
-        };
-        let first = batch(100);
-        c.insert_all(&first);
-        let one_table = c.table_bytes();
-        assert!(
-            one_table <= 10 << 20,
-            "one generation takes {one_table} bytes"
-        );
-        // Fill well past two generations with messages of 1 and 100 readings.
-        let mut last = Vec::new();
-        for i in 0..(CONTENT_GENERATION * 5 / 2) / 50 {
-            last = batch(if i % 2 == 0 { 1 } else { 99 });
-            c.insert_all(&last);
-        }
-        assert!(c.contains_all(&last), "the newest message is remembered");
-        assert!(
-            !c.contains_all(&first),
-            "the oldest generation is forgotten"
-        );
-        assert!(c.current.len() <= CONTENT_GENERATION);
-        assert!(c.previous.len() > CONTENT_GENERATION - 100);
-        assert_eq!(c.table_bytes(), 2 * one_table, "the tables never grew");
-    }
-
-    /// Two copies of one agent batch at once (a resend on a new connection while the first
-    /// copy's append is still on its way to disk): the second is refused until the first is
-    /// stored (then it is a duplicate) or has failed (then it is written).
-    #[test]
-    fn a_batch_copy_is_refused_while_another_is_in_flight() -> Result<(), Box<dyn std::error::Error>>
-    {
-        let dir = tempfile::tempdir()?;
-        let ing = Ingestor::new(IngestorParts {
-            wal: Wal::open(dir.path().join("wal"), edgepipe_wal::WalConfig::default())?,
-            deadletters: DeadLetters::open(dir.path(), &Default::default())?,
-            devices: DeviceRegistry::open(dir.path())?,
-            limits: Limits::default(),
-            max_payload: 128 * 1024,
-            device_msgs_per_sec: 0,
-            mappings: Vec::new(),
-            clock: Arc::new(SystemClock),
-            metrics: Arc::new(Metrics::default()),
-            auto_register: false,
-        })?;
-        let dev = DeviceId::new("gw-1")?;
-        let o = BatchOrigin {
-            source: "agent-a".into(),
-            stream: "telemetry".into(),
-            seq: 7,
-        };
-        let BatchStart::Write(first) = ing.begin_batch(&dev, &o) else {
-            return Err("a new batch is not ours to write".into());
-        };
-        assert!(matches!(ing.begin_batch(&dev, &o), BatchStart::InFlight));
-        // Another seq of the same stream is independent.
-        let other = BatchOrigin {
-            seq: 8,
-            ..o.clone()
-        };
-        let BatchStart::Write(_eight) = ing.begin_batch(&dev, &other) else {
-            return Err("seq 8 is not ours to write".into());
-        };
-        // The first append failed or was never queued (its mark dropped with the callback):
-        // the next copy is written.
-        drop(first);
-        let BatchStart::Write(second) = ing.begin_batch(&dev, &o) else {
-            return Err("a failed batch could not be written again".into());
-        };
-        // Stored: every later copy is a duplicate, and only seq 8 is still in flight.
-        second.stored(&ing.dedup);
-        assert!(matches!(ing.begin_batch(&dev, &o), BatchStart::Stored));
-        assert_eq!(
-            ing.batches_in_flight
-                .lock()
-                .map_err(|e| e.to_string())?
-                .len(),
-            1,
-            "only seq 8 is still in flight"
-        );
-        Ok(())
-    }
-
-    /// Through the real append path: an agent batch whose append fails (too large for the
-    /// WAL; the durable callback, holding the in-flight mark, is dropped unrun) can be written
-    /// again, and one whose append is durable is a duplicate from then on; neither leaves a
-    /// mark behind.
-    #[tokio::test]
-    async fn an_append_that_fails_clears_the_mark_and_a_durable_one_stores_it()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let ing = Ingestor::new(IngestorParts {
-            wal: Wal::open(
-                dir.path().join("wal"),
-                edgepipe_wal::WalConfig {
-                    max_record_bytes: 512,
-                    ..edgepipe_wal::WalConfig::default()
-                },
-            )?,
-            deadletters: DeadLetters::open(dir.path(), &Default::default())?,
-            devices: DeviceRegistry::open(dir.path())?,
-            limits: Limits::default(),
-            max_payload: 128 * 1024,
-            device_msgs_per_sec: 0,
-            mappings: Vec::new(),
-            clock: Arc::new(SystemClock),
-            metrics: Arc::new(Metrics::default()),
-            auto_register: false,
-        })?;
-        let dev = DeviceId::new("gw-1")?;
-        let batch = |seq: u64, n: i64| -> Result<Decoded, edgepipe_types::Error> {
-            Ok(Decoded {
-                origin: Some(BatchOrigin {
-                    source: "agent-a".into(),
-                    stream: "telemetry".into(),
-                    seq,
-                }),
-                readings: (0..n)
-                    .map(|i| {
-                        Ok(edgepipe_types::Reading {
-                            metric: edgepipe_types::Metric::new(format!("m{i}"))?,
-                            ts: 1_700_000_000_000,
-                            value: edgepipe_types::Value::F64(i as f64),
-                            ts_source: edgepipe_types::TsSource::Device,
-                        })
-                    })
-                    .collect::<Result<_, edgepipe_types::Error>>()?,
-            })
-        };
-        let too_big = ing
-            .write(&dev, batch(1, 100)?, Vec::new(), Transport::Mqtt5)
-            .await;
-        assert!(matches!(too_big, Err(Rejection::Unavailable(_))));
-        let origin = |seq| BatchOrigin {
-            source: "agent-a".into(),
-            stream: "telemetry".into(),
-            seq,
-        };
-        assert!(matches!(
-            ing.begin_batch(&dev, &origin(1)),
-            BatchStart::Write(_)
-        ));
-        let ok = ing
-            .write(&dev, batch(2, 2)?, Vec::new(), Transport::Mqtt5)
-            .await;
-        assert!(matches!(
-            ok,
-            Ok(Accepted {
-                duplicate: false,
-                ..
-            })
-        ));
-        assert!(matches!(
-            ing.begin_batch(&dev, &origin(2)),
-            BatchStart::Stored
-        ));
-        assert!(
-            ing.batches_in_flight
-                .lock()
-                .map_err(|e| e.to_string())?
-                .is_empty()
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn seq_window_prunes_to_a_floor() {
-        let mut w = SeqWindow::default();
-        for s in 0..(DEDUP_WINDOW as u64 + 10) {
-            w.insert(s);
-        }
-        assert!(w.contains(0));
-        assert!(w.contains(DEDUP_WINDOW as u64 + 9));
-        assert!(!w.contains(DEDUP_WINDOW as u64 + 10));
-        assert_eq!(w.seen.len(), DEDUP_WINDOW);
     }
 }

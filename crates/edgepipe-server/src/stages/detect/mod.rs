@@ -30,127 +30,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
-use edgepipe_detect::{
-    DETECTOR_SNAPSHOT_VERSION, Detector, DetectorConfig, Event, ModelParams, ScoreStatus, SeriesKey,
-};
+use edgepipe_detect::{DETECTOR_SNAPSHOT_VERSION, Detector, Event, ModelParams, ScoreStatus};
 use edgepipe_lake::LakeStore;
 use edgepipe_types::{DeviceId, IngestRecordView, Metric, Transport, ValueView};
 use edgepipe_wal::Wal;
-use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::stages::models::{self, model_version};
+
+pub use self::config::DetectConfig;
+use self::events::encode_events;
+pub use self::events::{AnomalyEvent, AnomalyHandler, FeedbackItem, TABLE};
+use self::state::{STATE_VERSION, StateFile, decode_state};
+mod config;
+mod events;
+
+mod state;
+
+#[cfg(test)]
+mod tests;
 
 /// Name of the stage's WAL consumer and lake table.
 pub const CONSUMER: &str = "detect";
-/// Lake table of anomaly events.
-pub const TABLE: &str = edgepipe_lake::tables::ANOMALIES;
-
-/// `[detect]` configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DetectConfig {
-    /// Run the detection stage.
-    pub enabled: bool,
-    /// Checkpoint detector state (and store events) at least this often.
-    #[serde(with = "edgepipe_lake::duration_serde")]
-    pub checkpoint_interval: Duration,
-    /// Read newly durable WAL records at most this often (under load: fewer, larger reads
-    /// instead of one per group commit). Events are raised at most this much later.
-    #[serde(with = "edgepipe_lake::duration_serde")]
-    pub read_interval: Duration,
-    /// Readings received more than this after their event time are replayed: scored, but their
-    /// events are not handed to the case manager.
-    #[serde(with = "edgepipe_lake::duration_serde")]
-    pub late_after: Duration,
-    /// The live detector's settings.
-    pub detector: DetectorConfig,
-    /// Scheduled retraining of the model artifact.
-    pub retrain: RetrainConfig,
-}
-
-/// `[detect.retrain]`: fit a new model artifact from the lake on a schedule, evaluate it on
-/// operators' labels against the promoted one, and promote it when it does better.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetrainConfig {
-    /// How often to retrain ("0s" = never; `edgepipe models train` still works by hand).
-    #[serde(with = "edgepipe_lake::duration_serde")]
-    pub every: Duration,
-    /// History to fit on.
-    #[serde(with = "edgepipe_lake::duration_serde")]
-    pub since: Duration,
-    /// Promote the new artifact when its score on the labels beats the promoted one's (with
-    /// no labels at all: only when nothing is promoted yet).
-    pub auto_promote: bool,
-}
-
-impl Default for RetrainConfig {
-    fn default() -> Self {
-        Self {
-            every: Duration::ZERO,
-            since: Duration::from_secs(30 * 86_400),
-            auto_promote: true,
-        }
-    }
-}
-
-impl Default for DetectConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            checkpoint_interval: Duration::from_secs(10),
-            read_interval: Duration::from_millis(20),
-            late_after: Duration::from_secs(300),
-            detector: DetectorConfig::default(),
-            retrain: RetrainConfig::default(),
-        }
-    }
-}
-
-/// An anomaly event as stored and handed on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AnomalyEvent {
-    /// Stable id: `<wal_seq>-<n>` (or `silence-<ts>/<device>[/<metric>]`); the same event
-    /// replayed after a crash has the same id.
-    pub id: String,
-    /// The WAL record that raised it.
-    pub wal_seq: u64,
-    /// Model version (hash of the model parameters in force).
-    pub model_version: String,
-    /// Raised by replayed (late) data: recorded, not handed to cases.
-    pub replayed: bool,
-    /// The detector's finding with its explanation.
-    pub event: Event,
-}
-
-/// Operator feedback on one series, as the detection stage applies it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FeedbackItem {
-    /// Increasing id; the stage checkpoints the last one it applied.
-    pub id: i64,
-    /// The series.
-    pub key: SeriesKey,
-    /// The verdict.
-    pub feedback: edgepipe_detect::Feedback,
-}
-
-/// Receives live (not replayed) anomaly events as soon as they are scored, before they are
-/// checkpointed, and supplies operator feedback. Implementations must be idempotent on
-/// [`AnomalyEvent::id`]: after a crash the events since the last checkpoint are delivered
-/// again. An error makes the stage restart from its last checkpoint (and deliver again), so
-/// nothing is skipped while the receiver is down.
-#[async_trait::async_trait]
-pub trait AnomalyHandler: Send + Sync + std::fmt::Debug {
-    /// Called with new events in WAL order. When it returns `Ok`, they are taken.
-    async fn handle(&self, events: &[AnomalyEvent]) -> anyhow::Result<()>;
-
-    /// Feedback with id greater than `after`, in id order, and the highest id looked at
-    /// (labels that are not detector feedback are skipped, and the position moves past them).
-    async fn feedback_since(&self, after: i64) -> anyhow::Result<(Vec<FeedbackItem>, i64)>;
-}
 
 /// Counters for metrics and status.
 #[derive(Debug, Default)]
@@ -190,55 +91,6 @@ impl DetectMetrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct StateFile {
-    version: u32,
-    next_seq: u64,
-    silence_clock: i64,
-    detector: Vec<u8>,
-    /// Last operator feedback id applied (version 2 on).
-    feedback_pos: i64,
-}
-
-/// Version 1 had no `feedback_pos`.
-#[derive(Debug, Deserialize)]
-struct StateFileV1 {
-    version: u32,
-    next_seq: u64,
-    silence_clock: i64,
-    detector: Vec<u8>,
-}
-
-const STATE_VERSION: u32 = 2;
-
-fn decode_state(bytes: &[u8]) -> Result<StateFile, String> {
-    let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| e.to_string())?;
-    match version {
-        1 => {
-            let v1: StateFileV1 = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-            Ok(StateFile {
-                version: v1.version,
-                next_seq: v1.next_seq,
-                silence_clock: v1.silence_clock,
-                detector: v1.detector,
-                feedback_pos: 0,
-            })
-        }
-        STATE_VERSION => postcard::from_bytes(bytes).map_err(|e| e.to_string()),
-        v => Err(format!(
-            "state version {v} is newer than this binary's {STATE_VERSION}"
-        )),
-    }
-}
-
-/// The version string of a parameter set: the first 12 hex digits of the SHA-256 of its JSON.
-pub fn model_version(params: &ModelParams) -> String {
-    use sha2::Digest;
-    let json = serde_json::to_vec(params).unwrap_or_default();
-    let h = sha2::Sha256::digest(&json);
-    format!("m{}-{}", params.version, &hex::encode(h)[..12])
 }
 
 /// The running stage.
@@ -349,7 +201,7 @@ impl DetectStage {
     /// force. Called at open and at every checkpoint; a broken artifact is logged and skipped.
     fn swap_model_if_promoted(&mut self) {
         // Only the small CURRENT file is read per checkpoint; the artifact only when it changed.
-        let version = match crate::models::current_version(&self.data_dir) {
+        let version = match models::current_version(&self.data_dir) {
             Ok(Some(v)) if v != self.model_version => v,
             Ok(_) => return,
             Err(e) => {
@@ -357,7 +209,7 @@ impl DetectStage {
                 return;
             }
         };
-        let swapped = crate::models::load(&self.data_dir, &version)
+        let swapped = models::load(&self.data_dir, &version)
             .and_then(|params| Ok(self.detector.set_params(params)?));
         match swapped {
             Ok(reset) => {
@@ -372,11 +224,11 @@ impl DetectStage {
     }
 
     /// Scores records until `stop`, checkpointing every `checkpoint_interval` and at the end.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut last_checkpoint = Instant::now();
         let mut last_read = Instant::now();
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 break;
             }
             let progressed = self.step()?;
@@ -405,7 +257,7 @@ impl DetectStage {
                     }
                 }
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => {}
+                _ = stop.cancelled() => {}
             }
         }
         self.step()?;
@@ -624,7 +476,7 @@ impl DetectStage {
             let before = self.feedback_pos;
             self.apply_feedback().await?;
             if self.feedback_pos != before {
-                write_atomically(&self.state_path, &self.state_bytes()?)?;
+                edgepipe_wal::durable::replace_file(&self.state_path, &self.state_bytes()?)?;
             }
             self.swap_model_if_promoted();
             return Ok(());
@@ -638,7 +490,7 @@ impl DetectStage {
         let consumer = &mut self.consumer;
         let next = self.next_seq;
         edgepipe_lake::sink::store_flush(&self.store, TABLE, first, last, &files, || {
-            write_atomically(state_path, &state_bytes).map_err(|source| {
+            edgepipe_wal::durable::replace_file(state_path, &state_bytes).map_err(|source| {
                 edgepipe_lake::Error::Io {
                     path: state_path.clone(),
                     source,
@@ -661,100 +513,6 @@ impl DetectStage {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-fn encode_events(
-    events: &[AnomalyEvent],
-    first: u64,
-    last: u64,
-) -> anyhow::Result<Vec<(String, bytes::Bytes)>> {
-    let mut by_hour: std::collections::BTreeMap<i64, Vec<&AnomalyEvent>> = Default::default();
-    for e in events {
-        by_hour
-            .entry(
-                e.event
-                    .ts
-                    .saturating_mul(1000)
-                    .div_euclid(edgepipe_lake::schema::HOUR_US),
-            )
-            .or_default()
-            .push(e);
-    }
-    let schema = edgepipe_lake::schema::anomalies_schema();
-    let mut files = Vec::new();
-    for (hour, es) in by_hour {
-        let mut id = StringBuilder::new();
-        let mut dev = StringBuilder::new();
-        let mut met = StringBuilder::new();
-        let mut ts = TimestampMicrosecondBuilder::new();
-        let mut kind = StringBuilder::new();
-        let mut score = Float64Builder::new();
-        let mut thr = Float64Builder::new();
-        let mut value = Float64Builder::new();
-        let mut lo = Float64Builder::new();
-        let mut hi = Float64Builder::new();
-        let mut expl = StringBuilder::new();
-        let mut mv = StringBuilder::new();
-        let mut rep = BooleanBuilder::new();
-        let mut seq = Int64Builder::new();
-        for e in es {
-            let ev = &e.event;
-            id.append_value(&e.id);
-            dev.append_value(ev.device.as_str());
-            met.append_option(ev.metric.as_ref().map(|m| m.as_str()));
-            ts.append_value(ev.ts.saturating_mul(1000));
-            kind.append_value(
-                serde_json::to_value(ev.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-            );
-            score.append_value(ev.score);
-            thr.append_value(ev.threshold);
-            value.append_option(ev.explanation.value);
-            lo.append_option(ev.explanation.expected.map(|x| x.0));
-            hi.append_option(ev.explanation.expected.map(|x| x.1));
-            expl.append_value(serde_json::to_string(&ev.explanation)?);
-            mv.append_value(&e.model_version);
-            rep.append_value(e.replayed);
-            seq.append_value(i64::try_from(e.wal_seq).unwrap_or(i64::MAX));
-        }
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(id.finish()),
-            Arc::new(dev.finish()),
-            Arc::new(met.finish()),
-            Arc::new(ts.finish().with_timezone("UTC")),
-            Arc::new(kind.finish()),
-            Arc::new(score.finish()),
-            Arc::new(thr.finish()),
-            Arc::new(value.finish()),
-            Arc::new(lo.finish()),
-            Arc::new(hi.finish()),
-            Arc::new(expl.finish()),
-            Arc::new(mv.finish()),
-            Arc::new(rep.finish()),
-            Arc::new(seq.finish()),
-        ];
-        let batch = RecordBatch::try_new(schema.clone(), cols)?;
-        files.push((
-            edgepipe_lake::sink::part_key(TABLE, hour, first, last),
-            edgepipe_lake::encode_parquet(&schema, &[batch], 64 * 1024)?,
-        ));
-    }
-    Ok(files)
-}
-
 /// Runs the stage until `stop`, reopening it after an error (with backoff): the WAL keeps the
 /// records meanwhile.
 pub async fn run_stage(
@@ -764,7 +522,7 @@ pub async fn run_stage(
     cfg: DetectConfig,
     handler: Option<Arc<dyn AnomalyHandler>>,
     metrics: Arc<DetectMetrics>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -785,150 +543,15 @@ pub async fn run_stage(
             Ok(()) => return,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), retry_in = ?backoff, "detect: stage failed; retrying");
-                let mut s = stop.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = s.changed() => {}
+                    _ = stop.cancelled() => {}
                 }
-                if *stop.borrow() {
+                if stop.is_cancelled() {
                     return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anyhow::Context as _;
-    use edgepipe_types::{IngestRecord, Reading, TsSource, Value};
-    use edgepipe_wal::{FullPolicy, WalConfig};
-
-    /// A detector snapshot of an older layout (an upgrade added detector state) does not stop
-    /// the stage: it starts its series afresh at the checkpointed position and takes the
-    /// promoted model and the operators' feedback again. A newer layout (a downgrade) or a
-    /// damaged snapshot of the current one is refused with the file named.
-    #[tokio::test]
-    async fn an_older_detector_snapshot_restarts_the_series_at_the_checkpoint() -> anyhow::Result<()>
-    {
-        let dir = tempfile::tempdir()?;
-        let wal = Wal::open(dir.path().join("wal"), WalConfig::default())?;
-        let open = |detector: Vec<u8>| {
-            let st = StateFile {
-                version: STATE_VERSION,
-                next_seq: 0,
-                silence_clock: 1_700_000_000_000,
-                detector,
-                feedback_pos: 42,
-            };
-            let (wal, root) = (wal.clone(), dir.path().to_path_buf());
-            async move {
-                std::fs::create_dir_all(root.join("detect"))?;
-                std::fs::write(root.join("detect/state.bin"), postcard::to_allocvec(&st)?)?;
-                DetectStage::open(
-                    &root,
-                    wal,
-                    LakeStore::local(root.join("lake"))?,
-                    DetectConfig::default(),
-                    None,
-                    Arc::new(DetectMetrics::default()),
-                )
-                .await
-            }
-        };
-        let mut older = postcard::to_allocvec(&(DETECTOR_SNAPSHOT_VERSION - 1))?;
-        older.extend_from_slice(&[7, 7, 7]);
-        let stage = open(older).await?;
-        assert_eq!(stage.next_seq, 0);
-        assert_eq!(stage.silence_clock, 1_700_000_000_000);
-        assert_eq!(stage.feedback_pos, 0, "feedback is applied again");
-        assert_eq!(stage.detector.series_count(), 0);
-        drop(stage);
-
-        let mut newer = postcard::to_allocvec(&(DETECTOR_SNAPSHOT_VERSION + 1))?;
-        newer.extend_from_slice(&[7, 7, 7]);
-        let err = format!("{:#}", open(newer).await.err().context("a newer layout")?);
-        assert!(err.contains("snapshot version"), "{err}");
-        assert!(err.contains("state.bin"), "the file is named: {err}");
-
-        for first in [DETECTOR_SNAPSHOT_VERSION, 0] {
-            let mut damaged = postcard::to_allocvec(&first)?;
-            damaged.extend_from_slice(&[7, 7, 7]);
-            let err = format!("{:#}", open(damaged).await.err().context("damaged")?);
-            assert!(err.contains("state.bin"), "the file is named: {err}");
-        }
-        Ok(())
-    }
-
-    /// The WAL's disk budget (`drop_oldest`) deletes records before the stage reads them: the
-    /// stage moves past the deleted range, scores every surviving reading exactly once (a
-    /// second pass would find them late), and scored + deleted is what was appended.
-    #[tokio::test]
-    async fn records_the_wal_budget_deleted_are_skipped_and_the_rest_scored_once()
-    -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let wal = Wal::open(
-            dir.path().join("wal"),
-            WalConfig {
-                segment_bytes: 4096,
-                max_bytes: 32 * 1024,
-                full_policy: FullPolicy::DropOldest,
-                ..WalConfig::default()
-            },
-        )?;
-        let store = LakeStore::local(dir.path().join("lake"))?;
-        let metrics = Arc::new(DetectMetrics::default());
-        let mut stage = DetectStage::open(
-            dir.path(),
-            wal.clone(),
-            store,
-            DetectConfig::default(),
-            None,
-            metrics.clone(),
-        )
-        .await?;
-        let total = 3000u64;
-        for s in 0..total as i64 / 10 {
-            let mut batch = Vec::new();
-            for k in 0..10 {
-                let ts = 1_700_000_000_000 + (s * 10 + k) * 1000;
-                let rec = IngestRecord {
-                    device_id: DeviceId::new("d1")?,
-                    received_at: ts,
-                    transport: Transport::Mqtt5,
-                    origin: None,
-                    tags: Vec::new(),
-                    readings: vec![Reading {
-                        metric: Metric::new("m")?,
-                        ts,
-                        value: Value::F64((k % 3) as f64),
-                        ts_source: TsSource::Device,
-                    }],
-                };
-                batch.push(rec.encode());
-            }
-            wal.append_batch(batch).await?;
-        }
-        while stage.step()? {}
-        let dropped = wal.stats().dropped_records;
-        assert!(
-            dropped > 0,
-            "the budget deleted nothing; the test did not exercise it"
-        );
-        let scored = metrics.scored.load(Ordering::Relaxed);
-        assert_eq!(
-            metrics.late.load(Ordering::Relaxed),
-            0,
-            "a reading scored twice"
-        );
-        assert_eq!(
-            scored + dropped,
-            total,
-            "scored {scored}, deleted {dropped}"
-        );
-        assert_eq!(stage.next_seq, wal.durable_end());
-        Ok(())
     }
 }

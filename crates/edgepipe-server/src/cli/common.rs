@@ -1,0 +1,106 @@
+//! What several commands share: the config and data-directory arguments, loading and
+//! validating the configuration, the state store, Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::config::ServerConfig;
+
+/// Config file flag.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where the lake is.
+#[derive(Debug, Args)]
+pub struct LakeArgs {
+    /// TOML configuration file (for `[lake]` settings such as an S3 URL).
+    #[arg(long, env = "EDGEPIPE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (the lake is `<data-dir>/lake` unless `lake.url` says otherwise).
+    #[arg(long, env = "EDGEPIPE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub(crate) fn load_config(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
+    let cfg = ServerConfig::load(args.config.as_deref(), std::env::vars())?;
+    report_unknown_env(&cfg);
+    Ok(cfg)
+}
+
+/// Warns about each `EDGEPIPE_*` variable no setting reads (it changed nothing).
+pub(crate) fn report_unknown_env(cfg: &ServerConfig) {
+    for name in &cfg.unknown_env {
+        tracing::warn!(
+            variable = %name,
+            settings = %crate::config::ENV_SETTINGS.join(", "),
+            "unknown environment variable ignored: no setting reads it"
+        );
+    }
+}
+
+pub(crate) fn lake_config(a: &LakeArgs) -> anyhow::Result<ServerConfig> {
+    let mut cfg = ServerConfig::load(a.config.as_deref(), std::env::vars())?;
+    report_unknown_env(&cfg);
+    if let Some(d) = &a.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    let problems: Vec<String> = cfg
+        .lake
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if !problems.is_empty() {
+        bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+    }
+    Ok(cfg)
+}
+
+pub(crate) fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+pub(crate) async fn state_store(a: &LakeArgs) -> anyhow::Result<edgepipe_cases::SqlCaseStore> {
+    let mut cfg = ServerConfig::load(a.config.as_deref(), std::env::vars())?;
+    report_unknown_env(&cfg);
+    if let Some(d) = &a.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    let problems: Vec<String> = cfg
+        .cases
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if !problems.is_empty() {
+        bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+    }
+    crate::stages::cases::open_store(&cfg.data_dir, &cfg.cases).await
+}
+
+pub(crate) async fn wait_for_ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Picks `preferred` if free, otherwise an ephemeral port on the same IP.
+pub(crate) fn free_or_ephemeral(preferred: SocketAddr) -> SocketAddr {
+    match std::net::TcpListener::bind(preferred) {
+        Ok(l) => {
+            drop(l);
+            preferred
+        }
+        Err(_) => SocketAddr::new(preferred.ip(), 0),
+    }
+}

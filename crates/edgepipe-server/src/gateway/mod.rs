@@ -1,0 +1,14 @@
+//! Before the acknowledgement: the device-facing side that authenticates, decodes, refuses into
+//! the dead-letter store and appends to the WAL, answering only once the record is durable.
+//!
+//! [`ingest`] is the transport-neutral core; [`mqtt`] (with its worker mechanics
+//! [`mqtt_relay`] and [`mqtt_submit`]) and the web ingest handler are its transports.
+
+pub mod deadletter;
+pub mod dedup;
+pub mod devices;
+pub mod ingest;
+pub mod metrics;
+pub mod mqtt;
+pub mod mqtt_relay;
+pub mod mqtt_submit;

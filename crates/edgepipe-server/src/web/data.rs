@@ -1,0 +1,338 @@
+//! The data-plane handlers: device ingest (`POST /api/v1/ingest`), dead letters, SQL and series
+//! over the lake, status, health and readiness.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use edgepipe_protocol::http::{Format, Precision};
+use edgepipe_types::DeviceId;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::gateway::devices::AuthResult;
+use crate::gateway::ingest::{Direct, Ingestor};
+
+use crate::web::error::ApiError;
+use crate::web::state::{AppState, LakeApi};
+
+/// `GET /readyz`: 200 when the server can take and serve data (WAL writable, state store
+/// reachable), 503 with the reason otherwise.
+pub(crate) async fn readyz(State(st): State<AppState>) -> Response {
+    if st.ingestor.wal().is_poisoned() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "wal poisoned\n").into_response();
+    }
+    if let Err(e) = edgepipe_cases::CaseStore::get_meta(&*st.cases.store, "ready-probe").await {
+        tracing::warn!(error = %e, "readyz: state store unreachable");
+        return (StatusCode::SERVICE_UNAVAILABLE, "state store unreachable\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct IngestQuery {
+    precision: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn authenticate(
+    ing: &Ingestor,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<DeviceId, ApiError> {
+    let fail = |why: &str| {
+        ing.metrics().auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %peer, why, "http authentication failed");
+        ApiError::unauthorized()
+    };
+    let Some(token) = bearer(headers) else {
+        return Err(fail("no bearer token"));
+    };
+    // The device id may travel in `X-Device-Id`; otherwise the token alone names the device.
+    let found;
+    let device = match headers.get("x-device-id").and_then(|v| v.to_str().ok()) {
+        Some(d) => d,
+        None => match ing.devices().find_by_token(token) {
+            Ok(Some(d)) => {
+                found = d;
+                found.as_str()
+            }
+            Ok(None) => return Err(fail("unknown token")),
+            Err(e) => {
+                tracing::error!(error = %e, "device registry unavailable");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "retry later",
+                ));
+            }
+        },
+    };
+    match ing
+        .devices()
+        .authenticate(device, token, ing.auto_register())
+    {
+        Ok(AuthResult::Ok | AuthResult::Registered) => {
+            DeviceId::new(device).map_err(|_| fail("invalid device id"))
+        }
+        Ok(AuthResult::Disabled) => Err(fail("device disabled")),
+        Ok(_) => Err(fail("bad credentials")),
+        Err(e) => {
+            tracing::error!(error = %e, "device registry unavailable");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "retry later",
+            ))
+        }
+    }
+}
+
+pub(crate) async fn ingest(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<IngestQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ing = &st.ingestor;
+    let device = authenticate(ing, &headers, peer)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(ct).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        )
+    })?;
+    let precision = match q.precision.as_deref() {
+        Some(p) => Precision::parse(p)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_precision", e.to_string()))?,
+        None => Precision::Ns,
+    };
+    let peer_s = peer.to_string();
+    let out = ing
+        .http(&Direct, &device, format, precision, &body, Some(&peer_s))
+        .await?;
+    let status = if out.rejected == 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok((status, Json(out)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list_deadletters(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let dl = st.ingestor.deadletters();
+    let limit = q.limit.unwrap_or(100).min(1000);
+    let items = match q.after {
+        Some(a) => dl.list(a, limit),
+        None => dl.tail(limit),
+    }
+    .map_err(|e| {
+        tracing::error!(error = %e, "dead-letter read failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?;
+    Ok(Json(json!({"stats": dl.stats(), "items": items})).into_response())
+}
+
+pub(crate) async fn get_deadletter(
+    State(st): State<AppState>,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    match st.ingestor.deadletters().get(id) {
+        Ok(Some(d)) => Ok(Json(d).into_response()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dead letter {id}"),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "dead-letter read failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
+        }
+    }
+}
+
+/// A JSON snapshot of the server's counters.
+pub fn status_json(ing: &Ingestor) -> serde_json::Value {
+    let m = ing.metrics();
+    let w = ing.wal().stats();
+    json!({
+        "mqtt_connections": m.mqtt_connections.load(Ordering::Relaxed),
+        "messages_received": m.messages_received.load(Ordering::Relaxed),
+        "messages_written": m.messages_written.load(Ordering::Relaxed),
+        "readings_written": m.readings_written.load(Ordering::Relaxed),
+        "duplicates": m.duplicates.load(Ordering::Relaxed),
+        "auth_failures": m.auth_failures.load(Ordering::Relaxed),
+        "deadletters": ing.deadletters().stats(),
+        "wal": {
+            "disk_bytes": w.disk_bytes,
+            "segments": w.segments,
+            "first_seq": w.first_seq,
+            "next_seq": w.next_seq,
+            "fsyncs": w.fsyncs,
+            "torn_records_truncated": w.torn_records_truncated,
+            "poisoned": ing.wal().is_poisoned(),
+        },
+    })
+}
+
+pub(crate) async fn status(State(st): State<AppState>) -> Response {
+    let mut v = status_json(&st.ingestor);
+    v["lake"] = lake_json(&st.lake);
+    v["detect"] = detect_json(&st.lake.detect);
+    v["cases"] = crate::web::api::cases_status(&st.cases, st.clock.now_ms()).await;
+    let m = st.ingestor.metrics();
+    v["ingest"] = json!({
+        "readings_written": m.readings_written.load(Ordering::Relaxed),
+        "messages_written": m.messages_written.load(Ordering::Relaxed),
+        "messages_received": m.messages_received.load(Ordering::Relaxed),
+        "mqtt_connections": m.mqtt_connections.load(Ordering::Relaxed),
+        "auth_failures": m.auth_failures.load(Ordering::Relaxed),
+    });
+    let w = st.ingestor.wal().stats();
+    v["consumers"] = json!([
+        {"name": "lake", "position": st.lake.fresh.committed(),
+         "lag_records": w.next_seq.saturating_sub(st.lake.fresh.committed())},
+        {"name": "detect", "position": st.lake.detect.position.load(Ordering::Relaxed),
+         "lag_records": w.next_seq.saturating_sub(st.lake.detect.position.load(Ordering::Relaxed))},
+    ]);
+    Json(v).into_response()
+}
+
+fn lake_json(l: &LakeApi) -> serde_json::Value {
+    let m = &l.metrics;
+    json!({
+        "rows_written": m.rows_written.load(Ordering::Relaxed),
+        "files_written": m.files_written.load(Ordering::Relaxed),
+        "bytes_written": m.bytes_written.load(Ordering::Relaxed),
+        "flushes": m.flushes.load(Ordering::Relaxed),
+        "committed_wal_seq": l.fresh.committed(),
+        "fresh_rows": l.fresh.rows(),
+        "last_flush_unix_ms": m.last_flush_unix_ms.load(Ordering::Relaxed),
+        "records_undecodable": m.records_undecodable.load(Ordering::Relaxed),
+        "records_lost_to_wal_budget": m.records_lost_to_wal_budget.load(Ordering::Relaxed),
+    })
+}
+
+fn detect_json(d: &crate::stages::detect::DetectMetrics) -> serde_json::Value {
+    json!({
+        "scored": d.scored.load(Ordering::Relaxed),
+        "late": d.late.load(Ordering::Relaxed),
+        "skipped_non_numeric": d.skipped_non_numeric.load(Ordering::Relaxed),
+        "events": d.events.load(Ordering::Relaxed),
+        "checkpoints": d.checkpoints.load(Ordering::Relaxed),
+        "checkpointed_wal_seq": d.position.load(Ordering::Relaxed),
+        "feedback_applied": d.feedback_applied.load(Ordering::Relaxed),
+        "gap_reports": d.gaps.load(Ordering::Relaxed),
+        "model_version": d.model_version(),
+    })
+}
+
+pub(crate) async fn healthz(State(st): State<AppState>) -> Response {
+    if st.ingestor.wal().is_poisoned() {
+        (StatusCode::SERVICE_UNAVAILABLE, "wal poisoned\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct QueryParams {
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueryBody {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `POST /api/v1/query`: body `{"sql": "...", "format": "json|csv|arrow"}` (JSON) or the SQL
+/// itself as text with `?format=`. JSON answers `{"columns": [...], "rows": [...]}`.
+pub(crate) async fn query(
+    State(st): State<AppState>,
+    Query(q): Query<QueryParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    let (sql, fmt) = if is_json {
+        let b: QueryBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body must be {{\"sql\": \"...\", \"format\": \"json\"}}: {e}"),
+            )
+        })?;
+        (b.sql, b.format.or(q.format))
+    } else {
+        let sql = String::from_utf8(body.to_vec()).map_err(|_| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "SQL must be UTF-8")
+        })?;
+        (sql, q.format)
+    };
+    let format = edgepipe_query::OutputFormat::parse(fmt.as_deref().unwrap_or("json"))?;
+    let out = st.lake.engine.query(&sql).await?;
+    if format == edgepipe_query::OutputFormat::Json {
+        let rows = edgepipe_query::json_rows(&out.schema, &out.batches)?;
+        let columns: Vec<serde_json::Value> = out
+            .schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+            .collect();
+        return Ok(
+            Json(json!({"columns": columns, "rows": rows, "row_count": out.rows})).into_response(),
+        );
+    }
+    let mut buf = Vec::new();
+    edgepipe_query::write_output(format, &out.schema, &out.batches, &mut buf)?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], buf).into_response())
+}
+
+/// `GET /api/v1/series?device&metric&from&to&step&points`: min/max/avg per bucket.
+pub(crate) async fn series(
+    State(st): State<AppState>,
+    Query(req): Query<edgepipe_query::SeriesRequest>,
+) -> Result<Response, ApiError> {
+    let r = st.lake.engine.series(&req).await?;
+    Ok(Json(r).into_response())
+}

@@ -1,0 +1,14 @@
+//! The HTTP side: the router, the data-plane handlers (ingest, dead letters, query, series,
+//! status), the operator API (cases, fleet, devices, users, audit), Prometheus metrics and the
+//! dashboard's assets.
+
+pub mod api;
+pub mod dashboard;
+pub mod data;
+pub mod error;
+pub mod metrics;
+pub mod router;
+pub mod state;
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Args;
 
+use edgepipe_types::config::Problem;
+
 use crate::config::ServerConfig;
 
 /// Config file flag.
@@ -45,22 +47,27 @@ pub(crate) fn report_unknown_env(cfg: &ServerConfig) {
     }
 }
 
-pub(crate) fn lake_config(a: &LakeArgs) -> anyhow::Result<ServerConfig> {
+/// The configuration of `a` (file, environment, `--data-dir`), refused with every problem
+/// `problems` finds in it: a command checks the sections it uses.
+fn config_checked(
+    a: &LakeArgs,
+    problems: impl Fn(&ServerConfig) -> Vec<Problem>,
+) -> anyhow::Result<ServerConfig> {
     let mut cfg = ServerConfig::load(a.config.as_deref(), std::env::vars())?;
     report_unknown_env(&cfg);
     if let Some(d) = &a.data_dir {
         cfg.data_dir = d.clone();
     }
-    let problems: Vec<String> = cfg
-        .lake
-        .problems()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let problems: Vec<String> = problems(&cfg).iter().map(ToString::to_string).collect();
     if !problems.is_empty() {
         bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
     }
     Ok(cfg)
+}
+
+/// The configuration for commands that read the lake (its settings checked).
+pub(crate) fn lake_config(a: &LakeArgs) -> anyhow::Result<ServerConfig> {
+    config_checked(a, |c| c.lake.problems())
 }
 
 pub(crate) fn cli_actor() -> String {
@@ -70,21 +77,9 @@ pub(crate) fn cli_actor() -> String {
     )
 }
 
+/// The state store (cases, users, audit) of `a`'s configuration.
 pub(crate) async fn state_store(a: &LakeArgs) -> anyhow::Result<edgepipe_cases::SqlCaseStore> {
-    let mut cfg = ServerConfig::load(a.config.as_deref(), std::env::vars())?;
-    report_unknown_env(&cfg);
-    if let Some(d) = &a.data_dir {
-        cfg.data_dir = d.clone();
-    }
-    let problems: Vec<String> = cfg
-        .cases
-        .problems()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    if !problems.is_empty() {
-        bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
-    }
+    let cfg = config_checked(a, |c| c.cases.problems())?;
     crate::stages::cases::open_store(&cfg.data_dir, &cfg.cases).await
 }
 

@@ -4,8 +4,8 @@
 //! It sits on the detection stage of the data path (architecture: "WAL consumers → detector →
 //! anomalies") and in the edge agent alike, so the same code finds anomalies offline at the edge.
 //! The core is pure and synchronous: a detector takes `(timestamp, value)` and returns a score;
-//! it never reads a clock or a file. Only `nab` performs I/O, to read the benchmark and write
-//! its results layout.
+//! it never reads a clock or a file. Only `nab` and `csv_eval` perform I/O, to read the benchmark
+//! or a labelled CSV and write results.
 //!
 //! - [`Detector`] (module [`live`]): the many-series detector a WAL consumer drives —
 //!   `score(key, ts, value)`, `tick(now)` for silence, `snapshot()`/`restore()`, `set_params`,
@@ -14,9 +14,12 @@
 //! - [`ensemble`] and [`detectors`]: the univariate ensemble and its parts; [`multivariate`]:
 //!   the per-device streaming PCA.
 //! - `eval`: drives a [`Detector`] over a labelled fleet and scores its events (precision,
-//!   recall, F1, detection delay per incident kind); `nab`: the NAB benchmark. Both are behind
-//!   the `eval` feature (off by default: the edge agent does not compile them).
+//!   recall, F1, detection delay per incident kind); `nab`: the NAB benchmark; `csv_eval`: any
+//!   labelled CSV through a [`Detector`] (`edgepipe eval csv`). All three are behind the `eval`
+//!   feature (off by default: the edge agent does not compile them).
 
+#[cfg(feature = "eval")]
+pub mod csv_eval;
 pub mod detectors;
 pub mod ensemble;
 mod error;

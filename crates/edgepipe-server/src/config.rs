@@ -40,7 +40,17 @@ pub enum ConfigError {
 
 /// `EDGEPIPE_*` variables (without the prefix) that are not settings of [`ServerConfig::load`]
 /// but are read by the binary itself.
-const ENV_READ_ELSEWHERE: &[&str] = &["LOG", "LOG_FORMAT", "CONFIG", "DATA_DIR"];
+const ENV_READ_ELSEWHERE: &[&str] = &[
+    "LOG",
+    "LOG_FORMAT",
+    "CONFIG",
+    "DATA_DIR",
+    // Read by the project's own tooling: the test suites, scripts and browser tests.
+    "NAB_DIR",
+    "SERVER_BIN",
+    "API_TOKEN",
+    "URL",
+];
 
 /// The `EDGEPIPE_*` variables [`ServerConfig::load`] reads, for messages.
 pub const ENV_SETTINGS: &[&str] = &[
@@ -212,8 +222,11 @@ impl ServerConfig {
                 },
                 "CASES_STORE_URL" => cfg.cases.store_url = Some(v),
                 // Read elsewhere: the log filter and format (main), the config file and data
-                // directory flags' defaults (clap), and the edge agent's own variables.
-                k if ENV_READ_ELSEWHERE.contains(&k) || k.starts_with("AGENT_") => {}
+                // directory flags' defaults (clap), the edge agent's own variables and the
+                // test shims' (`EDGEPIPE_TEST_*`).
+                k if ENV_READ_ELSEWHERE.contains(&k)
+                    || k.starts_with("AGENT_")
+                    || k.starts_with("TEST_") => {}
                 _ => cfg.unknown_env.push(format!("EDGEPIPE_{key}")),
             }
         }
@@ -421,6 +434,8 @@ payload = "raw"
                 ("EDGEPIPE_MQTT_ADRR", "127.0.0.1:1999"),
                 ("EDGEPIPE_LOG", "debug"),
                 ("EDGEPIPE_AGENT_TOKEN", "x"),
+                ("EDGEPIPE_TEST_FSYNC_LOG", "/tmp/log"),
+                ("EDGEPIPE_NAB_DIR", "/data/nab"),
                 ("EDGEPIPE_DATA_DIR", "/tmp/x"),
                 ("PATH", "/bin"),
             ]

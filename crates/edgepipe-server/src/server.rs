@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::ServerConfig;
 use crate::gateway::deadletter::{DeadLetterError, DeadLetters};
@@ -153,6 +153,9 @@ pub struct RunningServer {
     /// The case service (cases, users, notifications).
     pub cases: Option<crate::stages::cases::CaseService>,
     detect_stop: CancellationToken,
+    /// Stops detection and retraining if the server is dropped without [`Self::shutdown`]
+    /// (or `start` fails after spawning them).
+    _detect_stop_on_drop: DropGuard,
     detect_task: Option<tokio::task::JoinHandle<()>>,
     retrain_task: Option<tokio::task::JoinHandle<()>>,
     mqtt: Option<MqttHandle>,
@@ -230,6 +233,7 @@ impl RunningServer {
         )
         .map_err(StartError::Cases)?;
         let detect_stop = CancellationToken::new();
+        let detect_stop_on_drop = detect_stop.clone().drop_guard();
         if !cfg.detect.enabled {
             // A disabled stage must not hold back WAL retention with a stale checkpoint.
             let _ = ingestor
@@ -329,6 +333,7 @@ impl RunningServer {
             lake: Some(lake),
             cases: Some(cases),
             detect_stop,
+            _detect_stop_on_drop: detect_stop_on_drop,
             detect_task,
             retrain_task,
             mqtt: Some(mqtt),

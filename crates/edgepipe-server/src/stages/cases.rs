@@ -170,7 +170,8 @@ impl CaseService {
     }
 
     /// Stops the background tasks (the notifier finishes its round; undelivered
-    /// notifications stay in the outbox for the next start).
+    /// notifications stay in the outbox for the next start). They stop together and get 10 s
+    /// in all: a notifier round stuck on a mail server (15 s timeout) does not hold the rest.
     pub async fn shutdown(self) {
         self.stop.cancel();
         drop(self.evidence_tx);

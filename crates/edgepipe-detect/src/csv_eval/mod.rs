@@ -33,6 +33,17 @@ pub struct CsvData {
     pub windows: Vec<(usize, usize)>,
 }
 
+impl CsvData {
+    /// Per row: inside an anomaly window.
+    pub fn labelled_rows(&self) -> Vec<bool> {
+        let mut labelled = vec![false; self.timestamps.len()];
+        for &(a, b) in &self.windows {
+            labelled[a..=b].iter_mut().for_each(|l| *l = true);
+        }
+        labelled
+    }
+}
+
 /// How to read the file.
 #[derive(Debug, Clone, Default)]
 pub struct CsvOptions {
@@ -299,10 +310,7 @@ pub struct CsvReport {
 /// Scores `run` against `data`'s windows.
 pub fn report(data: &CsvData, run: &CsvRun) -> CsvReport {
     let n = data.timestamps.len();
-    let mut labelled = vec![false; n];
-    for &(a, b) in &data.windows {
-        labelled[a..=b].iter_mut().for_each(|l| *l = true);
-    }
+    let labelled = data.labelled_rows();
     let (mut tp, mut fp, mut fneg) = (0, 0, 0);
     for (&pred, &lab) in run.anomalous.iter().zip(&labelled) {
         match (pred, lab) {
@@ -350,10 +358,7 @@ pub fn report(data: &CsvData, run: &CsvRun) -> CsvReport {
 /// Writes `timestamp,score,anomalous,event,label` per row (timestamps in ms).
 pub fn write_scores(path: &Path, data: &CsvData, run: &CsvRun) -> Result<()> {
     use std::fmt::Write as _;
-    let mut labelled = vec![false; data.timestamps.len()];
-    for &(a, b) in &data.windows {
-        labelled[a..=b].iter_mut().for_each(|l| *l = true);
-    }
+    let labelled = data.labelled_rows();
     let mut events = vec![false; data.timestamps.len()];
     for &r in &run.event_rows {
         events[r] = true;

@@ -230,15 +230,16 @@ impl DeviceRegistry {
             message: e.to_string(),
         })?;
         edgepipe_wal::durable::replace_file(&self.path, &bytes).map_err(self.io(&self.path))?;
+        // The journal is folded into the file now: remove it, and make the removal durable
+        // (`replace_file` already made the new file's rename durable).
         match fs::remove_file(&self.journal_path) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(dir) = self.path.parent() {
+                    edgepipe_wal::durable::fsync_dir(dir).map_err(self.io(dir))?;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(self.io(&self.journal_path)(e)),
-        }
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(self.io(dir))?;
         }
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = (self.stamp(), file);
         drop(lock);

@@ -524,3 +524,42 @@ fn s3_lake_on_a_real_s3_compatible_server() -> TestResult {
     drop(moto);
     Ok(())
 }
+
+/// `edgepipe query` next to a running server asks the server (reqwest, Arrow IPC answer), so it
+/// sees readings still in the fresh buffer; the lake files alone would have none yet (the
+/// default flush interval is 30 s). Bad SQL through the server is the server's 400, named.
+#[test]
+fn query_beside_a_running_server_sees_rows_not_yet_in_files() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let srv = Server::start(&data, &["--auto-register"])?;
+    let body: String = (0..25)
+        .map(|i| {
+            format!(
+                "{{\"ts\": {}, \"metrics\": {{\"t\": {i}}}}}\n",
+                1_767_225_600_000i64 + i * 1000
+            )
+        })
+        .collect();
+    ingest_as(srv.http, "fresh-1", &body)?;
+    let d = data.to_str().ok_or("path")?;
+    let rows = query_json(
+        &["--data-dir", d],
+        "SELECT count(*) AS n, sum(value) AS s FROM readings WHERE device_id = 'fresh-1'",
+    )?;
+    assert_eq!(rows[0]["n"], 25, "{rows:?}");
+    assert_eq!(rows[0]["s"].as_f64(), Some(300.0), "{rows:?}");
+    assert!(
+        !data.join("lake/readings").exists()
+            || std::fs::read_dir(data.join("lake/readings"))?
+                .next()
+                .is_none(),
+        "no lake file yet: the rows came from the server's fresh buffer"
+    );
+    let out = edgepipe(&["query", "--data-dir", d, "SELEC nope"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SQL error") && err.contains("SELEC"), "{err}");
+    srv.stop()?;
+    Ok(())
+}

@@ -175,6 +175,22 @@ impl NabCorpus {
         }
     }
 
+    /// This corpus followed by `other`'s files (windows renumbered after this corpus' own), for
+    /// scoring NAB's files and generated families together.
+    pub fn merged(mut self, other: NabCorpus) -> Self {
+        let offset = self.window_count;
+        for mut f in other.files {
+            for r in &mut f.rows {
+                if let RowKind::InWindow(w) = r.kind {
+                    r.kind = RowKind::InWindow(w + offset);
+                }
+            }
+            self.files.push(f);
+        }
+        self.window_count += other.window_count;
+        self
+    }
+
     /// The distinct categories, sorted.
     pub fn categories(&self) -> Vec<String> {
         let mut c: Vec<String> = self.files.iter().map(|f| f.category.clone()).collect();

@@ -2,11 +2,14 @@
 //! NAB's published rules, and [`run_nab`], which runs a streaming detector over every file,
 //! writes NAB's results layout and scores it.
 //!
-//! This is the only module of the crate that touches the file system.
+//! [`synth`] generates look-alike labelled families in the same layout for the tuning protocol.
+//!
+//! With `csv_eval`, the only modules of the crate that touch the file system.
 
 mod corpus;
 mod runner;
 mod scorer;
+pub mod synth;
 
 pub use corpus::{NabCorpus, NabFile, Window, parse_timestamp, probationary_len};
 pub use runner::{NabReport, eval_nab, run_nab, write_nab_results};

@@ -9,9 +9,15 @@
 //!   then scored, at that fixed threshold, on the held-out category (the two artificial
 //!   categories form one fold, since `artificialNoAnomaly` has no windows to normalise by).
 //!   A split-half check (alternate files) is printed as well.
+//! - `--families[=DIR]`: the tuning protocol (module `families`): nested leave-one-family-out
+//!   over NAB's categories and the generated look-alike families (written to `DIR`, by default
+//!   `$TMPDIR/edgepipe-synth-families`, on first use), with the public score, the held-out
+//!   score and their gap, false alarms per file per family and the slow-drift lead times.
 //!
 //! A JSON `EnsembleConfig` (partial; defaults fill the rest) may be given in
 //! `EDGEPIPE_DETECT_CONFIG`.
+
+mod families;
 
 use std::path::PathBuf;
 
@@ -26,6 +32,13 @@ fn main() -> Result {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let verbose = args.iter().any(|a| a == "-v");
     let loco = args.iter().any(|a| a == "--loco");
+    let synth_dir = args.iter().find_map(|a| {
+        if a == "--families" {
+            Some(std::env::temp_dir().join("edgepipe-synth-families"))
+        } else {
+            a.strip_prefix("--families=").map(PathBuf::from)
+        }
+    });
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let data = pos
         .first()
@@ -107,6 +120,9 @@ fn main() -> Result {
     if loco {
         leave_out(&corpus, config)?;
     }
+    if let Some(dir) = synth_dir {
+        families::run(&data, &corpus, &dir, &grid(config))?;
+    }
     Ok(())
 }
 
@@ -182,14 +198,6 @@ fn grid(base: EnsembleConfig) -> Vec<(String, EnsembleConfig)> {
     out
 }
 
-fn fold_of(category: &str) -> &str {
-    if category.starts_with("artificial") {
-        "artificial"
-    } else {
-        category
-    }
-}
-
 /// Leave-one-category-out and split-half: choose (configuration, threshold) on the training
 /// part only, report on the held-out part at that fixed threshold.
 fn leave_out(corpus: &NabCorpus, base: EnsembleConfig) -> Result {
@@ -198,7 +206,11 @@ fn leave_out(corpus: &NabCorpus, base: EnsembleConfig) -> Result {
         .iter()
         .map(|(_, c)| score_all(corpus, c))
         .collect();
-    let mut folds: Vec<&str> = corpus.files.iter().map(|f| fold_of(&f.category)).collect();
+    let mut folds: Vec<&str> = corpus
+        .files
+        .iter()
+        .map(|f| families::fold_of(&f.category))
+        .collect();
     folds.dedup();
     // Split-half: even-indexed files against odd-indexed ones, both ways.
     let halves: Vec<(String, Vec<bool>)> = vec![
@@ -217,7 +229,7 @@ fn leave_out(corpus: &NabCorpus, base: EnsembleConfig) -> Result {
             let held: Vec<bool> = corpus
                 .files
                 .iter()
-                .map(|f| fold_of(&f.category) == *fold)
+                .map(|f| families::fold_of(&f.category) == *fold)
                 .collect();
             ((*fold).to_owned(), held)
         })

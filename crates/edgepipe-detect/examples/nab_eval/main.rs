@@ -195,6 +195,21 @@ fn grid(base: EnsembleConfig) -> Vec<(String, EnsembleConfig)> {
         c.weights.smooth_z = w;
         out.push((format!("weights.smooth_z={w}"), c));
     }
+    // Precedent suppression: from which surprise on a reading is judged by its precedents.
+    for l in [1.2, 1.7] {
+        let mut c = base;
+        c.precedent.level = l;
+        out.push((format!("precedent.level={l}"), c));
+    }
+    // The slow-drift detector: on or off, and its firing level.
+    for (w, t) in [(0.0, 3.0), (1.0, 3.0), (1.5, 4.0)] {
+        let mut c = base;
+        c.weights.drift = w;
+        c.drift.threshold = t;
+        if c != base {
+            out.push((format!("weights.drift={w},drift.threshold={t}"), c));
+        }
+    }
     out
 }
 

@@ -6,6 +6,7 @@
 //! Every state type is `serde`-serialisable; restoring it continues bit-identically.
 
 mod cusum;
+mod drift;
 mod ewma;
 mod flatline;
 mod limits;
@@ -19,6 +20,7 @@ pub(crate) mod stats;
 pub(crate) use ewma::{check_non_negative, check_positive, check_unit};
 
 pub use cusum::{Cusum, CusumConfig};
+pub use drift::{Drift, DriftConfig, DriftTrend};
 pub use ewma::{EwmaZ, EwmaZConfig};
 pub use flatline::{Flatline, FlatlineConfig};
 pub use limits::{Limits, LimitsConfig};
@@ -83,11 +85,13 @@ pub enum DetectorKind {
     Volatility,
     /// [`LogDrop`].
     LogDrop,
+    /// [`Drift`].
+    Drift,
 }
 
 impl DetectorKind {
     /// All kinds, in bit order of [`Fired`].
-    pub const ALL: [DetectorKind; 11] = [
+    pub const ALL: [DetectorKind; 12] = [
         DetectorKind::EwmaZ,
         DetectorKind::Pewma,
         DetectorKind::RobustMad,
@@ -99,6 +103,7 @@ impl DetectorKind {
         DetectorKind::SmoothZ,
         DetectorKind::Volatility,
         DetectorKind::LogDrop,
+        DetectorKind::Drift,
     ];
 
     /// A stable lowercase name.
@@ -115,6 +120,7 @@ impl DetectorKind {
             DetectorKind::SmoothZ => "smooth_z",
             DetectorKind::Volatility => "volatility",
             DetectorKind::LogDrop => "log_drop",
+            DetectorKind::Drift => "drift",
         }
     }
 

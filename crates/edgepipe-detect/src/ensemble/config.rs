@@ -6,8 +6,9 @@ use super::likelihood::LikelihoodConfig;
 use super::precedent::PrecedentConfig;
 use super::recurrence::RecurrenceConfig;
 use crate::detectors::{
-    CusumConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, LogDropConfig, PewmaConfig,
-    RateOfChangeConfig, RobustMadConfig, SeasonalConfig, check_non_negative, check_positive,
+    CusumConfig, DriftConfig, EwmaZConfig, FlatlineConfig, LimitsConfig, LogDropConfig,
+    PewmaConfig, RateOfChangeConfig, RobustMadConfig, SeasonalConfig, check_non_negative,
+    check_positive,
 };
 use crate::{Error, Result};
 
@@ -37,6 +38,8 @@ pub struct Weights {
     pub volatility: f64,
     /// Weight of the log-scale drop detector (0 also skips its work).
     pub log_drop: f64,
+    /// Weight of the slow-drift detector (0 also skips its work).
+    pub drift: f64,
 }
 
 impl Default for Weights {
@@ -53,6 +56,7 @@ impl Default for Weights {
             smooth_z: 0.75,
             volatility: 0.0,
             log_drop: 1.0,
+            drift: 1.5,
         }
     }
 }
@@ -235,6 +239,8 @@ pub struct EnsembleConfig {
     pub volatility: VolatilityConfig,
     /// Log-scale drop (non-negative series falling to a fraction of their level).
     pub log_drop: LogDropConfig,
+    /// Slow drift (long-horizon level change).
+    pub drift: DriftConfig,
     /// Detector weights in the raw score.
     pub weights: Weights,
     /// Learn `ln(1 + raw)` rather than `raw` in the likelihood stage (tames heavy tails).
@@ -285,6 +291,7 @@ impl EnsembleConfig {
             });
         }
         self.log_drop.validate(&mut errs);
+        self.drift.validate(&mut errs);
         self.likelihood.validate(&mut errs);
         self.recurrence.validate(&mut errs);
         self.precedent.validate(&mut errs);
@@ -310,6 +317,7 @@ impl EnsembleConfig {
             ("weights.smooth_z", w.smooth_z),
             ("weights.volatility", w.volatility),
             ("weights.log_drop", w.log_drop),
+            ("weights.drift", w.drift),
         ] {
             check_non_negative(&mut errs, field, v);
         }

@@ -27,8 +27,8 @@ pub use recurrence::{MAX_EVENTS, Recurrence, RecurrenceConfig};
 
 use crate::detectors::stats::learnable;
 use crate::detectors::{
-    Cusum, DetectorKind, EwmaZ, Fired, Flatline, Limits, LogDrop, Pewma, RateOfChange, RobustMad,
-    Seasonal, Signal,
+    Cusum, DetectorKind, Drift, DriftTrend, EwmaZ, Fired, Flatline, Limits, LogDrop, Pewma,
+    RateOfChange, RobustMad, Seasonal, Signal,
 };
 use crate::{Error, PointScorer, Result};
 
@@ -51,7 +51,7 @@ pub struct Assessment {
 }
 
 /// Version of the [`Snapshot`] layout.
-pub const SNAPSHOT_VERSION: u32 = 6;
+pub const SNAPSHOT_VERSION: u32 = 7;
 
 /// All the state of one series. Serialise it with any serde format; restore with
 /// [`SeriesDetector::restore`] or [`SeriesState::check`].
@@ -72,6 +72,7 @@ pub struct SeriesState {
     /// Fast EWMA of the clipped squared baseline z-score (a change of spread or spike density).
     vol: f64,
     log_drop: LogDrop,
+    drift: Drift,
     likelihood: Likelihood,
     recurrence: Recurrence,
     precedent: Precedent,
@@ -115,6 +116,11 @@ impl SeriesState {
             + self.likelihood.heap_bytes()
     }
 
+    /// The slow-drift detector's current excursion (rate per hour and duration), if any.
+    pub fn drift_trend(&self) -> Option<DriftTrend> {
+        self.drift.trend()
+    }
+
     /// The seasonal period found, in blocks of `seasonal.block` readings.
     pub fn seasonal_period(&self) -> Option<usize> {
         self.seasonal.period()
@@ -150,6 +156,7 @@ impl SeriesState {
             && self.tail.is_finite()
             && self.vol.is_finite()
             && self.log_drop.valid()
+            && self.drift.valid()
             && self.rebase.valid()
             && self.tails.iter().all(|v| v.is_finite());
         if ok {
@@ -163,7 +170,7 @@ impl SeriesState {
     }
 
     /// Scores one reading and learns it. Readings are expected in time order; the timestamp
-    /// is recorded but does not change the score.
+    /// does not change the score (the drift detector uses it only to state a rate per hour).
     pub fn update(&mut self, cfg: &EnsembleConfig, ts: TimestampMs, x: f64) -> Assessment {
         self.n = self.n.saturating_add(1);
         self.last_ts = Some(ts);
@@ -279,6 +286,13 @@ impl SeriesState {
                 self.log_drop.update(&cfg.log_drop, x),
             );
         }
+        if w.drift > 0.0 {
+            consider(
+                DetectorKind::Drift,
+                w.drift,
+                self.drift.update(&cfg.drift, ts, x),
+            );
+        }
         if w.seasonal > 0.0 {
             consider(
                 DetectorKind::Seasonal,
@@ -376,6 +390,11 @@ impl SeriesState {
         let alarm = score >= o.alarm_score;
         if alarm {
             self.refractory = o.refractory;
+        }
+        // A change another detector reported (or would have, outside a refractory period) is
+        // not a drift to report again later.
+        if strongest != Some(DetectorKind::Drift) && (alarm || raw >= cfg.drift.mute_above) {
+            self.drift.mute();
         }
         if w.robust_mad <= 0.0 {
             if score > 0.0 {

@@ -50,7 +50,7 @@ pub struct PrecedentConfig {
 impl Default for PrecedentConfig {
     fn default() -> Self {
         Self {
-            level: 1.7,
+            level: 1.4,
             record: 0.6,
             events: MAX_EXCURSIONS,
             factor: 1.5,

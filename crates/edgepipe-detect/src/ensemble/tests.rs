@@ -49,6 +49,7 @@ fn all_detectors() -> EnsembleConfig {
             smooth_z: 1.0,
             volatility: 1.0,
             log_drop: 1.0,
+            drift: 1.0,
         },
         calibration: Calibration::Both,
         tail: TailConfig {

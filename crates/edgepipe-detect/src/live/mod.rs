@@ -34,7 +34,7 @@ use crate::multivariate::Pca;
 use crate::{Error, Result, SeriesState};
 
 /// Version of the [`Detector::snapshot`] layout.
-pub const DETECTOR_SNAPSHOT_VERSION: u32 = 5;
+pub const DETECTOR_SNAPSHOT_VERSION: u32 = 6;
 
 /// A borrowed series key: looks up a [`SeriesKey`] without building one (hashes exactly as the
 /// owned key does: the device's text, then the metric's).

@@ -9,15 +9,19 @@
 //!   a sustained level change (x2.5–4 or x0.2–0.35 for 1–2 days) or an outage (no events for
 //!   3–12 hours on a busy series).
 //! - `synthSlowDrift`: a machine temperature every 5 minutes: a level with a daily cycle, AR(1)
-//!   noise and ordinary set-point changes of 1–2 standard deviations that come and go. Anomaly:
-//!   a slow degradation (a drift of 4–10 standard deviations over 6–36 hours, up or down) that
-//!   ends in a failure (the machine falls to ambient for 3–12 hours, then restarts).
+//!   noise and ordinary set-point changes of 1–2 noise standard deviations that come and go.
+//!   Anomaly: a slow degradation that takes the temperature out of its operating band (a drift
+//!   of 3–6 times the series' whole spread, cycle and set-points included, over 6–36 hours, up
+//!   or down) and ends in a failure (the machine falls to ambient for 3–12 hours, then
+//!   restarts).
 //!
 //! Everything here is generated from these descriptions with a seeded generator; nothing is
 //! fitted to or copied from held-out data. Windows follow NAB's rule (10 % of the file's length
-//! shared among its anomalies, centred on each onset) for counts; a degradation's window runs
-//! from the drift's onset to just after the restart, and `labels/synth_failures.json` records
-//! each drift's onset and failure rows, so "detected before the step" can be checked.
+//! shared among its anomalies, centred on each onset) for counts. A degradation's window runs
+//! from the drift's onset to half an hour after the failure, so NAB's scoring rewards flagging
+//! the drift early and gives almost nothing for noticing the failure itself (a detection at the
+//! window's end earns about zero); `labels/synth_failures.json` records each drift's onset and
+//! failure rows, so "detected before the step" can be checked.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -303,7 +307,10 @@ fn drift_file(rng: &mut StdRng, i: usize) -> SynthFile {
     let innovation = Normal::new(0.0, sd * (1.0 - phi * phi).sqrt()).ok();
     let onset = rng.random_range(ROWS * 3 / 10..ROWS * 7 / 10);
     let drift_len = rng.random_range(72..432);
-    let rise = rng.random_range(4.0..10.0) * sd * if rng.random_bool(0.7) { 1.0 } else { -1.0 };
+    // The whole spread of normal operation: noise, cycle (a sine's sd is amplitude / √2) and
+    // the set-point changes (about a quarter of the time at ±1.5 sd).
+    let spread = (sd * sd * (1.0 + 0.25 * 2.25) + daily * daily / 2.0).sqrt();
+    let rise = rng.random_range(3.0..6.0) * spread * if rng.random_bool(0.7) { 1.0 } else { -1.0 };
     let step = onset + drift_len;
     let down_len = rng.random_range(36..144);
     let ambient = level - rng.random_range(20.0..40.0);
@@ -348,7 +355,7 @@ fn drift_file(rng: &mut StdRng, i: usize) -> SynthFile {
         family: FAMILIES[1],
         name: format!("machine_{i:02}"),
         values,
-        windows: vec![(onset, (restart + restart_len + 6).min(ROWS - 1))],
+        windows: vec![(onset, (step + 6).min(ROWS - 1))],
         failures: vec![Failure { onset, step }],
     }
 }

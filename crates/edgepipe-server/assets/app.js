@@ -923,6 +923,8 @@
           h('b', null, ex.length ? `${fmtNum(ex[0])} … ${fmtNum(ex[1])}` : 'unknown'),
           '; detectors fired: ', h('b', null, (x.fired || []).join(', ') || '—'),
           '; strongest: ', h('b', null, x.strongest || '—'), `; score ${fmtNum(a.score)}.`),
+        x.drift && h('p', { testid: 'drift-trend' }, 'Drifting ', h('b', null, x.drift.per_hour >= 0 ? 'up' : 'down'), ' ',
+          h('b', null, fmtNum(Math.abs(x.drift.per_hour))), ' per hour for ', h('b', null, `${fmtNum(x.drift.hours)} h`), '.'),
         ct && ct.wrap,
         h('details', null, h('summary', null, 'Raw explanation'), h('pre', { class: 'sql' }, JSON.stringify(x, null, 2))),
       );

@@ -154,6 +154,10 @@ pub struct Explanation {
     pub t2_q: Option<(f64, f64)>,
     /// For silence: how long nothing arrived (ms) and the usual interval (ms).
     pub silent_for_ms: Option<(i64, i64)>,
+    /// For a slow drift (strongest detector `drift`): its rate per hour and how long it has
+    /// lasted ("drifting up 0.4 per hour for 9 h").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::detectors::DriftTrend>,
 }
 
 /// Operator feedback on an event of one series.
@@ -459,6 +463,9 @@ impl Detector {
                         strongest: a.strongest,
                         value: Some(value),
                         expected: a.expected,
+                        drift: (a.strongest == Some(DetectorKind::Drift))
+                            .then(|| entry.state.drift_trend())
+                            .flatten(),
                         ..Explanation::default()
                     },
                 }));

@@ -478,3 +478,45 @@ fn scoring_by_borrowed_ids_equals_scoring_by_key() {
     assert!(by_ids.score_ids("a", "", 0, 1.0).is_err());
     assert_eq!(by_ids.series_count(), 6);
 }
+
+#[test]
+fn a_slow_drift_raises_an_event_that_states_its_rate_before_the_failure() {
+    // A machine temperature every 5 minutes: 10 days around 70 °C with a daily cycle, then
+    // +0.6 °C per hour for 12 hours, then a failure (a fall to ambient).
+    let mut d = Detector::new(DetectorConfig::default(), ModelParams::default()).expect("valid");
+    let k = key("press-7", "bearing_temp");
+    let mut seed = 7;
+    let (onset, step) = (2880i64, 2880 + 144);
+    let mut first = None;
+    for i in 0..step + 12 {
+        let cycle = (i as f64 / 288.0 * std::f64::consts::TAU).sin();
+        let mut x = 70.0 + cycle + lcg(&mut seed);
+        if i >= onset {
+            x += 0.05 * (i - onset) as f64;
+        }
+        if i >= step {
+            x = 25.0;
+        }
+        if let Some(e) = d.score(&k, i * 5 * MIN, x).event {
+            assert!(i >= onset, "false alarm at {i}: {e:?}");
+            if first.is_none() {
+                first = Some((i, *e));
+            }
+        }
+    }
+    let (i, e) = first.expect("an event");
+    assert!(i < step, "the drift was only noticed at the failure ({i})");
+    assert_eq!(e.explanation.strongest, Some(DetectorKind::Drift), "{e:?}");
+    let trend = e.explanation.drift.expect("a drift explanation");
+    assert!(
+        trend.per_hour > 0.2 && trend.per_hour < 1.2,
+        "rate {} per hour (true 0.6)",
+        trend.per_hour
+    );
+    assert!(trend.hours > 0.5 && trend.hours <= 12.0, "{trend:?}");
+    let json = serde_json::to_value(&e).expect("json");
+    assert!(
+        json["explanation"]["drift"]["per_hour"].is_number(),
+        "{json}"
+    );
+}

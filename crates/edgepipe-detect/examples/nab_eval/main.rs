@@ -175,10 +175,12 @@ fn grid(base: EnsembleConfig) -> Vec<(String, EnsembleConfig)> {
         c.ewma.alpha = a;
         out.push((format!("ewma.alpha={a}"), c));
     }
-    for q in [0.98, 0.995] {
+    for q in [0.98, 0.99, 0.995, 0.998] {
         let mut c = base;
         c.tail.quantile = q;
-        out.push((format!("tail.quantile={q}"), c));
+        if c != base {
+            out.push((format!("tail.quantile={q}"), c));
+        }
     }
     for d in [0.995, 0.9995] {
         let mut c = base;
@@ -194,6 +196,26 @@ fn grid(base: EnsembleConfig) -> Vec<(String, EnsembleConfig)> {
         let mut c = base;
         c.weights.smooth_z = w;
         out.push((format!("weights.smooth_z={w}"), c));
+    }
+    // The detectors weighted 0 by default, each switched on, and the likelihood calibration:
+    // the protocol decides whether they earn their place.
+    for (name, set) in [
+        (
+            "weights.pewma=1",
+            (|c: &mut EnsembleConfig| c.weights.pewma = 1.0) as fn(&mut _),
+        ),
+        ("weights.robust_mad=1", |c| c.weights.robust_mad = 1.0),
+        ("weights.rate_of_change=1", |c| {
+            c.weights.rate_of_change = 1.0
+        }),
+        ("weights.volatility=1", |c| c.weights.volatility = 1.0),
+        ("calibration=likelihood", |c| {
+            c.calibration = edgepipe_detect::ensemble::Calibration::Likelihood
+        }),
+    ] {
+        let mut c = base;
+        set(&mut c);
+        out.push((name.to_owned(), c));
     }
     // Precedent suppression: from which surprise on a reading is judged by its precedents.
     for l in [1.2, 1.7] {

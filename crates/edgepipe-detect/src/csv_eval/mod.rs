@@ -241,6 +241,10 @@ pub struct CsvRun {
     pub anomalous: Vec<bool>,
     /// Rows on which an event (series or device) fired.
     pub event_rows: Vec<usize>,
+    /// Rows on which a single series' event (the univariate ensemble) fired.
+    pub series_event_rows: Vec<usize>,
+    /// Rows on which a device event (the multivariate model) fired.
+    pub device_event_rows: Vec<usize>,
 }
 
 /// Scores every reading of `data` in row order as device `device`, one series per column.
@@ -259,18 +263,27 @@ pub fn run(detector: &mut Detector, data: &CsvData, device: &DeviceId) -> Result
         scores: vec![0.0; n],
         anomalous: vec![false; n],
         event_rows: Vec::new(),
+        series_event_rows: Vec::new(),
+        device_event_rows: Vec::new(),
     };
     for (row, &ts) in data.timestamps.iter().enumerate() {
-        let mut fired = false;
+        let (mut series, mut device) = (false, false);
         for (key, (_, values)) in keys.iter().zip(&data.columns) {
             let Some(v) = values[row] else { continue };
             let s = detector.score(key, ts, v);
             out.scores[row] = out.scores[row].max(s.score);
             out.anomalous[row] |= s.anomalous;
-            fired |= s.event.is_some() || s.device_event.is_some();
+            series |= s.event.is_some();
+            device |= s.device_event.is_some();
         }
-        if fired {
+        if series || device {
             out.event_rows.push(row);
+        }
+        if series {
+            out.series_event_rows.push(row);
+        }
+        if device {
+            out.device_event_rows.push(row);
         }
     }
     Ok(out)
@@ -305,6 +318,36 @@ pub struct CsvReport {
     pub false_alarms: usize,
     /// False alarms per day of data.
     pub false_alarms_per_day: Option<f64>,
+    /// The same window and false-alarm counts for the single-series ensemble's events alone.
+    pub univariate: ModelReport,
+    /// ... and for the per-device multivariate model's events alone.
+    pub multivariate: ModelReport,
+}
+
+/// Windows found and false alarms of one kind of event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelReport {
+    /// Windows with such an event inside.
+    pub windows_detected: usize,
+    /// Median delay from a detected window's start to its first such event, ms.
+    pub median_delay_ms: Option<i64>,
+    /// Such events outside every window.
+    pub false_alarms: usize,
+}
+
+fn model_report(data: &CsvData, labelled: &[bool], rows: &[usize]) -> ModelReport {
+    let mut delays = Vec::new();
+    for &(a, b) in &data.windows {
+        if let Some(&row) = rows.iter().find(|&&r| r >= a && r <= b) {
+            delays.push(data.timestamps[row] - data.timestamps[a]);
+        }
+    }
+    delays.sort_unstable();
+    ModelReport {
+        windows_detected: delays.len(),
+        median_delay_ms: delays.get(delays.len() / 2).copied(),
+        false_alarms: rows.iter().filter(|&&r| !labelled[r]).count(),
+    }
 }
 
 /// Scores `run` against `data`'s windows.
@@ -328,14 +371,7 @@ pub fn report(data: &CsvData, run: &CsvRun) -> CsvReport {
         (Some(_), Some(_)) => Some(0.0),
         _ => None,
     };
-    let mut delays = Vec::new();
-    for &(a, b) in &data.windows {
-        if let Some(&row) = run.event_rows.iter().find(|&&r| r >= a && r <= b) {
-            delays.push(data.timestamps[row] - data.timestamps[a]);
-        }
-    }
-    delays.sort_unstable();
-    let false_alarms = run.event_rows.iter().filter(|&&r| !labelled[r]).count();
+    let all = model_report(data, &labelled, &run.event_rows);
     let span_ms = data.timestamps[n - 1] - data.timestamps[0];
     CsvReport {
         rows: n,
@@ -347,11 +383,13 @@ pub fn report(data: &CsvData, run: &CsvRun) -> CsvReport {
         recall,
         f1,
         windows: data.windows.len(),
-        windows_detected: delays.len(),
-        median_delay_ms: delays.get(delays.len() / 2).copied(),
-        false_alarms,
+        windows_detected: all.windows_detected,
+        median_delay_ms: all.median_delay_ms,
+        false_alarms: all.false_alarms,
         false_alarms_per_day: (span_ms > 0)
-            .then(|| false_alarms as f64 * 86_400_000.0 / span_ms as f64),
+            .then(|| all.false_alarms as f64 * 86_400_000.0 / span_ms as f64),
+        univariate: model_report(data, &labelled, &run.series_event_rows),
+        multivariate: model_report(data, &labelled, &run.device_event_rows),
     }
 }
 

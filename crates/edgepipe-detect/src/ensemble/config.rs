@@ -162,7 +162,7 @@ pub struct TailConfig {
 impl Default for TailConfig {
     fn default() -> Self {
         Self {
-            quantile: 0.99,
+            quantile: 0.995,
             rate: 0.02,
             reference: 1.0,
             min_factor: 1.0,

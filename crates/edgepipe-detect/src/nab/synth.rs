@@ -15,6 +15,12 @@
 //!   or down) and ends in a failure (the machine falls to ambient for 3–12 hours, then
 //!   restarts).
 //!
+//! - [`correlated_sensors`]: one machine's four sensors every minute for a week (load, and a
+//!   temperature, current and vibration that follow it), with labelled *broken correlations*:
+//!   a metric stops following the load while staying inside its own usual range (the case the
+//!   per-device multivariate model exists for). Written as a CSV with a `label` column for
+//!   `edgepipe eval csv`.
+//!
 //! Everything here is generated from these descriptions with a seeded generator; nothing is
 //! fitted to or copied from held-out data. Windows follow NAB's rule (10 % of the file's length
 //! shared among its anomalies, centred on each onset) for counts. A degradation's window runs
@@ -158,7 +164,10 @@ fn format_value(v: f64) -> String {
 }
 
 fn timestamp(row: usize) -> String {
-    let ms = START_MS + row as i64 * STEP_MS;
+    format_ms(START_MS + row as i64 * STEP_MS)
+}
+
+fn format_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -360,10 +369,165 @@ fn drift_file(rng: &mut StdRng, i: usize) -> SynthFile {
     }
 }
 
+/// A multivariate labelled series: one device's metrics on a shared clock.
+#[derive(Debug, Clone)]
+pub struct MultiFile {
+    /// File name without `.csv`.
+    pub name: String,
+    /// Milliseconds since the epoch, one per row.
+    pub timestamps: Vec<i64>,
+    /// `(metric, values)`, one per column.
+    pub columns: Vec<(String, Vec<f64>)>,
+    /// Whether each row lies in an anomaly.
+    pub labels: Vec<bool>,
+}
+
+/// Rows of a [`correlated_sensors`] file: a week of 1-minute readings.
+pub const MULTI_ROWS: usize = 10_080;
+
+/// One machine's load, temperature, current and vibration every minute for a week, with three
+/// labelled broken correlations (1–4 hours each, after the first two days): the temperature
+/// stops following the load, the current falls to 80 % of what the load draws, or the
+/// vibration behaves as if the load were 30 points off. Each metric stays inside its own
+/// usual range; only the relation to the load is wrong. The load changes at each onset, so the
+/// broken relation shows.
+pub fn correlated_sensors(seed: u64, i: usize) -> MultiFile {
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ 0xa076_1d64_78bd_642f_u64.wrapping_mul(i as u64 + 1));
+    let minute = 60_000i64;
+    let day = 1440.0;
+    let at = onsets(&mut rng, 3, 2 * 1440, MULTI_ROWS - 300, 600);
+    let spans: Vec<(usize, usize, u8)> = at
+        .iter()
+        .enumerate()
+        .map(|(k, &o)| (o, o + rng.random_range(60..240), ((k + i) % 3) as u8))
+        .collect();
+    let noise = |rng: &mut StdRng, sd: f64| Normal::new(0.0, sd).map_or(0.0, |n| n.sample(rng));
+    let phase = rng.random_range(0.0..std::f64::consts::TAU);
+    let mut setpoint = 0.0f64;
+    let mut target = 0.0f64;
+    let (mut temp_lag, mut temp_ar) = (0.0f64, 0.0f64);
+    let mut frozen_temp = 0.0;
+    let mut cols: [Vec<f64>; 4] = Default::default();
+    let mut labels = Vec::with_capacity(MULTI_ROWS);
+    for t in 0..MULTI_ROWS {
+        // Production changes: a new set-point every few hours, and one at each onset.
+        if rng.random_bool(1.0 / 180.0) || spans.iter().any(|s| s.0 == t) {
+            let step = rng.random_range(10.0..20.0);
+            target = if target + step > 20.0 {
+                target - step
+            } else {
+                target + step
+            };
+        }
+        setpoint += (target - setpoint) / 15.0;
+        let cycle = 15.0 * (std::f64::consts::TAU * t as f64 / day + phase).sin();
+        let load = (55.0 + cycle + setpoint + noise(&mut rng, 2.0)).clamp(0.0, 100.0);
+        let span = spans.iter().find(|s| s.0 <= t && t < s.1);
+        temp_lag += (load - temp_lag) / 20.0;
+        temp_ar = 0.9 * temp_ar + noise(&mut rng, 0.25);
+        let mut temp = 40.0 + 0.3 * temp_lag + temp_ar;
+        let mut current = 5.0 + 0.1 * load + noise(&mut rng, 0.3);
+        let mut vibration = 1.0 + 0.02 * load + noise(&mut rng, 0.05);
+        match span.map(|s| (s.0, s.2)) {
+            Some((o, 0)) => {
+                if t == o {
+                    frozen_temp = temp - temp_ar;
+                }
+                temp = frozen_temp + temp_ar;
+            }
+            Some((_, 1)) => current = 5.0 + 0.08 * load + noise(&mut rng, 0.3),
+            Some(_) => {
+                // As if the load were 30 points off, the way that stays in the usual range.
+                let shifted = if load + 30.0 <= 85.0 {
+                    load + 30.0
+                } else {
+                    load - 30.0
+                };
+                vibration = 1.0 + 0.02 * shifted + noise(&mut rng, 0.05);
+            }
+            None => {}
+        }
+        for (c, v) in cols.iter_mut().zip([load, temp, current, vibration]) {
+            c.push((v * 1000.0).round() / 1000.0);
+        }
+        labels.push(span.is_some());
+    }
+    let [load, temp, current, vibration] = cols;
+    MultiFile {
+        name: format!("machine_sensors_{i:02}"),
+        timestamps: (0..MULTI_ROWS as i64)
+            .map(|r| START_MS + r * minute)
+            .collect(),
+        columns: vec![
+            ("load".into(), load),
+            ("temp".into(), temp),
+            ("current".into(), current),
+            ("vibration".into(), vibration),
+        ],
+        labels,
+    }
+}
+
+/// Writes `file` as `DIR/<name>.csv`: `timestamp,<metrics...>,label`.
+pub fn write_multi(dir: &Path, file: &MultiFile) -> Result<std::path::PathBuf> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    let mut text = String::from("timestamp");
+    for (name, _) in &file.columns {
+        text.push(',');
+        text.push_str(name);
+    }
+    text.push_str(",label\n");
+    for (r, ts) in file.timestamps.iter().enumerate() {
+        text.push_str(&format_ms(*ts));
+        for (_, v) in &file.columns {
+            text.push(',');
+            text.push_str(&format_value(v[r]));
+        }
+        text.push_str(if file.labels[r] { ",1\n" } else { ",0\n" });
+    }
+    let path = dir.join(format!("{}.csv", file.name));
+    fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nab::{NabCorpus, parse_timestamp};
+
+    #[test]
+    fn correlated_sensors_break_only_the_relation() {
+        let f = correlated_sensors(3, 0);
+        assert_eq!(f.columns.len(), 4);
+        assert!(f.columns.iter().all(|(_, v)| v.len() == MULTI_ROWS));
+        let labelled = f.labels.iter().filter(|l| **l).count();
+        assert!((180..=720).contains(&labelled), "{labelled}");
+        // Inside the anomalies every metric that follows the load stays within its own normal
+        // range (give or take a tenth of it); the load itself is the cause, not a symptom.
+        for (name, v) in f.columns.iter().skip(1) {
+            let normal: Vec<f64> = v
+                .iter()
+                .zip(&f.labels)
+                .filter(|(_, l)| !**l)
+                .map(|(x, _)| *x)
+                .collect();
+            let lo = normal.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = normal.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let slack = 0.1 * (hi - lo);
+            for (x, _) in v.iter().zip(&f.labels).filter(|(_, l)| **l) {
+                assert!(
+                    *x >= lo - slack && *x <= hi + slack,
+                    "{name}: {x} outside [{lo}, {hi}]"
+                );
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_multi(dir.path(), &f).expect("write");
+        let text = fs::read_to_string(path).expect("read");
+        assert!(text.starts_with("timestamp,load,temp,current,vibration,label\n"));
+        assert_eq!(text.lines().count(), MULTI_ROWS + 1);
+    }
 
     #[test]
     fn timestamps_round_trip_through_the_nab_parser() {

@@ -34,6 +34,21 @@ pub enum EvalCmd {
     /// value column, and report point-wise precision, recall and F1, windows detected, detection
     /// delay and false alarms per day (JSON on stdout).
     Csv(EvalCsvArgs),
+    /// Write the generated look-alike data the tuning protocol uses: bursty counts and slow
+    /// degradations in NAB's layout (`OUT/data`, `OUT/labels`; score with `eval nab --data OUT`),
+    /// and one machine's correlated sensors with broken correlations as labelled CSVs
+    /// (`OUT/multivariate/*.csv`; score with `eval csv`).
+    Synth {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Generator seed (the protocol's is 20261207).
+        #[arg(long, default_value_t = 20_261_207)]
+        seed: u64,
+        /// Files per family.
+        #[arg(long, default_value_t = 8)]
+        files: usize,
+    },
 }
 
 /// `eval csv` flags.
@@ -98,6 +113,29 @@ pub(crate) fn eval_csv(a: EvalCsvArgs) -> anyhow::Result<()> {
         "report": report(&data, &scored),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// `edgepipe eval synth`: writes the generated families and the multivariate CSVs.
+pub(crate) fn eval_synth(out: PathBuf, seed: u64, files: usize) -> anyhow::Result<()> {
+    use edgepipe_detect::nab::synth;
+    anyhow::ensure!(
+        (1..=1000).contains(&files),
+        "--files {files}: between 1 and 1000 files per family"
+    );
+    let generated = synth::generate(seed, files);
+    synth::write(&out, &generated)?;
+    let mv_dir = out.join("multivariate");
+    for i in 0..files {
+        synth::write_multi(&mv_dir, &synth::correlated_sensors(seed, i))?;
+    }
+    println!(
+        "{} files in {} families written to {} (NAB layout), {files} multivariate CSVs in {}",
+        generated.len(),
+        synth::FAMILIES.len(),
+        out.display(),
+        mv_dir.display()
+    );
     Ok(())
 }
 

@@ -154,6 +154,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval {
             which: EvalCmd::Csv(a),
         } => eval::eval_csv(a),
+        Command::Eval {
+            which: EvalCmd::Synth { out, seed, files },
+        } => eval::eval_synth(out, seed, files),
         Command::Lake { action, args } => lake::lake_cmd(action, args).await,
         Command::Bench { which } => match which {
             BenchCmd::Ingest(a) => bench::bench_ingest(a).await,

@@ -104,6 +104,8 @@ pub struct EventReport {
     pub events: usize,
     /// Of which detected no incident.
     pub false_positives: usize,
+    /// The false ones by the detector that led them (`strongest`; `-` when none is named).
+    pub false_by_detector: BTreeMap<String, usize>,
 }
 
 /// The evaluation of one run.
@@ -168,7 +170,8 @@ pub fn evaluate(incidents: &[Incident], events: &[Event], opts: EvalOptions) -> 
         by_device.entry(i.device.as_str()).or_default().push(n);
     }
     let mut first_hit: Vec<Option<i64>> = vec![None; incidents.len()];
-    let mut by_event: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
+    let mut by_event: BTreeMap<&'static str, (usize, usize, BTreeMap<String, usize>)> =
+        BTreeMap::new();
     let (mut n_events, mut n_true) = (0usize, 0usize);
     for e in events {
         if e.ts < opts.from_ms || e.ts >= opts.to_ms {
@@ -198,6 +201,8 @@ pub fn evaluate(incidents: &[Incident], events: &[Event], opts: EvalOptions) -> 
             n_true += 1;
         } else {
             entry.1 += 1;
+            let by = e.explanation.strongest.map_or("-", |k| k.name());
+            *entry.2.entry(by.to_owned()).or_default() += 1;
         }
     }
     let interval = opts.interval_ms.max(1) as f64;
@@ -251,11 +256,14 @@ pub fn evaluate(incidents: &[Incident], events: &[Event], opts: EvalOptions) -> 
             .collect(),
         by_event: by_event
             .into_iter()
-            .map(|(kind, (events, false_positives))| EventReport {
-                kind: kind.to_owned(),
-                events,
-                false_positives,
-            })
+            .map(
+                |(kind, (events, false_positives, false_by_detector))| EventReport {
+                    kind: kind.to_owned(),
+                    events,
+                    false_positives,
+                    false_by_detector,
+                },
+            )
             .collect(),
         missed,
     }

@@ -3,13 +3,20 @@
 //!
 //! The fast baselines adapt within a few hundred readings, so a rise spread over hours to days
 //! never looks unusual to them: each reading is close to the last. This detector compares a
-//! smoothed level (EWMA of the values, weight `fast_alpha`: about four hours of 5-minute
-//! readings) with a long reference level (EWMA of the smoothed level, weight `reference_alpha`:
-//! about three and a half days), scaled by the usual spread of that difference (its EWMA variance, learned
-//! with each squared difference clipped at `clip` standard deviations, so a drift in progress
-//! cannot teach the detector that drifts are normal). The daily cycle and ordinary set-point
-//! changes are part of that spread. It fires when the smoothed level is `threshold` usual
-//! spreads away from the reference.
+//! smoothed level (an EWMA of the values with a time constant of `fast_hours`, 4 h) with a long
+//! reference level (an EWMA of the smoothed level, `reference_hours`, 83 h: three and a half
+//! days), scaled by the usual spread of that difference (its EWMA variance, learned with each
+//! difference clipped at `clip` spreads, so a drift in progress cannot teach the detector that
+//! drifts are normal). The daily cycle and ordinary set-point changes are part of that spread.
+//! It fires when the smoothed level is `threshold` usual spreads away from the reference.
+//!
+//! The horizons are in time and in readings, whichever is longer: a slow degradation is slow in
+//! hours whatever the sampling rate, and an average needs enough readings to mean anything
+//! (each reading's weight is the smaller of `1 - exp(-gap / horizon)` and `1 / readings`; with
+//! 5-minute readings both give about 0.02 and 0.001, a reading every second follows the hours,
+//! an hourly one the reading counts). A series is judged once it has `warmup` readings
+//! spanning half the reference horizon; before that the reference is the plain mean of what
+//! was seen.
 //!
 //! A drift lasts for hours, and a score that stays high for hours would hold the ensemble's
 //! onset memory up and silence every other detector meanwhile. So the detector speaks in steps:
@@ -29,7 +36,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Signal;
-use super::ewma::{check_positive, check_unit};
+use super::ewma::check_positive;
 use super::stats::learnable;
 use crate::Error;
 use edgepipe_types::TimestampMs;
@@ -38,11 +45,15 @@ use edgepipe_types::TimestampMs;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DriftConfig {
-    /// Weight of each new value in the smoothed level.
-    pub fast_alpha: f64,
-    /// Weight of each new smoothed level in the reference level and the spread.
-    pub reference_alpha: f64,
-    /// Readings learned before the detector fires.
+    /// Time constant of the smoothed level, hours.
+    pub fast_hours: f64,
+    /// Time constant of the reference level and of the usual spread, hours.
+    pub reference_hours: f64,
+    /// Fewest readings the smoothed level averages over (its weight is at most `1 / this`).
+    pub fast_readings: f64,
+    /// Fewest readings the reference level averages over.
+    pub reference_readings: f64,
+    /// Readings learned (spanning at least half of `reference_hours`) before it fires.
     pub warmup: u32,
     /// Distance from the reference, in usual spreads, at which the detector fires.
     pub threshold: f64,
@@ -58,8 +69,10 @@ pub struct DriftConfig {
 impl Default for DriftConfig {
     fn default() -> Self {
         Self {
-            fast_alpha: 0.02,
-            reference_alpha: 0.001,
+            fast_hours: 4.0,
+            reference_hours: 83.0,
+            fast_readings: 50.0,
+            reference_readings: 1000.0,
             warmup: 500,
             threshold: 3.0,
             clip: 2.0,
@@ -71,8 +84,19 @@ impl Default for DriftConfig {
 
 impl DriftConfig {
     pub(crate) fn validate(&self, errs: &mut Vec<Error>) {
-        check_unit(errs, "drift.fast_alpha", self.fast_alpha);
-        check_unit(errs, "drift.reference_alpha", self.reference_alpha);
+        check_positive(errs, "drift.fast_hours", self.fast_hours);
+        check_positive(errs, "drift.reference_hours", self.reference_hours);
+        for (field, v) in [
+            ("drift.fast_readings", self.fast_readings),
+            ("drift.reference_readings", self.reference_readings),
+        ] {
+            if !(v >= 1.0 && v.is_finite()) {
+                errs.push(Error::InvalidConfig {
+                    field,
+                    reason: format!("{v} is not a finite number >= 1"),
+                });
+            }
+        }
         check_positive(errs, "drift.threshold", self.threshold);
         check_positive(errs, "drift.clip", self.clip);
         check_positive(errs, "drift.mute_above", self.mute_above);
@@ -107,8 +131,10 @@ pub struct Drift {
     /// Another detector alarmed on this excursion: silent until the level is back near the
     /// reference.
     muted: bool,
-    /// Consecutive readings the smoothed level has been near the reference.
-    near: u32,
+    /// Since when the smoothed level has been near the reference.
+    near_since: Option<TimestampMs>,
+    /// The first reading's time.
+    first_ts: Option<TimestampMs>,
 }
 
 /// A drift in words: its rate of change per hour and how long it has lasted.
@@ -126,21 +152,33 @@ impl Drift {
         if !learnable(x) {
             return Signal::quiet();
         }
+        const HOUR_MS: f64 = 3_600_000.0;
+        // Hours since the previous reading (0 for the first, or one out of order).
+        let gap_h = self
+            .last
+            .map_or(0.0, |(t, _)| ts.saturating_sub(t).max(0) as f64 / HOUR_MS);
+        let weight = |hours: f64, readings: f64| (1.0 - (-gap_h / hours).exp()).min(1.0 / readings);
         if self.n == 0 {
             self.fast = x;
             self.reference = x;
             self.var = 0.0;
+            self.first_ts = Some(ts);
         } else {
-            self.fast += cfg.fast_alpha * (x - self.fast);
+            self.fast += weight(cfg.fast_hours, cfg.fast_readings) * (x - self.fast);
         }
         self.n = self.n.saturating_add(1);
         let dev = self.fast - self.reference;
         let sd = self.var.sqrt();
-        let warm = self.n > cfg.warmup && sd > 1e-12 * (1.0 + self.reference.abs());
+        let span_h = self
+            .first_ts
+            .map_or(0.0, |t| ts.saturating_sub(t).max(0) as f64 / HOUR_MS);
+        let warm = self.n > cfg.warmup
+            && span_h >= cfg.reference_hours / 2.0
+            && sd > 1e-12 * (1.0 + self.reference.abs());
         let z = if warm { dev / sd } else { 0.0 };
-        // Learn: during warm-up the reference is a plain mean (weight 1/n, floored at the
-        // configured weight), afterwards an EWMA; the spread learns clipped differences.
-        let a = (1.0 / f64::from(self.n)).max(cfg.reference_alpha);
+        // Learn: the reference is a plain mean (weight 1/n) until that weight falls below the
+        // horizon's, then an EWMA; the spread learns clipped differences once judged.
+        let a = (1.0 / f64::from(self.n)).max(weight(cfg.reference_hours, cfg.reference_readings));
         let clipped = if warm {
             dev.clamp(-cfg.clip * sd, cfg.clip * sd)
         } else {
@@ -164,12 +202,12 @@ impl Drift {
             _ => {}
         }
         if z.abs() < 0.5 {
-            self.near = self.near.saturating_add(1);
-            if f64::from(self.near) >= 1.0 / cfg.fast_alpha {
+            let since = *self.near_since.get_or_insert(ts);
+            if ts.saturating_sub(since) as f64 >= cfg.fast_hours * HOUR_MS {
                 self.muted = false;
             }
         } else {
-            self.near = 0;
+            self.near_since = None;
         }
         self.last = Some((ts, self.fast));
         if !warm {

@@ -75,6 +75,22 @@ pub struct EvalCsvArgs {
     /// Live detector settings as JSON (the `[detect.detector]` table's fields).
     #[arg(long)]
     pub detector: Option<String>,
+    /// Ensemble settings as JSON (`EnsembleConfig` fields, e.g. `{"weights": {"drift": 0}}`;
+    /// defaults fill the rest), to compare settings on the same data.
+    #[arg(long)]
+    pub ensemble: Option<String>,
+}
+
+/// Model parameters with the ensemble settings `json` (or the defaults).
+fn model_params(json: Option<&str>) -> anyhow::Result<ModelParams> {
+    let mut params = ModelParams::default();
+    if let Some(j) = json {
+        params.ensemble = serde_json::from_str(j).map_err(|e| {
+            anyhow::anyhow!("--ensemble: {e} (expected the ensemble's settings as JSON)")
+        })?;
+        params.ensemble.validate()?;
+    }
+    Ok(params)
 }
 
 /// The live detector's settings: `json` (the `[detect.detector]` fields) or the server's.
@@ -102,7 +118,9 @@ pub(crate) fn eval_csv(a: EvalCsvArgs) -> anyhow::Result<()> {
         },
     )?;
     let config = detector_config(a.detector.as_deref())?;
-    let mut detector = Detector::new(config, ModelParams::default())?;
+    let params = model_params(a.ensemble.as_deref())?;
+    let ensemble = params.ensemble;
+    let mut detector = Detector::new(config, params)?;
     let scored = run(&mut detector, &data, &DeviceId::new("csv")?)?;
     if let Some(p) = &a.scores {
         write_scores(p, &data, &scored)?;
@@ -110,6 +128,7 @@ pub(crate) fn eval_csv(a: EvalCsvArgs) -> anyhow::Result<()> {
     let out = serde_json::json!({
         "file": a.file.display().to_string(),
         "detector": config,
+        "ensemble": ensemble,
         "report": report(&data, &scored),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -196,6 +215,10 @@ pub struct EvalSimArgs {
     /// settings before putting them in the server's config; defaults otherwise.
     #[arg(long)]
     pub detector: Option<String>,
+    /// Ensemble settings as JSON (`EnsembleConfig` fields, e.g. `{"weights": {"drift": 0}}`;
+    /// defaults fill the rest), to compare settings on the same data.
+    #[arg(long)]
+    pub ensemble: Option<String>,
 }
 
 /// Start of the simulated run (2026-01-05T00:00:00Z, a Monday): fixed, so runs repeat.
@@ -236,7 +259,9 @@ pub fn evaluate_sim(a: &EvalSimArgs, progress: bool) -> anyhow::Result<serde_jso
     let from_ms = START_MS + ms(a.warmup)?;
     let end_ms = from_ms + ms(a.duration)?;
     let config = detector_config(a.detector.as_deref())?;
-    let mut detector = Detector::new(config, ModelParams::default())?;
+    let params = model_params(a.ensemble.as_deref())?;
+    let ensemble = params.ensemble;
+    let mut detector = Detector::new(config, params)?;
     let span = u64::try_from(end_ms - START_MS).unwrap_or(0);
     let bar = if progress {
         indicatif::ProgressBar::new(span)
@@ -291,6 +316,7 @@ pub fn evaluate_sim(a: &EvalSimArgs, progress: bool) -> anyhow::Result<serde_jso
     let readings = (end_ms - START_MS) / interval_ms * (a.devices * a.metrics) as i64;
     let out = serde_json::json!({
         "detector": config,
+        "ensemble": ensemble,
         "fleet": {"devices": a.devices, "metrics": a.metrics, "seed": a.seed,
                   "interval_ms": interval_ms, "anomaly_rate_per_device_hour": a.anomaly_rate},
         "readings_scored": readings,

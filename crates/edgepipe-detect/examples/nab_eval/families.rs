@@ -262,7 +262,7 @@ pub(crate) fn run(
 
     // False alarms per file at the held-out threshold (standard profile).
     println!("\nfalse alarms per file, standard profile, each family at its held-out threshold:");
-    let numenta = read_results(nab, &nab_dir.join("reference-results"), "numenta")
+    let numenta = read_results(nab, nab_dir.join("reference-results"), "numenta")
         .ok()
         .and_then(|s| {
             let t = score_corpus(nab, "numenta", &s)

@@ -327,9 +327,9 @@ mod tests {
     #[test]
     fn the_cheap_weight_matches_exp() {
         for x in [
-            0.0, 1e-9, 1e-4, 0.001, 0.0208, 0.05, 0.0999, 0.1, 0.5, 3.0, 50.0,
+            0.0f64, 1e-9, 1e-4, 0.001, 0.0208, 0.05, 0.0999, 0.1, 0.5, 3.0, 50.0,
         ] {
-            let want = 1.0 - (-x as f64).exp();
+            let want = 1.0 - (-x).exp();
             let got = one_minus_exp_neg(x);
             assert!(
                 (got - want).abs() <= 1e-7 * want.max(1e-300),

@@ -297,11 +297,11 @@ fn count_file(rng: &mut StdRng, i: usize) -> SynthFile {
 /// A gamma-mixed Poisson count with mean `mean` and shape `shape` (variance
 /// `mean + mean² / shape`).
 fn negative_binomial(rng: &mut StdRng, mean: f64, shape: f64) -> f64 {
-    if !(mean > 0.0) {
+    if mean.is_nan() || mean <= 0.0 {
         return 0.0;
     }
     let lambda = Gamma::new(shape, mean / shape).map_or(mean, |g| g.sample(rng));
-    if !(lambda > 0.0) {
+    if lambda.is_nan() || lambda <= 0.0 {
         return 0.0;
     }
     Poisson::new(lambda).map_or(lambda.round(), |p| p.sample(rng))

@@ -346,6 +346,7 @@ mod tests {
             grace_samples: 30,
             show_missed: false,
             detector: None,
+            ensemble: None,
         };
         let out = evaluate_sim(&a, false).expect("evaluation runs");
         let r = &out["report"];
@@ -359,5 +360,30 @@ mod tests {
                 k["kind"]
             );
         }
+    }
+
+    #[test]
+    fn ensemble_settings_are_validated_and_named() {
+        let ok = model_params(Some(r#"{"weights": {"drift": 0}}"#)).expect("valid");
+        assert_eq!(ok.ensemble.weights.drift, 0.0);
+        let bad = model_params(Some(r#"{"weights": {"drift": -1}}"#))
+            .expect_err("a negative weight is refused");
+        assert!(bad.to_string().contains("weights.drift"), "{bad}");
+        let junk = model_params(Some(r#"{"wieghts": {}}"#)).expect_err("unknown field");
+        assert!(junk.to_string().contains("--ensemble"), "{junk}");
+    }
+
+    #[test]
+    fn eval_synth_writes_the_families_and_the_multivariate_csvs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        eval_synth(dir.path().to_path_buf(), 3, 1).expect("writes");
+        let corpus = edgepipe_detect::nab::NabCorpus::load(dir.path()).expect("a NAB corpus");
+        assert_eq!(corpus.files.len(), 2);
+        assert!(
+            dir.path()
+                .join("multivariate/machine_sensors_00.csv")
+                .is_file()
+        );
+        assert!(eval_synth(dir.path().to_path_buf(), 3, 0).is_err());
     }
 }

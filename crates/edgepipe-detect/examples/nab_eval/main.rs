@@ -223,6 +223,14 @@ fn grid(base: EnsembleConfig) -> Vec<(String, EnsembleConfig)> {
         c.precedent.level = l;
         out.push((format!("precedent.level={l}"), c));
     }
+    // Precedent's long memory of the two largest excursions per side.
+    for d in [0.0, 0.99, 0.999] {
+        let mut c = base;
+        c.precedent.long_decay = d;
+        if c != base {
+            out.push((format!("precedent.long_decay={d}"), c));
+        }
+    }
     // The slow-drift detector: on or off, and its firing level.
     for (w, t) in [(0.0, 3.0), (1.0, 3.0), (1.5, 4.0)] {
         let mut c = base;

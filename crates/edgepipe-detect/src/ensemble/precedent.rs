@@ -45,6 +45,13 @@ pub struct PrecedentConfig {
     pub factor: f64,
     /// Precedents needed to suppress (1..=16).
     pub need: u32,
+    /// A long memory beside the last `events` excursions (0 = off): per side, the two largest
+    /// excursions ever seen, each shrunk by this factor at every new excursion (0.999, the
+    /// default: a size loses half its weight over about 700 excursions). A reading is also precedented when its
+    /// distance is within `factor` of the second largest: two earlier excursions at least that
+    /// large, however many smaller ones came between (the burst sizes of a bursty count series
+    /// are heavy-tailed, so its largest bursts are rarer than 16 excursions).
+    pub long_decay: f64,
 }
 
 impl Default for PrecedentConfig {
@@ -55,6 +62,7 @@ impl Default for PrecedentConfig {
             events: MAX_EXCURSIONS,
             factor: 1.5,
             need: 2,
+            long_decay: 0.999,
         }
     }
 }
@@ -63,6 +71,12 @@ impl PrecedentConfig {
     pub(crate) fn validate(&self, errs: &mut Vec<Error>) {
         check_non_negative(errs, "precedent.level", self.level);
         check_non_negative(errs, "precedent.record", self.record);
+        if !(0.0..1.0).contains(&self.long_decay) {
+            errs.push(Error::InvalidConfig {
+                field: "precedent.long_decay",
+                reason: format!("{} is not in [0, 1)", self.long_decay),
+            });
+        }
         if self.level > 0.0 && !(self.record > 0.0 && self.record <= self.level) {
             errs.push(Error::InvalidConfig {
                 field: "precedent.record",
@@ -116,6 +130,9 @@ pub struct Precedent {
     active: bool,
     /// Signed size of the excursion under way.
     size: f64,
+    /// Long memory (`long_decay`): the two largest decayed sizes above and below the mean
+    /// (`[up largest, up second, down largest, down second]`, magnitudes).
+    long: [f32; 4],
 }
 
 impl Precedent {
@@ -142,6 +159,9 @@ impl Precedent {
                 }
                 self.next = ((slot + 1) % cap) as u8;
                 self.len = (usize::from(self.len) + 1).min(cap) as u8;
+                if cfg.long_decay > 0.0 {
+                    self.remember_long(cfg.long_decay, self.size);
+                }
             }
             return false;
         }
@@ -160,7 +180,28 @@ impl Precedent {
             .iter()
             .filter(|&&s| (s >= 0.0) == up && f64::from(s).abs() * cfg.factor >= dev.abs())
             .count();
-        precedents >= cfg.need.max(1) as usize
+        if precedents >= cfg.need.max(1) as usize {
+            return true;
+        }
+        // The long memory: the second largest excursion on this side, decayed.
+        let second = if up { self.long[1] } else { self.long[3] };
+        cfg.long_decay > 0.0 && f64::from(second) * cfg.factor >= dev.abs()
+    }
+
+    /// Decays the long memory by one excursion and records `size` (signed).
+    fn remember_long(&mut self, decay: f64, size: f64) {
+        let decay = decay as f32;
+        for v in &mut self.long {
+            *v *= decay;
+        }
+        let m = size.abs().min(f64::from(f32::MAX)) as f32;
+        let (a, b) = if size >= 0.0 { (0, 1) } else { (2, 3) };
+        if m > self.long[a] {
+            self.long[b] = self.long[a];
+            self.long[a] = m;
+        } else if m > self.long[b] {
+            self.long[b] = m;
+        }
     }
 
     pub(crate) fn valid(&self, cfg: &PrecedentConfig) -> bool {
@@ -168,6 +209,7 @@ impl Precedent {
         usize::from(self.len) <= cap
             && usize::from(self.next) < cap
             && self.sizes.iter().all(|s| s.is_finite())
+            && self.long.iter().all(|s| s.is_finite() && *s >= 0.0)
             && self.size.is_finite()
     }
 }
@@ -218,6 +260,35 @@ mod tests {
     }
 
     #[test]
+    fn the_long_memory_keeps_two_large_bursts_beyond_sixteen_small_ones() {
+        let cfg = PrecedentConfig {
+            long_decay: 0.98,
+            ..PrecedentConfig::default()
+        };
+        let off = PrecedentConfig {
+            long_decay: 0.0,
+            ..PrecedentConfig::default()
+        };
+        let (mut p, mut q) = (Precedent::default(), Precedent::default());
+        for (pp, c) in [(&mut p, &cfg), (&mut q, &off)] {
+            // Two big bursts, then twenty small ones: the big ones leave the last 16.
+            excursion(pp, c, 5.0, 200.0, 1);
+            excursion(pp, c, 5.0, 180.0, 1);
+            for _ in 0..20 {
+                excursion(pp, c, 5.0, 30.0, 1);
+            }
+        }
+        // A burst like the big ones (they have decayed to about 131 and 120 by now, and 1.5
+        // times 120 is 180): precedented by the long memory only.
+        assert!(excursion(&mut p, &cfg, 5.0, 160.0, 1));
+        assert!(!excursion(&mut q, &off, 5.0, 160.0, 1));
+        // Far beyond them, or on the other side: news.
+        assert!(!excursion(&mut p, &cfg, 5.0, 900.0, 1));
+        assert!(!excursion(&mut p, &cfg, 5.0, -190.0, 1));
+        assert!(p.valid(&cfg));
+    }
+
+    #[test]
     fn only_large_surprises_led_by_the_ewma_z_score_are_judged() {
         let cfg = PrecedentConfig::default();
         let mut p = Precedent::default();
@@ -243,8 +314,10 @@ mod tests {
 
     #[test]
     fn the_memory_holds_the_last_excursions_only() {
+        // The short memory alone (the long one would keep the two large excursions).
         let cfg = PrecedentConfig {
             events: 3,
+            long_decay: 0.0,
             ..PrecedentConfig::default()
         };
         let mut p = Precedent::default();
@@ -270,6 +343,7 @@ mod tests {
             events: 0,
             factor: f64::NAN,
             need: 0,
+            long_decay: 1.0,
         };
         let mut errs = Vec::new();
         bad.validate(&mut errs);
@@ -279,6 +353,7 @@ mod tests {
             "precedent.events",
             "precedent.factor",
             "precedent.need",
+            "precedent.long_decay",
         ] {
             assert!(text.iter().any(|t| t.contains(field)), "{field}: {text:?}");
         }

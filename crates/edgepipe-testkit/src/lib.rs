@@ -40,6 +40,23 @@ impl ServerProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> TestResult<Self> {
+        Self::start_logging(bin, data, (mqtt, http), extra, env, None)
+    }
+
+    /// Like [`start`](Self::start), with the server's stderr (its log) written to `log`
+    /// instead of the test's, for tests that read what it said.
+    pub fn start_logging(
+        bin: &Path,
+        data: &Path,
+        (mqtt, http): (&str, &str),
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> TestResult<Self> {
+        let stderr = match log {
+            Some(p) => Stdio::from(std::fs::File::create(p)?),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(bin)
             .envs(env.iter().copied())
             .args(["serve", "--data-dir"])
@@ -47,7 +64,7 @@ impl ServerProcess {
             .args(["--mqtt-addr", mqtt, "--http-addr", http])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -87,8 +104,14 @@ impl ServerProcess {
     /// Ctrl-C (SIGINT), the ordered shutdown, and waits up to `within` for the exit; a server
     /// still running then is killed and that is an error.
     pub fn stop_within(&mut self, within: Duration) -> TestResult<ExitStatus> {
+        self.signal_and_wait("INT", within)
+    }
+
+    /// Sends `signal` (`INT`, `TERM`, ...) with `kill` and waits up to `within` for the exit; a
+    /// server still running then is killed and that is an error.
+    pub fn signal_and_wait(&mut self, signal: &str, within: Duration) -> TestResult<ExitStatus> {
         Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([format!("-{signal}"), self.child.id().to_string()])
             .status()?;
         let deadline = Instant::now() + within;
         loop {
@@ -97,7 +120,7 @@ impl ServerProcess {
             }
             if Instant::now() > deadline {
                 self.child.kill()?;
-                return Err(format!("server did not stop within {within:?} of SIGINT").into());
+                return Err(format!("server did not stop within {within:?} of SIG{signal}").into());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -89,6 +89,38 @@ pub(crate) async fn wait_for_ctrl_c() {
     }
 }
 
+/// Waits for SIGINT (Ctrl-C) or SIGTERM (what systemd, Kubernetes and Docker send to stop a
+/// service) and names the one that came. Create it once and keep it: each call installs the
+/// handlers anew.
+pub(crate) async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                r = tokio::signal::ctrl_c() => {
+                    if r.is_err() {
+                        // No SIGINT handler could be installed: SIGTERM is the only way out.
+                        term.recv().await;
+                        return "SIGTERM";
+                    }
+                    "SIGINT"
+                }
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                wait_for_ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        wait_for_ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
 /// Picks `preferred` if free, otherwise an ephemeral port on the same IP.
 pub(crate) fn free_or_ephemeral(preferred: SocketAddr) -> SocketAddr {
     match std::net::TcpListener::bind(preferred) {

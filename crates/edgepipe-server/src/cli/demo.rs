@@ -160,10 +160,12 @@ pub(crate) async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let deadline = a.duration.map(|d| started + d);
     let mut last_print = Instant::now();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = wait_for_ctrl_c() => break,
+            _ = &mut signal => break,
         }
         let m = ing.metrics();
         let readings = m.readings_written.load(Ordering::Relaxed);

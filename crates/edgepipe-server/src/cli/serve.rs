@@ -30,6 +30,12 @@ pub struct ServeArgs {
     /// Messages per second per device (0 = unlimited).
     #[arg(long)]
     pub device_rate: Option<u32>,
+    /// On SIGTERM or SIGINT: how long the orderly shutdown (stop accepting, finish in-flight
+    /// requests, checkpoint detection, flush the lake, close the WAL) may take before the
+    /// process gives up and exits with an error (the WAL keeps every acknowledged reading
+    /// either way).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -56,10 +62,21 @@ pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         server.http_addr,
         cfg.data_dir.display()
     );
-    wait_for_ctrl_c().await;
-    eprintln!("shutting down: stop accepting, finish in-flight, close wal");
-    server.shutdown().await;
-    Ok(())
+    let signal = shutdown_signal().await;
+    eprintln!(
+        "{signal} received; shutting down: stop accepting, finish in-flight, flush the lake, close the WAL (at most {})",
+        humantime::format_duration(a.drain_timeout)
+    );
+    match tokio::time::timeout(a.drain_timeout, server.shutdown()).await {
+        Ok(()) => {
+            eprintln!("shutdown complete");
+            Ok(())
+        }
+        Err(_) => anyhow::bail!(
+            "shutdown did not finish within {} (--drain-timeout); every acknowledged reading is in the WAL and reaches the lake at the next start",
+            humantime::format_duration(a.drain_timeout)
+        ),
+    }
 }
 
 pub(crate) fn wal_dump(data_dir: PathBuf, from: u64) -> anyhow::Result<()> {

@@ -50,6 +50,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("EDGEPIPE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colours only on a terminal: a log going to a file, a pipe or journald stays plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {

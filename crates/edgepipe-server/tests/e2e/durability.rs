@@ -430,7 +430,7 @@ fn sigterm_and_sigint_under_load_shut_down_in_order_with_every_acked_reading_in_
             &data,
             ("127.0.0.1:0", "127.0.0.1:0"),
             &["--device-rate", "0"],
-            &[],
+            &[("EDGEPIPE_LOG", "info")],
             Some(&log),
         )?;
         let load = PahoLoad::start(dir.path(), srv.mqtt.port(), &device, &token)?;
@@ -444,6 +444,16 @@ fn sigterm_and_sigint_under_load_shut_down_in_order_with_every_acked_reading_in_
         assert!(
             said.contains(&format!("SIG{signal} received")) && said.contains("shutdown complete"),
             "log after SIG{signal}:\n{said}"
+        );
+        // A log written to a file carries no terminal colour codes (the tracing lines, here
+        // at info level, included).
+        assert!(
+            said.contains("edgepipe stopped"),
+            "no tracing line in the log:\n{said}"
+        );
+        assert!(
+            !said.contains('\u{1b}'),
+            "ANSI escapes in a log file:\n{said}"
         );
         let (acked, _) = load.finish()?;
         let d = data.to_str().ok_or("path")?;

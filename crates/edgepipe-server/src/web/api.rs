@@ -197,11 +197,14 @@ pub(crate) async fn case_action(
 }
 
 /// `GET /api/v1/fleet`: every device with last seen, online, readings in the last hour,
-/// metrics and open cases.
+/// metrics and open cases. "Last seen" and "online" follow what the server received (receive
+/// time), not the readings' event time: a device catching up on a backlog is online and was
+/// seen just now, however old its readings are (`last_reading_ts_ms` gives their newest).
 pub(crate) async fn fleet(State(st): State<AppState>) -> Result<Response, ApiError> {
     let now = st.clock.now_ms();
     let sql = format!(
-        "SELECT device_id, CAST(max(ts) AS BIGINT) / 1000 AS last_ms, \
+        "SELECT device_id, CAST(max(received_at) AS BIGINT) / 1000 AS last_ms, \
+         CAST(max(ts) AS BIGINT) / 1000 AS last_ts_ms, \
          sum(CASE WHEN ts >= to_timestamp_millis({h}) THEN 1 ELSE 0 END) AS n1h, \
          array_agg(DISTINCT metric) AS metrics \
          FROM readings WHERE ts >= to_timestamp_millis({d}) GROUP BY device_id",
@@ -231,6 +234,7 @@ pub(crate) async fn fleet(State(st): State<AppState>) -> Result<Response, ApiErr
             json!({"device_id": id, "open_cases": 0, "max_open_severity": null, "enabled": true})
         });
         e["last_seen_ms"] = json!(last);
+        e["last_reading_ts_ms"] = r["last_ts_ms"].clone();
         e["online"] = json!(last.is_some_and(|l| now - l <= 120_000));
         e["readings_last_hour"] = r["n1h"].clone();
         e["metrics"] = r["metrics"].clone();

@@ -187,20 +187,11 @@ fn scheduled_retraining_promotes_a_model_the_stage_then_runs() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn a_device_that_stops_reporting_raises_one_silence_event_and_gap_reports_become_gap_events()
--> TestResult {
-    // `quiet-1` reports temp and load every second for a minute (one reading also carries an
-    // agent gap report), then stops; `busy-1` goes on at 4 Hz, moving the stage's silence clock
-    // (event time) past `quiet-1`'s usual interval. The stage checks for silence when that
-    // clock enters a new second, so the event comes at most about a second after the limit.
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let srv = Server::start_with_config(
-        &data,
-        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"3h\"\n\
-         [lake]\nflush_interval = \"500ms\"\n",
-    )?;
+/// `quiet-1` reports temp and load every second for a minute (one reading also carries an
+/// agent gap report), then stops; `busy-1` goes on at 4 Hz for 200 s, moving the stage's
+/// silence clock (event time) past `quiet-1`'s usual interval. All of it stamped 50 minutes
+/// ago. Returns the base timestamp once the detection stage has caught up.
+fn feed_a_device_that_stops(srv: &Server) -> TestResult<i64> {
     let base = (now_ms() / 1000 - 3000) * 1000;
     let quiet: String = (0..60i64)
         .map(|i| {
@@ -239,15 +230,32 @@ fn a_device_that_stops_reporting_raises_one_silence_event_and_gap_reports_become
             })
             .unwrap_or(false)
     };
-    assert!(
-        wait_until(Duration::from_secs(30), caught_up),
-        "detection stage did not catch up"
-    );
+    if !wait_until(Duration::from_secs(30), caught_up) {
+        return Err("detection stage did not catch up".into());
+    }
+    Ok(base)
+}
+
+#[test]
+fn a_device_that_stops_reporting_raises_one_silence_event_and_gap_reports_become_gap_events()
+-> TestResult {
+    // Readings 50 minutes old count as live with late_after = 3h. The stage checks for
+    // silence when its clock enters a new second, so the event comes at most about a second
+    // after the limit.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let srv = Server::start_with_config(
+        &data,
+        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"3h\"\n\
+         [lake]\nflush_interval = \"500ms\"\n",
+    )?;
+    let base = feed_a_device_that_stops(&srv)?;
     let v = srv.query(
-        "SELECT device_id, metric, CAST(ts AS BIGINT) AS ts_us FROM anomalies \
+        "SELECT device_id, metric, CAST(ts AS BIGINT) AS ts_us, replayed FROM anomalies \
          WHERE kind = 'silence' ORDER BY ts",
     )?;
     assert_eq!(v["row_count"], 1, "one device-wide silence event: {v}");
+    assert_eq!(v["rows"][0]["replayed"], false, "live: {v}");
     let row = &v["rows"][0];
     assert_eq!(row["device_id"], "quiet-1", "{v}");
     assert!(row["metric"].is_null(), "device-wide, not per metric: {v}");
@@ -270,6 +278,57 @@ fn a_device_that_stops_reporting_raises_one_silence_event_and_gap_reports_become
         g["rows"][0]["ts_us"].as_i64(),
         Some((base + 20 * 1000 + 250) * 1000),
         "{g}"
+    );
+    srv.stop()?;
+    Ok(())
+}
+
+/// The same stop, in data the server receives 50 minutes after its event time with
+/// late_after = 10m (a backlog, a demo's catch-up): the silence is recorded, marked replayed,
+/// and opens no case, as anomalies in replayed data do; and the fleet page shows the devices
+/// that sent the backlog as online, seen just now (receive time), with their newest reading's
+/// old event time beside it.
+#[test]
+fn a_backlog_shows_online_by_receive_time_and_its_silence_opens_no_case() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let srv = Server::start_with_config(
+        &data,
+        "[detect]\ncheckpoint_interval = \"200ms\"\nlate_after = \"10m\"\n\
+         [lake]\nflush_interval = \"500ms\"\n",
+    )?;
+    let base = feed_a_device_that_stops(&srv)?;
+    let fleet = srv.api(&[&format!("http://{}/api/v1/fleet", srv.http)])?;
+    let fleet: serde_json::Value = serde_json::from_slice(&fleet.stdout)?;
+    let busy = fleet["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|x| x["device_id"] == "busy-1"))
+        .ok_or_else(|| format!("busy-1 not in the fleet: {fleet}"))?;
+    assert_eq!(busy["online"], true, "{busy}");
+    let seen = busy["last_seen_ms"].as_i64().ok_or("last_seen_ms")?;
+    assert!(
+        now_ms() - seen < 60_000,
+        "last seen {} ms ago: {busy}",
+        now_ms() - seen
+    );
+    let newest = busy["last_reading_ts_ms"]
+        .as_i64()
+        .ok_or("last_reading_ts_ms")?;
+    assert_eq!(newest, base + 199 * 1000 + 3 * 250 + 30, "{busy}");
+    let v = srv.query("SELECT device_id, replayed FROM anomalies WHERE kind = 'silence'")?;
+    assert_eq!(v["row_count"], 1, "the silence is still recorded: {v}");
+    assert_eq!(v["rows"][0]["replayed"], true, "{v}");
+    // Give the case manager time to act on anything it was handed, then look.
+    std::thread::sleep(Duration::from_secs(2));
+    let page = srv.api(&[&format!(
+        "http://{}/api/v1/cases?category=silence&limit=100",
+        srv.http
+    )])?;
+    let page: serde_json::Value = serde_json::from_slice(&page.stdout)?;
+    assert_eq!(
+        page["cases"].as_array().map(Vec::len),
+        Some(0),
+        "no silence case from replayed data: {page}"
     );
     srv.stop()?;
     Ok(())

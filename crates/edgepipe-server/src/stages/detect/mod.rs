@@ -23,7 +23,8 @@
 //! recorded with `replayed = true` and not handed to the case manager: a condition that has
 //! already cleared does not page anyone. Silence is checked against the newest event time in
 //! the WAL, clamped to its receive time (deterministic on replay; a fast backlog is not
-//! silence).
+//! silence), and the same replay rule applies to it: a silence judged on a clock that lags the
+//! receive time by more than `late_after` is recorded as replayed and opens no case.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -306,6 +307,10 @@ impl DetectStage {
         if clock <= self.silence_clock {
             return;
         }
+        // The replay rule readings follow holds for silence too: a silence judged on a clock
+        // that lags the receive time by more than `late_after` (a backlog, a demo's catch-up)
+        // is about the past: recorded, not handed to the case manager.
+        let replayed = rec.transport == Transport::Replay || rec.received_at - clock > late_ms;
         let new_second = clock.div_euclid(1000) > self.silence_clock.div_euclid(1000);
         self.silence_clock = clock;
         if !new_second {
@@ -322,7 +327,7 @@ impl DetectStage {
                     .map(|m| format!("/{}", m.as_str()))
                     .unwrap_or_default()
             );
-            self.push_event(id, seq, false, e);
+            self.push_event(id, seq, replayed, e);
         }
     }
 

@@ -50,8 +50,13 @@ pub enum Command {
         /// Action.
         #[command(subcommand)]
         action: DevicesCmd,
-        /// Data directory.
-        #[arg(long, default_value = "./edgepipe-data", env = "EDGEPIPE_DATA_DIR")]
+        /// Data directory (before or after the action, as for every command).
+        #[arg(
+            long,
+            default_value = "./edgepipe-data",
+            env = "EDGEPIPE_DATA_DIR",
+            global = true
+        )]
         data_dir: PathBuf,
     },
     /// Work cases: list, show, acknowledge, assign, comment, resolve, reopen.
@@ -77,8 +82,13 @@ pub enum Command {
         /// Action.
         #[command(subcommand)]
         action: DeadCmd,
-        /// Data directory.
-        #[arg(long, default_value = "./edgepipe-data", env = "EDGEPIPE_DATA_DIR")]
+        /// Data directory (before or after the action, as for every command).
+        #[arg(
+            long,
+            default_value = "./edgepipe-data",
+            env = "EDGEPIPE_DATA_DIR",
+            global = true
+        )]
         data_dir: PathBuf,
     },
     /// Print the WAL's records as JSON lines (the server must be stopped).
@@ -173,5 +183,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// `--data-dir` goes before or after the action, for every command that has actions.
+    #[test]
+    fn data_dir_is_accepted_before_and_after_the_action() {
+        for args in [
+            ["edgepipe", "devices", "add", "pump-1", "--data-dir", "/d"],
+            ["edgepipe", "devices", "--data-dir", "/d", "add", "pump-1"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            match cli.command {
+                Command::Devices { data_dir, .. } => assert_eq!(data_dir.to_str(), Some("/d")),
+                other => panic!("{other:?}"),
+            }
+        }
+        for args in [
+            ["edgepipe", "deadletters", "list", "--data-dir", "/d"],
+            ["edgepipe", "deadletters", "--data-dir", "/d", "list"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            match cli.command {
+                Command::Deadletters { data_dir, .. } => {
+                    assert_eq!(data_dir.to_str(), Some("/d"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for sub in [["users", "list"], ["cases", "list"], ["lake", "stats"]] {
+            let args = ["edgepipe", sub[0], sub[1], "--data-dir", "/d"];
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
     }
 }

@@ -119,7 +119,7 @@ struct Run {
     reported: f64,
 }
 
-/// Streaming slow-drift detector (about 56 bytes of state).
+/// Streaming slow-drift detector (about 100 bytes of state).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Drift {
     n: u32,
@@ -127,7 +127,8 @@ pub struct Drift {
     reference: f64,
     var: f64,
     run: Option<Run>,
-    last: Option<(TimestampMs, f64)>,
+    /// The previous reading's time (its smoothed level is `fast`).
+    last_ts: Option<TimestampMs>,
     /// Another detector alarmed on this excursion: silent until the level is back near the
     /// reference.
     muted: bool,
@@ -155,8 +156,8 @@ impl Drift {
         const HOUR_MS: f64 = 3_600_000.0;
         // Hours since the previous reading (0 for the first, or one out of order).
         let gap_h = self
-            .last
-            .map_or(0.0, |(t, _)| ts.saturating_sub(t).max(0) as f64 / HOUR_MS);
+            .last_ts
+            .map_or(0.0, |t| ts.saturating_sub(t).max(0) as f64 / HOUR_MS);
         let weight =
             |hours: f64, readings: f64| one_minus_exp_neg(gap_h / hours).min(1.0 / readings);
         if self.n == 0 {
@@ -210,7 +211,7 @@ impl Drift {
         } else {
             self.near_since = None;
         }
-        self.last = Some((ts, self.fast));
+        self.last_ts = Some(ts);
         if !warm {
             return Signal::quiet();
         }
@@ -234,7 +235,7 @@ impl Drift {
 
     /// The current excursion's rate and duration, once it has lasted a while.
     pub fn trend(&self) -> Option<DriftTrend> {
-        let (r, (ts, level)) = (self.run?, self.last?);
+        let (r, ts, level) = (self.run?, self.last_ts?, self.fast);
         let hours = (ts.saturating_sub(r.ts)) as f64 / 3_600_000.0;
         (hours > 0.0).then(|| DriftTrend {
             per_hour: (level - r.level) / hours,
@@ -250,7 +251,6 @@ impl Drift {
             && self
                 .run
                 .is_none_or(|r| r.level.is_finite() && r.reported.is_finite())
-            && self.last.is_none_or(|(_, l)| l.is_finite())
     }
 }
 
@@ -350,15 +350,33 @@ mod tests {
             assert!(s.level.is_finite());
         }
         assert!(d.valid());
-        assert!(
-            DriftConfig {
-                threshold: 0.0,
-                ..DriftConfig::default()
-            }
-            .validate_vec()
-            .len()
-                == 1
-        );
+        // Every field's problem is named.
+        let bad = DriftConfig {
+            fast_hours: 0.0,
+            reference_hours: f64::NAN,
+            fast_readings: 0.5,
+            reference_readings: f64::INFINITY,
+            warmup: 0,
+            threshold: 0.0,
+            clip: -1.0,
+            step: 1.0,
+            mute_above: 0.0,
+        }
+        .validate_vec();
+        let text: Vec<String> = bad.iter().map(ToString::to_string).collect();
+        for field in [
+            "drift.fast_hours",
+            "drift.reference_hours",
+            "drift.fast_readings",
+            "drift.reference_readings",
+            "drift.threshold",
+            "drift.clip",
+            "drift.step",
+            "drift.mute_above",
+        ] {
+            assert!(text.iter().any(|t| t.contains(field)), "{field}: {text:?}");
+        }
+        assert!(DriftConfig::default().validate_vec().is_empty());
     }
 
     impl DriftConfig {

@@ -153,28 +153,25 @@ fn eval_nab_matches_run_nab_and_subset_renumbers_windows() {
     // Scoring a subset as a corpus of its own: the subset's windows are numbered from 0.
     let c = corpus();
     let scores = read_results(&c, out.path(), "edgepipe").expect("read back");
-    let traffic = c.subset(|f| f.category == "realTraffic");
+    // One category's files of the corpus and their scores.
+    let category = |name: &str| -> (NabCorpus, Vec<Vec<f64>>) {
+        let part = c
+            .files
+            .iter()
+            .zip(&scores)
+            .filter(|(f, _)| f.category == name)
+            .map(|(_, s)| s.clone())
+            .collect();
+        (c.subset(|f| f.category == name), part)
+    };
+    let (traffic, part) = category("realTraffic");
     assert_eq!(traffic.files.len(), 7);
     assert_eq!(traffic.window_count, 14);
-    let part: Vec<Vec<f64>> = c
-        .files
-        .iter()
-        .zip(&scores)
-        .filter(|(f, _)| f.category == "realTraffic")
-        .map(|(_, s)| s.clone())
-        .collect();
     let s = score_corpus(&traffic, "edgepipe", &part).expect("score subset");
     assert!(s.standard() > 0.0 && s.standard() <= 100.0);
     // Merging two corpora numbers the second one's windows after the first's: scoring the
     // merge at a fixed threshold gives the sum of the parts' raw scores.
-    let ad = c.subset(|f| f.category == "realAdExchange");
-    let ad_part: Vec<Vec<f64>> = c
-        .files
-        .iter()
-        .zip(&scores)
-        .filter(|(f, _)| f.category == "realAdExchange")
-        .map(|(_, s)| s.clone())
-        .collect();
+    let (ad, ad_part) = category("realAdExchange");
     let both = traffic.clone().merged(ad.clone());
     assert_eq!(both.window_count, traffic.window_count + ad.window_count);
     let all_parts: Vec<Vec<f64>> = part.iter().chain(&ad_part).cloned().collect();

@@ -307,15 +307,14 @@ impl DetectStage {
         if clock <= self.silence_clock {
             return;
         }
-        // The replay rule readings follow holds for silence too: a silence judged on a clock
-        // that lags the receive time by more than `late_after` (a backlog, a demo's catch-up)
-        // is about the past: recorded, not handed to the case manager.
-        let replayed = rec.transport == Transport::Replay || rec.received_at - clock > late_ms;
         let new_second = clock.div_euclid(1000) > self.silence_clock.div_euclid(1000);
         self.silence_clock = clock;
         if !new_second {
             return;
         }
+        // The replay rule holds for silence too: judged on a clock that lags the receive time
+        // by more than `late_after` (a backlog, a demo's catch-up), it is about the past.
+        let replayed = replayed(rec.transport, rec.received_at, clock, late_ms);
         for e in self.detector.tick(self.silence_clock) {
             // `/` cannot occur in device ids or metric names: no two silences share an id.
             let id = format!(
@@ -401,8 +400,7 @@ impl DetectStage {
                     && let (Ok(device), Ok(metric)) =
                         (DeviceId::new(rec.device_id), Metric::new(r.metric))
                 {
-                    let replayed =
-                        rec.transport == Transport::Replay || rec.received_at - r.ts > late_ms;
+                    let replayed = replayed(rec.transport, rec.received_at, r.ts, late_ms);
                     let id = format!("{seq}-{n}");
                     n += 1;
                     self.metrics.gaps.fetch_add(1, Ordering::Relaxed);
@@ -451,10 +449,10 @@ impl DetectStage {
                 }
                 ScoreStatus::Overflow => {}
             }
-            let replayed = rec.transport == Transport::Replay || rec.received_at - r.ts > late_ms;
             for e in [s.event, s.device_event].into_iter().flatten() {
                 let id = format!("{seq}-{n}");
                 n += 1;
+                let replayed = replayed(rec.transport, rec.received_at, r.ts, late_ms);
                 self.push_event(id, seq, replayed, *e);
             }
         }
@@ -559,4 +557,11 @@ pub async fn run_stage(
             }
         }
     }
+}
+
+/// The replay rule every event follows (anomalies, gaps, silence): data sent as a replay, or
+/// received more than `late_ms` after the event time `ts`, is about the past; its events are
+/// recorded with `replayed = true` and not handed to the case manager.
+fn replayed(transport: Transport, received_at: i64, ts: i64, late_ms: i64) -> bool {
+    transport == Transport::Replay || received_at.saturating_sub(ts) > late_ms
 }

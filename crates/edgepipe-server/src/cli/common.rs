@@ -19,6 +19,20 @@ pub struct ConfigArgs {
     pub config: Option<PathBuf>,
 }
 
+/// The data directory of the commands that work on it offline (devices, dead letters, the
+/// WAL dump): accepted before or after the action, as every command's options are.
+#[derive(Debug, Args)]
+pub struct DataDir {
+    /// Data directory.
+    #[arg(
+        long,
+        default_value = "./edgepipe-data",
+        env = "EDGEPIPE_DATA_DIR",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
 /// Where the lake is.
 #[derive(Debug, Args)]
 pub struct LakeArgs {

@@ -219,16 +219,9 @@ pub(crate) async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     );
     match lake_rows {
         Ok(out) => {
-            let mut t = Vec::new();
-            edgepipe_query::write_output(
-                edgepipe_query::OutputFormat::Table,
-                &out.schema,
-                &out.batches,
-                &mut t,
-            )?;
             println!(
                 "lake (SQL over Parquet + fresh rows):\n{}",
-                String::from_utf8_lossy(&t).trim_end()
+                table_text(&out)?
             );
             println!(
                 "try: edgepipe query --data-dir {} \"SELECT device_id, metric, avg(value) FROM readings GROUP BY 1, 2 ORDER BY 1, 2 LIMIT 10\"",
@@ -257,19 +250,7 @@ pub(crate) async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         Ok(out) if out.rows == 0 => println!(
             "anomaly events: none yet (each series' detectors learn its normal range first; run the demo longer)"
         ),
-        Ok(out) => {
-            let mut t = Vec::new();
-            edgepipe_query::write_output(
-                edgepipe_query::OutputFormat::Table,
-                &out.schema,
-                &out.batches,
-                &mut t,
-            )?;
-            println!(
-                "anomaly events (detection stage):\n{}",
-                String::from_utf8_lossy(&t).trim_end()
-            );
-        }
+        Ok(out) => println!("anomaly events (detection stage):\n{}", table_text(&out)?),
         Err(e) => eprintln!("anomalies query failed: {e}"),
     }
     let cases = crate::stages::cases::open_store(&cfg.data_dir, &cfg.cases).await?;
@@ -299,4 +280,16 @@ pub(crate) async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     }
     cases.close().await;
     Ok(())
+}
+
+/// A query's answer as an aligned text table (no trailing newline).
+fn table_text(out: &edgepipe_query::QueryOutput) -> anyhow::Result<String> {
+    let mut t = Vec::new();
+    edgepipe_query::write_output(
+        edgepipe_query::OutputFormat::Table,
+        &out.schema,
+        &out.batches,
+        &mut t,
+    )?;
+    Ok(String::from_utf8_lossy(&t).trim_end().to_owned())
 }

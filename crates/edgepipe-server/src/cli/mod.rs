@@ -1,13 +1,11 @@
 //! The `edgepipe` command line: `serve`, `validate`, `demo`, `devices`, `cases`, `users`,
 //! `deadletters`, `query`, `lake`, `models`, `eval`, `bench`.
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand};
 
 use self::bench::BenchCmd;
 use self::cases::{CasesCmd, UsersCmd};
-use self::common::{ConfigArgs, LakeArgs};
+use self::common::{ConfigArgs, DataDir, LakeArgs};
 use self::deadletters::DeadCmd;
 use self::demo::DemoArgs;
 use self::devices::DevicesCmd;
@@ -50,14 +48,9 @@ pub enum Command {
         /// Action.
         #[command(subcommand)]
         action: DevicesCmd,
-        /// Data directory (before or after the action, as for every command).
-        #[arg(
-            long,
-            default_value = "./edgepipe-data",
-            env = "EDGEPIPE_DATA_DIR",
-            global = true
-        )]
-        data_dir: PathBuf,
+        /// Data directory.
+        #[command(flatten)]
+        dir: DataDir,
     },
     /// Work cases: list, show, acknowledge, assign, comment, resolve, reopen.
     Cases {
@@ -82,20 +75,15 @@ pub enum Command {
         /// Action.
         #[command(subcommand)]
         action: DeadCmd,
-        /// Data directory (before or after the action, as for every command).
-        #[arg(
-            long,
-            default_value = "./edgepipe-data",
-            env = "EDGEPIPE_DATA_DIR",
-            global = true
-        )]
-        data_dir: PathBuf,
+        /// Data directory.
+        #[command(flatten)]
+        dir: DataDir,
     },
     /// Print the WAL's records as JSON lines (the server must be stopped).
     WalDump {
         /// Data directory.
-        #[arg(long, default_value = "./edgepipe-data", env = "EDGEPIPE_DATA_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// First sequence to print.
         #[arg(long, default_value_t = 0)]
         from: u64,
@@ -146,13 +134,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(a) => demo::demo(a).await,
-        Command::Devices { action, data_dir } => devices::devices(action, data_dir),
+        Command::Devices { action, dir } => devices::devices(action, dir.data_dir),
         Command::Cases { action, store } => cases::cases_cmd(action, store).await,
         Command::Users { action, store } => cases::users_cmd(action, store).await,
-        Command::Deadletters { action, data_dir } => {
-            deadletters::deadletters(action, data_dir).await
+        Command::Deadletters { action, dir } => {
+            deadletters::deadletters(action, dir.data_dir).await
         }
-        Command::WalDump { data_dir, from } => serve::wal_dump(data_dir, from),
+        Command::WalDump { dir, from } => serve::wal_dump(dir.data_dir, from),
         Command::Query(a) => lake::query_cmd(a).await,
         Command::Models { action, args } => models::models_cmd(action, args).await,
         Command::Eval {
@@ -201,7 +189,7 @@ mod tests {
         ] {
             let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             match cli.command {
-                Command::Devices { data_dir, .. } => assert_eq!(data_dir.to_str(), Some("/d")),
+                Command::Devices { dir, .. } => assert_eq!(dir.data_dir.to_str(), Some("/d")),
                 other => panic!("{other:?}"),
             }
         }
@@ -211,8 +199,8 @@ mod tests {
         ] {
             let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             match cli.command {
-                Command::Deadletters { data_dir, .. } => {
-                    assert_eq!(data_dir.to_str(), Some("/d"))
+                Command::Deadletters { dir, .. } => {
+                    assert_eq!(dir.data_dir.to_str(), Some("/d"))
                 }
                 other => panic!("{other:?}"),
             }

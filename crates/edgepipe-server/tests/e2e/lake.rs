@@ -3,7 +3,6 @@
 //! numbers as `edgepipe query`, SQL sees a reading right after its PUBACK, the query and series
 //! APIs, and the same pipeline on an S3-compatible server (moto).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,20 +15,6 @@ const AGGREGATES: &str = "SELECT count(*) AS count, count(DISTINCT device_id) AS
     CAST(min(ts) AS BIGINT) AS min_ts, CAST(max(ts) AS BIGINT) AS max_ts, \
     count(DISTINCT source) AS sources, \
     sum(CASE WHEN quality = 'good' THEN 1 ELSE 0 END) AS good FROM readings";
-
-/// `edgepipe query --format json` → rows.
-fn query_json(args: &[&str], sql: &str) -> TestResult<Vec<serde_json::Value>> {
-    let mut all = vec!["query", "--format", "json"];
-    all.extend_from_slice(args);
-    all.push(sql);
-    let out = edgepipe(&all)?;
-    assert!(
-        out.status.success(),
-        "edgepipe query failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
 
 /// Compares a peer's aggregates with ours (float sums with a relative tolerance: summation
 /// order differs between engines).
@@ -92,25 +77,8 @@ fn kill9_during_flushes_every_acked_reading_is_in_the_lake_once_and_peers_agree(
     srv.stop()?;
 
     let d = data.to_str().ok_or("path")?;
-    let rows = query_json(
-        &["--data-dir", d],
-        "SELECT value_int AS n FROM readings WHERE metric = 'n'",
-    )?;
-    let mut stored: HashMap<i64, usize> = HashMap::new();
-    for r in &rows {
-        *stored.entry(r["n"].as_i64().ok_or("n")?).or_default() += 1;
-    }
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|n| !stored.contains_key(n))
-        .take(10)
-        .collect();
-    assert!(missing.is_empty(), "acked but not in the lake: {missing:?}");
-    let dup: Vec<_> = stored.iter().filter(|(_, c)| **c > 1).take(10).collect();
-    assert!(
-        dup.is_empty(),
-        "readings in the lake more than once: {dup:?}"
-    );
+    let stored = lake_numbers(&data)?;
+    assert_stored_once("lake after kill -9", &acked, &stored, Twice::Any);
     assert_eq!(kills, 5);
 
     edgepipe_ok(&["lake", "verify", "--data-dir", d])?;

@@ -1,5 +1,6 @@
 //! Starting the real binary and talking to it with real clients.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -360,4 +361,75 @@ pub(crate) fn ingest_as(http: SocketAddr, device: &str, body: &str) -> TestResul
         .into());
     }
     Ok(())
+}
+
+/// `edgepipe query --format json` → rows.
+pub(crate) fn query_json(args: &[&str], sql: &str) -> TestResult<Vec<serde_json::Value>> {
+    let mut all = vec!["query", "--format", "json"];
+    all.extend_from_slice(args);
+    all.push(sql);
+    let out = edgepipe(&all)?;
+    assert!(
+        out.status.success(),
+        "edgepipe query failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// How often each number of the paho publisher (metric `n`) is in the lake's files, read
+/// offline by `edgepipe query` (no server may run on `data`: nothing comes from the WAL).
+pub(crate) fn lake_numbers(data: &Path) -> TestResult<HashMap<i64, usize>> {
+    let d = data.to_str().ok_or("path")?;
+    let rows = query_json(
+        &["--data-dir", d],
+        "SELECT value_int AS n FROM readings WHERE metric = 'n'",
+    )?;
+    let mut stored = HashMap::new();
+    for r in &rows {
+        *stored.entry(r["n"].as_i64().ok_or("n")?).or_default() += 1;
+    }
+    Ok(stored)
+}
+
+/// Which duplicates [`assert_stored_once`] refuses.
+pub(crate) enum Twice {
+    /// An acknowledged key stored more than once (a reading the client sent again after a
+    /// lost acknowledgement may be stored twice).
+    Acked,
+    /// Any key stored more than once.
+    Any,
+}
+
+/// Every acknowledged key is stored, and none stored twice as `twice` says; the first 10 of
+/// each failure are named, after `place`.
+pub(crate) fn assert_stored_once<K: std::hash::Hash + Eq + std::fmt::Debug>(
+    place: &str,
+    acked: &[K],
+    stored: &HashMap<K, usize>,
+    twice: Twice,
+) {
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|k| !stored.contains_key(*k))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{place}: acked but missing: {missing:?}"
+    );
+    let dup: Vec<_> = match twice {
+        Twice::Acked => acked
+            .iter()
+            .filter(|k| stored.get(*k).copied().unwrap_or(0) > 1)
+            .take(10)
+            .collect(),
+        Twice::Any => stored
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(k, _)| k)
+            .take(10)
+            .collect(),
+    };
+    assert!(dup.is_empty(), "{place}: stored more than once: {dup:?}");
 }

@@ -3,13 +3,15 @@
 use super::*;
 use edgepipe_types::SystemClock;
 
-#[test]
-fn a_batch_copy_is_refused_while_another_is_in_flight() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let ing = Ingestor::new(IngestorParts {
-        wal: Wal::open(dir.path().join("wal"), edgepipe_wal::WalConfig::default())?,
-        deadletters: DeadLetters::open(dir.path(), &Default::default())?,
-        devices: DeviceRegistry::open(dir.path())?,
+/// An ingest core on a WAL in `dir` with `wal`'s settings and defaults otherwise.
+fn ingestor(
+    dir: &std::path::Path,
+    wal: edgepipe_wal::WalConfig,
+) -> Result<Ingestor, Box<dyn std::error::Error>> {
+    Ok(Ingestor::new(IngestorParts {
+        wal: Wal::open(dir.join("wal"), wal)?,
+        deadletters: DeadLetters::open(dir, &Default::default())?,
+        devices: DeviceRegistry::open(dir)?,
         limits: Limits::default(),
         max_payload: 128 * 1024,
         device_msgs_per_sec: 0,
@@ -17,7 +19,13 @@ fn a_batch_copy_is_refused_while_another_is_in_flight() -> Result<(), Box<dyn st
         clock: Arc::new(SystemClock),
         metrics: Arc::new(Metrics::default()),
         auto_register: false,
-    })?;
+    })?)
+}
+
+#[test]
+fn a_batch_copy_is_refused_while_another_is_in_flight() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let ing = ingestor(dir.path(), edgepipe_wal::WalConfig::default())?;
     let dev = DeviceId::new("gw-1")?;
     let o = BatchOrigin {
         source: "agent-a".into(),
@@ -64,24 +72,14 @@ fn a_batch_copy_is_refused_while_another_is_in_flight() -> Result<(), Box<dyn st
 async fn an_append_that_fails_clears_the_mark_and_a_durable_one_stores_it()
 -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let ing = Ingestor::new(IngestorParts {
-        wal: Wal::open(
-            dir.path().join("wal"),
-            edgepipe_wal::WalConfig {
-                max_record_bytes: 512,
-                ..edgepipe_wal::WalConfig::default()
-            },
-        )?,
-        deadletters: DeadLetters::open(dir.path(), &Default::default())?,
-        devices: DeviceRegistry::open(dir.path())?,
-        limits: Limits::default(),
-        max_payload: 128 * 1024,
-        device_msgs_per_sec: 0,
-        mappings: Vec::new(),
-        clock: Arc::new(SystemClock),
-        metrics: Arc::new(Metrics::default()),
-        auto_register: false,
-    })?;
+    // Records over 512 bytes are refused by the WAL: an append that fails.
+    let ing = ingestor(
+        dir.path(),
+        edgepipe_wal::WalConfig {
+            max_record_bytes: 512,
+            ..edgepipe_wal::WalConfig::default()
+        },
+    )?;
     let dev = DeviceId::new("gw-1")?;
     let batch = |seq: u64, n: i64| -> Result<Decoded, edgepipe_types::Error> {
         Ok(Decoded {

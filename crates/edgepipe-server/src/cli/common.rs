@@ -97,41 +97,70 @@ pub(crate) async fn state_store(a: &LakeArgs) -> anyhow::Result<edgepipe_cases::
     crate::stages::cases::open_store(&cfg.data_dir, &cfg.cases).await
 }
 
-pub(crate) async fn wait_for_ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
+/// The signals that stop a service: SIGINT (Ctrl-C) and SIGTERM (what systemd, Kubernetes and
+/// Docker send). [`ShutdownSignals::install`] takes them over at once, before anything tells
+/// the world the service is up: a signal that arrives while the server starts, or between its
+/// "serving" line and the first wait, is kept and ends the next [`ShutdownSignals::recv`]
+/// instead of killing the process with nothing flushed.
+pub(crate) struct ShutdownSignals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM (what systemd, Kubernetes and Docker send to stop a
-/// service) and names the one that came. Create it once and keep it: each call installs the
-/// handlers anew.
-pub(crate) async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                r = tokio::signal::ctrl_c() => {
-                    if r.is_err() {
-                        // No SIGINT handler could be installed: SIGTERM is the only way out.
-                        term.recv().await;
-                        return "SIGTERM";
-                    }
-                    "SIGINT"
+impl ShutdownSignals {
+    /// Installs the handlers (inside the runtime). A signal whose handler cannot be installed
+    /// keeps its default action; the error is logged.
+    pub(crate) fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let take = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot handle {name}; it stops the process without a drain");
+                    None
                 }
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(_) => {
-                wait_for_ctrl_c().await;
-                "SIGINT"
+            };
+            Self {
+                int: take(SignalKind::interrupt(), "SIGINT"),
+                term: take(SignalKind::terminate(), "SIGTERM"),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        wait_for_ctrl_c().await;
-        "Ctrl-C"
+
+    /// Waits for the next SIGINT or SIGTERM (one received since [`install`](Self::install)
+    /// counts) and names it.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.int) => "SIGINT",
+                _ = next(&mut self.term) => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            "Ctrl-C"
+        }
     }
 }
 
@@ -143,5 +172,25 @@ pub(crate) fn free_or_ephemeral(preferred: SocketAddr) -> SocketAddr {
             preferred
         }
         Err(_) => SocketAddr::new(preferred.ip(), 0),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::ShutdownSignals;
+
+    /// The race a CI run lost: a SIGTERM sent after the handlers are installed but before
+    /// anything waits for it is kept (the process does not die) and ends the next wait.
+    #[tokio::test]
+    async fn a_signal_sent_before_the_wait_is_kept_for_it() {
+        let mut signals = ShutdownSignals::install();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(sent, Ok(true)), "kill: {sent:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), signals.recv()).await;
+        assert_eq!(got, Ok("SIGTERM"));
     }
 }

@@ -83,6 +83,8 @@ pub(crate) async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     cfg.http_addr = SocketAddr::from(([127, 0, 0, 1], 8080));
     cfg.mqtt_addr = free_or_ephemeral(cfg.mqtt_addr);
     cfg.http_addr = free_or_ephemeral(cfg.http_addr);
+    // Before the server starts: Ctrl-C from now on ends the demo with its summary and a drain.
+    let mut signals = ShutdownSignals::install();
     let server = RunningServer::start(&cfg).await?;
     // The demo's dashboard user: a fresh admin token each run, in the URL printed below.
     let demo_token = match &server.cases {
@@ -160,12 +162,10 @@ pub(crate) async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let deadline = a.duration.map(|d| started + d);
     let mut last_print = Instant::now();
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = &mut signal => break,
+            _ = signals.recv() => break,
         }
         let m = ing.metrics();
         let readings = m.readings_written.load(Ordering::Relaxed);

@@ -55,6 +55,8 @@ pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(r) = a.device_rate {
         cfg.limits.device_msgs_per_sec = r;
     }
+    // Before the server starts: a stop request from now on drains instead of killing.
+    let mut signals = ShutdownSignals::install();
     let server = RunningServer::start(&cfg).await?;
     println!(
         "edgepipe serving: mqtt://{}  http://{}  data: {}",
@@ -62,7 +64,7 @@ pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         server.http_addr,
         cfg.data_dir.display()
     );
-    let signal = shutdown_signal().await;
+    let signal = signals.recv().await;
     eprintln!(
         "{signal} received; shutting down: stop accepting, finish in-flight, flush the lake, close the WAL (at most {})",
         humantime::format_duration(a.drain_timeout)

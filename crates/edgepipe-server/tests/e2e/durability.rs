@@ -483,7 +483,11 @@ fn a_shutdown_past_its_drain_timeout_fails_loudly_and_the_next_start_keeps_every
     );
     drop(srv);
     // The next start replays the WAL into the lake; its orderly stop flushes it.
-    Server::start(&data, &[])?.stop()?;
+    let restarted = Server::start(&data, &[])?.stop()?;
+    assert!(
+        restarted.success(),
+        "the restarted server's stop: exit {restarted}"
+    );
     let stored = lake_numbers(&data)?;
     assert_stored_once(
         "lake after a timed-out shutdown and a restart",

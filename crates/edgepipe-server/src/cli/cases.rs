@@ -6,6 +6,7 @@ use clap::Subcommand;
 use edgepipe_types::{Clock, SystemClock};
 
 use crate::cli::common::*;
+use crate::cli::output::{FormatArg, Listing};
 
 /// `cases` actions.
 #[derive(Debug, Subcommand)]
@@ -24,9 +25,9 @@ pub enum CasesCmd {
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        /// Output format.
+        #[command(flatten)]
+        format: FormatArg,
     },
     /// One case with its anomalies, timeline and evidence (JSON).
     Show {
@@ -93,7 +94,11 @@ pub enum UsersCmd {
         role: String,
     },
     /// List users.
-    List,
+    List {
+        /// Output format.
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// Refuse a user's token from now on.
     Disable {
         /// Name.
@@ -137,7 +142,7 @@ pub(crate) async fn cases_cmd(action: CasesCmd, a: LakeArgs) -> anyhow::Result<(
             min_severity,
             device,
             limit,
-            json,
+            format,
         } => {
             let mut f = CaseFilter {
                 device_id: device,
@@ -158,34 +163,39 @@ pub(crate) async fn cases_cmd(action: CasesCmd, a: LakeArgs) -> anyhow::Result<(
                 })?);
             }
             let page = store.list(&f).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&page)?);
-            } else {
-                println!(
-                    "{:>6} {:<9} {:<15} {:<24} {:>9} TITLE",
-                    "ID", "SEVERITY", "STATE", "ASSIGNEE", "ANOMALIES"
-                );
-                for c in &page.cases {
-                    println!(
-                        "{:>6} {:<9} {:<15} {:<24} {:>9} {}",
-                        c.id,
-                        c.severity.as_str(),
-                        c.state.as_str(),
-                        c.assignee.as_deref().unwrap_or("-"),
-                        c.anomaly_count,
-                        c.title
-                    );
-                }
-                println!(
-                    "{} cases{}",
-                    page.cases.len(),
-                    if page.next.is_some() {
-                        " (more: raise --limit)"
-                    } else {
-                        ""
-                    }
+            let mut out = Listing::new(&[
+                "id",
+                "severity",
+                "state",
+                "device",
+                "assignee",
+                "anomalies",
+                "title",
+            ]);
+            for c in &page.cases {
+                out.push(
+                    vec![
+                        c.id.to_string(),
+                        c.severity.as_str().to_owned(),
+                        c.state.as_str().to_owned(),
+                        c.device_id.clone(),
+                        c.assignee.clone().unwrap_or_else(|| "-".into()),
+                        c.anomaly_count.to_string(),
+                        c.title.clone(),
+                    ],
+                    serde_json::to_value(c)?,
                 );
             }
+            out.footer = Some(format!(
+                "{} cases{}",
+                page.cases.len(),
+                if page.next.is_some() {
+                    " (more: raise --limit)"
+                } else {
+                    ""
+                }
+            ));
+            out.print(format.get())?;
         }
         CasesCmd::Show { id } => {
             println!("{}", serde_json::to_string_pretty(&store.get(id).await?)?);
@@ -238,20 +248,27 @@ pub(crate) async fn users_cmd(action: UsersCmd, a: LakeArgs) -> anyhow::Result<(
                 role.as_str()
             );
         }
-        UsersCmd::List => {
-            println!(
-                "{:<32} {:<9} {:<9} CREATED (ms)",
-                "USER", "ROLE", "DISABLED"
-            );
-            for u in store.users().await? {
-                println!(
-                    "{:<32} {:<9} {:<9} {}",
-                    u.name,
-                    u.role.as_str(),
-                    u.disabled,
-                    u.created_at
+        UsersCmd::List { format } => {
+            let users = store.users().await?;
+            let mut out = Listing::new(&["user", "role", "disabled", "created_at_ms"]);
+            for u in &users {
+                out.push(
+                    vec![
+                        u.name.clone(),
+                        u.role.as_str().to_owned(),
+                        u.disabled.to_string(),
+                        u.created_at.to_string(),
+                    ],
+                    serde_json::json!({
+                        "user": u.name,
+                        "role": u.role.as_str(),
+                        "disabled": u.disabled,
+                        "created_at_ms": u.created_at,
+                    }),
                 );
             }
+            out.footer = Some(format!("{} users", users.len()));
+            out.print(format.get())?;
         }
         UsersCmd::Disable { name } => {
             store.user_set_disabled(&name, true, &actor).await?;

@@ -6,6 +6,7 @@ use anyhow::bail;
 use clap::Subcommand;
 
 use crate::cli::client::*;
+use crate::cli::output::{FormatArg, Listing};
 use crate::gateway::deadletter::DeadLetters;
 
 /// `deadletters` actions.
@@ -16,6 +17,9 @@ pub enum DeadCmd {
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Output format (json holds every field, the raw bytes in base64).
+        #[command(flatten)]
+        format: FormatArg,
     },
     /// One dead letter with its raw bytes.
     Show {
@@ -24,35 +28,22 @@ pub enum DeadCmd {
     },
 }
 
-pub(crate) fn print_deadletter(d: &crate::gateway::deadletter::DeadLetter, full: bool) {
-    if full {
-        println!("id:        {}", d.id);
-        println!("time_ms:   {}", d.time_ms);
-        println!("device:    {}", d.device.as_deref().unwrap_or("-"));
-        println!("peer:      {}", d.peer.as_deref().unwrap_or("-"));
-        println!("endpoint:  {}", d.endpoint);
-        println!("reason:    {}", d.reason);
-        println!("detail:    {}", d.detail);
-        println!(
-            "raw:       {} of {} bytes{}",
-            d.raw.len(),
-            d.original_len,
-            if d.truncated { " (truncated)" } else { "" }
-        );
-        println!("{}", String::from_utf8_lossy(&d.raw));
-        println!("hex:       {}", hex::encode(&d.raw));
-    } else {
-        let preview: String = String::from_utf8_lossy(&d.raw).chars().take(40).collect();
-        println!(
-            "{:>6} {:>14} {:<16} {:<14} {:<40} {:?}",
-            d.id,
-            d.time_ms,
-            d.device.as_deref().unwrap_or("-"),
-            d.reason,
-            d.detail.chars().take(40).collect::<String>(),
-            preview
-        );
-    }
+pub(crate) fn print_deadletter(d: &crate::gateway::deadletter::DeadLetter) {
+    println!("id:        {}", d.id);
+    println!("time_ms:   {}", d.time_ms);
+    println!("device:    {}", d.device.as_deref().unwrap_or("-"));
+    println!("peer:      {}", d.peer.as_deref().unwrap_or("-"));
+    println!("endpoint:  {}", d.endpoint);
+    println!("reason:    {}", d.reason);
+    println!("detail:    {}", d.detail);
+    println!(
+        "raw:       {} of {} bytes{}",
+        d.raw.len(),
+        d.original_len,
+        if d.truncated { " (truncated)" } else { "" }
+    );
+    println!("{}", String::from_utf8_lossy(&d.raw));
+    println!("hex:       {}", hex::encode(&d.raw));
 }
 
 pub(crate) async fn deadletters(action: DeadCmd, data_dir: PathBuf) -> anyhow::Result<()> {
@@ -65,7 +56,7 @@ pub(crate) async fn deadletters(action: DeadCmd, data_dir: PathBuf) -> anyhow::R
                     &crate::gateway::deadletter::DeadLetterConfig::default(),
                 )?;
                 let items = match &action {
-                    DeadCmd::List { limit } => dl.tail(*limit)?,
+                    DeadCmd::List { limit, .. } => dl.tail(*limit)?,
                     DeadCmd::Show { id } => dl.get(*id)?.into_iter().collect(),
                 };
                 dl.close();
@@ -75,7 +66,7 @@ pub(crate) async fn deadletters(action: DeadCmd, data_dir: PathBuf) -> anyhow::R
                 let remote = remote_of(&data_dir)?;
                 let addr = &remote;
                 match &action {
-                    DeadCmd::List { limit } => {
+                    DeadCmd::List { limit, .. } => {
                         let v = http_get_json(addr, &format!("/api/v1/deadletters?limit={limit}"))
                             .await?;
                         serde_json::from_value(v["items"].clone())?
@@ -89,17 +80,30 @@ pub(crate) async fn deadletters(action: DeadCmd, data_dir: PathBuf) -> anyhow::R
             Err(e) => return Err(e.into()),
         };
     match action {
-        DeadCmd::List { .. } => {
-            println!(
-                "{:>6} {:>14} {:<16} {:<14} {:<40} RAW",
-                "ID", "TIME_MS", "DEVICE", "REASON", "DETAIL"
-            );
+        DeadCmd::List { format, .. } => {
+            let mut out = Listing::new(&["id", "time_ms", "device", "reason", "detail", "raw"]);
             for d in &items {
-                print_deadletter(d, false);
+                let preview: String = String::from_utf8_lossy(&d.raw).chars().take(40).collect();
+                out.push(
+                    vec![
+                        d.id.to_string(),
+                        d.time_ms.to_string(),
+                        d.device.clone().unwrap_or_else(|| "-".into()),
+                        d.reason.clone(),
+                        d.detail.chars().take(60).collect(),
+                        preview.escape_debug().to_string(),
+                    ],
+                    serde_json::to_value(d)?,
+                );
             }
+            out.footer = Some(format!(
+                "{} dead letters (the newest; `deadletters show ID` prints one in full)",
+                items.len()
+            ));
+            out.print(format.get())?;
         }
         DeadCmd::Show { id } => match items.first() {
-            Some(d) => print_deadletter(d, true),
+            Some(d) => print_deadletter(d),
             None => bail!("no dead letter {id}"),
         },
     }

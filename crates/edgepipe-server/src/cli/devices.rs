@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
+use crate::cli::output::{FormatArg, Listing};
 use crate::gateway::devices::DeviceRegistry;
 
 /// `devices` actions.
@@ -15,7 +16,11 @@ pub enum DevicesCmd {
         id: String,
     },
     /// List devices.
-    List,
+    List {
+        /// Output format.
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// Refuse a device from now on.
     Disable {
         /// Device id.
@@ -52,19 +57,35 @@ pub(crate) fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<(
             reg.set_enabled(&id, true)?;
             println!("device {id} enabled");
         }
-        DevicesCmd::List => {
+        DevicesCmd::List { format } => {
             let list = reg.list()?;
-            println!(
-                "{:<32} {:<8} {:<5} {:<24}",
-                "DEVICE", "ENABLED", "AUTO", "CREATED (ms)"
-            );
+            let mut out = Listing::new(&[
+                "device",
+                "enabled",
+                "auto_registered",
+                "created_at_ms",
+                "rotated_at_ms",
+            ]);
             for d in &list {
-                println!(
-                    "{:<32} {:<8} {:<5} {:<24}",
-                    d.id, d.enabled, d.auto_registered, d.created_at
+                out.push(
+                    vec![
+                        d.id.clone(),
+                        d.enabled.to_string(),
+                        d.auto_registered.to_string(),
+                        d.created_at.to_string(),
+                        d.rotated_at.to_string(),
+                    ],
+                    serde_json::json!({
+                        "device": d.id,
+                        "enabled": d.enabled,
+                        "auto_registered": d.auto_registered,
+                        "created_at_ms": d.created_at,
+                        "rotated_at_ms": d.rotated_at,
+                    }),
                 );
             }
-            println!("{} devices", list.len());
+            out.footer = Some(format!("{} devices", list.len()));
+            out.print(format.get())?;
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ use edgepipe_types::{Clock, SystemClock};
 
 use crate::cli::client::*;
 use crate::cli::common::*;
+use crate::cli::output::{FormatArg, Listing};
 
 /// `query` flags.
 #[derive(Debug, Args)]
@@ -28,10 +29,10 @@ pub struct QueryArgs {
 pub enum LakeCmd {
     /// Files, rows and bytes per table and partition.
     Stats {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Show every partition, not only table totals.
+        /// Output format.
+        #[command(flatten)]
+        format: FormatArg,
+        /// One row per partition instead of one per table.
         #[arg(long)]
         partitions: bool,
     },
@@ -98,35 +99,67 @@ pub(crate) async fn lake_cmd(action: LakeCmd, a: LakeArgs) -> anyhow::Result<()>
     let cfg = lake_config(&a)?;
     let store = crate::stages::lake::open_store(&cfg.data_dir, &cfg.lake)?;
     match action {
-        LakeCmd::Stats { json, partitions } => {
+        LakeCmd::Stats { format, partitions } => {
             let stats = edgepipe_lake::lake_stats(&store).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-                return Ok(());
-            }
-            println!(
-                "{:<12} {:>8} {:>14} {:>14} {:>10}",
-                "table", "files", "rows", "bytes", "B/row"
-            );
-            for t in &stats {
-                let per = if t.rows > 0 {
-                    t.bytes as f64 / t.rows as f64
+            let per_row = |bytes: u64, rows: u64| {
+                if rows > 0 {
+                    bytes as f64 / rows as f64
                 } else {
                     0.0
+                }
+            };
+            let mut out = if partitions {
+                Listing::new(&[
+                    "table",
+                    "partition",
+                    "files",
+                    "rows",
+                    "bytes",
+                    "bytes_per_row",
+                ])
+            } else {
+                Listing::new(&["table", "files", "rows", "bytes", "bytes_per_row"])
+            };
+            for t in &stats {
+                let parts: Vec<(Option<&str>, u64, u64, u64)> = if partitions {
+                    t.partitions
+                        .iter()
+                        .map(|p| (Some(p.partition.as_str()), p.files, p.rows, p.bytes))
+                        .collect()
+                } else {
+                    vec![(None, t.files, t.rows, t.bytes)]
                 };
-                println!(
-                    "{:<12} {:>8} {:>14} {:>14} {:>10.2}",
-                    t.table, t.files, t.rows, t.bytes, per
-                );
-                if partitions {
-                    for p in &t.partitions {
-                        println!(
-                            "  {:<26} {:>8} {:>14} {:>14}",
-                            p.partition, p.files, p.rows, p.bytes
-                        );
+                for (partition, files, rows, bytes) in parts {
+                    let b = per_row(bytes, rows);
+                    let mut cells = vec![t.table.clone()];
+                    cells.extend(partition.map(str::to_owned));
+                    cells.extend([
+                        files.to_string(),
+                        rows.to_string(),
+                        bytes.to_string(),
+                        format!("{b:.2}"),
+                    ]);
+                    let mut obj = serde_json::json!({
+                        "table": t.table,
+                        "files": files,
+                        "rows": rows,
+                        "bytes": bytes,
+                        "bytes_per_row": b,
+                    });
+                    if let Some(p) = partition {
+                        obj["partition"] = p.into();
                     }
+                    out.push(cells, obj);
                 }
             }
+            let (files, rows, bytes) = stats.iter().fold((0, 0, 0), |(f, r, b), t| {
+                (f + t.files, r + t.rows, b + t.bytes)
+            });
+            out.footer = Some(format!(
+                "{} tables: {files} files, {rows} rows, {bytes} bytes",
+                stats.len()
+            ));
+            out.print(format.get())?;
         }
         LakeCmd::Compact => {
             let _lock = crate::server::lock_data_dir(&cfg.data_dir).map_err(|e| match e {

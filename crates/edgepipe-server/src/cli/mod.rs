@@ -24,6 +24,7 @@ pub mod devices;
 pub mod eval;
 pub mod lake;
 pub mod models;
+pub mod output;
 pub mod serve;
 /// edgepipe: self-hosted IoT telemetry pipeline server.
 #[derive(Debug, Parser)]

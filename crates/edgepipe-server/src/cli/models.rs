@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use crate::cli::common::*;
+use crate::cli::output::{FormatArg, Listing};
 
 /// `models` actions.
 #[derive(Debug, Subcommand)]
@@ -23,7 +24,11 @@ pub enum ModelsCmd {
         auto_promote: bool,
     },
     /// List artifacts (`*` marks the promoted one).
-    List,
+    List {
+        /// Output format.
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// Promote an artifact: the running detection stage swaps it in at its next checkpoint.
     Promote {
         /// Version, as printed by `train` or `list`.
@@ -100,22 +105,32 @@ pub(crate) async fn models_cmd(action: ModelsCmd, a: LakeArgs) -> anyhow::Result
                 );
             }
         }
-        ModelsCmd::List => {
-            for (v, series, current) in crate::stages::models::list(&cfg.data_dir)? {
-                let eval = crate::stages::models::evaluation(&cfg.data_dir, &v)
-                    .map(|e| {
-                        format!(
-                            ", F1 {:.3} on {} labels",
-                            e["score"]["f1"].as_f64().unwrap_or(f64::NAN),
-                            e["labels"].as_u64().unwrap_or(0)
-                        )
-                    })
-                    .unwrap_or_default();
-                println!(
-                    "{} {v}  ({series} series{eval})",
-                    if current { "*" } else { " " }
+        ModelsCmd::List { format } => {
+            let mut out = Listing::new(&["promoted", "version", "series", "f1", "labels"]);
+            let list = crate::stages::models::list(&cfg.data_dir)?;
+            for (v, series, current) in &list {
+                let eval = crate::stages::models::evaluation(&cfg.data_dir, v);
+                let f1 = eval.as_ref().and_then(|e| e["score"]["f1"].as_f64());
+                let labels = eval.as_ref().and_then(|e| e["labels"].as_u64());
+                out.push(
+                    vec![
+                        if *current { "*" } else { "" }.to_owned(),
+                        v.clone(),
+                        series.to_string(),
+                        f1.map_or_else(|| "-".into(), |f| format!("{f:.3}")),
+                        labels.map_or_else(|| "-".into(), |n| n.to_string()),
+                    ],
+                    serde_json::json!({
+                        "promoted": current,
+                        "version": v,
+                        "series": series,
+                        "f1": f1,
+                        "labels": labels,
+                    }),
                 );
             }
+            out.footer = Some(format!("{} artifacts (* promoted)", list.len()));
+            out.print(format.get())?;
         }
         ModelsCmd::Promote { version } => {
             crate::stages::models::promote(&cfg.data_dir, &version)?;

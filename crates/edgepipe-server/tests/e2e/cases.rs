@@ -374,11 +374,11 @@ fn simulated_incidents_become_cases() -> TestResult {
     let out = Command::new(bin())
         .args(["cases", "--data-dir"])
         .arg(&data)
-        .args(["list", "--limit", "1000", "--json"])
+        .args(["list", "--limit", "1000", "--format", "json"])
         .output()?;
     assert!(out.status.success(), "{out:?}");
-    let page: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let cases = page["cases"].as_array().ok_or("cases")?;
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let cases = listed.as_array().ok_or("an array of cases")?;
     assert!(!cases.is_empty(), "the fleet's incidents opened cases");
     let text = std::fs::read_to_string(&labels)?;
     // One incident per injected anomaly: a dropout is labelled once per metric.

@@ -2,6 +2,7 @@
 //! write (mosquitto_pub, paho-mqtt, curl, pyarrow, DuckDB, pyspark, moto's S3 server).
 
 mod cases;
+mod cli;
 mod dashboard;
 mod detect;
 mod durability;

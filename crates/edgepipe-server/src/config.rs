@@ -61,6 +61,10 @@ pub const ENV_SETTINGS: &[&str] = &[
     "EDGEPIPE_LAKE_URL",
     "EDGEPIPE_LAKE_FLUSH_INTERVAL",
     "EDGEPIPE_CASES_STORE_URL",
+    "EDGEPIPE_TLS_CERT",
+    "EDGEPIPE_TLS_KEY",
+    "EDGEPIPE_TLS_MQTT_ADDR",
+    "EDGEPIPE_INSECURE_PLAINTEXT",
 ];
 
 /// Top-level server configuration.
@@ -101,6 +105,11 @@ pub struct ServerConfig {
     pub unknown_env: Vec<String>,
     /// Pipeline alarms (raised as `pipeline` cases).
     pub alarms: crate::stages::alarms::AlarmsConfig,
+    /// TLS: the server certificate, MQTT over TLS, HTTPS.
+    pub tls: crate::gateway::tls::TlsConfig,
+    /// Allow plaintext MQTT or HTTP on an address other machines can reach (tokens would
+    /// cross the network in the clear). Off: such a listener is a configuration error.
+    pub insecure_plaintext: bool,
 }
 
 /// Limits on what devices may send.
@@ -152,6 +161,8 @@ impl Default for ServerConfig {
             detect: crate::stages::detect::DetectConfig::default(),
             cases: edgepipe_cases::CasesConfig::default(),
             alarms: crate::stages::alarms::AlarmsConfig::default(),
+            tls: crate::gateway::tls::TlsConfig::default(),
+            insecure_plaintext: false,
             unknown_env: Vec::new(),
         }
     }
@@ -221,6 +232,18 @@ impl ServerConfig {
                     )),
                 },
                 "CASES_STORE_URL" => cfg.cases.store_url = Some(v),
+                "TLS_CERT" => cfg.tls.cert = Some(PathBuf::from(v)),
+                "TLS_KEY" => cfg.tls.key = Some(PathBuf::from(v)),
+                "TLS_MQTT_ADDR" => match v.parse() {
+                    Ok(a) => cfg.tls.mqtt_addr = a,
+                    Err(e) => errors.push(Problem::new(
+                        "EDGEPIPE_TLS_MQTT_ADDR",
+                        format!("{v:?}: {e}"),
+                    )),
+                },
+                "INSECURE_PLAINTEXT" => {
+                    cfg.insecure_plaintext = matches!(v.as_str(), "1" | "true" | "yes")
+                }
                 // Read elsewhere: the log filter and format (main), the config file and data
                 // directory flags' defaults (clap), the edge agent's own variables and the
                 // test shims' (`EDGEPIPE_TEST_*`).
@@ -234,6 +257,49 @@ impl ServerConfig {
             return Err(ConfigError::Invalid(errors));
         }
         Ok(cfg)
+    }
+
+    /// TLS and the plaintext rule: plaintext MQTT or HTTP only on loopback unless
+    /// `insecure_plaintext`, and no two listeners on one port.
+    fn listener_problems(&self) -> Vec<Problem> {
+        use crate::gateway::tls::is_exposed;
+        let mut out = self.tls.problems();
+        let hint = "devices' and users' tokens would cross the network in the clear; \
+                    set tls.cert and tls.key (MQTT over TLS on tls.mqtt_addr, HTTPS on http_addr) \
+                    and keep plaintext on 127.0.0.1, or pass --insecure-plaintext \
+                    (insecure_plaintext = true) on a network you trust";
+        if !self.insecure_plaintext {
+            if is_exposed(self.mqtt_addr) {
+                out.push(Problem::new(
+                    "mqtt_addr",
+                    format!(
+                        "{} is plaintext MQTT on a non-loopback address: {hint}",
+                        self.mqtt_addr
+                    ),
+                ));
+            }
+            if is_exposed(self.http_addr) && !self.tls.serves_https() {
+                out.push(Problem::new(
+                    "http_addr",
+                    format!(
+                        "{} is plaintext HTTP on a non-loopback address: {hint}",
+                        self.http_addr
+                    ),
+                ));
+            }
+        }
+        if self.tls.enabled() {
+            let t = self.tls.mqtt_addr;
+            for (name, other) in [("mqtt_addr", self.mqtt_addr), ("http_addr", self.http_addr)] {
+                if t == other && t.port() != 0 {
+                    out.push(Problem::new(
+                        "tls.mqtt_addr",
+                        format!("{t} is {name} too; give them different ports"),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Checks every value, reporting all problems with their key paths.
@@ -285,6 +351,7 @@ impl ServerConfig {
                 ),
             ));
         }
+        errors.extend(self.listener_problems());
         errors.extend(self.cases.problems());
         errors.extend(self.alarms.problems());
         errors.extend(self.lake.problems());

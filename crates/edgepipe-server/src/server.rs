@@ -18,6 +18,7 @@ use edgepipe_types::{SharedClock, SystemClock};
 use crate::gateway::ingest::{Ingestor, IngestorParts};
 use crate::gateway::metrics::Metrics;
 use crate::gateway::mqtt::{self, MqttHandle, MqttSettings};
+use crate::gateway::tls::{ReloadingCert, server_config};
 use crate::stages::lake::LakeService;
 
 /// Errors starting the server.
@@ -53,6 +54,9 @@ pub enum StartError {
     #[error(transparent)]
     Devices(#[from] DeviceError),
     /// The lake did not open.
+    /// The certificate or key does not load.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::gateway::tls::TlsError),
     #[error("opening the lake: {0}")]
     Lake(#[from] edgepipe_lake::Error),
     /// The state store (cases, users) did not open.
@@ -143,6 +147,12 @@ pub struct RunningServer {
     pub mqtt_addr: SocketAddr,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
+    /// Whether `http_addr` serves HTTPS.
+    pub https: bool,
+    /// Where MQTT over TLS listens (when TLS is configured).
+    pub mqtts_addr: Option<SocketAddr>,
+    /// The certificate the TLS listeners present (when TLS is configured).
+    pub tls_cert: Option<Arc<ReloadingCert>>,
     /// The shared ingest core (for status lines and tests).
     pub ingestor: Arc<Ingestor>,
     /// SQL over the lake and fresh rows.
@@ -177,6 +187,20 @@ impl RunningServer {
         };
         let mqtt_addr = mqtt_listener.local_addr().map_err(io("mqtt address"))?;
         let http_addr = http_listener.local_addr().map_err(io("http address"))?;
+        let metrics = Arc::new(Metrics::default());
+        // The certificate before anything is opened: a bad file stops the start here.
+        let tls_cert = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(c), Some(k)) => Some(ReloadingCert::open(c, k, metrics.tls.clone())?),
+            _ => None,
+        };
+        let mqtts_listener = match &tls_cert {
+            Some(_) => Some(bind(cfg.tls.mqtt_addr, "MQTT over TLS", "--mqtts-addr")?),
+            None => None,
+        };
+        let mqtts_addr = match &mqtts_listener {
+            Some(l) => Some(l.local_addr().map_err(io("mqtts address"))?),
+            None => None,
+        };
 
         let wal = edgepipe_wal::Wal::open(cfg.data_dir.join("wal"), cfg.wal.clone())?;
         let st = wal.stats();
@@ -202,7 +226,7 @@ impl RunningServer {
             device_msgs_per_sec: cfg.limits.device_msgs_per_sec,
             mappings,
             clock: clock.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             auto_register: cfg.auto_register,
         })?);
 
@@ -269,8 +293,13 @@ impl RunningServer {
         } else {
             cfg.mqtt_workers
         };
+        let mqtts = match (mqtts_listener, &tls_cert) {
+            (Some(l), Some(c)) => Some((l, server_config(c.clone(), &[b"mqtt"])?)),
+            _ => None,
+        };
         let mqtt = mqtt::spawn(
             mqtt_listener,
+            mqtts,
             ingestor.clone(),
             MqttSettings {
                 workers,
@@ -304,29 +333,59 @@ impl RunningServer {
                     .unwrap_or(i64::MAX),
             },
             clock.clone(),
-        )
-        .into_make_service_with_connect_info::<SocketAddr>();
+        );
         let cancel = CancellationToken::new();
         let c = cancel.clone();
-        let http_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move { c.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %e, "http server stopped");
-            }
-        });
+        let https = match &tls_cert {
+            Some(cert) if cfg.tls.https => Some(server_config(cert.clone(), &[b"http/1.1"])?),
+            _ => None,
+        };
+        let http_task = match https {
+            Some(tls) => tokio::spawn(crate::web::https::serve(
+                http_listener,
+                tls,
+                app,
+                ingestor.metrics().tls.clone(),
+                c,
+            )),
+            None => tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(e) = axum::serve(http_listener, app)
+                    .with_graceful_shutdown(async move { c.cancelled().await })
+                    .await
+                {
+                    tracing::error!(error = %e, "http server stopped");
+                }
+            }),
+        };
+        if let Some(cert) = &tls_cert {
+            // Stops with the HTTP listener (`http_cancel`).
+            tokio::spawn(cert.clone().watch(cfg.tls.reload_interval, cancel.clone()));
+        }
 
+        let https = cfg.tls.serves_https();
         let info = serde_json::json!({
             "pid": std::process::id(),
             "mqtt": mqtt_addr.to_string(),
             "http": http_addr.to_string(),
+            "mqtts": mqtts_addr.map(|a| a.to_string()),
+            "https": https,
+            // The CLI pins this certificate when it talks to the server over HTTPS.
+            "tls_cert": cfg
+                .tls
+                .cert
+                .as_ref()
+                .filter(|_| https)
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
         });
         let _ = std::fs::write(cfg.data_dir.join("server.json"), info.to_string());
-        tracing::info!(mqtt = %mqtt_addr, http = %http_addr, data_dir = %cfg.data_dir.display(), "edgepipe serving");
+        tracing::info!(mqtt = %mqtt_addr, http = %http_addr, mqtts = ?mqtts_addr, https, data_dir = %cfg.data_dir.display(), "edgepipe serving");
         Ok(RunningServer {
             mqtt_addr,
             http_addr,
+            https,
+            mqtts_addr,
+            tls_cert,
             ingestor,
             query: lake.engine.clone(),
             lake_metrics: lake.metrics.clone(),

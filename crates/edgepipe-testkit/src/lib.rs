@@ -24,6 +24,10 @@ pub struct ServerProcess {
     pub mqtt: SocketAddr,
     /// Its HTTP address, as it printed it.
     pub http: SocketAddr,
+    /// Whether `http` serves HTTPS (the server has a certificate).
+    pub https: bool,
+    /// Its MQTT over TLS address, when it has a certificate.
+    pub mqtts: Option<SocketAddr>,
     /// Its data directory.
     pub data: PathBuf,
 }
@@ -78,7 +82,9 @@ impl ServerProcess {
                 .ok_or_else(|| format!("unexpected first line: {line:?}"))?
                 .parse()?)
         };
-        let (mqtt, http) = match (addr("mqtt://"), addr("http://")) {
+        let https = line.contains("https://");
+        let http = addr(if https { "https://" } else { "http://" });
+        let (mqtt, http) = match (addr("mqtt://"), http) {
             (Ok(m), Ok(h)) => (m, h),
             (Err(e), _) | (_, Err(e)) => {
                 let _ = child.kill();
@@ -86,10 +92,13 @@ impl ServerProcess {
                 return Err(e);
             }
         };
+        let mqtts = addr("mqtts://").ok();
         Ok(Self {
             child,
             mqtt,
             http,
+            https,
+            mqtts,
             data: data.to_path_buf(),
         })
     }

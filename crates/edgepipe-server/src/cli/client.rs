@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 pub(crate) struct Remote {
     addr: String,
     token: String,
+    /// The server's certificate file when it serves HTTPS (pinned by the client).
+    tls_cert: Option<std::path::PathBuf>,
 }
 
 /// The running server's HTTP address and token, if one holds the data directory.
@@ -31,21 +33,38 @@ pub(crate) fn remote_of(data_dir: &std::path::Path) -> anyhow::Result<Remote> {
         .with_context(|| format!("reading {}", data_dir.join("cli.token").display()))?
         .trim()
         .to_owned();
-    Ok(Remote { addr, token })
+    let tls_cert = (info["https"] == true)
+        .then(|| info["tls_cert"].as_str().map(std::path::PathBuf::from))
+        .flatten();
+    if info["https"] == true && tls_cert.is_none() {
+        bail!("server.json says the server serves HTTPS but names no certificate file");
+    }
+    Ok(Remote {
+        addr,
+        token,
+        tls_cert,
+    })
 }
 
-/// A client for the running server (plain HTTP on loopback, no proxy from the environment).
-fn client() -> anyhow::Result<reqwest::Client> {
+/// A client for the running server (no proxy from the environment; over HTTPS it trusts the
+/// server's own certificate file, pinned, rather than a name).
+fn client(remote: &Remote) -> anyhow::Result<reqwest::Client> {
     // reqwest takes rustls' process-wide provider; ring, as everywhere in edgepipe.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .context("building the HTTP client")
+    let mut b = reqwest::Client::builder().no_proxy();
+    if let Some(cert) = &remote.tls_cert {
+        b = b.use_preconfigured_tls(crate::gateway::tls::pinned_client_config(cert)?);
+    }
+    b.build().context("building the HTTP client")
 }
 
 fn url(remote: &Remote, path: &str) -> String {
-    format!("http://{}{path}", remote.addr)
+    let scheme = if remote.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}{path}", remote.addr)
 }
 
 /// Fetches JSON from the running server's API; anything but 200 is an error naming the status
@@ -55,7 +74,7 @@ pub(crate) async fn http_get_json(
     path: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let addr = &remote.addr;
-    let resp = client()?
+    let resp = client(remote)?
         .get(url(remote, path))
         .bearer_auth(&remote.token)
         .send()
@@ -84,7 +103,7 @@ pub(crate) async fn http_post(
     body: &[u8],
 ) -> anyhow::Result<(u16, Vec<u8>)> {
     let addr = &remote.addr;
-    let resp = client()?
+    let resp = client(remote)?
         .post(url(remote, path))
         .bearer_auth(&remote.token)
         .header(reqwest::header::CONTENT_TYPE, "text/plain")

@@ -24,6 +24,18 @@ pub struct ServeArgs {
     /// HTTP listen address.
     #[arg(long)]
     pub http_addr: Option<SocketAddr>,
+    /// MQTT over TLS listen address (with tls.cert and tls.key).
+    #[arg(long)]
+    pub mqtts_addr: Option<SocketAddr>,
+    /// Server certificate chain, PEM (turns on MQTT over TLS and HTTPS).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the certificate, PEM.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plaintext MQTT or HTTP on a non-loopback address (a trusted network only).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
     /// Register unknown devices on first connect (development only).
     #[arg(long)]
     pub auto_register: bool,
@@ -49,6 +61,18 @@ pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(x) = a.http_addr {
         cfg.http_addr = x;
     }
+    if let Some(x) = a.mqtts_addr {
+        cfg.tls.mqtt_addr = x;
+    }
+    if let Some(x) = a.tls_cert {
+        cfg.tls.cert = Some(x);
+    }
+    if let Some(x) = a.tls_key {
+        cfg.tls.key = Some(x);
+    }
+    if a.insecure_plaintext {
+        cfg.insecure_plaintext = true;
+    }
     if a.auto_register {
         cfg.auto_register = true;
     }
@@ -58,9 +82,14 @@ pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Before the server starts: a stop request from now on drains instead of killing.
     let mut signals = ShutdownSignals::install();
     let server = RunningServer::start(&cfg).await?;
+    let mqtts = server
+        .mqtts_addr
+        .map(|a| format!("mqtts://{a}  "))
+        .unwrap_or_default();
     println!(
-        "edgepipe serving: mqtt://{}  http://{}  data: {}",
+        "edgepipe serving: mqtt://{}  {mqtts}{}://{}  data: {}",
         server.mqtt_addr,
+        if server.https { "https" } else { "http" },
         server.http_addr,
         cfg.data_dir.display()
     );

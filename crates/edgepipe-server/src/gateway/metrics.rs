@@ -82,6 +82,8 @@ pub struct Metrics {
     pub mqtt_submit_batches: AtomicU64,
     /// WAL appends that went through those batches.
     pub mqtt_batched_appends: AtomicU64,
+    /// The TLS listeners' counters (handshake failures, certificate reloads).
+    pub tls: std::sync::Arc<crate::gateway::tls::TlsMetrics>,
 }
 
 impl Metrics {
@@ -205,6 +207,7 @@ impl Metrics {
             "# HELP edgepipe_mqtt_connections MQTT connections open.\n# TYPE edgepipe_mqtt_connections gauge\nedgepipe_mqtt_connections {}",
             self.mqtt_connections.load(Ordering::Relaxed)
         );
+        self.tls.render(&mut out);
         for (name, help, v) in extra {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }

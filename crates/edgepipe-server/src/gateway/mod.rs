@@ -2,7 +2,8 @@
 //! the dead-letter store and appends to the WAL, answering only once the record is durable.
 //!
 //! [`ingest`] is the transport-neutral core; [`mqtt`] (with its worker mechanics
-//! [`mqtt_relay`] and [`mqtt_submit`]) and the web ingest handler are its transports.
+//! [`mqtt_relay`] and [`mqtt_submit`]) and the web ingest handler are its transports; [`tls`]
+//! holds the certificate every TLS listener presents.
 
 pub mod deadletter;
 pub mod dedup;
@@ -12,3 +13,4 @@ pub mod metrics;
 pub mod mqtt;
 pub mod mqtt_relay;
 pub mod mqtt_submit;
+pub mod tls;

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use edgepipe_types::{DeviceId, Transport};
+use ntex::Service as _;
 use ntex::SharedCfg;
 use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
 
@@ -232,9 +233,36 @@ impl MqttHandle {
     }
 }
 
-/// Starts the endpoint on `listener` in its own thread.
+/// The MQTT 3.1.1 / 5 service of one worker thread (for plaintext and TLS connections alike;
+/// a macro because its type depends on the transport's filter). Installs the worker's wake
+/// relay and submission batch on first use.
+macro_rules! mqtt_service {
+    ($ing:expr, $max:expr) => {{
+        let ing: &Arc<Ingestor> = $ing;
+        let max: usize = $max;
+        // One pump per worker thread: a group commit's PUBACKs leave in one write (see
+        // `relay`).
+        crate::gateway::mqtt_relay::install();
+        // One submission batch per worker thread: with several connections, the appends of one
+        // scheduler pass share one fsync (see `submit`).
+        crate::gateway::mqtt_submit::install(ing.wal().clone(), ing.metrics().clone());
+        let ing3 = ing.clone();
+        let ing5 = ing.clone();
+        MqttServer::new()
+            .v3(v3::MqttServer::new(publish_v3)
+                .protocol(protocol_v3)
+                .build(async move |c: v3::Connect| connect_v3(&ing3, max, c)))
+            .v5(v5::MqttServer::new(publish_v5)
+                .protocol(protocol_v5)
+                .build(async move |c: v5::Connect| connect_v5(&ing5, max, c)))
+    }};
+}
+
+/// Starts the endpoint on `listener` (plaintext) and, when given, `tls` (MQTT over TLS with
+/// that configuration), in its own thread.
 pub fn spawn(
     listener: TcpListener,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     ingestor: Arc<Ingestor>,
     settings: MqttSettings,
 ) -> std::io::Result<MqttHandle> {
@@ -246,43 +274,50 @@ pub fn spawn(
                 .name("edgepipe-mqtt")
                 .build(ntex::rt::DefaultRuntime)
                 .block_on(async move {
-                    let cfg = SharedCfg::new("MQTT").add(
-                        MqttServiceConfig::new()
-                            .set_max_qos(QoS::AtLeastOnce)
-                            .set_max_size(settings.max_packet)
-                            .set_max_receive(settings.receive_max)
-                            .set_max_receive_size(usize::MAX / 2)
-                            .set_connect_timeout(ntex::time::Seconds(10))
-                            .set_handshake_timeout(ntex::time::Seconds(10)),
-                    );
+                    let cfg = || {
+                        SharedCfg::new("MQTT").add(
+                            MqttServiceConfig::new()
+                                .set_max_qos(QoS::AtLeastOnce)
+                                .set_max_size(settings.max_packet)
+                                .set_max_receive(settings.receive_max)
+                                .set_max_receive_size(usize::MAX / 2)
+                                .set_connect_timeout(ntex::time::Seconds(10))
+                                .set_handshake_timeout(ntex::time::Seconds(10)),
+                        )
+                    };
                     let ing = ingestor.clone();
                     let s = settings.clone();
-                    let built = ntex::server::build()
+                    let mut built = ntex::server::build()
                         .workers(s.workers.max(1))
                         .disable_signals()
                         .maxconn(s.max_connections + 64)
                         .shutdown_timeout(ntex::time::Seconds(5))
-                        .listen("mqtt", listener, cfg, async move |_| {
-                            // One pump per worker thread: a group commit's PUBACKs leave in
-                            // one write (see `relay`).
-                            crate::gateway::mqtt_relay::install();
-                            // One submission batch per worker thread: with several connections,
-                            // the appends of one scheduler pass share one fsync (see `submit`).
-                            crate::gateway::mqtt_submit::install(
-                                ing.wal().clone(),
-                                ing.metrics().clone(),
-                            );
-                            let ing3 = ing.clone();
-                            let ing5 = ing.clone();
+                        .listen("mqtt", listener, cfg(), {
+                            let ing = ing.clone();
                             let max = s.max_connections;
-                            MqttServer::new()
-                                .v3(v3::MqttServer::new(publish_v3)
-                                    .protocol(protocol_v3)
-                                    .build(async move |c: v3::Connect| connect_v3(&ing3, max, c)))
-                                .v5(v5::MqttServer::new(publish_v5)
-                                    .protocol(protocol_v5)
-                                    .build(async move |c: v5::Connect| connect_v5(&ing5, max, c)))
+                            async move |_| mqtt_service!(&ing, max)
                         });
+                    if let Some((tls_listener, tls_config)) = tls {
+                        let ing = ing.clone();
+                        let max = s.max_connections;
+                        built = built.and_then(|b| {
+                            b.listen("mqtts", tls_listener, cfg(), async move |_| {
+                                let metrics = ing.metrics().clone();
+                                ntex_tls::rustls::TlsAcceptor::new(tls_config.clone())
+                                    .map_err(move |e| {
+                                        metrics
+                                            .tls
+                                            .mqtt_handshake_failures
+                                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        tracing::debug!(error = %e, "mqtts: handshake failed");
+                                        ntex_mqtt::MqttError::Service(GatewayError::Closed(
+                                            format!("TLS handshake: {e}"),
+                                        ))
+                                    })
+                                    .and_then(mqtt_service!(&ing, max))
+                            })
+                        });
+                    }
                     match built {
                         Ok(b) => {
                             let server = b.run();

@@ -10,3 +10,4 @@ mod http;
 mod lake;
 mod mqtt;
 mod support;
+mod tls;

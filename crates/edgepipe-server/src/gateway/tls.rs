@@ -1,0 +1,460 @@
+//! TLS for the device and API listeners: rustls with the ring provider (chosen explicitly, never
+//! a process default), TLS 1.2 and 1.3 only, the certificate chain and key read from PEM files
+//! and read again when either file changes, so a renewed certificate (certbot, an operator's
+//! `cp`) is served to new handshakes without a restart and without dropping connections.
+//!
+//! One [`ReloadingCert`] serves every TLS listener (MQTT on `tls.mqtt_addr`, HTTPS on
+//! `http_addr`); each listener has its own [`rustls::ServerConfig`] (ALPN differs).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use edgepipe_types::config::Problem;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// `[tls]`: the server's certificate and the TLS listeners.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (the server's certificate first). TLS is on when this is set.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the first certificate.
+    pub key: Option<PathBuf>,
+    /// MQTT over TLS listen address.
+    pub mqtt_addr: SocketAddr,
+    /// Serve the API, ingest and dashboard on `http_addr` over HTTPS (no plaintext HTTP).
+    pub https: bool,
+    /// How often the certificate and key files are checked for a change.
+    #[serde(with = "edgepipe_types::duration_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            https: true,
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the TLS listeners run (a certificate is configured).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    /// Whether `http_addr` serves HTTPS.
+    pub fn serves_https(&self) -> bool {
+        self.enabled() && self.https
+    }
+
+    /// Every problem, keyed `tls.*`; the files are read and checked (chain, key, that they
+    /// match), so `edgepipe validate` finds a bad certificate before `serve` does.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        match (&self.cert, &self.key) {
+            (None, None) => {}
+            (Some(_), None) => out.push(Problem::new(
+                "tls.key",
+                "missing: tls.cert is set, so the key of its certificate is needed",
+            )),
+            (None, Some(_)) => out.push(Problem::new(
+                "tls.cert",
+                "missing: tls.key is set, so the certificate it belongs to is needed",
+            )),
+            (Some(c), Some(k)) => {
+                if let Err(e) = load_certified_key(c, k) {
+                    out.push(Problem::new(e.key(), e.to_string()));
+                }
+            }
+        }
+        if self.reload_interval.is_zero() {
+            out.push(Problem::new(
+                "tls.reload_interval",
+                "must be greater than 0",
+            ));
+        }
+        out
+    }
+}
+
+/// What is wrong with a certificate or key file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file cannot be read or holds no PEM certificate.
+    #[error("certificate file {path}: {message}")]
+    Cert {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The key file cannot be read, holds no PEM private key, or a key of a type ring cannot
+    /// sign with.
+    #[error("key file {path}: {message}")]
+    Key {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The key is not the first certificate's.
+    #[error("key file {key} does not belong to the first certificate of {cert}")]
+    Mismatch {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsError {
+    /// The config key to blame.
+    fn key(&self) -> &'static str {
+        match self {
+            Self::Cert { .. } | Self::Rustls(_) => "tls.cert",
+            Self::Key { .. } | Self::Mismatch { .. } => "tls.key",
+        }
+    }
+}
+
+/// The ring provider with TLS 1.2 and 1.3 suites only (rustls offers nothing older).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM chain and key and checks that the key is the first certificate's.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_err = |message: String| TlsError::Cert {
+        path: cert.to_path_buf(),
+        message,
+    };
+    let key_err = |message: String| TlsError::Key {
+        path: key.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read(cert).map_err(|e| cert_err(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(format!("not PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(cert_err(
+            "no certificate in it (expected -----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    let text = std::fs::read(key).map_err(|e| key_err(e.to_string()))?;
+    let private = PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
+        key_err(format!(
+            "no private key in it (expected PKCS#8, PKCS#1 or SEC1 PEM): {e}"
+        ))
+    })?;
+    match CertifiedKey::from_der(chain, private, &provider()) {
+        Ok(k) => Ok(k),
+        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::Mismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }),
+        Err(rustls::Error::General(m)) => Err(key_err(m)),
+        Err(e) => Err(cert_err(e.to_string())),
+    }
+}
+
+/// Counters of the TLS listeners, on `/metrics`.
+#[derive(Debug, Default)]
+pub struct TlsMetrics {
+    /// Handshakes that failed on the MQTT listener.
+    pub mqtt_handshake_failures: AtomicU64,
+    /// Handshakes that failed on the HTTPS listener.
+    pub https_handshake_failures: AtomicU64,
+    /// Certificate reloads after a file changed.
+    pub reloads: AtomicU64,
+    /// Changed files that could not be loaded (the previous certificate stays in use).
+    pub reload_failures: AtomicU64,
+}
+
+impl TlsMetrics {
+    /// Prometheus text for the counters.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP edgepipe_tls_handshake_failures_total TLS handshakes that failed, by listener.\n\
+             # TYPE edgepipe_tls_handshake_failures_total counter\n\
+             edgepipe_tls_handshake_failures_total{{listener=\"mqtt\"}} {}\n\
+             edgepipe_tls_handshake_failures_total{{listener=\"https\"}} {}\n\
+             # HELP edgepipe_tls_cert_reloads_total Certificate reloads after the files changed.\n\
+             # TYPE edgepipe_tls_cert_reloads_total counter\n\
+             edgepipe_tls_cert_reloads_total {}\n\
+             # HELP edgepipe_tls_cert_reload_failures_total Changed certificate files that did not load (the previous certificate stays).\n\
+             # TYPE edgepipe_tls_cert_reload_failures_total counter\n\
+             edgepipe_tls_cert_reload_failures_total {}",
+            v(&self.mqtt_handshake_failures),
+            v(&self.https_handshake_failures),
+            v(&self.reloads),
+            v(&self.reload_failures),
+        );
+    }
+}
+
+/// What the files looked like when last loaded: a change of either's length or modification
+/// time triggers a reload.
+type Stamp = [(Option<SystemTime>, u64); 2];
+
+fn stamp(cert: &Path, key: &Path) -> Stamp {
+    let one = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => (m.modified().ok(), m.len()),
+        Err(_) => (None, 0),
+    };
+    [one(cert), one(key)]
+}
+
+/// The server certificate every TLS listener presents, read again from its files when they
+/// change ([`ReloadingCert::watch`]): new handshakes get the new certificate, connections
+/// already open keep theirs.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    seen: Mutex<Stamp>,
+    /// Counters.
+    pub metrics: Arc<TlsMetrics>,
+}
+
+impl ReloadingCert {
+    /// Loads the chain and key; an error names the file and what is wrong with it.
+    pub fn open(cert: &Path, key: &Path, metrics: Arc<TlsMetrics>) -> Result<Arc<Self>, TlsError> {
+        let seen = stamp(cert, key);
+        let loaded = load_certified_key(cert, key)?;
+        Ok(Arc::new(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new(Arc::new(loaded)),
+            seen: Mutex::new(seen),
+            metrics,
+        }))
+    }
+
+    /// The certificate chain served now (the server's certificate first).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .cert
+            .clone()
+    }
+
+    /// Loads the files again if either changed since the last load. Ok(true) when a new
+    /// certificate is in use; on an error the previous one stays.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = stamp(&self.cert, &self.key);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return Ok(false);
+            }
+            // Tried once per change: a half-written pair is tried again at its next change
+            // (the second file's write is one).
+            *seen = now;
+        }
+        match load_certified_key(&self.cert, &self.key) {
+            Ok(k) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(k);
+                self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(e) => {
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks the files every `every` until `stop`, logging each reload and each failure.
+    pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            match self.reload_if_changed() {
+                Ok(true) => tracing::info!(
+                    cert = %self.cert.display(),
+                    "tls: certificate reloaded; new connections get it, open ones keep theirs"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "tls: the changed certificate files do not load; still serving the previous certificate"
+                ),
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// A listener's rustls configuration: TLS 1.3 and 1.2, the reloading certificate, `alpn`
+/// protocols offered (none: the client's choice is not checked).
+pub fn server_config(
+    cert: Arc<ReloadingCert>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// A client configuration that trusts exactly the server certificate in `cert_file` (the first
+/// of its chain), whatever name it carries: how `edgepipe` commands on the server's machine
+/// reach its HTTPS API at the address in `server.json`, which a certificate for the public
+/// name does not cover.
+pub fn pinned_client_config(cert_file: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let text = std::fs::read(cert_file).map_err(|e| TlsError::Cert {
+        path: cert_file.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let cert = CertificateDer::pem_slice_iter(&text)
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| TlsError::Cert {
+            path: cert_file.to_path_buf(),
+            message: "no certificate in it".into(),
+        })?;
+    let provider = provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            cert: cert.into_owned(),
+            provider,
+        }))
+        .with_no_client_auth();
+    Ok(cfg)
+}
+
+/// Accepts one certificate, byte for byte; signatures are checked as usual.
+#[derive(Debug)]
+struct Pinned {
+    cert: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the server presented a certificate other than the one in its tls.cert file".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether `addr` can be reached from other machines (not loopback).
+pub fn is_exposed(addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_unreadable_files_are_named_with_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = dir.path().join("server.pem");
+        let key = dir.path().join("server.key");
+        let half = TlsConfig {
+            cert: Some(cert.clone()),
+            ..TlsConfig::default()
+        };
+        let p = half.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].to_string().starts_with("tls.key: missing"), "{p:?}");
+        let both = TlsConfig {
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+            ..TlsConfig::default()
+        };
+        let p = both.problems();
+        assert!(
+            p[0].to_string().contains("server.pem") && p[0].to_string().starts_with("tls.cert"),
+            "{p:?}"
+        );
+        std::fs::write(&cert, "not a certificate\n").expect("write");
+        let p = both.problems();
+        assert!(p[0].to_string().contains("no certificate in it"), "{p:?}");
+    }
+}

@@ -1,0 +1,502 @@
+//! TLS listeners with real clients and real handshakes: certificates made by `openssl`,
+//! mosquitto_pub over MQTT/TLS, curl over HTTPS, `openssl s_client` for protocol versions and
+//! the certificate served after a reload, the CLI through the HTTPS API.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A test CA and a server certificate it signed for `localhost` and 127.0.0.1.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> TestResult<Self> {
+        let pki = Self {
+            dir: dir.to_path_buf(),
+        };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=edgepipe test CA",
+        ])?;
+        pki.server_cert("server")?;
+        Ok(pki)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn p(&self, name: &str) -> TestResult<String> {
+        Ok(self.path(name).to_str().ok_or("path")?.to_owned())
+    }
+
+    fn openssl(&self, args: &[&str]) -> TestResult<std::process::Output> {
+        let out = std::process::Command::new("openssl")
+            .current_dir(&self.dir)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run openssl (apt-get install openssl): {e}"))?;
+        if !out.status.success() {
+            return Err(
+                format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// `<name>.pem` / `<name>.key`: a fresh key and a certificate from the CA.
+    fn server_cert(&self, name: &str) -> TestResult {
+        std::fs::write(
+            self.path("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )?;
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
+        ])?;
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ])?;
+        Ok(())
+    }
+
+    /// The SHA-256 fingerprint of a PEM certificate file, or of the first certificate in
+    /// `s_client` output.
+    fn fingerprint(&self, pem: &str) -> TestResult<String> {
+        let f = self.path("fp.pem");
+        std::fs::write(&f, pem)?;
+        let out = self.openssl(&["x509", "-in", "fp.pem", "-noout", "-fingerprint", "-sha256"])?;
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// `openssl s_client` against `addr` with extra flags; (succeeded, stdout + stderr).
+    fn s_client(&self, addr: std::net::SocketAddr, flags: &[&str]) -> TestResult<(bool, String)> {
+        let mut child = std::process::Command::new("openssl")
+            .current_dir(&self.dir)
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-CAfile",
+                "ca.pem",
+            ])
+            .args(["-verify_return_error", "-servername", "localhost"])
+            .args(flags)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        // Closing stdin ends the session after the handshake.
+        drop(child.stdin.take());
+        let out = child.wait_with_output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+}
+
+fn start_tls(data: &Path, pki: &Pki, extra: &[&str]) -> TestResult<Server> {
+    let cert = pki.p("server.pem")?;
+    let key = pki.p("server.key")?;
+    let mut args = vec![
+        "--auto-register",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--mqtts-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend(extra);
+    Server::start(data, &args)
+}
+
+#[test]
+fn mqtt_over_tls_and_https_take_readings_from_real_clients() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    let data = dir.path().join("data");
+    let srv = start_tls(&data, &pki, &[])?;
+    assert!(
+        srv.https,
+        "the HTTP listener serves HTTPS when a certificate is configured"
+    );
+    let mqtts = srv.mqtts.ok_or("no mqtts:// address on the first line")?;
+    let ca = pki.p("ca.pem")?;
+    let base = now_ms() - 60_000;
+
+    // mosquitto_pub over TLS, verifying the server against the CA, token authentication.
+    for n in 0..5i64 {
+        let out = run(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "localhost",
+                "-p",
+                &mqtts.port().to_string(),
+                "--cafile",
+                &ca,
+                "-q",
+                "1",
+                "-i",
+                "tls-pub",
+                "-u",
+                "tls-dev",
+                "-P",
+                "tls-dev-token",
+                "-t",
+                "edgepipe/v1/tls-dev/telemetry",
+                "-m",
+                &format!("{{\"ts\": {}, \"metrics\": {{\"n\": {n}}}}}", base + n),
+            ],
+        )?;
+        assert!(out.status.success(), "mosquitto_pub over TLS: {out:?}");
+    }
+    // curl over HTTPS, verifying against the CA.
+    let body: String = (5..10i64)
+        .map(|n| format!("{{\"ts\": {}, \"metrics\": {{\"n\": {n}}}}}\n", base + n))
+        .collect();
+    let url = format!("https://localhost:{}/api/v1/ingest", srv.http.port());
+    let out = curl(&[
+        "-sS",
+        "-f",
+        "--cacert",
+        &ca,
+        "-H",
+        "Authorization: Bearer https-dev-token",
+        "-H",
+        "X-Device-Id: https-dev",
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        &body,
+        &url,
+    ])?;
+    assert!(out.status.success(), "curl over HTTPS: {out:?}");
+
+    // Refused: a client that does not trust the server's CA; plaintext HTTP and plaintext
+    // MQTT against the TLS ports; TLS 1.1.
+    let out = curl(&[
+        "-sS",
+        &format!("https://localhost:{}/api/v1/status", srv.http.port()),
+    ])?;
+    assert!(
+        !out.status.success(),
+        "curl without the CA trusted the server"
+    );
+    let out = curl(&[
+        "-sS",
+        "-m",
+        "5",
+        &format!("http://127.0.0.1:{}/api/v1/status", srv.http.port()),
+    ])?;
+    assert!(
+        !out.status.success(),
+        "plaintext HTTP was answered on the HTTPS port: {out:?}"
+    );
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtts.port().to_string(),
+            "-q",
+            "1",
+            "-u",
+            "tls-dev",
+            "-P",
+            "tls-dev-token",
+            "-t",
+            "edgepipe/v1/tls-dev/telemetry",
+            "-m",
+            "{}",
+        ],
+    )?;
+    assert!(
+        !out.status.success(),
+        "plaintext MQTT was accepted on the TLS port"
+    );
+    for addr in [mqtts, srv.http] {
+        // SECLEVEL=0 lets this OpenSSL offer TLS 1.1 at all: the refusal is the server's.
+        let (ok, text) =
+            pki.s_client(addr, &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0", "-msg"])?;
+        assert!(
+            text.contains("TLS 1.1, Handshake"),
+            "no TLS 1.1 ClientHello sent:\n{text}"
+        );
+        assert!(
+            !ok && text.contains("no peer certificate"),
+            "TLS 1.1 was accepted:\n{text}"
+        );
+    }
+    for version in ["-tls1_2", "-tls1_3"] {
+        let (ok, text) = pki.s_client(mqtts, &[version])?;
+        assert!(
+            ok && text.contains("Verify return code: 0"),
+            "{version}:\n{text}"
+        );
+        let (ok, text) = pki.s_client(srv.http, &[version])?;
+        assert!(ok, "{version} on HTTPS:\n{text}");
+    }
+
+    // The failed handshakes are counted per listener.
+    let out = curl(&[
+        "-sS",
+        "--cacert",
+        &ca,
+        &format!("https://localhost:{}/metrics", srv.http.port()),
+    ])?;
+    let metrics = String::from_utf8(out.stdout)?;
+    let counter = |listener: &str| -> u64 {
+        let key = format!("edgepipe_tls_handshake_failures_total{{listener=\"{listener}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(counter("https") >= 3, "{metrics}");
+    assert!(counter("mqtt") >= 2, "{metrics}");
+
+    // The CLI beside the server goes through its HTTPS API (the certificate pinned).
+    let d = data.to_str().ok_or("path")?;
+    // Acknowledged means in the WAL; the lake writer's fresh buffer takes them a moment later.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = query_json(
+            &["--data-dir", d],
+            "SELECT count(*) AS n FROM readings WHERE metric = 'n'",
+        )?;
+        if rows[0]["n"] == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = srv.stop()?;
+    assert!(status.success(), "stop: exit {status}");
+    let stored = lake_numbers(&data)?;
+    let sent: Vec<i64> = (0..10).collect();
+    assert_stored_once("lake after TLS ingest", &sent, &stored, Twice::Any);
+    Ok(())
+}
+
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("tls.toml");
+    std::fs::write(&cfg, "[tls]\nreload_interval = \"200ms\"\n")?;
+    let srv = start_tls(&data, &pki, &["--config", cfg.to_str().ok_or("path")?])?;
+    let mqtts = srv.mqtts.ok_or("no mqtts address")?;
+    let first = pki.fingerprint(&std::fs::read_to_string(pki.path("server.pem"))?)?;
+    let served = |addr| -> TestResult<String> {
+        let (ok, text) = pki.s_client(addr, &[])?;
+        assert!(ok, "{text}");
+        let begin = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .ok_or("no certificate")?;
+        let end = text
+            .find("-----END CERTIFICATE-----")
+            .ok_or("no certificate end")?;
+        pki.fingerprint(&format!("{}-----END CERTIFICATE-----\n", &text[begin..end]))
+    };
+    assert_eq!(served(mqtts)?, first);
+
+    // A broken renewal (garbage in the certificate file) keeps the old certificate in use.
+    let good = std::fs::read(pki.path("server.pem"))?;
+    std::fs::write(
+        pki.path("server.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )?;
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        served(srv.http)?,
+        first,
+        "a broken file replaced the certificate"
+    );
+    std::fs::write(pki.path("server.pem"), &good)?;
+
+    // A real renewal: a new key and certificate written over the old files.
+    pki.server_cert("renewed")?;
+    std::fs::copy(pki.path("renewed.key"), pki.path("server.key"))?;
+    std::fs::copy(pki.path("renewed.pem"), pki.path("server.pem"))?;
+    let renewed = pki.fingerprint(&std::fs::read_to_string(pki.path("renewed.pem"))?)?;
+    assert_ne!(renewed, first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(mqtts)? != renewed {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        served(srv.http)?,
+        renewed,
+        "HTTPS serves the renewed certificate too"
+    );
+    let ca = pki.p("ca.pem")?;
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "localhost",
+            "-p",
+            &mqtts.port().to_string(),
+            "--cafile",
+            &ca,
+            "-q",
+            "1",
+            "-u",
+            "tls-dev",
+            "-P",
+            "tls-dev-token",
+            "-t",
+            "edgepipe/v1/tls-dev/telemetry",
+            "-m",
+            &format!("{{\"ts\": {}, \"metrics\": {{\"n\": 1}}}}", now_ms()),
+        ],
+    )?;
+    assert!(out.status.success(), "publish after the renewal: {out:?}");
+    let out = curl(&[
+        "-sS",
+        "--cacert",
+        &ca,
+        &format!("https://localhost:{}/metrics", srv.http.port()),
+    ])?;
+    let metrics = String::from_utf8(out.stdout)?;
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgepipe_tls_cert_reload_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no reload failure counter")?;
+    assert!(
+        failures >= 1,
+        "the broken renewal was not counted:\n{metrics}"
+    );
+    srv.stop()?;
+    Ok(())
+}
+
+#[test]
+fn plaintext_beyond_loopback_and_bad_certificates_stop_the_start_with_a_clear_line() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    let d = dir.path().join("data");
+    let d = d.to_str().ok_or("path")?;
+    // (started, what it said): stderr of a refused start, stdout of one that started (it is
+    // stopped at once).
+    let serve = |args: &[&str]| -> TestResult<(bool, String)> {
+        let info = Path::new(d).join("server.json");
+        let _ = std::fs::remove_file(&info);
+        let mut all = vec!["serve", "--data-dir", d, "--http-addr", "127.0.0.1:0"];
+        all.extend(["--mqtts-addr", "127.0.0.1:0"]);
+        all.extend(args);
+        let mut child = std::process::Command::new(bin())
+            .args(&all)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait()?.is_none() && !info.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "serve {args:?} neither started nor failed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if info.exists() {
+            run("kill", &["-INT", &child.id().to_string()])?;
+            let out = child.wait_with_output()?;
+            return Ok((true, String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let out = child.wait_with_output()?;
+        assert!(!out.status.success(), "{out:?}");
+        Ok((false, String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    let (started, err) = serve(&["--mqtt-addr", "0.0.0.0:0"])?;
+    assert!(!started, "plaintext MQTT on 0.0.0.0 started");
+    assert!(
+        err.contains("mqtt_addr")
+            && err.contains("--insecure-plaintext")
+            && err.contains("tls.cert"),
+        "{err}"
+    );
+    let (started, out) = serve(&["--mqtt-addr", "0.0.0.0:0", "--insecure-plaintext"])?;
+    assert!(started, "--insecure-plaintext did not allow it: {out}");
+
+    // A key that is not the certificate's, and a certificate file that is not one.
+    pki.server_cert("other")?;
+    let (cert, other_key) = (pki.p("server.pem")?, pki.p("other.key")?);
+    let loopback = ["--mqtt-addr", "127.0.0.1:0"];
+    let (started, err) = serve(
+        &[
+            &loopback[..],
+            &["--tls-cert", &cert, "--tls-key", &other_key],
+        ]
+        .concat(),
+    )?;
+    assert!(!started);
+    assert!(
+        err.contains("tls.key") && err.contains("does not belong"),
+        "{err}"
+    );
+    let key = pki.p("ca.key")?;
+    let (started, err) =
+        serve(&[&loopback[..], &["--tls-cert", &key, "--tls-key", &key]].concat())?;
+    assert!(!started);
+    assert!(
+        err.contains("tls.cert") && err.contains("no certificate in it"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -18,7 +18,7 @@ use edgepipe_types::{SharedClock, SystemClock};
 use crate::gateway::ingest::{Ingestor, IngestorParts};
 use crate::gateway::metrics::Metrics;
 use crate::gateway::mqtt::{self, MqttHandle, MqttSettings};
-use crate::gateway::tls::{ReloadingCert, server_config};
+use crate::gateway::tls::{ClientAuth, ClientTrust, ReloadingCert, server_config};
 use crate::stages::lake::LakeService;
 
 /// Errors starting the server.
@@ -190,7 +190,12 @@ impl RunningServer {
         let metrics = Arc::new(Metrics::default());
         // The certificate before anything is opened: a bad file stops the start here.
         let tls_cert = match (&cfg.tls.cert, &cfg.tls.key) {
-            (Some(c), Some(k)) => Some(ReloadingCert::open(c, k, metrics.tls.clone())?),
+            (Some(c), Some(k)) => {
+                let trust = cfg.tls.client_ca.as_ref().map(|ca| ClientTrust {
+                    ca_files: vec![ca.clone()],
+                });
+                Some(ReloadingCert::open(c, k, trust, metrics.tls.clone())?)
+            }
             _ => None,
         };
         let mqtts_listener = match &tls_cert {
@@ -217,18 +222,25 @@ impl RunningServer {
         let clock: SharedClock = Arc::new(SystemClock);
         let deadletters = DeadLetters::open(&cfg.data_dir, &cfg.deadletters)?;
         let devices = DeviceRegistry::open(&cfg.data_dir)?.with_clock(clock.clone());
-        let ingestor = Arc::new(Ingestor::new(IngestorParts {
-            wal,
-            deadletters,
-            devices,
-            limits: cfg.protocol_limits(),
-            max_payload: cfg.limits.max_payload_bytes,
-            device_msgs_per_sec: cfg.limits.device_msgs_per_sec,
-            mappings,
-            clock: clock.clone(),
-            metrics,
-            auto_register: cfg.auto_register,
-        })?);
+        let ingestor = Arc::new(
+            Ingestor::new(IngestorParts {
+                wal,
+                deadletters,
+                devices,
+                limits: cfg.protocol_limits(),
+                max_payload: cfg.limits.max_payload_bytes,
+                device_msgs_per_sec: cfg.limits.device_msgs_per_sec,
+                mappings,
+                clock: clock.clone(),
+                metrics,
+                auto_register: cfg.auto_register,
+            })?
+            .with_cert_rules(crate::gateway::identity::CertRules {
+                device_id_from: cfg.tls.device_id_from,
+                register_by_certificate: cfg.tls.register_by_certificate,
+                cert_required: cfg.tls.client_auth == ClientAuth::Required,
+            }),
+        );
 
         lake.export_deadletters(ingestor.clone());
         let case_store = crate::stages::cases::open_store(&cfg.data_dir, &cfg.cases)
@@ -303,7 +315,9 @@ impl RunningServer {
             ingestor.clone(),
             MqttSettings {
                 workers,
-                max_connections: cfg.limits.max_connections,
+                rules: mqtt::AdmitRules {
+                    max_connections: cfg.limits.max_connections,
+                },
                 max_packet: (cfg.limits.max_payload_bytes + 64 * 1024) as u32,
                 receive_max: 1024,
             },

@@ -36,6 +36,12 @@ pub enum DevicesCmd {
         /// Device id.
         id: String,
     },
+    /// Revoke the device's certificates issued until now: new connections with one are
+    /// refused, open ones close within a second (a running server sees it at once).
+    RevokeCert {
+        /// Device id.
+        id: String,
+    },
 }
 
 pub(crate) fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<()> {
@@ -57,12 +63,22 @@ pub(crate) fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<(
             reg.set_enabled(&id, true)?;
             println!("device {id} enabled");
         }
+        DevicesCmd::RevokeCert { id } => {
+            let cut = reg.revoke_certs(&id)?;
+            println!(
+                "device {id}: certificates valid from before {} revoked; a running server closes their connections within a second",
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(cut.max(0) as u64)
+                )
+            );
+        }
         DevicesCmd::List { format } => {
             let list = reg.list()?;
             let mut out = Listing::new(&[
                 "device",
                 "enabled",
                 "auto_registered",
+                "by_certificate",
                 "created_at_ms",
                 "rotated_at_ms",
             ]);
@@ -72,6 +88,7 @@ pub(crate) fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<(
                         d.id.clone(),
                         d.enabled.to_string(),
                         d.auto_registered.to_string(),
+                        d.registered_by_certificate.to_string(),
                         d.created_at.to_string(),
                         d.rotated_at.to_string(),
                     ],
@@ -79,6 +96,8 @@ pub(crate) fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<(
                         "device": d.id,
                         "enabled": d.enabled,
                         "auto_registered": d.auto_registered,
+                        "by_certificate": d.registered_by_certificate,
+                        "certs_valid_after_ms": d.certs_valid_after_ms,
                         "created_at_ms": d.created_at,
                         "rotated_at_ms": d.rotated_at,
                     }),

@@ -66,6 +66,13 @@ pub struct DeviceRecord {
     /// Registered automatically (dev mode) rather than by an operator.
     #[serde(default)]
     pub auto_registered: bool,
+    /// Registered by its first connection with a valid certificate (`tls.register_by_certificate`).
+    #[serde(default)]
+    pub registered_by_certificate: bool,
+    /// Certificates that became valid before this (ms since epoch) are refused:
+    /// `devices revoke-cert` sets it to now. 0: none revoked.
+    #[serde(default)]
+    pub certs_valid_after_ms: i64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -89,6 +96,8 @@ pub enum AuthResult {
     BadToken,
     /// The id is not a valid device id.
     InvalidId,
+    /// The certificate was revoked (`devices revoke-cert`).
+    Revoked,
 }
 
 /// What the cache was read from: the registry file's mtime and the journal's length.
@@ -111,6 +120,8 @@ pub struct DeviceRegistry {
     lock_path: PathBuf,
     journal_path: PathBuf,
     cache: Mutex<(Stamp, RegistryFile)>,
+    /// Bumped whenever the cache is read again or changed (see [`DeviceRegistry::generation`]).
+    generation: std::sync::atomic::AtomicU64,
     /// Stamps creation and rotation times.
     clock: SharedClock,
 }
@@ -147,6 +158,7 @@ impl DeviceRegistry {
             lock_path: data_dir.join("devices.lock"),
             journal_path: data_dir.join("devices.journal"),
             cache: Mutex::new((Stamp::default(), RegistryFile::default())),
+            generation: std::sync::atomic::AtomicU64::new(0),
             clock: Arc::new(SystemClock),
         };
         reg.refresh()?;
@@ -206,7 +218,17 @@ impl DeviceRegistry {
             return Ok(());
         }
         *cache = self.read_file()?;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A number that changes whenever the registry may have changed (read from the file
+    /// again, here or by another process such as `edgepipe devices`): watchers re-check their
+    /// devices only then.
+    pub fn generation(&self) -> Result<u64, DeviceError> {
+        self.refresh()?;
+        Ok(self.generation.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn lock_file(&self) -> Result<File, DeviceError> {
@@ -242,6 +264,8 @@ impl DeviceRegistry {
             Err(e) => return Err(self.io(&self.journal_path)(e)),
         }
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = (self.stamp(), file);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(lock);
         Ok(out)
     }
@@ -306,6 +330,8 @@ impl DeviceRegistry {
                     created_at: now,
                     rotated_at: now,
                     auto_registered: false,
+                    registered_by_certificate: false,
+                    certs_valid_after_ms: 0,
                 },
             );
             Ok(())
@@ -327,6 +353,78 @@ impl DeviceRegistry {
             Ok(())
         })?;
         Ok(token)
+    }
+
+    /// Revokes every certificate of the device that became valid before now: new connections
+    /// with one are refused and open ones are closed (within a second). Certificates issued
+    /// from the next second on are accepted. Returns the cut-off (ms since the epoch).
+    pub fn revoke_certs(&self, id: &str) -> Result<i64, DeviceError> {
+        let now = self.clock.now_ms();
+        self.modify(|f| {
+            let d = f
+                .devices
+                .get_mut(id)
+                .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
+            d.certs_valid_after_ms = now;
+            Ok(())
+        })?;
+        Ok(now)
+    }
+
+    /// Authenticates a device by a certificate rustls verified (chain, dates): the device must
+    /// be enabled and the certificate not revoked. An unknown device is registered when
+    /// `register` (its token stays unset: it authenticates by certificate only).
+    pub fn authenticate_cert(
+        &self,
+        cert: &crate::gateway::identity::CertIdentity,
+        register: bool,
+    ) -> Result<AuthResult, DeviceError> {
+        let id = cert.device_id.as_str();
+        if DeviceId::new(id).is_err() {
+            return Ok(AuthResult::InvalidId);
+        }
+        self.refresh()?;
+        let found = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.1.devices.get(id).cloned()
+        };
+        match found {
+            Some(d) if !d.enabled => Ok(AuthResult::Disabled),
+            Some(d) if cert.not_before_ms < d.certs_valid_after_ms => Ok(AuthResult::Revoked),
+            Some(_) => Ok(AuthResult::Ok),
+            None if register => {
+                let now = self.clock.now_ms();
+                match self.register(DeviceRecord {
+                    id: id.to_string(),
+                    token_sha256: String::new(),
+                    enabled: true,
+                    created_at: now,
+                    rotated_at: now,
+                    auto_registered: false,
+                    registered_by_certificate: true,
+                    certs_valid_after_ms: 0,
+                })? {
+                    // Registered meanwhile by another connection of the same device.
+                    AuthResult::BadToken | AuthResult::Ok => self.authenticate_cert(cert, false),
+                    r => Ok(r),
+                }
+            }
+            None => Ok(AuthResult::Unknown),
+        }
+    }
+
+    /// Whether a connection of `id` authenticated at some point (with a certificate valid from
+    /// `cert_not_before_ms`, if any) may stay open: the device exists, is enabled, and the
+    /// certificate is not revoked.
+    pub fn may_stay(&self, id: &str, cert_not_before_ms: Option<i64>) -> Result<bool, DeviceError> {
+        self.refresh()?;
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match cache.1.devices.get(id) {
+            Some(d) => {
+                d.enabled && cert_not_before_ms.is_none_or(|nb| nb >= d.certs_valid_after_ms)
+            }
+            None => false,
+        })
     }
 
     /// Enables or disables a device.
@@ -390,6 +488,8 @@ impl DeviceRegistry {
                     created_at: now,
                     rotated_at: now,
                     auto_registered: true,
+                    registered_by_certificate: false,
+                    certs_valid_after_ms: 0,
                 })
             }
             None => Ok(AuthResult::Unknown),

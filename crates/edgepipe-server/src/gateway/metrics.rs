@@ -50,6 +50,47 @@ impl RejectReason {
     }
 }
 
+/// Why a device certificate that passed the handshake was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRefusal {
+    /// Revoked by `edgepipe devices revoke-cert`.
+    Revoked = 0,
+    /// Its device is not registered (and `tls.register_by_certificate` is off).
+    Unregistered = 1,
+    /// Its device is disabled.
+    Disabled = 2,
+    /// It names no device (no CN or SAN URI, as `tls.device_id_from` asks).
+    NoDeviceId = 3,
+    /// The username names another device than the certificate.
+    OtherDevice = 4,
+    /// No certificate where `tls.client_auth = "required"` (a token was offered).
+    NoClientCertificate = 5,
+}
+
+impl CertRefusal {
+    /// Every reason, in counter order.
+    pub const ALL: [CertRefusal; 6] = [
+        Self::Revoked,
+        Self::Unregistered,
+        Self::Disabled,
+        Self::NoDeviceId,
+        Self::OtherDevice,
+        Self::NoClientCertificate,
+    ];
+
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Unregistered => "unregistered",
+            Self::Disabled => "disabled",
+            Self::NoDeviceId => "no_device_id",
+            Self::OtherDevice => "other_device",
+            Self::NoClientCertificate => "no_client_certificate",
+        }
+    }
+}
+
 /// Server counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -82,11 +123,20 @@ pub struct Metrics {
     pub mqtt_submit_batches: AtomicU64,
     /// WAL appends that went through those batches.
     pub mqtt_batched_appends: AtomicU64,
+    /// Device certificates refused after the handshake, by [`CertRefusal`].
+    cert_refusals: [AtomicU64; 6],
+    /// Open connections closed because their device was disabled or certificate revoked.
+    pub connections_closed_by_revocation: AtomicU64,
     /// The TLS listeners' counters (handshake failures, certificate reloads).
     pub tls: std::sync::Arc<crate::gateway::tls::TlsMetrics>,
 }
 
 impl Metrics {
+    /// Counts a refused device certificate.
+    pub fn cert_refusal(&self, why: CertRefusal) {
+        self.cert_refusals[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one rejection.
     pub fn reject(&self, reason: RejectReason) {
         let i = RejectReason::ALL
@@ -206,6 +256,24 @@ impl Metrics {
             out,
             "# HELP edgepipe_mqtt_connections MQTT connections open.\n# TYPE edgepipe_mqtt_connections gauge\nedgepipe_mqtt_connections {}",
             self.mqtt_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP edgepipe_device_cert_refusals_total Valid device certificates refused at CONNECT or request, by reason.\n# TYPE edgepipe_device_cert_refusals_total counter"
+        );
+        for r in CertRefusal::ALL {
+            let _ = writeln!(
+                out,
+                "edgepipe_device_cert_refusals_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.cert_refusals[r as usize].load(Ordering::Relaxed)
+            );
+        }
+        c(
+            &mut out,
+            "edgepipe_connections_closed_by_revocation_total",
+            "Open connections closed because their device was disabled or its certificate revoked.",
+            &self.connections_closed_by_revocation,
         );
         self.tls.render(&mut out);
         for (name, help, v) in extra {

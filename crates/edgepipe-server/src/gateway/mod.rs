@@ -8,9 +8,11 @@
 pub mod deadletter;
 pub mod dedup;
 pub mod devices;
+pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
+pub mod mqtt_live;
 pub mod mqtt_relay;
 pub mod mqtt_submit;
 pub mod tls;

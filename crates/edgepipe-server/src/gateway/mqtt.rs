@@ -41,7 +41,9 @@ use ntex::SharedCfg;
 use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
 
 use crate::gateway::devices::AuthResult;
+use crate::gateway::identity::identity_of;
 use crate::gateway::ingest::{Ingestor, Rejection};
+use crate::gateway::metrics::CertRefusal;
 use crate::gateway::mqtt_submit::Batched;
 
 /// Errors surfaced to ntex (they close the connection).
@@ -80,6 +82,9 @@ pub struct Conn {
     ingestor: Arc<Ingestor>,
     /// Counts this connection on its worker thread (see `submit`).
     _counted: crate::gateway::mqtt_submit::Connection,
+    /// Keeps it on its worker's list of connections to close when the device is disabled or
+    /// its certificate revoked (see `mqtt_live`).
+    _tracked: std::rc::Rc<()>,
 }
 
 impl Drop for Conn {
@@ -124,52 +129,130 @@ enum Admit {
     Busy,
 }
 
+/// How CONNECTs are admitted beyond the ingestor's rules (the same for every connection).
+#[derive(Debug, Clone, Copy)]
+pub struct AdmitRules {
+    /// Most concurrent connections.
+    pub max_connections: usize,
+}
+
+/// The device certificate of a TLS connection, if it presented one (rustls verified its chain
+/// and dates in the handshake).
+fn client_cert(io: &ntex::io::IoBoxed) -> Option<Vec<u8>> {
+    io.query::<ntex_tls::rustls::PeerCert<'static>>()
+        .as_ref()
+        .map(|c| c.0.as_ref().to_vec())
+}
+
+/// Authenticates a CONNECT: by the device certificate when there is one (the username, if
+/// given, must be the device it names; the password is not used), otherwise by the token.
 fn admit(
     ing: &Arc<Ingestor>,
-    max_connections: usize,
+    rules: AdmitRules,
+    io: &ntex::io::IoBoxed,
     username: Option<&str>,
     password: Option<&[u8]>,
-    peer: Option<String>,
     transport: Transport,
     will: Option<(String, Vec<u8>)>,
 ) -> Admit {
     let m = ing.metrics();
+    let peer = peer_of(io);
     let peer_s = peer.clone().unwrap_or_else(|| "?".into());
-    let Some(user) = username else {
+    let refuse = |why: &str, device: &str, answer: Admit| {
         m.auth_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer = %peer_s, "mqtt connect without username refused");
-        return Admit::BadCredentials;
+        tracing::warn!(peer = %peer_s, device = %device.chars().take(64).collect::<String>(), why, "mqtt authentication failed");
+        answer
     };
-    let token = password
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let result = match ing
-        .devices()
-        .authenticate(user, &token, ing.auto_register())
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "device registry unavailable");
-            return Admit::Busy;
+    let (user, cert_not_before_ms, result) = if let Some(der) = client_cert(io) {
+        let cert_rules = ing.cert_rules();
+        let cert = match identity_of(&der, cert_rules.device_id_from) {
+            Ok(c) => c,
+            Err(e) => {
+                m.cert_refusal(CertRefusal::NoDeviceId);
+                return refuse(
+                    &e.to_string(),
+                    username.unwrap_or("?"),
+                    Admit::NotAuthorized,
+                );
+            }
+        };
+        if let Some(u) = username.filter(|u| !u.is_empty() && *u != cert.device_id) {
+            m.cert_refusal(CertRefusal::OtherDevice);
+            let why = format!(
+                "the certificate names device {:?}, the username {u:?}",
+                cert.device_id
+            );
+            return refuse(&why, u, Admit::NotAuthorized);
+        }
+        let result = match ing
+            .devices()
+            .authenticate_cert(&cert, cert_rules.register_by_certificate)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "device registry unavailable");
+                return Admit::Busy;
+            }
+        };
+        match result {
+            AuthResult::Revoked => m.cert_refusal(CertRefusal::Revoked),
+            AuthResult::Unknown => m.cert_refusal(CertRefusal::Unregistered),
+            AuthResult::Disabled => m.cert_refusal(CertRefusal::Disabled),
+            _ => {}
+        }
+        (cert.device_id, Some(cert.not_before_ms), result)
+    } else {
+        if ing.cert_rules().cert_required {
+            m.cert_refusal(CertRefusal::NoClientCertificate);
+            let answer = Admit::NotAuthorized;
+            return refuse(
+                "no client certificate (tls.client_auth = required)",
+                username.unwrap_or("?"),
+                answer,
+            );
+        }
+        let Some(user) = username else {
+            return refuse(
+                "no username and no client certificate",
+                "?",
+                Admit::BadCredentials,
+            );
+        };
+        let token = password
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        match ing
+            .devices()
+            .authenticate(user, &token, ing.auto_register())
+        {
+            Ok(r) => (user.to_owned(), None, r),
+            Err(e) => {
+                tracing::error!(error = %e, "device registry unavailable");
+                return Admit::Busy;
+            }
         }
     };
-    let device = match (result, DeviceId::new(user)) {
+    let device = match (result, DeviceId::new(&user)) {
         (AuthResult::Ok | AuthResult::Registered, Ok(d)) => d,
         (r, _) => {
-            m.auth_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %peer_s, device = %user.chars().take(64).collect::<String>(), result = ?r, "mqtt authentication failed");
-            return if r == AuthResult::Disabled {
+            let answer = if matches!(r, AuthResult::Disabled | AuthResult::Revoked) {
                 Admit::NotAuthorized
             } else {
                 Admit::BadCredentials
             };
+            return refuse(&format!("{r:?}"), &user, answer);
         }
     };
     if result == AuthResult::Registered {
-        tracing::info!(device = %device, peer = %peer_s, "device auto-registered");
+        tracing::info!(device = %device, peer = %peer_s, by_certificate = cert_not_before_ms.is_some(), "device registered on first connect");
     }
     let open = m.mqtt_connections.fetch_add(1, Ordering::Relaxed) + 1;
     let conn = Conn {
+        _tracked: crate::gateway::mqtt_live::track(
+            device.as_str(),
+            cert_not_before_ms,
+            io.get_ref(),
+        ),
         device,
         peer,
         transport,
@@ -178,9 +261,9 @@ fn admit(
         ingestor: ing.clone(),
         _counted: crate::gateway::mqtt_submit::Connection::open(),
     };
-    if open as usize > max_connections {
+    if open as usize > rules.max_connections {
         m.connections_refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer = %peer_s, limit = max_connections, "connection limit reached");
+        tracing::warn!(peer = %peer_s, limit = rules.max_connections, "connection limit reached");
         conn.clean_disconnect.set(true);
         drop(conn);
         return Admit::Busy;
@@ -200,8 +283,8 @@ fn peer_of(io: &ntex::io::IoBoxed) -> Option<String> {
 pub struct MqttSettings {
     /// Worker threads.
     pub workers: usize,
-    /// Connection limit.
-    pub max_connections: usize,
+    /// Connection limit and how devices are authenticated.
+    pub rules: AdmitRules,
     /// Largest packet accepted by the codec (bigger ones close the connection).
     pub max_packet: u32,
     /// Publishes in flight per connection (v5 receive maximum).
@@ -237,24 +320,26 @@ impl MqttHandle {
 /// a macro because its type depends on the transport's filter). Installs the worker's wake
 /// relay and submission batch on first use.
 macro_rules! mqtt_service {
-    ($ing:expr, $max:expr) => {{
+    ($ing:expr, $rules:expr) => {{
         let ing: &Arc<Ingestor> = $ing;
-        let max: usize = $max;
+        let rules: AdmitRules = $rules;
         // One pump per worker thread: a group commit's PUBACKs leave in one write (see
         // `relay`).
         crate::gateway::mqtt_relay::install();
         // One submission batch per worker thread: with several connections, the appends of one
         // scheduler pass share one fsync (see `submit`).
         crate::gateway::mqtt_submit::install(ing.wal().clone(), ing.metrics().clone());
+        // One watcher per worker thread closes connections whose credentials were withdrawn.
+        crate::gateway::mqtt_live::install(ing.clone());
         let ing3 = ing.clone();
         let ing5 = ing.clone();
         MqttServer::new()
             .v3(v3::MqttServer::new(publish_v3)
                 .protocol(protocol_v3)
-                .build(async move |c: v3::Connect| connect_v3(&ing3, max, c)))
+                .build(async move |c: v3::Connect| connect_v3(&ing3, rules, c)))
             .v5(v5::MqttServer::new(publish_v5)
                 .protocol(protocol_v5)
-                .build(async move |c: v5::Connect| connect_v5(&ing5, max, c)))
+                .build(async move |c: v5::Connect| connect_v5(&ing5, rules, c)))
     }};
 }
 
@@ -290,31 +375,31 @@ pub fn spawn(
                     let mut built = ntex::server::build()
                         .workers(s.workers.max(1))
                         .disable_signals()
-                        .maxconn(s.max_connections + 64)
+                        .maxconn(s.rules.max_connections + 64)
                         .shutdown_timeout(ntex::time::Seconds(5))
                         .listen("mqtt", listener, cfg(), {
                             let ing = ing.clone();
-                            let max = s.max_connections;
-                            async move |_| mqtt_service!(&ing, max)
+                            let rules = s.rules;
+                            async move |_| mqtt_service!(&ing, rules)
                         });
                     if let Some((tls_listener, tls_config)) = tls {
                         let ing = ing.clone();
-                        let max = s.max_connections;
+                        let rules = s.rules;
                         built = built.and_then(|b| {
                             b.listen("mqtts", tls_listener, cfg(), async move |_| {
                                 let metrics = ing.metrics().clone();
                                 ntex_tls::rustls::TlsAcceptor::new(tls_config.clone())
                                     .map_err(move |e| {
-                                        metrics
-                                            .tls
-                                            .mqtt_handshake_failures
-                                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                        tracing::debug!(error = %e, "mqtts: handshake failed");
+                                        metrics.tls.handshake_failed(
+                                            crate::gateway::tls::Listener::Mqtt,
+                                            None,
+                                            &e,
+                                        );
                                         ntex_mqtt::MqttError::Service(GatewayError::Closed(
                                             format!("TLS handshake: {e}"),
                                         ))
                                     })
-                                    .and_then(mqtt_service!(&ing, max))
+                                    .and_then(mqtt_service!(&ing, rules))
                             })
                         });
                     }
@@ -347,7 +432,7 @@ pub fn spawn(
 
 fn connect_v3(
     ing: &Arc<Ingestor>,
-    max: usize,
+    rules: AdmitRules,
     c: v3::Connect,
 ) -> Result<v3::ConnectAck<Conn>, GatewayError> {
     let pkt = c.packet();
@@ -355,13 +440,12 @@ fn connect_v3(
         .last_will
         .as_ref()
         .map(|w| (w.topic.to_string(), w.message.to_vec()));
-    let peer = peer_of(c.io());
     match admit(
         ing,
-        max,
+        rules,
+        c.io(),
         pkt.username.as_deref(),
         pkt.password.as_deref(),
-        peer,
         Transport::Mqtt311,
         will,
     ) {
@@ -374,7 +458,7 @@ fn connect_v3(
 
 fn connect_v5(
     ing: &Arc<Ingestor>,
-    max: usize,
+    rules: AdmitRules,
     c: v5::Connect,
 ) -> Result<v5::ConnectAck<Conn>, GatewayError> {
     use v5::codec::ConnectAckReason as R;
@@ -383,13 +467,12 @@ fn connect_v5(
         .last_will
         .as_ref()
         .map(|w| (w.topic.to_string(), w.message.to_vec()));
-    let peer = peer_of(c.io());
     match admit(
         ing,
-        max,
+        rules,
+        c.io(),
         pkt.username.as_deref(),
         pkt.password.as_deref(),
-        peer,
         Transport::Mqtt5,
         will,
     ) {

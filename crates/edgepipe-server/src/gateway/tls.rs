@@ -16,10 +16,13 @@ use edgepipe_types::config::Problem;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::gateway::identity::{DeviceIdFrom, HandshakeFailure};
 
 /// `[tls]`: the server's certificate and the TLS listeners.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -33,9 +36,34 @@ pub struct TlsConfig {
     pub mqtt_addr: SocketAddr,
     /// Serve the API, ingest and dashboard on `http_addr` over HTTPS (no plaintext HTTP).
     pub https: bool,
-    /// How often the certificate and key files are checked for a change.
+    /// How often the certificate, key and CA files are checked for a change.
     #[serde(with = "edgepipe_types::duration_serde")]
     pub reload_interval: Duration,
+    /// PEM bundle of the CAs whose device certificates are accepted (mTLS). Unset: devices
+    /// authenticate with tokens only.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `optional` (a device authenticates with a certificate or a token)
+    /// or `required` (devices must present a certificate; tokens are refused on every
+    /// listener). Users of the API and dashboard are not affected.
+    pub client_auth: ClientAuth,
+    /// Where a device certificate names its device: `cn` or `san_uri`
+    /// (`urn:edgepipe:device:ID`).
+    pub device_id_from: DeviceIdFrom,
+    /// A valid certificate of a device not in the registry registers it (as AWS IoT's
+    /// just-in-time registration does). Off when the CA also signs certificates that must not
+    /// become devices.
+    pub register_by_certificate: bool,
+}
+
+/// Whether TLS clients must present a device certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// A certificate or a token.
+    #[default]
+    Optional,
+    /// A certificate; a device without one is refused at MQTT CONNECT or HTTPS ingest.
+    Required,
 }
 
 impl Default for TlsConfig {
@@ -46,6 +74,10 @@ impl Default for TlsConfig {
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 8883)),
             https: true,
             reload_interval: Duration::from_secs(10),
+            client_ca: None,
+            client_auth: ClientAuth::Optional,
+            device_id_from: DeviceIdFrom::Cn,
+            register_by_certificate: true,
         }
     }
 }
@@ -119,6 +151,14 @@ pub enum TlsError {
         /// Key file.
         key: PathBuf,
     },
+    /// A CA bundle cannot be read or holds no usable CA certificate.
+    #[error("CA file {path}: {message}")]
+    Ca {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -129,6 +169,7 @@ impl TlsError {
     fn key(&self) -> &'static str {
         match self {
             Self::Cert { .. } | Self::Rustls(_) => "tls.cert",
+            Self::Ca { .. } => "tls.client_ca",
             Self::Key { .. } | Self::Mismatch { .. } => "tls.key",
         }
     }
@@ -136,7 +177,9 @@ impl TlsError {
 
 /// The ring provider with TLS 1.2 and 1.3 suites only (rustls offers nothing older).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static RING: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    RING.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// Reads a PEM chain and key and checks that the key is the first certificate's.
@@ -175,13 +218,44 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
     }
 }
 
+/// The trust anchors of the CA bundles `files` (every certificate in each).
+pub fn load_roots(files: &[PathBuf]) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for path in files {
+        let ca_err = |message: String| TlsError::Ca {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&text)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ca_err(format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(ca_err("no certificate in it".into()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| ca_err(format!("not a usable CA certificate: {e}")))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// Which TLS listener a counter is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// MQTT over TLS.
+    Mqtt,
+    /// HTTPS.
+    Https,
+}
+
 /// Counters of the TLS listeners, on `/metrics`.
 #[derive(Debug, Default)]
 pub struct TlsMetrics {
-    /// Handshakes that failed on the MQTT listener.
-    pub mqtt_handshake_failures: AtomicU64,
-    /// Handshakes that failed on the HTTPS listener.
-    pub https_handshake_failures: AtomicU64,
+    /// Failed handshakes by listener (MQTT, HTTPS) and [`HandshakeFailure`].
+    failures: [[AtomicU64; HandshakeFailure::ALL.len()]; 2],
     /// Certificate reloads after a file changed.
     pub reloads: AtomicU64,
     /// Changed files that could not be loaded (the previous certificate stays in use).
@@ -189,67 +263,139 @@ pub struct TlsMetrics {
 }
 
 impl TlsMetrics {
+    /// Counts a failed handshake and logs it (debug: scanners make many).
+    pub fn handshake_failed(&self, listener: Listener, peer: Option<&str>, e: &std::io::Error) {
+        let why = HandshakeFailure::of(e);
+        let i = HandshakeFailure::ALL
+            .iter()
+            .position(|r| *r == why)
+            .unwrap_or(HandshakeFailure::ALL.len() - 1);
+        self.failures[listener as usize][i].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            listener = ?listener,
+            peer = peer.unwrap_or("?"),
+            reason = why.as_str(),
+            error = %e,
+            "tls handshake failed"
+        );
+    }
+
+    /// Failed handshakes on `listener` for `reason`.
+    pub fn failures(&self, listener: Listener, reason: HandshakeFailure) -> u64 {
+        let i = HandshakeFailure::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.failures[listener as usize][i].load(Ordering::Relaxed)
+    }
+
     /// Prometheus text for the counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
         let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "# HELP edgepipe_tls_handshake_failures_total TLS handshakes that failed, by listener.\n\
-             # TYPE edgepipe_tls_handshake_failures_total counter\n\
-             edgepipe_tls_handshake_failures_total{{listener=\"mqtt\"}} {}\n\
-             edgepipe_tls_handshake_failures_total{{listener=\"https\"}} {}\n\
-             # HELP edgepipe_tls_cert_reloads_total Certificate reloads after the files changed.\n\
+            "# HELP edgepipe_tls_handshake_failures_total TLS handshakes that failed, by listener and reason.\n\
+             # TYPE edgepipe_tls_handshake_failures_total counter"
+        );
+        for (l, name) in [(Listener::Mqtt, "mqtt"), (Listener::Https, "https")] {
+            for r in HandshakeFailure::ALL {
+                let _ = writeln!(
+                    out,
+                    "edgepipe_tls_handshake_failures_total{{listener=\"{name}\",reason=\"{}\"}} {}",
+                    r.as_str(),
+                    self.failures(l, r)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP edgepipe_tls_cert_reloads_total Certificate reloads after the files changed.\n\
              # TYPE edgepipe_tls_cert_reloads_total counter\n\
              edgepipe_tls_cert_reloads_total {}\n\
              # HELP edgepipe_tls_cert_reload_failures_total Changed certificate files that did not load (the previous certificate stays).\n\
              # TYPE edgepipe_tls_cert_reload_failures_total counter\n\
              edgepipe_tls_cert_reload_failures_total {}",
-            v(&self.mqtt_handshake_failures),
-            v(&self.https_handshake_failures),
             v(&self.reloads),
             v(&self.reload_failures),
         );
     }
 }
 
-/// What the files looked like when last loaded: a change of either's length or modification
+/// What the files looked like when last loaded: a change of any one's length or modification
 /// time triggers a reload.
-type Stamp = [(Option<SystemTime>, u64); 2];
+type Stamp = Vec<(Option<SystemTime>, u64)>;
 
-fn stamp(cert: &Path, key: &Path) -> Stamp {
-    let one = |p: &Path| match std::fs::metadata(p) {
-        Ok(m) => (m.modified().ok(), m.len()),
-        Err(_) => (None, 0),
-    };
-    [one(cert), one(key)]
+fn stamp(files: &[&Path]) -> Stamp {
+    files
+        .iter()
+        .map(|p| match std::fs::metadata(p) {
+            Ok(m) => (m.modified().ok(), m.len()),
+            Err(_) => (None, 0),
+        })
+        .collect()
 }
 
-/// The server certificate every TLS listener presents, read again from its files when they
-/// change ([`ReloadingCert::watch`]): new handshakes get the new certificate, connections
-/// already open keep theirs.
+/// The CA bundles whose device certificates TLS clients may authenticate with.
+#[derive(Debug, Clone)]
+pub struct ClientTrust {
+    /// CA bundles (PEM).
+    pub ca_files: Vec<PathBuf>,
+}
+
+fn client_verifier(trust: &ClientTrust) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = load_roots(&trust.ca_files)?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Ca {
+            path: trust.ca_files.first().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        })
+}
+
+/// The server certificate every TLS listener presents, and the CAs device certificates must
+/// chain to, read again from their files when they change ([`ReloadingCert::watch`]): new
+/// handshakes get the new ones, connections already open keep theirs.
 #[derive(Debug)]
 pub struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
+    trust: Option<ClientTrust>,
+    verifier: RwLock<Option<Arc<dyn ClientCertVerifier>>>,
     seen: Mutex<Stamp>,
     /// Counters.
     pub metrics: Arc<TlsMetrics>,
 }
 
 impl ReloadingCert {
-    /// Loads the chain and key; an error names the file and what is wrong with it.
-    pub fn open(cert: &Path, key: &Path, metrics: Arc<TlsMetrics>) -> Result<Arc<Self>, TlsError> {
-        let seen = stamp(cert, key);
-        let loaded = load_certified_key(cert, key)?;
-        Ok(Arc::new(Self {
+    /// Loads the chain, key and client CAs; an error names the file and what is wrong with it.
+    pub fn open(
+        cert: &Path,
+        key: &Path,
+        trust: Option<ClientTrust>,
+        metrics: Arc<TlsMetrics>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let me = Self {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            current: RwLock::new(Arc::new(loaded)),
-            seen: Mutex::new(seen),
+            current: RwLock::new(Arc::new(load_certified_key(cert, key)?)),
+            verifier: RwLock::new(trust.as_ref().map(client_verifier).transpose()?),
+            trust,
+            seen: Mutex::new(Vec::new()),
             metrics,
-        }))
+        };
+        *me.seen.lock().unwrap_or_else(|p| p.into_inner()) = me.stamp();
+        Ok(Arc::new(me))
+    }
+
+    fn stamp(&self) -> Stamp {
+        let mut files = vec![self.cert.as_path(), self.key.as_path()];
+        if let Some(t) = &self.trust {
+            files.extend(t.ca_files.iter().map(PathBuf::as_path));
+        }
+        stamp(&files)
     }
 
     /// The certificate chain served now (the server's certificate first).
@@ -261,22 +407,27 @@ impl ReloadingCert {
             .clone()
     }
 
-    /// Loads the files again if either changed since the last load. Ok(true) when a new
-    /// certificate is in use; on an error the previous one stays.
+    /// Loads the files again if any changed since the last load. Ok(true) when new ones are in
+    /// use; on an error the previous ones stay (all of them: a half-renewed set is not used).
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamp(&self.cert, &self.key);
+        let now = self.stamp();
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if *seen == now {
                 return Ok(false);
             }
-            // Tried once per change: a half-written pair is tried again at its next change
-            // (the second file's write is one).
+            // Tried once per change: a half-written set is tried again at its next change
+            // (the next file's write is one).
             *seen = now;
         }
-        match load_certified_key(&self.cert, &self.key) {
-            Ok(k) => {
+        let loaded = load_certified_key(&self.cert, &self.key).and_then(|k| {
+            let v = self.trust.as_ref().map(client_verifier).transpose()?;
+            Ok((k, v))
+        });
+        match loaded {
+            Ok((k, v)) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(k);
+                *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = v;
                 self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             }
@@ -297,15 +448,95 @@ impl ReloadingCert {
             match self.reload_if_changed() {
                 Ok(true) => tracing::info!(
                     cert = %self.cert.display(),
-                    "tls: certificate reloaded; new connections get it, open ones keep theirs"
+                    "tls: certificate and CAs reloaded; new connections get them, open ones keep theirs"
                 ),
                 Ok(false) => {}
                 Err(e) => tracing::error!(
                     error = %e,
-                    "tls: the changed certificate files do not load; still serving the previous certificate"
+                    "tls: the changed certificate or CA files do not load; still serving the previous ones"
                 ),
             }
         }
+    }
+
+    fn verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
+        self.verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The client-certificate check of every handshake, handed to the verifier loaded last. A
+/// certificate is never mandatory in the handshake: browsers reach the API on the same HTTPS
+/// port, and `client_auth = "required"` is enforced where a device authenticates (MQTT
+/// CONNECT, HTTPS ingest), with an answer the device can read.
+#[derive(Debug)]
+struct Clients(Arc<ReloadingCert>);
+
+impl ClientCertVerifier for Clients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // The CAs may change under a running listener; an empty list lets the client send
+        // the certificate it was configured with.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verdict = match self.0.verifier() {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::General("no client CAs loaded".into())),
+        };
+        if let Err(e) = &verdict {
+            crate::gateway::identity::note_verify_failure(e);
+        }
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -320,16 +551,21 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// A listener's rustls configuration: TLS 1.3 and 1.2, the reloading certificate, `alpn`
-/// protocols offered (none: the client's choice is not checked).
+/// A listener's rustls configuration: TLS 1.3 and 1.2, the reloading certificate, client
+/// certificates checked against its CAs when it has some, `alpn` protocols offered (none:
+/// the client's choice is not checked).
 pub fn server_config(
     cert: Arc<ReloadingCert>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
+    let b = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut cfg = if cert.trust.is_some() {
+        b.with_client_cert_verifier(Arc::new(Clients(cert.clone())))
+            .with_cert_resolver(cert)
+    } else {
+        b.with_no_client_auth().with_cert_resolver(cert)
+    };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::gateway::devices::AuthResult;
+use crate::gateway::identity::ClientCert;
 use crate::gateway::ingest::{Direct, Ingestor};
 
 use crate::web::error::ApiError;
@@ -51,12 +53,21 @@ fn authenticate(
     ing: &Ingestor,
     headers: &HeaderMap,
     peer: SocketAddr,
+    cert: Option<&ClientCert>,
 ) -> Result<DeviceId, ApiError> {
     let fail = |why: &str| {
         ing.metrics().auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(peer = %peer, why, "http authentication failed");
         ApiError::unauthorized()
     };
+    if let Some(cert) = cert {
+        return authenticate_cert(ing, headers, cert, fail);
+    }
+    if ing.cert_rules().cert_required {
+        ing.metrics()
+            .cert_refusal(crate::gateway::metrics::CertRefusal::NoClientCertificate);
+        return Err(fail("no client certificate (tls.client_auth = required)"));
+    }
     let Some(token) = bearer(headers) else {
         return Err(fail("no bearer token"));
     };
@@ -100,15 +111,68 @@ fn authenticate(
     }
 }
 
+/// A device certificate of the HTTPS connection authenticates the device (rustls verified it);
+/// `X-Device-Id`, if sent, must be the device it names.
+fn authenticate_cert(
+    ing: &Ingestor,
+    headers: &HeaderMap,
+    cert: &ClientCert,
+    fail: impl Fn(&str) -> ApiError,
+) -> Result<DeviceId, ApiError> {
+    use crate::gateway::metrics::CertRefusal;
+    let rules = ing.cert_rules();
+    let id = match crate::gateway::identity::identity_of(cert.0.as_ref(), rules.device_id_from) {
+        Ok(id) => id,
+        Err(e) => {
+            ing.metrics().cert_refusal(CertRefusal::NoDeviceId);
+            return Err(fail(&e.to_string()));
+        }
+    };
+    if let Some(d) = headers.get("x-device-id").and_then(|v| v.to_str().ok())
+        && d != id.device_id
+    {
+        ing.metrics().cert_refusal(CertRefusal::OtherDevice);
+        return Err(fail(
+            "X-Device-Id names another device than the client certificate",
+        ));
+    }
+    match ing
+        .devices()
+        .authenticate_cert(&id, rules.register_by_certificate)
+    {
+        Ok(AuthResult::Ok | AuthResult::Registered) => {
+            DeviceId::new(&id.device_id).map_err(|_| fail("invalid device id"))
+        }
+        Ok(r) => {
+            let why = match r {
+                AuthResult::Revoked => CertRefusal::Revoked,
+                AuthResult::Disabled => CertRefusal::Disabled,
+                _ => CertRefusal::Unregistered,
+            };
+            ing.metrics().cert_refusal(why);
+            Err(fail(why.as_str()))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "device registry unavailable");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "retry later",
+            ))
+        }
+    }
+}
+
 pub(crate) async fn ingest(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<Extension<ClientCert>>,
     Query(q): Query<IngestQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ing = &st.ingestor;
-    let device = authenticate(ing, &headers, peer)?;
+    let device = authenticate(ing, &headers, peer, cert.as_ref().map(|c| &c.0))?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());

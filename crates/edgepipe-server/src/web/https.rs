@@ -3,7 +3,6 @@
 //! client that gave up) is counted and logged at debug level; it never reaches the router.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -13,7 +12,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::gateway::tls::TlsMetrics;
+use crate::gateway::identity::ClientCert;
+use crate::gateway::tls::{Listener, TlsMetrics};
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,26 +49,32 @@ pub async fn serve(
         let metrics = metrics.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let peer_s = peer.to_string();
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    metrics
-                        .https_handshake_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, error = %e, "https: handshake failed");
+                    metrics.handshake_failed(Listener::Https, Some(&peer_s), &e);
                     return;
                 }
                 Err(_) => {
-                    metrics
-                        .https_handshake_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "https: handshake timed out");
+                    let e = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                    metrics.handshake_failed(Listener::Https, Some(&peer_s), &e);
                     return;
                 }
             };
+            // The device certificate rustls verified, for the ingest handler.
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| ClientCert(Arc::new(c.clone().into_owned())));
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
+                    if let Some(c) = &client_cert {
+                        req.extensions_mut().insert(c.clone());
+                    }
                     app.clone().oneshot(req)
                 },
             );

@@ -66,6 +66,7 @@ fn every_listing_prints_the_same_rows_as_a_table_json_and_csv() -> TestResult {
                 "device",
                 "enabled",
                 "auto_registered",
+                "by_certificate",
                 "created_at_ms",
                 "rotated_at_ms",
             ],

@@ -14,9 +14,15 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &Path) -> TestResult<Self> {
+        std::fs::create_dir_all(dir)?;
         let pki = Self {
             dir: dir.to_path_buf(),
         };
+        // Distinct CAs have distinct names (a same-named CA is a forgery, not an unknown CA).
+        let ca_subject = format!(
+            "/CN=edgepipe test CA {}",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("ca")
+        );
         pki.openssl(&[
             "req",
             "-x509",
@@ -32,10 +38,62 @@ impl Pki {
             "-days",
             "2",
             "-subj",
-            "/CN=edgepipe test CA",
+            &ca_subject,
         ])?;
         pki.server_cert("server")?;
+        std::fs::create_dir_all(pki.path("db"))?;
+        std::fs::write(pki.path("db/index.txt"), "")?;
+        std::fs::write(
+            pki.path("ca.cnf"),
+            "[ca]\ndefault_ca = test\n[test]\ndir = .\ndatabase = db/index.txt\n\
+             new_certs_dir = db\nrand_serial = yes\ndefault_md = sha256\npolicy = any\n\
+             unique_subject = no\ncopy_extensions = none\nx509_extensions = device\n\
+             [any]\ncommonName = supplied\n[device]\nbasicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature\nextendedKeyUsage = clientAuth\n",
+        )?;
         Ok(pki)
+    }
+
+    /// `<name>.pem` / `<name>.key`: a device certificate for CN `cn` valid from `start` to
+    /// `end` (`YYYYMMDDHHMMSSZ`), signed by this CA with `openssl ca`.
+    fn device_cert(&self, name: &str, cn: &str, start: &str, end: &str) -> TestResult {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ])?;
+        self.openssl(&[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-in",
+            &csr,
+            "-out",
+            &pem,
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-notext",
+        ])?;
+        Ok(())
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -142,10 +200,15 @@ impl Pki {
 }
 
 fn start_tls(data: &Path, pki: &Pki, extra: &[&str]) -> TestResult<Server> {
+    let mut args = vec!["--auto-register"];
+    args.extend(extra);
+    start_tls_with(data, pki, &args)
+}
+
+fn start_tls_with(data: &Path, pki: &Pki, extra: &[&str]) -> TestResult<Server> {
     let cert = pki.p("server.pem")?;
     let key = pki.p("server.key")?;
     let mut args = vec![
-        "--auto-register",
         "--tls-cert",
         &cert,
         "--tls-key",
@@ -295,12 +358,12 @@ fn mqtt_over_tls_and_https_take_readings_from_real_clients() -> TestResult {
     ])?;
     let metrics = String::from_utf8(out.stdout)?;
     let counter = |listener: &str| -> u64 {
-        let key = format!("edgepipe_tls_handshake_failures_total{{listener=\"{listener}\"}} ");
+        let key = format!("edgepipe_tls_handshake_failures_total{{listener=\"{listener}\",");
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+            .filter(|l| l.starts_with(&key))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     };
     assert!(counter("https") >= 3, "{metrics}");
     assert!(counter("mqtt") >= 2, "{metrics}");
@@ -498,5 +561,353 @@ fn plaintext_beyond_loopback_and_bad_certificates_stop_the_start_with_a_clear_li
         err.contains("tls.cert") && err.contains("no certificate in it"),
         "{err}"
     );
+    Ok(())
+}
+
+/// A counter of `/metrics` (0 when absent), fetched over HTTPS.
+fn metric(srv: &Server, pki: &Pki, key: &str) -> TestResult<u64> {
+    let out = curl(&[
+        "-sS",
+        "--cacert",
+        &pki.p("ca.pem")?,
+        &format!("https://localhost:{}/metrics", srv.http.port()),
+    ])?;
+    let text = String::from_utf8(out.stdout)?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// mosquitto_pub over TLS with a device certificate (`name`.pem/.key of `pki`, trusting
+/// `ca`'s CA), QoS 1, one reading `n` to `device`'s topic; extra flags (`-u`, ...) appended.
+fn pub_with_cert(
+    srv: &Server,
+    ca: &Pki,
+    pki: &Pki,
+    name: &str,
+    device: &str,
+    n: i64,
+    extra: &[&str],
+) -> TestResult<std::process::Output> {
+    let port = srv.mqtts.ok_or("no mqtts address")?.port().to_string();
+    let (cafile, cert, key) = (
+        ca.p("ca.pem")?,
+        pki.p(&format!("{name}.pem"))?,
+        pki.p(&format!("{name}.key"))?,
+    );
+    let msg = format!(
+        "{{\"ts\": {}, \"metrics\": {{\"n\": {n}}}}}",
+        now_ms() - 1000 + n
+    );
+    let topic = format!("edgepipe/v1/{device}/telemetry");
+    let mut args = vec![
+        "-h",
+        "localhost",
+        "-p",
+        &port,
+        "--cafile",
+        &cafile,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-q",
+        "1",
+        "-t",
+        &topic,
+        "-m",
+        &msg,
+    ];
+    args.extend(extra);
+    run("mosquitto_pub", &args)
+}
+
+#[test]
+fn device_certificates_authenticate_and_bad_ones_are_refused_with_their_reason() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(&dir.path().join("pki"))?;
+    let other = Pki::new(&dir.path().join("other"))?;
+    let valid = ("20240101000000Z", "20990101000000Z");
+    for d in ["dev-1", "dev-2"] {
+        pki.device_cert(d, d, valid.0, valid.1)?;
+    }
+    pki.device_cert("expired", "dev-x", "20200101000000Z", "20200201000000Z")?;
+    pki.device_cert("future", "dev-y", "20900101000000Z", "20990101000000Z")?;
+    other.device_cert("stranger", "dev-1", valid.0, valid.1)?;
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("mtls.toml");
+    std::fs::write(&cfg, format!("[tls]\nclient_ca = {:?}\n", pki.p("ca.pem")?))?;
+    // No --auto-register: tokens must be registered; certificates register their device.
+    let srv = start_tls_with(&data, &pki, &["--config", cfg.to_str().ok_or("path")?])?;
+
+    // mosquitto_pub with dev-1's certificate and no username or password.
+    for n in 0..3 {
+        let out = pub_with_cert(&srv, &pki, &pki, "dev-1", "dev-1", n, &[])?;
+        assert!(
+            out.status.success(),
+            "publish with a device certificate: {out:?}"
+        );
+    }
+    // curl over HTTPS with dev-2's certificate and no token.
+    let body: String = (3..6i64)
+        .map(|n| {
+            format!(
+                "{{\"ts\": {}, \"metrics\": {{\"n\": {n}}}}}\n",
+                now_ms() - 1000 + n
+            )
+        })
+        .collect();
+    let out = curl(&[
+        "-sS",
+        "-f",
+        "--cacert",
+        &pki.p("ca.pem")?,
+        "--cert",
+        &pki.p("dev-2.pem")?,
+        "--key",
+        &pki.p("dev-2.key")?,
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        &body,
+        &format!("https://localhost:{}/api/v1/ingest", srv.http.port()),
+    ])?;
+    assert!(
+        out.status.success(),
+        "HTTPS ingest with a device certificate: {out:?}"
+    );
+
+    // Refused in the handshake, each counted under its reason.
+    let refused = [
+        ("stranger", &other, "unknown_ca"),
+        ("expired", &pki, "expired"),
+        ("future", &pki, "not_yet_valid"),
+    ];
+    for (name, issuer, reason) in refused {
+        let out = pub_with_cert(&srv, &pki, issuer, name, "dev-1", 99, &[])?;
+        assert!(!out.status.success(), "{name} was accepted: {out:?}");
+        let key = format!(
+            "edgepipe_tls_handshake_failures_total{{listener=\"mqtt\",reason=\"{reason}\"}}"
+        );
+        assert_eq!(metric(&srv, &pki, &key)?, 1, "{key}");
+    }
+    let out = curl(&[
+        "-sS",
+        "--cacert",
+        &pki.p("ca.pem")?,
+        "--cert",
+        &pki.p("expired.pem")?,
+        "--key",
+        &pki.p("expired.key")?,
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        &body,
+        &format!("https://localhost:{}/api/v1/ingest", srv.http.port()),
+    ])?;
+    assert!(
+        !out.status.success(),
+        "HTTPS with an expired certificate: {out:?}"
+    );
+    assert_eq!(
+        metric(
+            &srv,
+            &pki,
+            "edgepipe_tls_handshake_failures_total{listener=\"https\",reason=\"expired\"}"
+        )?,
+        1
+    );
+    // dev-1's certificate claiming another device, and publishing to another device's topic.
+    let out = pub_with_cert(&srv, &pki, &pki, "dev-1", "dev-1", 99, &["-u", "dev-2"])?;
+    assert!(
+        !out.status.success(),
+        "dev-1's certificate logged in as dev-2: {out:?}"
+    );
+    assert_eq!(
+        metric(
+            &srv,
+            &pki,
+            "edgepipe_device_cert_refusals_total{reason=\"other_device\"}"
+        )?,
+        1
+    );
+    let _ = pub_with_cert(&srv, &pki, &pki, "dev-1", "dev-2", 99, &[])?;
+    // A token alone still works over TLS (client_auth = optional) for a registered device.
+    let token = add_device(&data, "dev-3")?;
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "localhost",
+            "-p",
+            &srv.mqtts.ok_or("mqtts")?.port().to_string(),
+            "--cafile",
+            &pki.p("ca.pem")?,
+            "-q",
+            "1",
+            "-u",
+            "dev-3",
+            "-P",
+            &token,
+            "-t",
+            "edgepipe/v1/dev-3/telemetry",
+            "-m",
+            &format!("{{\"ts\": {}, \"metrics\": {{\"n\": 6}}}}", now_ms()),
+        ],
+    )?;
+    assert!(out.status.success(), "token over TLS: {out:?}");
+
+    let status = srv.stop()?;
+    assert!(status.success());
+    let stored = lake_numbers(&data)?;
+    let sent: Vec<i64> = (0..7).collect();
+    assert_stored_once("lake after mTLS ingest", &sent, &stored, Twice::Any);
+    assert!(
+        !stored.contains_key(&99),
+        "a refused publish was stored: {stored:?}"
+    );
+    let devices: Vec<serde_json::Value> = serde_json::from_slice(
+        &edgepipe_ok(&[
+            "devices",
+            "list",
+            "--data-dir",
+            data.to_str().ok_or("path")?,
+            "--format",
+            "json",
+        ])?
+        .stdout,
+    )?;
+    let by_cert: Vec<&str> = devices
+        .iter()
+        .filter(|d| d["by_certificate"] == true)
+        .filter_map(|d| d["device"].as_str())
+        .collect();
+    assert_eq!(by_cert, ["dev-1", "dev-2"], "{devices:?}");
+    Ok(())
+}
+
+#[test]
+fn a_revoked_certificate_loses_its_open_connection_within_a_second_and_cannot_return() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    pki.device_cert("dev-4", "dev-4", "20240101000000Z", "20990101000000Z")?;
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("mtls.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tls]\nclient_ca = {:?}\nclient_auth = \"required\"\n",
+            pki.p("ca.pem")?
+        ),
+    )?;
+    let srv = start_tls_with(&data, &pki, &["--config", cfg.to_str().ok_or("path")?])?;
+    let mark = dir.path().join("revoked-at");
+    let mut hold = python_peer("paho_tls_hold.py")
+        .args([
+            "localhost",
+            &srv.mqtts.ok_or("mqtts")?.port().to_string(),
+            &pki.p("ca.pem")?,
+            &pki.p("dev-4.pem")?,
+            &pki.p("dev-4.key")?,
+            "dev-4",
+            mark.to_str().ok_or("path")?,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(hold.stdout.take().ok_or("stdout")?));
+    assert_eq!(lines.next().transpose()?.as_deref(), Some("connected"));
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&mark, "")?;
+    edgepipe_ok(&[
+        "devices",
+        "revoke-cert",
+        "dev-4",
+        "--data-dir",
+        data.to_str().ok_or("path")?,
+    ])?;
+    let closed = lines
+        .next()
+        .transpose()?
+        .ok_or("the peer ended without a line")?;
+    let after: f64 = closed
+        .strip_prefix("closed ")
+        .ok_or_else(|| format!("unexpected: {closed}"))?
+        .parse()?;
+    assert!(hold.wait()?.success());
+    eprintln!("revoked connection closed {after:.3} s after revoke-cert started");
+    assert!(after < 1.0, "closed {after} s after the revocation");
+    assert!(
+        metric(
+            &srv,
+            &pki,
+            "edgepipe_connections_closed_by_revocation_total"
+        )? >= 1
+    );
+    // The same certificate cannot come back; a token alone is refused in the handshake.
+    let out = pub_with_cert(&srv, &pki, &pki, "dev-4", "dev-4", 1, &[])?;
+    assert!(
+        !out.status.success(),
+        "a revoked certificate reconnected: {out:?}"
+    );
+    assert_eq!(
+        metric(
+            &srv,
+            &pki,
+            "edgepipe_device_cert_refusals_total{reason=\"revoked\"}"
+        )?,
+        1
+    );
+    let token = add_device(&data, "dev-5")?;
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "localhost",
+            "-p",
+            &srv.mqtts.ok_or("mqtts")?.port().to_string(),
+            "--cafile",
+            &pki.p("ca.pem")?,
+            "-q",
+            "1",
+            "-u",
+            "dev-5",
+            "-P",
+            &token,
+            "-t",
+            "edgepipe/v1/dev-5/telemetry",
+            "-m",
+            "{\"metrics\": {\"n\": 1}}",
+        ],
+    )?;
+    assert!(
+        !out.status.success(),
+        "a token without a certificate passed client_auth = required"
+    );
+    assert_eq!(
+        metric(
+            &srv,
+            &pki,
+            "edgepipe_device_cert_refusals_total{reason=\"no_client_certificate\"}"
+        )?,
+        1
+    );
+    // A certificate issued after the revocation is accepted.
+    std::thread::sleep(Duration::from_millis(1100));
+    let start = {
+        let out = run("date", &["-u", "+%Y%m%d%H%M%SZ"])?;
+        String::from_utf8(out.stdout)?.trim().to_owned()
+    };
+    pki.device_cert("dev-4b", "dev-4", &start, "20990101000000Z")?;
+    let out = pub_with_cert(&srv, &pki, &pki, "dev-4b", "dev-4", 2, &[])?;
+    assert!(
+        out.status.success(),
+        "a certificate issued after the revocation: {out:?}"
+    );
+    srv.stop()?;
     Ok(())
 }

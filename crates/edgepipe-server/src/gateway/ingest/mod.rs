@@ -71,6 +71,7 @@ pub struct Ingestor {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     auto_register: bool,
+    cert_rules: crate::gateway::identity::CertRules,
 }
 
 /// What [`Ingestor::new`] needs.
@@ -118,6 +119,7 @@ impl Ingestor {
             clock: p.clock,
             metrics: p.metrics,
             auto_register: p.auto_register,
+            cert_rules: Default::default(),
         };
         ing.rebuild_dedup()?;
         Ok(ing)
@@ -177,6 +179,17 @@ impl Ingestor {
     /// Counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Sets how device certificates are admitted (`[tls]`).
+    pub fn with_cert_rules(mut self, rules: crate::gateway::identity::CertRules) -> Self {
+        self.cert_rules = rules;
+        self
+    }
+
+    /// How device certificates are admitted.
+    pub fn cert_rules(&self) -> crate::gateway::identity::CertRules {
+        self.cert_rules
     }
 
     /// Whether unknown devices are registered on first connect.

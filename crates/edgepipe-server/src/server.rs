@@ -191,8 +191,11 @@ impl RunningServer {
         // The certificate before anything is opened: a bad file stops the start here.
         let tls_cert = match (&cfg.tls.cert, &cfg.tls.key) {
             (Some(c), Some(k)) => {
-                let trust = cfg.tls.client_ca.as_ref().map(|ca| ClientTrust {
-                    ca_files: vec![ca.clone()],
+                // Device CAs: the configured bundle and the built-in CA (`edgepipe ca init`,
+                // possibly created while the server runs: picked up at the next reload).
+                let trust = Some(ClientTrust {
+                    ca_files: cfg.tls.client_ca.iter().cloned().collect(),
+                    builtin: Some(cfg.data_dir.clone()),
                 });
                 Some(ReloadingCert::open(c, k, trust, metrics.tls.clone())?)
             }

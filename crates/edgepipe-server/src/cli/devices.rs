@@ -1,4 +1,5 @@
-//! `edgepipe devices add|list|disable|enable|rotate-token`: the device registry, offline.
+//! `edgepipe devices add|list|disable|enable|rotate-token|issue-cert|revoke-cert`: the device
+//! registry, offline (a running server sees changes at once).
 
 use std::path::PathBuf;
 
@@ -10,10 +11,38 @@ use crate::gateway::devices::DeviceRegistry;
 /// `devices` actions.
 #[derive(Debug, Subcommand)]
 pub enum DevicesCmd {
-    /// Register a device and print its token (shown once).
+    /// Register a device and print its token (shown once); with `--cert` or `--csr` also
+    /// issue it a certificate from the built-in CA (`edgepipe ca init`).
     Add {
         /// Device id.
         id: String,
+        /// Issue a certificate and key too.
+        #[arg(long)]
+        cert: bool,
+        /// Issue a certificate for this CSR (PEM; the key stays with the device).
+        #[arg(long, conflicts_with = "cert")]
+        csr: Option<PathBuf>,
+        /// Where to write `<id>.pem`, `<id>.key` and `ca.pem` (default `./<id>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Certificate validity, days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue a registered device a new certificate from the built-in CA (renewal, or after a
+    /// revocation).
+    IssueCert {
+        /// Device id.
+        id: String,
+        /// Sign this CSR (PEM) instead of making a key.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Where to write `<id>.pem`, `<id>.key` and `ca.pem` (default `./<id>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Certificate validity, days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
     /// List devices.
     List {
@@ -47,9 +76,43 @@ pub enum DevicesCmd {
 pub(crate) fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<()> {
     let reg = DeviceRegistry::open(&data_dir)?;
     match action {
-        DevicesCmd::Add { id } => {
+        DevicesCmd::Add {
+            id,
+            cert,
+            csr,
+            out,
+            days,
+        } => {
+            if (cert || csr.is_some())
+                && !crate::gateway::ca::dir(&data_dir).join("ca.pem").exists()
+            {
+                anyhow::bail!(
+                    "no CA in {}: run `edgepipe ca init` first",
+                    crate::gateway::ca::dir(&data_dir).display()
+                );
+            }
             let token = reg.add(&id)?;
             println!("device {id} added. Token (shown once, store it now):\n{token}");
+            if cert || csr.is_some() {
+                let out = out.unwrap_or_else(|| PathBuf::from(&id));
+                crate::cli::ca::issue_device_cert(&data_dir, &id, 0, csr.as_deref(), days, &out)?;
+            }
+        }
+        DevicesCmd::IssueCert { id, csr, out, days } => {
+            let rec = reg
+                .list()?
+                .into_iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| anyhow::anyhow!("no device {id}"))?;
+            let out = out.unwrap_or_else(|| PathBuf::from(&id));
+            crate::cli::ca::issue_device_cert(
+                &data_dir,
+                &id,
+                rec.certs_valid_after_ms,
+                csr.as_deref(),
+                days,
+                &out,
+            )?;
         }
         DevicesCmd::RotateToken { id } => {
             let token = reg.rotate_token(&id)?;

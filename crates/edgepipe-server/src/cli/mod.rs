@@ -1,9 +1,10 @@
-//! The `edgepipe` command line: `serve`, `validate`, `demo`, `devices`, `cases`, `users`,
+//! The `edgepipe` command line: `serve`, `validate`, `demo`, `devices`, `ca`, `cases`, `users`,
 //! `deadletters`, `query`, `lake`, `models`, `eval`, `bench`.
 
 use clap::{Parser, Subcommand};
 
 use self::bench::BenchCmd;
+use self::ca::CaCmd;
 use self::cases::{CasesCmd, UsersCmd};
 use self::common::{ConfigArgs, DataDir, LakeArgs};
 use self::deadletters::DeadCmd;
@@ -15,6 +16,7 @@ use self::models::ModelsCmd;
 use self::serve::ServeArgs;
 
 pub mod bench;
+pub mod ca;
 pub mod cases;
 pub mod client;
 pub mod common;
@@ -49,6 +51,15 @@ pub enum Command {
         /// Action.
         #[command(subcommand)]
         action: DevicesCmd,
+        /// Data directory.
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// The built-in certificate authority: init, server-cert, rotate, export.
+    Ca {
+        /// Action.
+        #[command(subcommand)]
+        action: CaCmd,
         /// Data directory.
         #[command(flatten)]
         dir: DataDir,
@@ -136,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(a) => demo::demo(a).await,
         Command::Devices { action, dir } => devices::devices(action, dir.data_dir),
+        Command::Ca { action, dir } => ca::ca_cmd(action, dir.data_dir),
         Command::Cases { action, store } => cases::cases_cmd(action, store).await,
         Command::Users { action, store } => cases::users_cmd(action, store).await,
         Command::Deadletters { action, dir } => {

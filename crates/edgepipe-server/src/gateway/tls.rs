@@ -336,20 +336,45 @@ fn stamp(files: &[&Path]) -> Stamp {
         .collect()
 }
 
-/// The CA bundles whose device certificates TLS clients may authenticate with.
-#[derive(Debug, Clone)]
+/// The CAs whose device certificates TLS clients may authenticate with: CA bundles from the
+/// configuration and the built-in CA of a data directory (its current CA and rotated-out ones
+/// still in their overlap; see [`crate::gateway::ca`]).
+#[derive(Debug, Clone, Default)]
 pub struct ClientTrust {
     /// CA bundles (PEM).
     pub ca_files: Vec<PathBuf>,
+    /// The data directory whose built-in CA is trusted (when it has one).
+    pub builtin: Option<PathBuf>,
 }
 
-fn client_verifier(trust: &ClientTrust) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let roots = load_roots(&trust.ca_files)?;
+impl ClientTrust {
+    /// Every CA file trusted now.
+    fn files(&self) -> Vec<PathBuf> {
+        let mut out = self.ca_files.clone();
+        if let Some(d) = &self.builtin {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            out.extend(crate::gateway::ca::trusted_files(d, now));
+        }
+        out
+    }
+}
+
+/// The verifier of the CAs trusted now; None when there are none (no client certificate is
+/// asked for then).
+fn client_verifier(trust: &ClientTrust) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    let files = trust.files();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let roots = load_roots(&files)?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
+        .map(Some)
         .map_err(|e| TlsError::Ca {
-            path: trust.ca_files.first().cloned().unwrap_or_default(),
+            path: files.first().cloned().unwrap_or_default(),
             message: e.to_string(),
         })
 }
@@ -381,7 +406,10 @@ impl ReloadingCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             current: RwLock::new(Arc::new(load_certified_key(cert, key)?)),
-            verifier: RwLock::new(trust.as_ref().map(client_verifier).transpose()?),
+            verifier: RwLock::new(match &trust {
+                Some(t) => client_verifier(t)?,
+                None => None,
+            }),
             trust,
             seen: Mutex::new(Vec::new()),
             metrics,
@@ -391,11 +419,18 @@ impl ReloadingCert {
     }
 
     fn stamp(&self) -> Stamp {
+        // The trusted CA files are listed anew each time: a rotation or the end of an overlap
+        // changes the list, and so the stamp.
+        let ca_files = self
+            .trust
+            .as_ref()
+            .map(ClientTrust::files)
+            .unwrap_or_default();
         let mut files = vec![self.cert.as_path(), self.key.as_path()];
-        if let Some(t) = &self.trust {
-            files.extend(t.ca_files.iter().map(PathBuf::as_path));
-        }
-        stamp(&files)
+        files.extend(ca_files.iter().map(PathBuf::as_path));
+        let mut st = stamp(&files);
+        st.push((None, ca_files.len() as u64));
+        st
     }
 
     /// The certificate chain served now (the server's certificate first).
@@ -421,7 +456,10 @@ impl ReloadingCert {
             *seen = now;
         }
         let loaded = load_certified_key(&self.cert, &self.key).and_then(|k| {
-            let v = self.trust.as_ref().map(client_verifier).transpose()?;
+            let v = match &self.trust {
+                Some(t) => client_verifier(t)?,
+                None => None,
+            };
             Ok((k, v))
         });
         match loaded {
@@ -476,7 +514,7 @@ struct Clients(Arc<ReloadingCert>);
 
 impl ClientCertVerifier for Clients {
     fn offer_client_auth(&self) -> bool {
-        true
+        self.0.verifier().is_some()
     }
 
     fn client_auth_mandatory(&self) -> bool {

@@ -911,3 +911,202 @@ fn a_revoked_certificate_loses_its_open_connection_within_a_second_and_cannot_re
     srv.stop()?;
     Ok(())
 }
+
+#[test]
+fn the_built_in_ca_issues_device_certificates_and_rotates_with_an_overlap() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let d = data.to_str().ok_or("path")?;
+    edgepipe_ok(&["ca", "init", "--data-dir", d])?;
+    let ca_dir = data.join("ca");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(ca_dir.join("ca.key"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the CA key is readable by others");
+    }
+    let certs = dir.path().join("certs");
+    let pump = certs.join("pump-1");
+    edgepipe_ok(&[
+        "devices",
+        "add",
+        "pump-1",
+        "--cert",
+        "--out",
+        pump.to_str().ok_or("path")?,
+        "--data-dir",
+        d,
+    ])?;
+    // A CSR made by openssl: the device keeps its key; the certificate names valve-2 whatever
+    // the CSR asked for.
+    let pki = Pki { dir: certs.clone() };
+    pki.openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "valve-2.key",
+        "-out",
+        "valve-2.csr",
+        "-subj",
+        "/CN=not-the-name",
+    ])?;
+    let valve = certs.join("valve-2");
+    edgepipe_ok(&[
+        "devices",
+        "add",
+        "valve-2",
+        "--csr",
+        &pki.p("valve-2.csr")?,
+        "--out",
+        valve.to_str().ok_or("path")?,
+        "--data-dir",
+        d,
+    ])?;
+    assert!(
+        !valve.join("valve-2.key").exists(),
+        "a key was made for a CSR"
+    );
+    std::fs::copy(pki.path("valve-2.key"), valve.join("valve-2.key"))?;
+    let verify = pki.openssl(&[
+        "verify",
+        "-CAfile",
+        pump.join("ca.pem").to_str().ok_or("path")?,
+        pump.join("pump-1.pem").to_str().ok_or("path")?,
+    ])?;
+    assert!(String::from_utf8(verify.stdout)?.contains(": OK"));
+    let subject = pki.openssl(&[
+        "x509",
+        "-in",
+        valve.join("valve-2.pem").to_str().ok_or("path")?,
+        "-noout",
+        "-subject",
+    ])?;
+    assert!(String::from_utf8(subject.stdout)?.contains("CN = valve-2"));
+
+    // The server with the CA's server certificate trusts the CA for devices by itself.
+    let cfg = dir.path().join("tls.toml");
+    std::fs::write(&cfg, "[tls]\nreload_interval = \"200ms\"\n")?;
+    let (sc, sk) = (ca_dir.join("server.pem"), ca_dir.join("server.key"));
+    let srv = Server::start(
+        &data,
+        &[
+            "--config",
+            cfg.to_str().ok_or("path")?,
+            "--tls-cert",
+            sc.to_str().ok_or("path")?,
+            "--tls-key",
+            sk.to_str().ok_or("path")?,
+            "--mqtts-addr",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let port = srv.mqtts.ok_or("mqtts")?.port().to_string();
+    let bundle = dir.path().join("bundle.pem");
+    let publish = |cert_dir: &Path, device: &str, n: i64| -> TestResult<bool> {
+        let out = run(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "localhost",
+                "-p",
+                &port,
+                "--cafile",
+                bundle.to_str().ok_or("path")?,
+                "--cert",
+                cert_dir
+                    .join(format!("{device}.pem"))
+                    .to_str()
+                    .ok_or("path")?,
+                "--key",
+                cert_dir
+                    .join(format!("{device}.key"))
+                    .to_str()
+                    .ok_or("path")?,
+                "-q",
+                "1",
+                "-t",
+                &format!("edgepipe/v1/{device}/telemetry"),
+                "-m",
+                &format!(
+                    "{{\"ts\": {}, \"metrics\": {{\"n\": {n}}}}}",
+                    now_ms() - 1000 + n
+                ),
+            ],
+        )?;
+        Ok(out.status.success())
+    };
+    let export = |into: &Path| -> TestResult<usize> {
+        let out = edgepipe_ok(&["ca", "export", "--data-dir", d])?;
+        std::fs::write(into, &out.stdout)?;
+        Ok(String::from_utf8(out.stdout)?
+            .matches("BEGIN CERTIFICATE")
+            .count())
+    };
+    assert_eq!(export(&bundle)?, 1);
+    assert!(
+        publish(&pump, "pump-1", 0)?,
+        "pump-1 with its issued certificate"
+    );
+    assert!(
+        publish(&valve, "valve-2", 1)?,
+        "valve-2 with its CSR's certificate"
+    );
+
+    // Rotation: both CAs trusted during the overlap; the server certificate is reissued.
+    edgepipe_ok(&["ca", "rotate", "--overlap", "4s", "--data-dir", d])?;
+    assert_eq!(
+        export(&bundle)?,
+        2,
+        "both CAs are in the bundle during the overlap"
+    );
+    let renewed = certs.join("pump-1-new");
+    edgepipe_ok(&[
+        "devices",
+        "issue-cert",
+        "pump-1",
+        "--out",
+        renewed.to_str().ok_or("path")?,
+        "--data-dir",
+        d,
+    ])?;
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        publish(&pump, "pump-1", 2)?,
+        "an old-CA certificate during the overlap"
+    );
+    assert!(publish(&renewed, "pump-1", 3)?, "a new-CA certificate");
+    // After the overlap the old CA's certificates are refused as from an unknown CA.
+    std::thread::sleep(Duration::from_millis(4000));
+    assert_eq!(export(&bundle)?, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while publish(&pump, "pump-1", 99)? {
+        assert!(
+            Instant::now() < deadline,
+            "the old CA is still trusted after the overlap"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(publish(&renewed, "pump-1", 4)?);
+    // The metrics over HTTPS, trusting the exported bundle (`metric` reads `<dir>/ca.pem`).
+    std::fs::copy(&bundle, dir.path().join("ca.pem"))?;
+    let here = Pki {
+        dir: dir.path().to_path_buf(),
+    };
+    let key = "edgepipe_tls_handshake_failures_total{listener=\"mqtt\",reason=\"unknown_ca\"}";
+    assert!(metric(&srv, &here, key)? >= 1, "{key}");
+    srv.stop()?;
+    let stored = lake_numbers(&data)?;
+    assert_stored_once(
+        "lake after built-in CA ingest",
+        &[0, 1, 2, 3, 4],
+        &stored,
+        Twice::Any,
+    );
+    Ok(())
+}

@@ -112,6 +112,12 @@ pub struct BenchIngestArgs {
     /// Password for --target (our server started here uses auto-registration).
     #[arg(long)]
     pub password: Option<String>,
+    /// MQTT over TLS to --target, trusting this CA bundle (PEM).
+    #[arg(long, requires = "target")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// The server name to verify over TLS (default: the target's IP address).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_name: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -146,9 +152,22 @@ pub(crate) async fn bench_ingest(a: BenchIngestArgs) -> anyhow::Result<()> {
             )
         }
     };
+    let tls = match &a.tls_ca {
+        Some(ca) => {
+            let roots = crate::gateway::tls::load_roots(std::slice::from_ref(ca))?;
+            let c = rustls::ClientConfig::builder_with_provider(crate::gateway::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Some(std::sync::Arc::new(c))
+        }
+        None => None,
+    };
+    let host = a.tls_name.clone().unwrap_or(host);
     let cfg = BenchConfig {
         host,
         port,
+        tls,
         connections: a.connections,
         qos: a.qos,
         batch: a.batch,

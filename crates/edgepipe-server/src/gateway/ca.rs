@@ -67,7 +67,7 @@ fn time_of(ms: i64) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-fn random_serial() -> Result<SerialNumber, CaError> {
+fn random_serial_bytes() -> Result<[u8; 16], CaError> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| CaError::Io {
         path: PathBuf::from("getrandom"),
@@ -75,7 +75,11 @@ fn random_serial() -> Result<SerialNumber, CaError> {
     })?;
     // Positive (the top bit clear) and never zero.
     b[0] = (b[0] & 0x7f) | 0x01;
-    Ok(SerialNumber::from_slice(&b))
+    Ok(b)
+}
+
+fn random_serial() -> Result<SerialNumber, CaError> {
+    Ok(SerialNumber::from_slice(&random_serial_bytes()?))
 }
 
 /// Writes `bytes` to `path` atomically, readable by the owner only when `private`.
@@ -99,16 +103,19 @@ fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CaError> {
     Ok(())
 }
 
-/// A new self-signed CA certificate and key. Its name carries its creation time: the CAs
-/// before and after a rotation differ by name, so a certificate of a CA no longer trusted is
-/// refused as from an unknown CA (not as a forgery of the new one).
+/// A new self-signed CA certificate and key. Its name carries its creation time and the start
+/// of its serial: the CAs before and after a rotation differ by name, so a certificate of a CA
+/// no longer trusted is refused as from an unknown CA (not as a forgery of the new one).
 fn new_ca(name: &str, days: u32, now_ms: i64) -> Result<(String, String), CaError> {
     let mut p = CertificateParams::default();
     let created = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0)),
     );
-    p.distinguished_name
-        .push(DnType::CommonName, format!("{name} {created}"));
+    let serial = random_serial_bytes()?;
+    p.distinguished_name.push(
+        DnType::CommonName,
+        format!("{name} {created} {}", hex::encode(&serial[..4])),
+    );
     p.distinguished_name
         .push(DnType::OrganizationName, "edgepipe");
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -119,7 +126,7 @@ fn new_ca(name: &str, days: u32, now_ms: i64) -> Result<(String, String), CaErro
     ];
     p.not_before = time_of(now_ms - 3_600_000);
     p.not_after = time_of(now_ms + i64::from(days) * 86_400_000);
-    p.serial_number = Some(random_serial()?);
+    p.serial_number = Some(SerialNumber::from_slice(&serial));
     let key = KeyPair::generate().map_err(cert_err("generating the CA key"))?;
     let cert = p
         .self_signed(&key)

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::{Error, Result};
 
 /// Load generator settings.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct BenchConfig {
     /// Broker or gateway host.
     pub host: String,
@@ -33,6 +33,9 @@ pub struct BenchConfig {
     pub connect_timeout: Duration,
     /// After `duration`, how long to wait for outstanding PUBACKs.
     pub drain_timeout: Duration,
+    /// MQTT over TLS with this client configuration (`host` is the name verified); None:
+    /// plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for BenchConfig {
@@ -51,6 +54,7 @@ impl std::fmt::Debug for BenchConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("connect_timeout", &self.connect_timeout)
             .field("drain_timeout", &self.drain_timeout)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -70,6 +74,7 @@ impl Default for BenchConfig {
             password: None,
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }

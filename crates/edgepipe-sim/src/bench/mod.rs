@@ -232,6 +232,11 @@ async fn connect_one(cfg: &BenchConfig, i: usize) -> Result<(AsyncClient, EventL
         .set_credentials(id.clone(), cfg.password.clone().unwrap_or_default())
         .set_inflight(cfg.inflight)
         .set_max_packet_size(max_packet, max_packet);
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     eventloop.set_network_options(network_options(cfg.connect_timeout));
     let connack = async {

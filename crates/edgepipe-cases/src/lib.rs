@@ -28,7 +28,7 @@ pub use config::{CasesConfig, ChannelConfig, RouteConfig};
 pub use error::{Error, Result};
 pub use model::*;
 pub use severity::severity_of;
-pub use store::{AuditEntry, CaseStore, Role, SqlCaseStore, User};
+pub use store::{AuditEntry, CaseStore, ChainReport, Role, SqlCaseStore, User};
 
 /// Wall-clock time in ms since the Unix epoch (for stamps the store sets itself: migrations,
 /// audit entries, delivery times).

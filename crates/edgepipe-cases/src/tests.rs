@@ -112,6 +112,8 @@ async fn suite(b: &Backend) {
     list_filters_and_pages(b).await;
     reopens_after_restart(b).await;
     users_and_audit(b).await;
+    // Last: it tampers with the (shared) audit log.
+    audit_chain_names_the_first_tampered_entry(b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,4 +726,90 @@ async fn bad_urls_are_named() {
     .await
     .expect_err("unopenable");
     assert!(e.to_string().contains("case store"), "{e}");
+}
+
+/// Concurrent appends keep one chain; an edited entry, a removed one and a cut tail are each
+/// named by `audit_verify`.
+async fn audit_chain_names_the_first_tampered_entry(b: &Backend) {
+    let s = b.open(cfg()).await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                s.audit(
+                    &format!("writer-{w}"),
+                    "test.append",
+                    &format!("n:{i}"),
+                    serde_json::json!({"i": i}),
+                )
+                .await
+                .expect("audit");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let r = s.audit_verify().await.expect("verify");
+    assert_eq!(r.broken, None, "{}: {r:?}", b.name);
+    assert!(r.entries >= 80, "{}: {r:?}", b.name);
+    let pool = sqlx::AnyPool::connect(&b.url).await.expect("connect");
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM audit_log WHERE hash <> '' ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("ids");
+    let (mid, last) = (ids[ids.len() / 2], ids[ids.len() - 1]);
+    // An edit.
+    let actor: String = sqlx::query_scalar("SELECT actor FROM audit_log WHERE id = $1")
+        .bind(mid)
+        .fetch_one(&pool)
+        .await
+        .expect("actor");
+    sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE id = $1")
+        .bind(mid)
+        .execute(&pool)
+        .await
+        .expect("edit");
+    let r = s.audit_verify().await.expect("verify");
+    let (at, why) = r.broken.expect("the edit is found");
+    assert_eq!(at, mid, "{}", b.name);
+    assert!(why.contains("edited"), "{why}");
+    sqlx::query("UPDATE audit_log SET actor = $1 WHERE id = $2")
+        .bind(actor)
+        .bind(mid)
+        .execute(&pool)
+        .await
+        .expect("restore");
+    assert_eq!(s.audit_verify().await.expect("verify").broken, None);
+    // A cut tail.
+    sqlx::query("DELETE FROM audit_log WHERE id = $1")
+        .bind(last)
+        .execute(&pool)
+        .await
+        .expect("cut");
+    let (at, why) = s
+        .audit_verify()
+        .await
+        .expect("verify")
+        .broken
+        .expect("the cut is found");
+    assert_eq!(at, 0, "{}: {why}", b.name);
+    assert!(why.contains("cut from the end"), "{why}");
+    // A removed entry in the middle: the next one's link breaks.
+    sqlx::query("DELETE FROM audit_log WHERE id = $1")
+        .bind(mid)
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let (at, why) = s
+        .audit_verify()
+        .await
+        .expect("verify")
+        .broken
+        .expect("the gap is found");
+    let next = ids.iter().copied().find(|i| *i > mid).expect("next");
+    assert_eq!(at, next, "{}: {why}", b.name);
+    assert!(why.contains("removed"), "{why}");
+    pool.close().await;
 }

@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub mqtt_addr: SocketAddr,
     /// HTTP listen address.
     pub http_addr: SocketAddr,
+    /// MQTT over WebSocket listen address (`ws://ADDR/mqtt`); off when unset.
+    pub mqtt_ws_addr: Option<SocketAddr>,
     /// MQTT worker threads (0 = one per core).
     pub mqtt_workers: usize,
     /// Register unknown devices on first connect with the password they present.
@@ -150,6 +152,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./edgepipe-data"),
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 1883)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtt_ws_addr: None,
             mqtt_workers: 0,
             auto_register: false,
             limits: LimitsConfig::default(),
@@ -278,6 +281,12 @@ impl ServerConfig {
                     ),
                 ));
             }
+            if let Some(ws) = self.mqtt_ws_addr.filter(|a| is_exposed(*a)) {
+                out.push(Problem::new(
+                    "mqtt_ws_addr",
+                    format!("{ws} is plaintext MQTT over WebSocket on a non-loopback address (use tls.mqtt_ws_addr for wss): {hint}"),
+                ));
+            }
             if is_exposed(self.http_addr) && !self.tls.serves_https() {
                 out.push(Problem::new(
                     "http_addr",
@@ -288,13 +297,24 @@ impl ServerConfig {
                 ));
             }
         }
+        let mut listeners = vec![("mqtt_addr", self.mqtt_addr), ("http_addr", self.http_addr)];
+        listeners.extend(self.mqtt_ws_addr.map(|a| ("mqtt_ws_addr", a)));
         if self.tls.enabled() {
-            let t = self.tls.mqtt_addr;
-            for (name, other) in [("mqtt_addr", self.mqtt_addr), ("http_addr", self.http_addr)] {
-                if t == other && t.port() != 0 {
+            listeners.push(("tls.mqtt_addr", self.tls.mqtt_addr));
+            listeners.extend(self.tls.mqtt_ws_addr.map(|a| ("tls.mqtt_ws_addr", a)));
+        } else if self.tls.mqtt_ws_addr.is_some() {
+            out.push(Problem::new(
+                "tls.mqtt_ws_addr",
+                "wss needs the server certificate: set tls.cert and tls.key",
+            ));
+        }
+        for (i, (name, a)) in listeners.iter().enumerate() {
+            for (other, b) in &listeners[..i] {
+                // mqtt_addr = http_addr is reported above.
+                if a == b && a.port() != 0 && !(*other == "mqtt_addr" && *name == "http_addr") {
                     out.push(Problem::new(
-                        "tls.mqtt_addr",
-                        format!("{t} is {name} too; give them different ports"),
+                        *name,
+                        format!("{a} is {other} too; give them different ports"),
                     ));
                 }
             }

@@ -18,7 +18,8 @@ use edgepipe_types::{SharedClock, SystemClock};
 use crate::gateway::ingest::{Ingestor, IngestorParts};
 use crate::gateway::metrics::Metrics;
 use crate::gateway::mqtt::{self, MqttHandle, MqttSettings};
-use crate::gateway::tls::{ClientAuth, ClientTrust, ReloadingCert, server_config};
+use crate::gateway::tls::{ClientAuth, ClientTrust, ReloadingCert};
+use crate::gateway::tls_config::server_config;
 use crate::stages::lake::LakeService;
 
 /// Errors starting the server.
@@ -151,6 +152,10 @@ pub struct RunningServer {
     pub https: bool,
     /// Where MQTT over TLS listens (when TLS is configured).
     pub mqtts_addr: Option<SocketAddr>,
+    /// Where MQTT over WebSocket listens (`ws://…/mqtt`), when configured.
+    pub ws_addr: Option<SocketAddr>,
+    /// Where MQTT over WebSocket over TLS listens (`wss://…/mqtt`), when configured.
+    pub wss_addr: Option<SocketAddr>,
     /// The certificate the TLS listeners present (when TLS is configured).
     pub tls_cert: Option<Arc<ReloadingCert>>,
     /// The shared ingest core (for status lines and tests).
@@ -209,6 +214,23 @@ impl RunningServer {
             Some(l) => Some(l.local_addr().map_err(io("mqtts address"))?),
             None => None,
         };
+        let ws_listener = match cfg.mqtt_ws_addr {
+            Some(a) => Some(bind(a, "MQTT over WebSocket", "--ws-addr")?),
+            None => None,
+        };
+        let wss_listener = match (cfg.tls.mqtt_ws_addr, &tls_cert) {
+            (Some(a), Some(_)) => Some(bind(a, "MQTT over WebSocket over TLS", "--wss-addr")?),
+            _ => None,
+        };
+        let local =
+            |l: &Option<TcpListener>, what: &str| -> Result<Option<SocketAddr>, StartError> {
+                match l {
+                    Some(l) => Ok(Some(l.local_addr().map_err(io(what))?)),
+                    None => Ok(None),
+                }
+            };
+        let ws_addr = local(&ws_listener, "ws address")?;
+        let wss_addr = local(&wss_listener, "wss address")?;
 
         let wal = edgepipe_wal::Wal::open(cfg.data_dir.join("wal"), cfg.wal.clone())?;
         let st = wal.stats();
@@ -312,9 +334,17 @@ impl RunningServer {
             (Some(l), Some(c)) => Some((l, server_config(c.clone(), &[b"mqtt"])?)),
             _ => None,
         };
+        let wss = match (wss_listener, &tls_cert) {
+            (Some(l), Some(c)) => Some((l, server_config(c.clone(), &[b"http/1.1"])?)),
+            _ => None,
+        };
         let mqtt = mqtt::spawn(
             mqtt_listener,
-            mqtts,
+            mqtt::ExtraListeners {
+                tls: mqtts,
+                ws: ws_listener,
+                wss,
+            },
             ingestor.clone(),
             MqttSettings {
                 workers,
@@ -386,6 +416,8 @@ impl RunningServer {
             "mqtt": mqtt_addr.to_string(),
             "http": http_addr.to_string(),
             "mqtts": mqtts_addr.map(|a| a.to_string()),
+            "ws": ws_addr.map(|a| format!("ws://{a}/mqtt")),
+            "wss": wss_addr.map(|a| format!("wss://{a}/mqtt")),
             "https": https,
             // The CLI pins this certificate when it talks to the server over HTTPS.
             "tls_cert": cfg
@@ -402,6 +434,8 @@ impl RunningServer {
             http_addr,
             https,
             mqtts_addr,
+            ws_addr,
+            wss_addr,
             tls_cert,
             ingestor,
             query: lake.engine.clone(),

@@ -28,6 +28,10 @@ pub struct ServerProcess {
     pub https: bool,
     /// Its MQTT over TLS address, when it has a certificate.
     pub mqtts: Option<SocketAddr>,
+    /// Its MQTT over WebSocket address (`ws://ADDR/mqtt`), when it has one.
+    pub ws: Option<SocketAddr>,
+    /// Its MQTT over WebSocket over TLS address (`wss://ADDR/mqtt`), when it has one.
+    pub wss: Option<SocketAddr>,
     /// Its data directory.
     pub data: PathBuf,
 }
@@ -79,6 +83,7 @@ impl ServerProcess {
                 .split(scheme)
                 .nth(1)
                 .and_then(|s| s.split_whitespace().next())
+                .map(|s| s.trim_end_matches("/mqtt"))
                 .ok_or_else(|| format!("unexpected first line: {line:?}"))?
                 .parse()?)
         };
@@ -93,12 +98,16 @@ impl ServerProcess {
             }
         };
         let mqtts = addr("mqtts://").ok();
+        let ws = addr(" ws://").ok();
+        let wss = addr("wss://").ok();
         Ok(Self {
             child,
             mqtt,
             http,
             https,
             mqtts,
+            ws,
+            wss,
             data: data.to_path_buf(),
         })
     }

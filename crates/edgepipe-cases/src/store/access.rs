@@ -227,6 +227,12 @@ impl SqlCaseStore {
         Ok(())
     }
 
+    /// Checks the audit log's hash chain (see `store/audit.rs`): every entry's hash and link,
+    /// and the head. `broken` names the first entry that fails.
+    pub async fn audit_verify(&self) -> Result<super::audit::ChainReport> {
+        super::audit::verify_chain(self.pool()).await
+    }
+
     /// Audit entries, newest first, before id `before` (all when `None`).
     pub async fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(

@@ -140,6 +140,19 @@ CREATE INDEX cases_open_id ON cases (id) WHERE open_key IS NOT NULL;
 CREATE INDEX cases_device_last_event ON cases (device_id, category, last_event_ts)
 "#,
     ),
+    (
+        5,
+        r#"
+ALTER TABLE audit_log ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit_log ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+CREATE TABLE audit_head (
+    id BIGINT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    last_id BIGINT NOT NULL
+);
+INSERT INTO audit_head (id, hash, last_id) VALUES (1, '', 0)
+"#,
+    ),
 ];
 
 /// The newest schema version this binary knows.

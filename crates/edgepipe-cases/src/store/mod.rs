@@ -9,6 +9,7 @@ mod sql;
 use async_trait::async_trait;
 
 pub use access::{AuditEntry, Role, User};
+pub use audit::ChainReport;
 pub use sql::SqlCaseStore;
 
 use crate::Result;

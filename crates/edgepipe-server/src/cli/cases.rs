@@ -82,6 +82,37 @@ pub enum CasesCmd {
     },
 }
 
+/// `audit` actions.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check the audit log's hash chain: every entry's hash and its link to the one before,
+    /// and the head; names the first broken link (exit 1) or says it is intact.
+    Verify,
+}
+
+pub(crate) async fn audit_cmd(action: AuditCmd, a: LakeArgs) -> anyhow::Result<()> {
+    let store = state_store(&a).await?;
+    match action {
+        AuditCmd::Verify => {
+            let r = store.audit_verify().await?;
+            let before = if r.unchained > 0 {
+                format!(
+                    " ({} older entries from before the chain are not covered)",
+                    r.unchained
+                )
+            } else {
+                String::new()
+            };
+            match r.broken {
+                None => println!("audit log intact: {} entries chained{before}", r.entries),
+                Some((0, why)) => anyhow::bail!("audit log broken at its end: {why}"),
+                Some((id, why)) => anyhow::bail!("audit log broken at entry {id}: {why}"),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `users` actions.
 #[derive(Debug, Subcommand)]
 pub enum UsersCmd {

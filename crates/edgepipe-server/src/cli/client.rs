@@ -53,7 +53,7 @@ fn client(remote: &Remote) -> anyhow::Result<reqwest::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut b = reqwest::Client::builder().no_proxy();
     if let Some(cert) = &remote.tls_cert {
-        b = b.use_preconfigured_tls(crate::gateway::tls::pinned_client_config(cert)?);
+        b = b.use_preconfigured_tls(crate::gateway::tls_config::pinned_client_config(cert)?);
     }
     b.build().context("building the HTTP client")
 }

@@ -177,7 +177,7 @@ pub(crate) fn free_or_ephemeral(preferred: SocketAddr) -> SocketAddr {
 
 #[cfg(all(test, unix))]
 mod tests {
-    use super::ShutdownSignals;
+    use crate::cli::common::ShutdownSignals;
 
     /// The race a CI run lost: a SIGTERM sent after the handlers are installed but before
     /// anything waits for it is kept (the process does not die) and ends the next wait.

@@ -1,11 +1,11 @@
-//! The `edgepipe` command line: `serve`, `validate`, `demo`, `devices`, `ca`, `cases`, `users`,
+//! The `edgepipe` command line: `serve`, `validate`, `demo`, `devices`, `ca`, `cases`, `users`, `audit`,
 //! `deadletters`, `query`, `lake`, `models`, `eval`, `bench`.
 
 use clap::{Parser, Subcommand};
 
 use self::bench::BenchCmd;
 use self::ca::CaCmd;
-use self::cases::{CasesCmd, UsersCmd};
+use self::cases::{AuditCmd, CasesCmd, UsersCmd};
 use self::common::{ConfigArgs, DataDir, LakeArgs};
 use self::deadletters::DeadCmd;
 use self::demo::DemoArgs;
@@ -82,6 +82,15 @@ pub enum Command {
         #[command(flatten)]
         store: LakeArgs,
     },
+    /// The audit log: verify its hash chain.
+    Audit {
+        /// Action.
+        #[command(subcommand)]
+        action: AuditCmd,
+        /// Where the state store is.
+        #[command(flatten)]
+        store: LakeArgs,
+    },
     /// Inspect dead letters (refused messages).
     Deadletters {
         /// Action.
@@ -150,6 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca { action, dir } => ca::ca_cmd(action, dir.data_dir),
         Command::Cases { action, store } => cases::cases_cmd(action, store).await,
         Command::Users { action, store } => cases::users_cmd(action, store).await,
+        Command::Audit { action, store } => cases::audit_cmd(action, store).await,
         Command::Deadletters { action, dir } => {
             deadletters::deadletters(action, dir.data_dir).await
         }

@@ -27,6 +27,12 @@ pub struct ServeArgs {
     /// MQTT over TLS listen address (with tls.cert and tls.key).
     #[arg(long)]
     pub mqtts_addr: Option<SocketAddr>,
+    /// MQTT over WebSocket listen address (ws://ADDR/mqtt).
+    #[arg(long)]
+    pub ws_addr: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS listen address (wss://ADDR/mqtt; with tls.cert and tls.key).
+    #[arg(long)]
+    pub wss_addr: Option<SocketAddr>,
     /// Server certificate chain, PEM (turns on MQTT over TLS and HTTPS).
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
@@ -64,6 +70,12 @@ pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(x) = a.mqtts_addr {
         cfg.tls.mqtt_addr = x;
     }
+    if let Some(x) = a.ws_addr {
+        cfg.mqtt_ws_addr = Some(x);
+    }
+    if let Some(x) = a.wss_addr {
+        cfg.tls.mqtt_ws_addr = Some(x);
+    }
     if let Some(x) = a.tls_cert {
         cfg.tls.cert = Some(x);
     }
@@ -82,10 +94,14 @@ pub(crate) async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // Before the server starts: a stop request from now on drains instead of killing.
     let mut signals = ShutdownSignals::install();
     let server = RunningServer::start(&cfg).await?;
-    let mqtts = server
-        .mqtts_addr
-        .map(|a| format!("mqtts://{a}  "))
-        .unwrap_or_default();
+    let mqtts: String = [
+        server.mqtts_addr.map(|a| format!("mqtts://{a}  ")),
+        server.ws_addr.map(|a| format!("ws://{a}/mqtt  ")),
+        server.wss_addr.map(|a| format!("wss://{a}/mqtt  ")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     println!(
         "edgepipe serving: mqtt://{}  {mqtts}{}://{}  data: {}",
         server.mqtt_addr,

@@ -30,253 +30,18 @@
 //! - Sessions: no session state is kept (no subscriptions to keep); CONNACK reports
 //!   session-present = 0 so a persistent-session client resends its unacknowledged publishes.
 
-use std::cell::Cell;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use edgepipe_types::{DeviceId, Transport};
 use ntex::Service as _;
 use ntex::SharedCfg;
 use ntex_mqtt::{MqttServer, MqttServiceConfig, QoS, v3, v5};
 
-use crate::gateway::devices::AuthResult;
-use crate::gateway::identity::identity_of;
 use crate::gateway::ingest::{Ingestor, Rejection};
-use crate::gateway::metrics::CertRefusal;
+pub use crate::gateway::mqtt_connect::AdmitRules;
+pub use crate::gateway::mqtt_connect::{Conn, GatewayError};
+use crate::gateway::mqtt_connect::{connect_v3, connect_v5};
 use crate::gateway::mqtt_submit::Batched;
-
-/// Errors surfaced to ntex (they close the connection).
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    /// A rejection that closes the connection.
-    #[error("{0}")]
-    Closed(String),
-    /// ntex internal.
-    #[error("mqtt service error")]
-    Internal,
-}
-
-impl From<()> for GatewayError {
-    fn from(_: ()) -> Self {
-        GatewayError::Internal
-    }
-}
-
-impl TryFrom<GatewayError> for v5::PublishAck {
-    type Error = GatewayError;
-    fn try_from(err: GatewayError) -> Result<Self, Self::Error> {
-        Err(err)
-    }
-}
-
-/// Per-connection state. Dropped when the connection ends; the drop releases the connection
-/// slot and, after an abnormal end, publishes the will.
-#[derive(Debug)]
-pub struct Conn {
-    device: DeviceId,
-    peer: Option<String>,
-    transport: Transport,
-    will: Option<(String, Vec<u8>)>,
-    clean_disconnect: Cell<bool>,
-    ingestor: Arc<Ingestor>,
-    /// Counts this connection on its worker thread (see `submit`).
-    _counted: crate::gateway::mqtt_submit::Connection,
-    /// Keeps it on its worker's list of connections to close when the device is disabled or
-    /// its certificate revoked (see `mqtt_live`).
-    _tracked: std::rc::Rc<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        let m = self.ingestor.metrics();
-        m.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
-        if self.clean_disconnect.get() {
-            return;
-        }
-        if let Some((topic, payload)) = self.will.take() {
-            let ing = self.ingestor.clone();
-            let device = self.device.clone();
-            let peer = self.peer.clone();
-            let transport = self.transport;
-            tracing::info!(device = %device, topic = %topic, "connection lost; publishing will");
-            ing.metrics()
-                .wills_published
-                .fetch_add(1, Ordering::Relaxed);
-            ntex::rt::spawn(async move {
-                if let Err(e) = ing
-                    .publish(
-                        &Batched,
-                        &device,
-                        &topic,
-                        &payload,
-                        transport,
-                        peer.as_deref(),
-                    )
-                    .await
-                {
-                    tracing::warn!(device = %device, error = %e, "will message refused");
-                }
-            });
-        }
-    }
-}
-
-enum Admit {
-    Ok(Conn),
-    BadCredentials,
-    NotAuthorized,
-    Busy,
-}
-
-/// How CONNECTs are admitted beyond the ingestor's rules (the same for every connection).
-#[derive(Debug, Clone, Copy)]
-pub struct AdmitRules {
-    /// Most concurrent connections.
-    pub max_connections: usize,
-}
-
-/// The device certificate of a TLS connection, if it presented one (rustls verified its chain
-/// and dates in the handshake).
-fn client_cert(io: &ntex::io::IoBoxed) -> Option<Vec<u8>> {
-    io.query::<ntex_tls::rustls::PeerCert<'static>>()
-        .as_ref()
-        .map(|c| c.0.as_ref().to_vec())
-}
-
-/// Authenticates a CONNECT: by the device certificate when there is one (the username, if
-/// given, must be the device it names; the password is not used), otherwise by the token.
-fn admit(
-    ing: &Arc<Ingestor>,
-    rules: AdmitRules,
-    io: &ntex::io::IoBoxed,
-    username: Option<&str>,
-    password: Option<&[u8]>,
-    transport: Transport,
-    will: Option<(String, Vec<u8>)>,
-) -> Admit {
-    let m = ing.metrics();
-    let peer = peer_of(io);
-    let peer_s = peer.clone().unwrap_or_else(|| "?".into());
-    let refuse = |why: &str, device: &str, answer: Admit| {
-        m.auth_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer = %peer_s, device = %device.chars().take(64).collect::<String>(), why, "mqtt authentication failed");
-        answer
-    };
-    let (user, cert_not_before_ms, result) = if let Some(der) = client_cert(io) {
-        let cert_rules = ing.cert_rules();
-        let cert = match identity_of(&der, cert_rules.device_id_from) {
-            Ok(c) => c,
-            Err(e) => {
-                m.cert_refusal(CertRefusal::NoDeviceId);
-                return refuse(
-                    &e.to_string(),
-                    username.unwrap_or("?"),
-                    Admit::NotAuthorized,
-                );
-            }
-        };
-        if let Some(u) = username.filter(|u| !u.is_empty() && *u != cert.device_id) {
-            m.cert_refusal(CertRefusal::OtherDevice);
-            let why = format!(
-                "the certificate names device {:?}, the username {u:?}",
-                cert.device_id
-            );
-            return refuse(&why, u, Admit::NotAuthorized);
-        }
-        let result = match ing
-            .devices()
-            .authenticate_cert(&cert, cert_rules.register_by_certificate)
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "device registry unavailable");
-                return Admit::Busy;
-            }
-        };
-        match result {
-            AuthResult::Revoked => m.cert_refusal(CertRefusal::Revoked),
-            AuthResult::Unknown => m.cert_refusal(CertRefusal::Unregistered),
-            AuthResult::Disabled => m.cert_refusal(CertRefusal::Disabled),
-            _ => {}
-        }
-        (cert.device_id, Some(cert.not_before_ms), result)
-    } else {
-        if ing.cert_rules().cert_required {
-            m.cert_refusal(CertRefusal::NoClientCertificate);
-            let answer = Admit::NotAuthorized;
-            return refuse(
-                "no client certificate (tls.client_auth = required)",
-                username.unwrap_or("?"),
-                answer,
-            );
-        }
-        let Some(user) = username else {
-            return refuse(
-                "no username and no client certificate",
-                "?",
-                Admit::BadCredentials,
-            );
-        };
-        let token = password
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default();
-        match ing
-            .devices()
-            .authenticate(user, &token, ing.auto_register())
-        {
-            Ok(r) => (user.to_owned(), None, r),
-            Err(e) => {
-                tracing::error!(error = %e, "device registry unavailable");
-                return Admit::Busy;
-            }
-        }
-    };
-    let device = match (result, DeviceId::new(&user)) {
-        (AuthResult::Ok | AuthResult::Registered, Ok(d)) => d,
-        (r, _) => {
-            let answer = if matches!(r, AuthResult::Disabled | AuthResult::Revoked) {
-                Admit::NotAuthorized
-            } else {
-                Admit::BadCredentials
-            };
-            return refuse(&format!("{r:?}"), &user, answer);
-        }
-    };
-    if result == AuthResult::Registered {
-        tracing::info!(device = %device, peer = %peer_s, by_certificate = cert_not_before_ms.is_some(), "device registered on first connect");
-    }
-    let open = m.mqtt_connections.fetch_add(1, Ordering::Relaxed) + 1;
-    let conn = Conn {
-        _tracked: crate::gateway::mqtt_live::track(
-            device.as_str(),
-            cert_not_before_ms,
-            io.get_ref(),
-        ),
-        device,
-        peer,
-        transport,
-        will,
-        clean_disconnect: Cell::new(false),
-        ingestor: ing.clone(),
-        _counted: crate::gateway::mqtt_submit::Connection::open(),
-    };
-    if open as usize > rules.max_connections {
-        m.connections_refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer = %peer_s, limit = rules.max_connections, "connection limit reached");
-        conn.clean_disconnect.set(true);
-        drop(conn);
-        return Admit::Busy;
-    }
-    m.mqtt_connects.fetch_add(1, Ordering::Relaxed);
-    Admit::Ok(conn)
-}
-
-fn peer_of(io: &ntex::io::IoBoxed) -> Option<String> {
-    io.query::<ntex::io::types::PeerAddr>()
-        .get()
-        .map(|a| a.0.to_string())
-}
 
 /// Settings for [`spawn`].
 #[derive(Debug, Clone)]
@@ -343,14 +108,25 @@ macro_rules! mqtt_service {
     }};
 }
 
-/// Starts the endpoint on `listener` (plaintext) and, when given, `tls` (MQTT over TLS with
-/// that configuration), in its own thread.
+/// The MQTT listeners besides the plain one.
+#[derive(Debug, Default)]
+pub struct ExtraListeners {
+    /// MQTT over TLS with this configuration.
+    pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    /// MQTT over WebSocket (`ws://…/mqtt`).
+    pub ws: Option<TcpListener>,
+    /// MQTT over WebSocket over TLS (`wss://…/mqtt`).
+    pub wss: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// Starts the endpoint on `listener` (plaintext) and the `extra` listeners, in its own thread.
 pub fn spawn(
     listener: TcpListener,
-    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    extra: ExtraListeners,
     ingestor: Arc<Ingestor>,
     settings: MqttSettings,
 ) -> std::io::Result<MqttHandle> {
+    let ExtraListeners { tls, ws, wss } = extra;
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("mqtt".into())
@@ -403,6 +179,54 @@ pub fn spawn(
                             })
                         });
                     }
+                    if let Some(ws_listener) = ws {
+                        let ing = ing.clone();
+                        let rules = s.rules;
+                        built = built.and_then(|b| {
+                            b.listen("mqtt-ws", ws_listener, cfg(), async move |_| {
+                                let mqtt = ntex::Pipeline::new(
+                                    (),
+                                    mqtt_service!(&ing, rules).map_err(|e| {
+                                        std::io::Error::other(format!("mqtt over websocket: {e:?}"))
+                                    }),
+                                );
+                                crate::gateway::mqtt_ws::http_service(mqtt.bind())
+                            })
+                        });
+                    }
+                    if let Some((wss_listener, tls_config)) = wss {
+                        let ing = ing.clone();
+                        let rules = s.rules;
+                        built = built.and_then(|b| {
+                            b.listen("mqtt-wss", wss_listener, cfg(), async move |_| {
+                                let metrics = ing.metrics().clone();
+                                let mqtt = ntex::Pipeline::new(
+                                    (),
+                                    mqtt_service!(&ing, rules).map_err(|e| {
+                                        std::io::Error::other(format!("mqtt over websocket: {e:?}"))
+                                    }),
+                                );
+                                let http = ntex::Pipeline::new(
+                                    (),
+                                    crate::gateway::mqtt_ws::http_service(mqtt.bind()),
+                                );
+                                ntex_tls::rustls::TlsAcceptor::new(tls_config.clone())
+                                    .map_err(move |e| {
+                                        metrics.tls.handshake_failed(
+                                            crate::gateway::tls::Listener::Mqtt,
+                                            None,
+                                            &e,
+                                        );
+                                        e
+                                    })
+                                    .and_then(async move |io: ntex::io::Io<_>| {
+                                        http.call(io).await.map_err(|e| {
+                                            std::io::Error::other(format!("mqtt over wss: {e}"))
+                                        })
+                                    })
+                            })
+                        });
+                    }
                     match built {
                         Ok(b) => {
                             let server = b.run();
@@ -428,59 +252,6 @@ pub fn spawn(
         server,
         thread: Some(thread),
     })
-}
-
-fn connect_v3(
-    ing: &Arc<Ingestor>,
-    rules: AdmitRules,
-    c: v3::Connect,
-) -> Result<v3::ConnectAck<Conn>, GatewayError> {
-    let pkt = c.packet();
-    let will = pkt
-        .last_will
-        .as_ref()
-        .map(|w| (w.topic.to_string(), w.message.to_vec()));
-    match admit(
-        ing,
-        rules,
-        c.io(),
-        pkt.username.as_deref(),
-        pkt.password.as_deref(),
-        Transport::Mqtt311,
-        will,
-    ) {
-        Admit::Ok(conn) => Ok(c.ack(conn, false)),
-        Admit::BadCredentials => Ok(c.bad_username_or_pwd()),
-        Admit::NotAuthorized => Ok(c.not_authorized()),
-        Admit::Busy => Ok(c.service_unavailable()),
-    }
-}
-
-fn connect_v5(
-    ing: &Arc<Ingestor>,
-    rules: AdmitRules,
-    c: v5::Connect,
-) -> Result<v5::ConnectAck<Conn>, GatewayError> {
-    use v5::codec::ConnectAckReason as R;
-    let pkt = c.packet();
-    let will = pkt
-        .last_will
-        .as_ref()
-        .map(|w| (w.topic.to_string(), w.message.to_vec()));
-    match admit(
-        ing,
-        rules,
-        c.io(),
-        pkt.username.as_deref(),
-        pkt.password.as_deref(),
-        Transport::Mqtt5,
-        will,
-    ) {
-        Admit::Ok(conn) => Ok(c.ack(conn)),
-        Admit::BadCredentials => Ok(c.failed(R::BadUserNameOrPassword)),
-        Admit::NotAuthorized => Ok(c.failed(R::NotAuthorized)),
-        Admit::Busy => Ok(c.failed(R::ServerBusy)),
-    }
 }
 
 /// Ingests one publish of `conn`'s device, waiting through this worker's wake relay. The

@@ -201,3 +201,39 @@ fn read_csv_records(text: &str) -> usize {
     }
     records
 }
+
+/// `audit verify` says the log is intact, and after an edit made with Python's sqlite3 module
+/// names the edited entry and exits 1.
+#[test]
+fn audit_verify_names_an_entry_edited_behind_the_servers_back() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let d = data.to_str().ok_or("path")?;
+    for name in ["ann", "bob", "cyd"] {
+        edgepipe_ok(&["users", "--data-dir", d, "add", name, "--role", "viewer"])?;
+    }
+    let ok = edgepipe_ok(&["audit", "verify", "--data-dir", d])?;
+    let said = String::from_utf8(ok.stdout)?;
+    assert!(
+        said.contains("audit log intact: 3 entries chained"),
+        "{said}"
+    );
+    let db = data.join("cases.db");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             c.execute(\"UPDATE audit_log SET actor = 'mallory' WHERE id = 2\"); c.commit()",
+            db.to_str().ok_or("path")?,
+        ])
+        .output()?;
+    assert!(out.status.success(), "{out:?}");
+    let bad = edgepipe(&["audit", "verify", "--data-dir", d])?;
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains("broken at entry 2") && err.contains("edited"),
+        "{err}"
+    );
+    Ok(())
+}

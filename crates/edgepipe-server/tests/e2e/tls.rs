@@ -1110,3 +1110,77 @@ fn the_built_in_ca_issues_device_certificates_and_rotates_with_an_overlap() -> T
     );
     Ok(())
 }
+
+#[test]
+fn paho_publishes_over_websocket_and_secure_websocket() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let pki = Pki::new(dir.path())?;
+    let data = dir.path().join("data");
+    let srv = start_tls(
+        &data,
+        &pki,
+        &["--ws-addr", "127.0.0.1:0", "--wss-addr", "127.0.0.1:0"],
+    )?;
+    let (ws, wss) = (
+        srv.ws.ok_or("no ws:// address")?,
+        srv.wss.ok_or("no wss:// address")?,
+    );
+    let out = edgepipe_testkit::run_peer(
+        "paho_ws.py",
+        python_peer("paho_ws.py").args([
+            "127.0.0.1",
+            &ws.port().to_string(),
+            "ws-dev",
+            "ws-token",
+            "20",
+        ]),
+    )?;
+    assert_eq!(String::from_utf8(out.stdout)?.trim(), "acked 20");
+    let out = edgepipe_testkit::run_peer(
+        "paho_ws.py",
+        python_peer("paho_ws.py").args([
+            "localhost",
+            &wss.port().to_string(),
+            "wss-dev",
+            "wss-token",
+            "20",
+            &pki.p("ca.pem")?,
+        ]),
+    )?;
+    assert_eq!(String::from_utf8(out.stdout)?.trim(), "acked 20");
+    // Another path is not an MQTT endpoint: 404 naming /mqtt.
+    let out = curl(&[
+        "-s",
+        "-i",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        &format!("http://127.0.0.1:{}/elsewhere", ws.port()),
+    ])?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("HTTP/1.1 404") && said.contains("/mqtt"),
+        "{said}"
+    );
+    let status = srv.stop()?;
+    assert!(status.success());
+    let rows = query_json(
+        &["--data-dir", data.to_str().ok_or("path")?],
+        "SELECT device_id, count(*) AS n FROM readings WHERE metric = 'n' GROUP BY device_id ORDER BY device_id",
+    )?;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[0]["device_id"].as_str(), rows[0]["n"].as_i64()),
+        (Some("ws-dev"), Some(20))
+    );
+    assert_eq!(
+        (rows[1]["device_id"].as_str(), rows[1]["n"].as_i64()),
+        (Some("wss-dev"), Some(20))
+    );
+    Ok(())
+}

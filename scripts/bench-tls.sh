@@ -4,6 +4,8 @@
 # init`), same clients: `edgepipe bench ingest --tls-ca` for QoS 1 throughput and 10,000 idle
 # connections, `openssl s_time -new` (4 in parallel) for full handshakes per second.
 # Usage: scripts/bench-tls.sh [DURATION] [RUNS]   (default 10s, 3 runs; medians); prints markdown.
+# PHASES="throughput handshakes idle" (the default) picks phases. The idle phase starts fresh
+# servers: after the throughput phase edgepipe still holds its lake and detection backlog.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR="${1:-10s}"
@@ -34,6 +36,7 @@ PY
   --mqtts-addr "127.0.0.1:$EPS_PORT" --tls-cert "$CERT" --tls-key "$KEY" --device-rate 0 > "$WORK/ep.log" 2>&1 &
 EP_PID=$!
 cat > "$WORK/mq/mosquitto.conf" <<CONF
+user root
 listener $MQ_PORT 127.0.0.1
 cafile $WORK/mq/trust.pem
 certfile $WORK/mq/server.pem
@@ -57,6 +60,10 @@ bench() { # port extra-args... -> json
 median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.0f}")' "$@"; }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]] or 0)' "$1" "$2"; }
 
+PHASES="${PHASES:-throughput handshakes idle}"
+has() { case " $PHASES " in *" $1 "*) return 0;; *) return 1;; esac; }
+
+if has throughput; then
 echo "| scenario (TLS 1.3, QoS 1) | server | msgs/s acked (median of $RUNS) | readings/s | PUBACK p50 ms | p99 ms |"
 echo "| --- | --- | ---: | ---: | ---: | ---: |"
 for spec in "10 conn, batch 1|--connections 10" "10 conn, batch 100|--connections 10 --batch 100"; do
@@ -75,6 +82,9 @@ for spec in "10 conn, batch 1|--connections 10" "10 conn, batch 100|--connection
   done
 done
 
+fi
+
+if has handshakes; then
 echo
 echo "| full TLS handshakes (openssl s_time -new, 4 clients x 10 s) | server | handshakes/s (median of $RUNS) |"
 echo "| --- | --- | ---: |"
@@ -98,19 +108,33 @@ for target in "edgepipe $EPS_PORT" "mosquitto $MQ_PORT"; do
   echo "| full handshakes | $1 | $(median "${rates[@]}") |"
 done
 
+fi
+
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+anon_mb() { awk '/RssAnon/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+if has idle; then
+# Fresh servers (same certificate and registry), so nothing but the connections is measured.
+kill "$EP_PID" "$MQ_PID"; wait "$EP_PID" "$MQ_PID" 2>/dev/null || true
+rm -rf "$WORK/ep/wal" "$WORK/ep/lake" "$WORK/ep/detect" "$WORK/mq/mosquitto.db"
+"$BIN" serve --data-dir "$WORK/ep" --mqtt-addr "127.0.0.1:$EP_PORT" --http-addr "127.0.0.1:$HTTP_PORT" \
+  --mqtts-addr "127.0.0.1:$EPS_PORT" --tls-cert "$CERT" --tls-key "$KEY" --device-rate 0 > "$WORK/ep2.log" 2>&1 &
+EP_PID=$!
+mosquitto -c "$WORK/mq/mosquitto.conf" > "$WORK/mq2.log" 2>&1 &
+MQ_PID=$!
+sleep 3
 echo
-echo "| idle TLS connections | server | RSS before | RSS with the connections held |"
+echo "| idle TLS connections (fresh servers) | server | RSS before (anonymous) | RSS with the connections held (anonymous) |"
 echo "| --- | --- | ---: | ---: |"
 for target in "edgepipe $EPS_PORT $EP_PID" "mosquitto $MQ_PORT $MQ_PID"; do
   set -- $target
-  before=$(rss_mb "$3")
+  before="$(rss_mb "$3") MB ($(anon_mb "$3") MB)"
   "$BIN" bench ingest --target "127.0.0.1:$2" --tls-ca "$CA" --tls-name localhost --password bench \
     --connections 10000 --rate 10 --duration 45s --json > "$WORK/idle.json" 2>/dev/null &
   BPID=$!
   sleep 40
-  during=$(rss_mb "$3")
+  during="$(rss_mb "$3") MB ($(anon_mb "$3") MB)"
   wait $BPID || true
   conns=$(python3 -c "import json;print(json.load(open('$WORK/idle.json'))['connections'])" 2>/dev/null || echo "?")
-  echo "| $conns | $1 | ${before} MB | ${during} MB |"
+  echo "| $conns | $1 | ${before} | ${during} |"
 done
+fi

@@ -49,6 +49,11 @@ pub struct UplinkConfig {
     pub token: String,
     /// For `mqtts://`: PEM file of the CA certificates to trust. Default: the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// For `mqtts://`: the agent's own certificate (PEM chain) to authenticate with (mTLS),
+    /// e.g. from `edgepipe devices add ID --cert`; then no token is needed.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
     /// MQTT keep-alive. Default "30s".
     #[serde(with = "dur")]
     pub keep_alive: Duration,
@@ -81,6 +86,8 @@ impl Default for UplinkConfig {
             device_id: None,
             token: String::new(),
             ca_file: None,
+            cert_file: None,
+            key_file: None,
             keep_alive: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_inflight: 32,
@@ -125,12 +132,26 @@ impl UplinkConfig {
             Ok((true, _, _)) =>
             {
                 #[cfg(feature = "tls")]
-                if let Err(e) = tls_config(self.ca_file.as_deref()) {
-                    problems.push(Problem::new("uplink.ca_file", e));
+                if let Err((key, e)) = tls_config(self) {
+                    problems.push(Problem::new(key, e));
                 }
             }
+            Ok(_) if self.cert_file.is_some() => problems.push(Problem::new(
+                "uplink.cert_file",
+                "a client certificate needs TLS: use an mqtts:// url",
+            )),
             Ok(_) => {}
             Err(e) => problems.push(Problem::new("uplink.url", e)),
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            problems.push(Problem::new(
+                if self.cert_file.is_some() {
+                    "uplink.key_file"
+                } else {
+                    "uplink.cert_file"
+                },
+                "cert_file and key_file go together",
+            ));
         }
         let dev = self.device_id.as_deref().unwrap_or(agent_id);
         if let Err(e) = DeviceId::new(dev) {
@@ -198,22 +219,20 @@ impl Backoff {
 /// A rustls client configuration (ring provider, chosen explicitly) trusting `ca_file`'s
 /// certificates, or the system's roots.
 #[cfg(feature = "tls")]
-pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::CertificateDer;
+pub fn tls_config(u: &UplinkConfig) -> Result<Arc<rustls::ClientConfig>, (&'static str, String)> {
     use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
+    match u.ca_file.as_deref() {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let bad = |e: String| ("uplink.ca_file", format!("{}: {e}", path.display()));
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
             for c in certs {
-                let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let c = c.map_err(|e| bad(e.to_string()))?;
+                roots.add(c).map_err(|e| bad(e.to_string()))?;
             }
             if roots.is_empty() {
-                return Err(format!("{}: no certificate in the file", path.display()));
+                return Err(bad("no certificate in the file".into()));
             }
         }
         None => {
@@ -222,15 +241,35 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::Clien
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
-                return Err("no system root certificates found; set uplink.ca_file".into());
+                return Err((
+                    "uplink.ca_file",
+                    "no system root certificates found; set uplink.ca_file".into(),
+                ));
             }
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let b = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| ("uplink.url", e.to_string()))?
+        .with_root_certificates(roots);
+    let cfg = match (u.cert_file.as_deref(), u.key_file.as_deref()) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<_, _>>())
+                .map_err(|e| ("uplink.cert_file", format!("{}: {e}", cert.display())))?;
+            if chain.is_empty() {
+                return Err((
+                    "uplink.cert_file",
+                    format!("{}: no certificate in the file", cert.display()),
+                ));
+            }
+            let k = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| ("uplink.key_file", format!("{}: {e}", key.display())))?;
+            b.with_client_auth_cert(chain, k)
+                .map_err(|e| ("uplink.key_file", format!("{}: {e}", key.display())))?
+        }
+        _ => b.with_no_client_auth(),
+    };
     Ok(Arc::new(cfg))
 }

@@ -37,9 +37,9 @@ impl Link {
         let cap = cfg.max_inflight * 2 + 16;
         #[cfg(feature = "tls")]
         let transport = if tls {
-            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls_config(
-                cfg.ca_file.as_deref(),
-            )?))
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                tls_config(cfg).map_err(|(_, e)| e)?,
+            ))
         } else {
             rumqttc::Transport::Tcp
         };

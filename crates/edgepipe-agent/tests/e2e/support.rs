@@ -47,6 +47,12 @@ impl std::ops::Deref for Server {
     }
 }
 
+impl From<ServerProcess> for Server {
+    fn from(p: ServerProcess) -> Self {
+        Server(p)
+    }
+}
+
 impl Server {
     pub(crate) fn start(data: &Path, mqtt: &str) -> TestResult<Server> {
         let p = ServerProcess::start(

@@ -1,10 +1,12 @@
-//! The uplink over MQTT/TLS (rustls) to a real TLS broker: a Mosquitto instance with a TLS
-//! listener and a certificate from a throwaway CA made with `openssl`. The edgepipe server has
-//! no TLS listener yet, so the broker stands in for it: the test checks that batches go out over
-//! TLS, are acknowledged (the queue drains), and arrive as batch envelopes.
+//! The uplink over MQTT/TLS (rustls): to a Mosquitto instance with a TLS listener and a
+//! certificate from a throwaway CA made with `openssl` (batches go out over TLS, are
+//! acknowledged, and arrive as batch envelopes), and to the edgepipe server's MQTT/TLS listener
+//! with the agent's own certificate from the server's built-in CA and no token.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use edgepipe_testkit::ServerProcess;
 
 use crate::support::*;
 
@@ -162,5 +164,96 @@ limit = 3000
         &out[..out.len().min(20)]
     );
     agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn the_uplink_authenticates_with_its_certificate_from_the_built_in_ca() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path();
+    let srv_data = d.join("server");
+    let bin = server_bin()?;
+    let run = |args: &[&str]| -> TestResult {
+        let out = Command::new(&bin)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&srv_data)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "edgepipe {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(())
+    };
+    run(&["ca", "init"])?;
+    let certs = d.join("gw-cert");
+    run(&[
+        "devices",
+        "add",
+        "gw-cert",
+        "--cert",
+        "--out",
+        certs.to_str().ok_or("path")?,
+    ])?;
+    // Tokens refused: only the certificate can get the agent in.
+    let server_cfg = d.join("server.toml");
+    std::fs::write(&server_cfg, "[tls]\nclient_auth = \"required\"\n")?;
+    let ca = srv_data.join("ca");
+    let srv = ServerProcess::start(
+        &bin,
+        &srv_data,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[
+            "--config",
+            server_cfg.to_str().ok_or("path")?,
+            "--tls-cert",
+            ca.join("server.pem").to_str().ok_or("path")?,
+            "--tls-key",
+            ca.join("server.key").to_str().ok_or("path")?,
+            "--mqtts-addr",
+            "127.0.0.1:0",
+        ],
+        &[("EDGEPIPE_LOG", "warn")],
+    )?;
+    let port = srv.mqtts.ok_or("no mqtts address")?.port();
+    let cfg = agent_config(
+        d,
+        "gw-cert",
+        &format!("localhost:{port}"),
+        "",
+        r#"
+[[collectors]]
+type = "generator"
+name = "gen"
+rate = 1000
+limit = 3000
+"#,
+    )?;
+    let text = std::fs::read_to_string(&cfg)?
+        .replace("url = \"mqtt://", "url = \"mqtts://")
+        .replace(
+            "token = \"\"\n",
+            &format!(
+                "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                certs.join("ca.pem").display(),
+                certs.join("gw-cert.pem").display(),
+                certs.join("gw-cert.key").display()
+            ),
+        );
+    std::fs::write(&cfg, text)?;
+    let agent = Agent::start(&cfg)?;
+    let sent = wait_until(Duration::from_secs(60), || {
+        agent.metric("edgepipe_agent_readings_sent_total{stream=\"telemetry\"}") >= 3000.0
+    });
+    assert!(sent, "not acknowledged over mTLS: {:?}", agent.metrics()?);
+    agent.stop()?;
+    Server::from(srv).stop()?;
+    let stored = stored_at_server(&srv_data, "gw-cert")?;
+    let counts = generator_counts(&stored, "gen");
+    assert_exactly_once(&counts, 3000);
     Ok(())
 }

@@ -107,3 +107,89 @@ fn dashboard_in_chromium() -> TestResult {
     srv.stop()?;
     Ok(())
 }
+
+/// The dashboard served over HTTPS (a certificate from the built-in CA) loads in Chromium,
+/// which trusts the server's key only (SPKI pin), and every request of the page is https.
+#[test]
+fn dashboard_over_https_in_chromium() -> TestResult {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let browser_dir = repo.join("tests/browser");
+    if !browser_dir.join("node_modules/playwright-core").exists() {
+        return Err(
+            "tests/browser/node_modules is missing: run `npm ci` in tests/browser (.ci/run does)"
+                .into(),
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let d = data.to_str().ok_or("path")?;
+    edgepipe_ok(&["ca", "init", "--data-dir", d])?;
+    let ca = data.join("ca");
+    let (cert, key) = (ca.join("server.pem"), ca.join("server.key"));
+    let srv = Server::start(
+        &data,
+        &[
+            "--auto-register",
+            "--tls-cert",
+            cert.to_str().ok_or("path")?,
+            "--tls-key",
+            key.to_str().ok_or("path")?,
+            "--mqtts-addr",
+            "127.0.0.1:0",
+        ],
+    )?;
+    assert!(srv.https);
+    let url = format!("https://localhost:{}", srv.http.port());
+    let trust = ca.join("trust.pem");
+    for dev in ["secure-1", "secure-2"] {
+        let out = curl(&[
+            "-sS",
+            "-f",
+            "--cacert",
+            trust.to_str().ok_or("path")?,
+            "-H",
+            "Authorization: Bearer e2e-auto-registered",
+            "-H",
+            &format!("X-Device-Id: {dev}"),
+            "-H",
+            "Content-Type: application/x-ndjson",
+            "--data-binary",
+            &format!(
+                "{{\"ts\": {}, \"metrics\": {{\"temp\": 20.5}}}}\n",
+                now_ms()
+            ),
+            &format!("{url}/api/v1/ingest"),
+        ])?;
+        assert!(out.status.success(), "{out:?}");
+    }
+    // The server key's SPKI hash, as Chromium's --ignore-certificate-errors-spki-list wants it.
+    let spki = run(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der \
+                 | openssl dgst -sha256 -binary | base64",
+                cert.display()
+            ),
+        ],
+    )?;
+    let spki = String::from_utf8(spki.stdout)?.trim().to_owned();
+    assert_eq!(spki.len(), 44, "{spki}");
+    let out = Command::new("node")
+        .arg("dashboard-https.mjs")
+        .current_dir(&browser_dir)
+        .env("EDGEPIPE_URL", &url)
+        .env("ADMIN_TOKEN", srv.token()?)
+        .env("SPKI_SHA256", &spki)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser check failed:\n{text}");
+    assert!(
+        text.contains("secure-1") && text.contains("secure-2"),
+        "{text}"
+    );
+    srv.stop()?;
+    Ok(())
+}

@@ -131,6 +131,12 @@ pub struct LimitsConfig {
     pub max_future_skew: Duration,
     /// Longest string value.
     pub max_string_len: usize,
+    /// Failed authentications per client address and minute after which the address is
+    /// refused unexamined for 1 s, doubling up to 5 min while failures go on (0: off).
+    pub auth_backoff_after: u32,
+    /// Apply that backoff to loopback addresses too (local agents and tools are exempt by
+    /// default).
+    pub auth_backoff_loopback: bool,
 }
 
 impl Default for LimitsConfig {
@@ -142,6 +148,8 @@ impl Default for LimitsConfig {
             max_readings_per_message: 10_000,
             max_future_skew: Duration::from_secs(300),
             max_string_len: 1024,
+            auth_backoff_after: 5,
+            auth_backoff_loopback: false,
         }
     }
 }

@@ -264,7 +264,11 @@ impl RunningServer {
                 device_id_from: cfg.tls.device_id_from,
                 register_by_certificate: cfg.tls.register_by_certificate,
                 cert_required: cfg.tls.client_auth == ClientAuth::Required,
-            }),
+            })
+            .with_auth_guard(crate::gateway::auth_guard::AuthGuard::new(
+                cfg.limits.auth_backoff_after,
+                cfg.limits.auth_backoff_loopback,
+            )),
         );
 
         lake.export_deadletters(ingestor.clone());

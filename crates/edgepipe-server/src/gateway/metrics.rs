@@ -127,6 +127,8 @@ pub struct Metrics {
     cert_refusals: [AtomicU64; 6],
     /// Open connections closed because their device was disabled or certificate revoked.
     pub connections_closed_by_revocation: AtomicU64,
+    /// Authentication attempts refused because their address was backing off after failures.
+    pub auth_blocked: AtomicU64,
     /// The TLS listeners' counters (handshake failures, certificate reloads).
     pub tls: std::sync::Arc<crate::gateway::tls::TlsMetrics>,
 }
@@ -269,6 +271,12 @@ impl Metrics {
                 self.cert_refusals[r as usize].load(Ordering::Relaxed)
             );
         }
+        c(
+            &mut out,
+            "edgepipe_auth_blocked_total",
+            "Authentication attempts refused unexamined: their address was backing off after repeated failures.",
+            &self.auth_blocked,
+        );
         c(
             &mut out,
             "edgepipe_connections_closed_by_revocation_total",

@@ -5,6 +5,7 @@
 //! [`mqtt_relay`] and [`mqtt_submit`]) and the web ingest handler are its transports; [`tls`]
 //! holds the certificate every TLS listener presents.
 
+pub mod auth_guard;
 pub mod ca;
 pub mod deadletter;
 pub mod dedup;

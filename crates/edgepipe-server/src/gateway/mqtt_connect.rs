@@ -93,10 +93,8 @@ impl Drop for Conn {
     }
 }
 
-fn peer_of(io: &ntex::io::IoBoxed) -> Option<String> {
-    io.query::<ntex::io::types::PeerAddr>()
-        .get()
-        .map(|a| a.0.to_string())
+fn peer_addr(io: &ntex::io::IoBoxed) -> Option<std::net::SocketAddr> {
+    io.query::<ntex::io::types::PeerAddr>().get().map(|a| a.0)
 }
 
 enum Admit {
@@ -104,6 +102,8 @@ enum Admit {
     BadCredentials,
     NotAuthorized,
     Busy,
+    /// The address is backing off after repeated failures.
+    Backoff,
 }
 
 /// How CONNECTs are admitted beyond the ingestor's rules (the same for every connection).
@@ -133,11 +133,25 @@ fn admit(
     will: Option<(String, Vec<u8>)>,
 ) -> Admit {
     let m = ing.metrics();
-    let peer = peer_of(io);
+    let addr = peer_addr(io);
+    let peer = addr.map(|a| a.to_string());
     let peer_s = peer.clone().unwrap_or_else(|| "?".into());
+    let guard = ing.auth_guard();
+    if let Some(a) = addr
+        && let Err(wait_ms) = guard.check(a.ip(), ing.now_ms())
+    {
+        m.auth_blocked.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(peer = %peer_s, wait_ms, "mqtt connect refused: the address is backing off after failed logins");
+        return Admit::Backoff;
+    }
     let refuse = |why: &str, device: &str, answer: Admit| {
         m.auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(peer = %peer_s, device = %device.chars().take(64).collect::<String>(), why, "mqtt authentication failed");
+        if let Some(a) = addr
+            && let Some(block_ms) = guard.failed(a.ip(), ing.now_ms())
+        {
+            tracing::warn!(peer = %peer_s, block_ms, "repeated authentication failures: this address is refused unexamined for a while");
+        }
         answer
     };
     let (user, cert_not_before_ms, result) = if let Some(der) = client_cert(io) {
@@ -245,6 +259,9 @@ fn admit(
         drop(conn);
         return Admit::Busy;
     }
+    if let Some(a) = addr {
+        guard.succeeded(a.ip());
+    }
     m.mqtt_connects.fetch_add(1, Ordering::Relaxed);
     Admit::Ok(conn)
 }
@@ -271,7 +288,7 @@ pub(super) fn connect_v3(
         Admit::Ok(conn) => Ok(c.ack(conn, false)),
         Admit::BadCredentials => Ok(c.bad_username_or_pwd()),
         Admit::NotAuthorized => Ok(c.not_authorized()),
-        Admit::Busy => Ok(c.service_unavailable()),
+        Admit::Busy | Admit::Backoff => Ok(c.service_unavailable()),
     }
 }
 
@@ -299,5 +316,6 @@ pub(super) fn connect_v5(
         Admit::BadCredentials => Ok(c.failed(R::BadUserNameOrPassword)),
         Admit::NotAuthorized => Ok(c.failed(R::NotAuthorized)),
         Admit::Busy => Ok(c.failed(R::ServerBusy)),
+        Admit::Backoff => Ok(c.failed(R::ConnectionRateExceeded)),
     }
 }

@@ -55,14 +55,39 @@ fn authenticate(
     peer: SocketAddr,
     cert: Option<&ClientCert>,
 ) -> Result<DeviceId, ApiError> {
+    let guard = ing.auth_guard();
+    if let Err(wait_ms) = guard.check(peer.ip(), ing.now_ms()) {
+        ing.metrics().auth_blocked.fetch_add(1, Ordering::Relaxed);
+        let secs = (wait_ms + 999) / 1000;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth_backoff",
+            format!("too many failed authentications from this address; retry in {secs} s"),
+        )
+        .with_retry_after(u64::try_from(secs).unwrap_or(1)));
+    }
     let fail = |why: &str| {
         ing.metrics().auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(peer = %peer, why, "http authentication failed");
+        if let Some(block_ms) = guard.failed(peer.ip(), ing.now_ms()) {
+            tracing::warn!(peer = %peer, block_ms, "repeated authentication failures: this address is refused unexamined for a while");
+        }
         ApiError::unauthorized()
     };
-    if let Some(cert) = cert {
-        return authenticate_cert(ing, headers, cert, fail);
-    }
+    let device = if let Some(cert) = cert {
+        authenticate_cert(ing, headers, cert, fail)
+    } else {
+        authenticate_token(ing, headers, fail)
+    }?;
+    guard.succeeded(peer.ip());
+    Ok(device)
+}
+
+fn authenticate_token(
+    ing: &Ingestor,
+    headers: &HeaderMap,
+    fail: impl Fn(&str) -> ApiError,
+) -> Result<DeviceId, ApiError> {
     if ing.cert_rules().cert_required {
         ing.metrics()
             .cert_refusal(crate::gateway::metrics::CertRefusal::NoClientCertificate);

@@ -555,3 +555,90 @@ fn per_device_rate_limit_pushes_back_without_losing_anything() -> TestResult {
     );
     Ok(())
 }
+
+/// Password guessing: after `limits.auth_backoff_after` failures an address is refused
+/// unexamined, even with the right token, over MQTT and HTTP (429 with Retry-After), until its
+/// backoff ends; a success then clears it.
+#[test]
+fn an_address_that_keeps_failing_to_log_in_is_refused_for_a_while() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let token = add_device(&data, "guarded")?;
+    let cfg = dir.path().join("guard.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nauth_backoff_after = 3\nauth_backoff_loopback = true\n",
+    )?;
+    let srv = Server::start(&data, &["--config", cfg.to_str().ok_or("path")?])?;
+    let port = srv.mqtt.port().to_string();
+    let publish = |password: &str| -> TestResult<bool> {
+        let out = run(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-u",
+                "guarded",
+                "-P",
+                password,
+                "-t",
+                "edgepipe/v1/guarded/telemetry",
+                "-m",
+                &format!("{{\"ts\": {}, \"metrics\": {{\"n\": 1}}}}", now_ms()),
+            ],
+        )?;
+        Ok(out.status.success())
+    };
+    for _ in 0..3 {
+        assert!(!publish("guess")?, "a wrong token was accepted");
+    }
+    assert!(
+        !publish(&token)?,
+        "the right token got through during the backoff"
+    );
+    let out = curl(&[
+        "-s",
+        "-i",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-H",
+        "X-Device-Id: guarded",
+        "-H",
+        "Content-Type: application/x-ndjson",
+        "--data-binary",
+        &format!("{{\"ts\": {}, \"metrics\": {{\"n\": 2}}}}\n", now_ms()),
+        &format!("http://{}/api/v1/ingest", srv.http),
+    ])?;
+    let said = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        said.starts_with("http/1.1 429")
+            && said.contains("retry-after:")
+            && said.contains("auth_backoff"),
+        "{said}"
+    );
+    let metrics =
+        String::from_utf8(curl(&["-s", &format!("http://{}/metrics", srv.http)])?.stdout)?;
+    let blocked: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgepipe_auth_blocked_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no edgepipe_auth_blocked_total")?;
+    assert!(blocked >= 2, "{blocked}");
+    // The first backoff is 1 s; afterwards the right token works and clears the address.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(publish(&token)?, "the right token after the backoff");
+    assert!(!publish("guess")?);
+    assert!(
+        publish(&token)?,
+        "one failure after a success does not block"
+    );
+    srv.stop()?;
+    Ok(())
+}

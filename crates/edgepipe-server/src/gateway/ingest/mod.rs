@@ -72,6 +72,7 @@ pub struct Ingestor {
     metrics: Arc<Metrics>,
     auto_register: bool,
     cert_rules: crate::gateway::identity::CertRules,
+    auth_guard: crate::gateway::auth_guard::AuthGuard,
 }
 
 /// What [`Ingestor::new`] needs.
@@ -120,6 +121,7 @@ impl Ingestor {
             metrics: p.metrics,
             auto_register: p.auto_register,
             cert_rules: Default::default(),
+            auth_guard: crate::gateway::auth_guard::AuthGuard::new(0, false),
         };
         ing.rebuild_dedup()?;
         Ok(ing)
@@ -185,6 +187,17 @@ impl Ingestor {
     pub fn with_cert_rules(mut self, rules: crate::gateway::identity::CertRules) -> Self {
         self.cert_rules = rules;
         self
+    }
+
+    /// Sets the per-address backoff after authentication failures (`limits.auth_backoff_*`).
+    pub fn with_auth_guard(mut self, guard: crate::gateway::auth_guard::AuthGuard) -> Self {
+        self.auth_guard = guard;
+        self
+    }
+
+    /// The per-address backoff after authentication failures.
+    pub fn auth_guard(&self) -> &crate::gateway::auth_guard::AuthGuard {
+        &self.auth_guard
     }
 
     /// How device certificates are admitted.

@@ -137,6 +137,9 @@ pub struct LimitsConfig {
     /// Apply that backoff to loopback addresses too (local agents and tools are exempt by
     /// default).
     pub auth_backoff_loopback: bool,
+    /// Distinct metric names a device may have (since the server started); a message that
+    /// would go past it is dead-lettered (`too_many_metrics`). 0: no limit.
+    pub max_metrics_per_device: usize,
 }
 
 impl Default for LimitsConfig {
@@ -150,6 +153,7 @@ impl Default for LimitsConfig {
             max_string_len: 1024,
             auth_backoff_after: 5,
             auth_backoff_loopback: false,
+            max_metrics_per_device: 10_000,
         }
     }
 }

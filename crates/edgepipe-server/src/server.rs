@@ -268,7 +268,8 @@ impl RunningServer {
             .with_auth_guard(crate::gateway::auth_guard::AuthGuard::new(
                 cfg.limits.auth_backoff_after,
                 cfg.limits.auth_backoff_loopback,
-            )),
+            ))
+            .with_metric_limit(cfg.limits.max_metrics_per_device),
         );
 
         lake.export_deadletters(ingestor.clone());

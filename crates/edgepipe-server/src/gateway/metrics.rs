@@ -22,11 +22,13 @@ pub enum RejectReason {
     Unavailable,
     /// QoS 2 is not supported.
     QosNotSupported,
+    /// The device would go past `limits.max_metrics_per_device` distinct metric names.
+    TooManyMetrics,
 }
 
 impl RejectReason {
     /// All reasons, for rendering.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::BadPayload,
         RejectReason::NotAuthorized,
         RejectReason::UnknownTopic,
@@ -34,6 +36,7 @@ impl RejectReason {
         RejectReason::TooLarge,
         RejectReason::Unavailable,
         RejectReason::QosNotSupported,
+        RejectReason::TooManyMetrics,
     ];
 
     /// Label value.
@@ -46,6 +49,7 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::Unavailable => "unavailable",
             RejectReason::QosNotSupported => "qos_not_supported",
+            RejectReason::TooManyMetrics => "too_many_metrics",
         }
     }
 }
@@ -102,7 +106,7 @@ pub struct Metrics {
     pub readings_written: AtomicU64,
     /// Agent batches recognised as replays and acknowledged without writing.
     pub duplicates: AtomicU64,
-    rejected: [AtomicU64; 7],
+    rejected: [AtomicU64; 8],
     /// Dead letters stored.
     pub deadletters_written: AtomicU64,
     /// Dead letters that could not be stored (the WAL for them failed).

@@ -7,6 +7,7 @@
 
 pub mod auth_guard;
 pub mod ca;
+pub mod cardinality;
 pub mod deadletter;
 pub mod dedup;
 pub mod devices;

@@ -281,9 +281,12 @@ async fn publish_v3(ses: &v3::Session<Conn>, p: v3::Publish) -> Result<(), Gatew
     match ingest(conn, p.publish_topic(), &payload).await {
         Ok(_) => Ok(()),
         // Kept in the dead-letter store: acknowledge so the client does not resend forever.
-        Err(Rejection::BadPayload(_) | Rejection::UnknownTopic(_) | Rejection::TooLarge { .. }) => {
-            Ok(())
-        }
+        Err(
+            Rejection::BadPayload(_)
+            | Rejection::UnknownTopic(_)
+            | Rejection::TooLarge { .. }
+            | Rejection::TooManyMetrics { .. },
+        ) => Ok(()),
         Err(e) => {
             tracing::warn!(device = %conn.device, error = %e, "closing mqtt 3.1.1 connection");
             Err(GatewayError::Closed(e.to_string()))
@@ -309,6 +312,7 @@ async fn publish_v5(
         Err(e @ Rejection::TooLarge { .. }) => (R::PayloadFormatInvalid, e.to_string()),
         Err(e @ Rejection::UnknownTopic(_)) => (R::TopicNameInvalid, e.to_string()),
         Err(e @ Rejection::RateLimited { .. }) => (R::QuotaExceeded, e.to_string()),
+        Err(e @ Rejection::TooManyMetrics { .. }) => (R::QuotaExceeded, e.to_string()),
         Err(e @ Rejection::Unavailable(_)) => {
             tracing::warn!(device = %conn.device, error = %e, "closing mqtt 5 connection");
             return Err(GatewayError::Closed(e.to_string()));

@@ -70,6 +70,9 @@ impl From<Rejection> for ApiError {
             r @ Rejection::RateLimited { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", r.to_string())
             }
+            r @ Rejection::TooManyMetrics { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "too_many_metrics", r.to_string())
+            }
             r @ Rejection::TooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.to_string())
             }

@@ -188,3 +188,94 @@ fn demo_over_http_ingests_and_exits_zero() -> TestResult {
     assert!(line.contains("0 dead letters"), "{line}");
     Ok(())
 }
+
+/// A device inventing metric names without end: past `limits.max_metrics_per_device` (10,000 by
+/// default) each message is refused whole into the dead letters (`too_many_metrics`), names it
+/// already has keep working, other devices are not affected, and the server stays up.
+#[test]
+fn a_device_past_its_metric_name_limit_is_dead_lettered_and_others_go_on() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let srv = Server::start(&data, &["--auto-register"])?;
+    let base = now_ms() - 60_000;
+    let body = |from: usize, n: usize, t: i64| -> String {
+        (from..from + n)
+            .map(|i| {
+                format!(
+                    "{{\"ts\": {}, \"metrics\": {{\"m{i}\": 1}}}}\n",
+                    t + i as i64
+                )
+            })
+            .collect()
+    };
+    let post = |device: &str, body: &str| -> TestResult<String> {
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Authorization: Bearer e2e-auto-registered",
+            "-H",
+            &format!("X-Device-Id: {device}"),
+            "-H",
+            "Content-Type: application/x-ndjson",
+            "--data-binary",
+            body,
+            &format!("http://{}/api/v1/ingest", srv.http),
+        ])?;
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    // 30 messages of 1,000 new names each: the first 10 fit, the other 20 are refused.
+    let mut codes = Vec::new();
+    for k in 0..30 {
+        codes.push(post("namer", &body(k * 1000, 1000, base))?);
+    }
+    assert_eq!(
+        codes.iter().filter(|c| *c == "200").count(),
+        10,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| *c == "400").count(),
+        20,
+        "{codes:?}"
+    );
+    // Known names at new times (the same readings again would be recognized as a resend).
+    assert_eq!(
+        post("namer", &body(0, 1000, base + 5_000))?,
+        "200",
+        "known names still pass"
+    );
+    assert_eq!(
+        post("neighbour", &body(0, 100, base))?,
+        "200",
+        "another device is not affected"
+    );
+    let st = srv.status()?;
+    assert!(
+        st["readings_written"].as_i64().unwrap_or(0) >= 11_100,
+        "{st}"
+    );
+    let dl = edgepipe_ok(&[
+        "deadletters",
+        "--data-dir",
+        data.to_str().ok_or("path")?,
+        "list",
+        "--limit",
+        "100",
+        "--format",
+        "json",
+    ])?;
+    let dl: Vec<serde_json::Value> = serde_json::from_slice(&dl.stdout)?;
+    assert_eq!(
+        dl.iter()
+            .filter(|d| d["reason"] == "too_many_metrics")
+            .count(),
+        20,
+        "{dl:?}"
+    );
+    srv.stop()?;
+    Ok(())
+}

@@ -73,6 +73,7 @@ pub struct Ingestor {
     auto_register: bool,
     cert_rules: crate::gateway::identity::CertRules,
     auth_guard: crate::gateway::auth_guard::AuthGuard,
+    metric_names: crate::gateway::cardinality::CardinalityGuard,
 }
 
 /// What [`Ingestor::new`] needs.
@@ -122,6 +123,7 @@ impl Ingestor {
             auto_register: p.auto_register,
             cert_rules: Default::default(),
             auth_guard: crate::gateway::auth_guard::AuthGuard::new(0, false),
+            metric_names: crate::gateway::cardinality::CardinalityGuard::new(0),
         };
         ing.rebuild_dedup()?;
         Ok(ing)
@@ -193,6 +195,28 @@ impl Ingestor {
     pub fn with_auth_guard(mut self, guard: crate::gateway::auth_guard::AuthGuard) -> Self {
         self.auth_guard = guard;
         self
+    }
+
+    /// Sets the limit of distinct metric names per device (`limits.max_metrics_per_device`).
+    pub fn with_metric_limit(mut self, limit: usize) -> Self {
+        self.metric_names = crate::gateway::cardinality::CardinalityGuard::new(limit);
+        self
+    }
+
+    /// Refuses (into the dead letters) a message that would take `device` past its limit of
+    /// distinct metric names.
+    fn check_metric_names(
+        &self,
+        device: &DeviceId,
+        readings: &[edgepipe_types::Reading],
+    ) -> Result<(), Rejection> {
+        self.metric_names
+            .admit(device.as_str(), readings.iter().map(|r| r.metric.as_str()))
+            .map_err(|would_have| Rejection::TooManyMetrics {
+                device: device.to_string(),
+                would_have,
+                limit: self.metric_names.limit(),
+            })
     }
 
     /// The per-address backoff after authentication failures.
@@ -355,6 +379,9 @@ impl Ingestor {
             };
             return Err(self.refuse(device, peer, endpoint(), payload, r).await);
         }
+        if let Err(r) = self.check_metric_names(device, &decoded.readings) {
+            return Err(self.refuse(device, peer, endpoint(), payload, r).await);
+        }
         self.write(submit, device, decoded, tags, transport).await
     }
 
@@ -506,6 +533,11 @@ impl Ingestor {
             &self.limits,
             precision,
         );
+        if let Err(r) = self.check_metric_names(device, &out.readings) {
+            return Err(self
+                .refuse(device, peer, "http:/api/v1/ingest".into(), body, r)
+                .await);
+        }
         let mut accepted = 0;
         if !out.readings.is_empty() {
             let decoded = Decoded {

@@ -35,6 +35,18 @@ pub enum Rejection {
     /// The WAL did not accept it; nothing was acknowledged, the client should retry.
     #[error("server cannot store data right now: {0}")]
     Unavailable(String),
+    /// The message would take the device past its limit of distinct metric names.
+    #[error(
+        "device {device} would have {would_have} distinct metric names, over the limit of {limit} (limits.max_metrics_per_device)"
+    )]
+    TooManyMetrics {
+        /// Device.
+        device: String,
+        /// Names it would have with this message.
+        would_have: usize,
+        /// Limit.
+        limit: usize,
+    },
 }
 
 impl Rejection {
@@ -45,6 +57,7 @@ impl Rejection {
             Rejection::BadPayload(_) => RejectReason::BadPayload,
             Rejection::UnknownTopic(_) => RejectReason::UnknownTopic,
             Rejection::RateLimited { .. } => RejectReason::RateLimited,
+            Rejection::TooManyMetrics { .. } => RejectReason::TooManyMetrics,
             Rejection::TooLarge { .. } => RejectReason::TooLarge,
             Rejection::Unavailable(_) => RejectReason::Unavailable,
         }

@@ -108,6 +108,20 @@ macro_rules! mqtt_service {
     }};
 }
 
+/// One worker's MQTT service for connections that arrive over WebSocket (the upgrade hands
+/// it the WebSocket-framed connection).
+fn mqtt_over_ws(
+    ing: &Arc<Ingestor>,
+    rules: AdmitRules,
+) -> ntex::PipelineBinding<ntex::io::IoBoxed, (), std::io::Error> {
+    ntex::Pipeline::new(
+        (),
+        mqtt_service!(ing, rules)
+            .map_err(|e| std::io::Error::other(format!("mqtt over websocket: {e:?}"))),
+    )
+    .bind()
+}
+
 /// The MQTT listeners besides the plain one.
 #[derive(Debug, Default)]
 pub struct ExtraListeners {
@@ -184,13 +198,7 @@ pub fn spawn(
                         let rules = s.rules;
                         built = built.and_then(|b| {
                             b.listen("mqtt-ws", ws_listener, cfg(), async move |_| {
-                                let mqtt = ntex::Pipeline::new(
-                                    (),
-                                    mqtt_service!(&ing, rules).map_err(|e| {
-                                        std::io::Error::other(format!("mqtt over websocket: {e:?}"))
-                                    }),
-                                );
-                                crate::gateway::mqtt_ws::http_service(mqtt.bind())
+                                crate::gateway::mqtt_ws::http_service(mqtt_over_ws(&ing, rules))
                             })
                         });
                     }
@@ -200,15 +208,11 @@ pub fn spawn(
                         built = built.and_then(|b| {
                             b.listen("mqtt-wss", wss_listener, cfg(), async move |_| {
                                 let metrics = ing.metrics().clone();
-                                let mqtt = ntex::Pipeline::new(
-                                    (),
-                                    mqtt_service!(&ing, rules).map_err(|e| {
-                                        std::io::Error::other(format!("mqtt over websocket: {e:?}"))
-                                    }),
-                                );
                                 let http = ntex::Pipeline::new(
                                     (),
-                                    crate::gateway::mqtt_ws::http_service(mqtt.bind()),
+                                    crate::gateway::mqtt_ws::http_service(mqtt_over_ws(
+                                        &ing, rules,
+                                    )),
                                 );
                                 ntex_tls::rustls::TlsAcceptor::new(tls_config.clone())
                                     .map_err(move |e| {

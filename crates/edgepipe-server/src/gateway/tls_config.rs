@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -57,13 +57,8 @@ impl ClientCertVerifier for Clients {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        signature(false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -71,13 +66,8 @@ impl ClientCertVerifier for Clients {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        signature(true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -133,13 +123,11 @@ pub fn pinned_client_config(cert_file: &Path) -> Result<rustls::ClientConfig, Tl
             path: cert_file.to_path_buf(),
             message: "no certificate in it".into(),
         })?;
-    let provider = provider();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Pinned {
             cert: cert.into_owned(),
-            provider,
         }))
         .with_no_client_auth();
     Ok(cfg)
@@ -149,7 +137,21 @@ pub fn pinned_client_config(cert_file: &Path) -> Result<rustls::ClientConfig, Tl
 #[derive(Debug)]
 struct Pinned {
     cert: CertificateDer<'static>,
-    provider: Arc<CryptoProvider>,
+}
+
+/// A handshake signature checked with the ring provider's algorithms (both verifiers' way).
+fn signature(
+    tls13: bool,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let algs = &provider().signature_verification_algorithms;
+    if tls13 {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    } else {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
 }
 
 impl rustls::client::danger::ServerCertVerifier for Pinned {
@@ -175,13 +177,8 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        signature(false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -189,17 +186,12 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        signature(true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
+        provider()
             .signature_verification_algorithms
             .supported_schemes()
     }

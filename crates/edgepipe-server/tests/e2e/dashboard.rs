@@ -10,16 +10,21 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-#[test]
-fn dashboard_in_chromium() -> TestResult {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let browser_dir = repo.join("tests/browser");
-    if !browser_dir.join("node_modules/playwright-core").exists() {
+/// `tests/browser`, with its Node packages installed.
+fn browser_dir() -> TestResult<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
         return Err(
-            "tests/browser/node_modules is missing: run `npm ci` in tests/browser (.ci/run does)"
+            "tests/browser/node_modules is missing: run `npm ci` in tests/browser (scripts/test does)"
                 .into(),
         );
     }
+    Ok(dir)
+}
+
+#[test]
+fn dashboard_in_chromium() -> TestResult {
+    let browser_dir = browser_dir()?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let srv = Server::start_detecting(&data)?;
@@ -112,14 +117,7 @@ fn dashboard_in_chromium() -> TestResult {
 /// which trusts the server's key only (SPKI pin), and every request of the page is https.
 #[test]
 fn dashboard_over_https_in_chromium() -> TestResult {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let browser_dir = repo.join("tests/browser");
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        return Err(
-            "tests/browser/node_modules is missing: run `npm ci` in tests/browser (.ci/run does)"
-                .into(),
-        );
-    }
+    let browser_dir = browser_dir()?;
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let d = data.to_str().ok_or("path")?;

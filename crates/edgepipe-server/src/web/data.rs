@@ -188,16 +188,64 @@ fn authenticate_cert(
     }
 }
 
+/// Why [`read_limited`] gave up.
+enum Oversize {
+    /// The body could not be read.
+    Read(String),
+    /// It is longer than the limit: its first `limit` bytes, and how many were read in all
+    /// before reading stopped.
+    Over { start: Vec<u8>, seen: usize },
+}
+
+/// The whole body if it is at most `limit` bytes; otherwise stops reading past the limit.
+async fn read_limited(body: axum::body::Body, limit: usize) -> Result<Bytes, Oversize> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Oversize::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                let seen = buf.len();
+                buf.truncate(limit);
+                return Err(Oversize::Over { start: buf, seen });
+            }
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
 pub(crate) async fn ingest(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     cert: Option<Extension<ClientCert>>,
     Query(q): Query<IngestQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let ing = &st.ingestor;
     let device = authenticate(ing, &headers, peer, cert.as_ref().map(|c| &c.0))?;
+    let peer_s = peer.to_string();
+    // Read up to the payload limit ourselves (the route has no framework body limit): an
+    // oversized body is refused like an oversized MQTT payload, counted and kept (its start)
+    // in the dead letters, rather than cut off by the framework unseen.
+    let body = match read_limited(body, ing.max_payload()).await {
+        Ok(b) => b,
+        Err(Oversize::Read(e)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("reading the request body failed: {e}"),
+            ));
+        }
+        Err(Oversize::Over { start, seen }) => {
+            return Err(ing
+                .refuse_too_large(&device, Some(&peer_s), "http:/api/v1/ingest", &start, seen)
+                .await
+                .into());
+        }
+    };
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -213,7 +261,6 @@ pub(crate) async fn ingest(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_precision", e.to_string()))?,
         None => Precision::Ns,
     };
-    let peer_s = peer.to_string();
     let out = ing
         .http(&Direct, &device, format, precision, &body, Some(&peer_s))
         .await?;

@@ -57,7 +57,12 @@ pub fn router(
             api::require_user,
         ));
     Router::new()
-        .route("/api/v1/ingest", post(data::ingest))
+        // The ingest handler reads its body up to `limits.max_payload_bytes` itself, so an
+        // oversized body is counted and dead-lettered rather than cut off by the framework.
+        .route(
+            "/api/v1/ingest",
+            post(data::ingest).layer(DefaultBodyLimit::disable()),
+        )
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(data::healthz))
         .route("/readyz", get(data::readyz))

@@ -148,10 +148,9 @@ fn bad_token_is_401_and_huge_body_is_413() -> TestResult {
     let big = format!(r#"{{"metrics": {{"s": "{}"}}}}"#, "x".repeat(200 * 1024));
     std::fs::write(&body_path, big)?;
     let out = curl(&[
-        "-o",
-        "/dev/null",
+        "-s",
         "-w",
-        "%{http_code}",
+        "\n%{http_code}",
         "-X",
         "POST",
         "-H",
@@ -162,7 +161,36 @@ fn bad_token_is_401_and_huge_body_is_413() -> TestResult {
         &format!("@{}", body_path.display()),
         &format!("http://{}/api/v1/ingest", srv.http),
     ])?;
-    assert_eq!(String::from_utf8(out.stdout)?, "413");
+    let said = String::from_utf8(out.stdout)?;
+    let (json, code) = said.rsplit_once('\n').ok_or("no status")?;
+    assert_eq!(code, "413", "{said}");
+    // Refused like an oversized MQTT payload: a JSON error naming the limit, counted, and its
+    // start kept in the dead letters.
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    assert_eq!(v["code"], "too_large", "{v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("131072")),
+        "{v}"
+    );
+    let metrics =
+        String::from_utf8(curl(&["-s", &format!("http://{}/metrics", srv.http)])?.stdout)?;
+    assert!(
+        metrics.contains("edgepipe_ingest_messages_rejected_total{reason=\"too_large\"} 1"),
+        "{metrics}"
+    );
+    let dl = edgepipe_ok(&[
+        "deadletters",
+        "--data-dir",
+        dir.path().to_str().ok_or("path")?,
+        "list",
+        "--format",
+        "json",
+    ])?;
+    let dl: Vec<serde_json::Value> = serde_json::from_slice(&dl.stdout)?;
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0]["reason"], "too_large");
+    assert_eq!(dl[0]["truncated"], true, "{:?}", dl[0]);
+    assert_eq!(dl[0]["device"], "big");
     let (code, _) = ingest(&srv, &token, "application/xml", "<a/>", "")?;
     assert_eq!(code, 415);
     Ok(())
@@ -276,6 +304,37 @@ fn a_device_past_its_metric_name_limit_is_dead_lettered_and_others_go_on() -> Te
         20,
         "{dl:?}"
     );
+    srv.stop()?;
+    Ok(())
+}
+
+/// No route serves files from disk: traversal attempts on the asset route and elsewhere get
+/// 404 (assets are embedded in the binary and served by name from a fixed list), or 401/400
+/// where a route needs a token or a number first.
+#[test]
+fn path_traversal_finds_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let srv = Server::start(dir.path(), &[])?;
+    for path in [
+        "/assets/../../../../etc/passwd",
+        "/assets/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/assets/%2e%2e/%2e%2e/etc/passwd",
+        "/../../../../etc/passwd",
+        "/assets/app.js/../../../etc/passwd",
+        "/api/v1/deadletters/..%2f..%2fetc%2fpasswd",
+    ] {
+        let out = curl(&[
+            "-s",
+            "--path-as-is",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{}{path}", srv.http),
+        ])?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        let code = said.rsplit('\n').next().unwrap_or("");
+        assert!(["404", "400", "401"].contains(&code), "{path}: {said}");
+        assert!(!said.contains("root:"), "{path} served a file: {said}");
+    }
     srv.stop()?;
     Ok(())
 }

@@ -288,6 +288,32 @@ impl Ingestor {
         }
     }
 
+    /// Refuses a body over the payload limit of which `start` was read (`seen` bytes in all
+    /// when reading stopped): counted and dead-lettered like an oversized MQTT payload.
+    pub async fn refuse_too_large(
+        &self,
+        device: &DeviceId,
+        peer: Option<&str>,
+        endpoint: &str,
+        start: &[u8],
+        seen: usize,
+    ) -> Rejection {
+        self.metrics
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        let r = Rejection::TooLarge {
+            len: seen,
+            limit: self.max_payload,
+        };
+        self.refuse(device, peer, endpoint.to_owned(), start, r)
+            .await
+    }
+
+    /// The largest payload accepted, bytes.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
     async fn refuse(
         &self,
         device: &DeviceId,

@@ -338,3 +338,62 @@ fn path_traversal_finds_nothing() -> TestResult {
     srv.stop()?;
     Ok(())
 }
+
+/// SQL that tries to exhaust memory or time hits the query limits with a named error (422
+/// memory_limit, 408 timeout), and the server goes on answering.
+#[test]
+fn queries_that_try_to_exhaust_memory_or_time_hit_the_limits() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let srv = Server::start_with_config(
+        &data,
+        "[query]\nmax_memory_bytes = 8388608\ntimeout = \"2s\"\n",
+    )?;
+    let token = srv.token()?;
+    let sql = |q: &str| -> TestResult<(String, serde_json::Value)> {
+        let out = curl(&[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &serde_json::json!({"sql": q}).to_string(),
+            &format!("http://{}/api/v1/query", srv.http),
+        ])?;
+        let said = String::from_utf8(out.stdout)?;
+        let (body, code) = said.rsplit_once('\n').ok_or("no status")?;
+        Ok((code.to_owned(), serde_json::from_str(body)?))
+    };
+    let (code, v) = sql(
+        "SELECT a.value, count(*) FROM range(3000000) a JOIN range(3000000) b \
+         ON a.value = b.value GROUP BY a.value ORDER BY 2 DESC",
+    )?;
+    assert_eq!(
+        (code.as_str(), &v["code"]),
+        ("422", &serde_json::json!("memory_limit")),
+        "{v}"
+    );
+    let t0 = std::time::Instant::now();
+    let (code, v) = sql("SELECT count(*) FROM range(100000) a, range(100000) b, range(100) c")?;
+    assert_eq!(
+        (code.as_str(), &v["code"]),
+        ("408", &serde_json::json!("timeout")),
+        "{v}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(30),
+        "the timeout did not hold: {:?}",
+        t0.elapsed()
+    );
+    let (code, v) = sql("SELECT count(*) AS n FROM range(10)")?;
+    assert_eq!(
+        (code.as_str(), &v["rows"][0]["n"]),
+        ("200", &serde_json::json!(10)),
+        "{v}"
+    );
+    srv.stop()?;
+    Ok(())
+}

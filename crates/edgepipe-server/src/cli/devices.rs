@@ -100,9 +100,7 @@ pub(crate) fn devices(action: DevicesCmd, data_dir: PathBuf) -> anyhow::Result<(
         }
         DevicesCmd::IssueCert { id, csr, out, days } => {
             let rec = reg
-                .list()?
-                .into_iter()
-                .find(|d| d.id == id)
+                .get(&id)?
                 .ok_or_else(|| anyhow::anyhow!("no device {id}"))?;
             let out = out.unwrap_or_else(|| PathBuf::from(&id));
             crate::cli::ca::issue_device_cert(

@@ -383,11 +383,7 @@ impl DeviceRegistry {
         if DeviceId::new(id).is_err() {
             return Ok(AuthResult::InvalidId);
         }
-        self.refresh()?;
-        let found = {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.1.devices.get(id).cloned()
-        };
+        let found = self.get(id)?;
         match found {
             Some(d) if !d.enabled => Ok(AuthResult::Disabled),
             Some(d) if cert.not_before_ms < d.certs_valid_after_ms => Ok(AuthResult::Revoked),
@@ -413,17 +409,21 @@ impl DeviceRegistry {
         }
     }
 
-    /// Whether a connection of `id` authenticated at some point (with a certificate valid from
-    /// `cert_not_before_ms`, if any) may stay open: the device exists, is enabled, and the
-    /// certificate is not revoked.
-    pub fn may_stay(&self, id: &str, cert_not_before_ms: Option<i64>) -> Result<bool, DeviceError> {
+    /// The device `id`, as the registry holds it now.
+    pub fn get(&self, id: &str) -> Result<Option<DeviceRecord>, DeviceError> {
         self.refresh()?;
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match cache.1.devices.get(id) {
-            Some(d) => {
-                d.enabled && cert_not_before_ms.is_none_or(|nb| nb >= d.certs_valid_after_ms)
-            }
-            None => false,
+        Ok(cache.1.devices.get(id).cloned())
+    }
+
+    /// Whether a connection of `id` authenticated at some point (with a certificate valid from
+    /// `cert_not_before_ms`, if any) may stay open: the device exists, is enabled, and the
+    /// certificate is not revoked. Reads the registry as last read (a watcher checking many
+    /// connections calls [`Self::generation`] once, which reads it again if it changed).
+    pub fn may_stay(&self, id: &str, cert_not_before_ms: Option<i64>) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.1.devices.get(id).is_some_and(|d| {
+            d.enabled && cert_not_before_ms.is_none_or(|nb| nb >= d.certs_valid_after_ms)
         })
     }
 
@@ -470,11 +470,7 @@ impl DeviceRegistry {
         if DeviceId::new(id).is_err() {
             return Ok(AuthResult::InvalidId);
         }
-        self.refresh()?;
-        let found = {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.1.devices.get(id).cloned()
-        };
+        let found = self.get(id)?;
         match found {
             Some(d) if !d.enabled => Ok(AuthResult::Disabled),
             Some(d) if ct_eq(&d.token_sha256, &hash_token(token)) => Ok(AuthResult::Ok),

@@ -78,10 +78,8 @@ pub(crate) fn install(ing: Arc<Ingestor>) {
                     return;
                 }
                 list.retain(|c| {
-                    let stay = ing
-                        .devices()
-                        .may_stay(&c.device, c.cert_not_before_ms)
-                        .unwrap_or(true);
+                    // `generation()` above read the registry again; no file access per connection.
+                    let stay = ing.devices().may_stay(&c.device, c.cert_not_before_ms);
                     if !stay {
                         ing.metrics()
                             .connections_closed_by_revocation

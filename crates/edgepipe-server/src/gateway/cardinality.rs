@@ -8,11 +8,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+/// Shards of the per-device sets: every message of every MQTT worker passes here, so devices
+/// on different shards do not wait for one lock.
+const SHARDS: usize = 16;
+
 /// Distinct metric names seen per device, bounded per device.
 #[derive(Debug)]
 pub struct CardinalityGuard {
     limit: usize,
-    seen: Mutex<HashMap<String, HashSet<String>>>,
+    shards: [Mutex<HashMap<String, HashSet<String>>>; SHARDS],
 }
 
 impl CardinalityGuard {
@@ -20,7 +24,7 @@ impl CardinalityGuard {
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
-            seen: Mutex::new(HashMap::new()),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
         }
     }
 
@@ -35,8 +39,18 @@ impl CardinalityGuard {
         if self.limit == 0 {
             return Ok(());
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let known = seen.entry(device.to_owned()).or_default();
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        device.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let mut seen = shard.lock().unwrap_or_else(|p| p.into_inner());
+        // The device's key is allocated once, at its first message.
+        if !seen.contains_key(device) {
+            seen.insert(device.to_owned(), HashSet::new());
+        }
+        let Some(known) = seen.get_mut(device) else {
+            return Ok(());
+        };
         let mut new: HashSet<&str> = HashSet::new();
         for n in names {
             if !known.contains(n) {

@@ -642,3 +642,52 @@ fn an_address_that_keeps_failing_to_log_in_is_refused_for_a_while() -> TestResul
     srv.stop()?;
     Ok(())
 }
+
+/// `devices disable` closes the device's open connection within a second (a token device on
+/// plain MQTT; the certificate case is `tls::a_revoked_certificate…`), and it cannot reconnect.
+#[test]
+fn disabling_a_device_closes_its_open_connection_within_a_second() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let token = add_device(&data, "held")?;
+    let srv = Server::start(&data, &[])?;
+    let d = data.to_str().ok_or("path")?;
+    let after = closed_after_withdrawing(
+        &[
+            "127.0.0.1",
+            &srv.mqtt.port().to_string(),
+            "-",
+            "-",
+            "-",
+            "held",
+        ],
+        Some(&token),
+        &dir.path().join("disabled-at"),
+        &["devices", "disable", "held", "--data-dir", d],
+    )?;
+    eprintln!("disabled device's connection closed {after:.3} s after devices disable started");
+    assert!(after < 1.0, "closed {after} s after disabling");
+    let out = run(
+        "mosquitto_pub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &srv.mqtt.port().to_string(),
+            "-q",
+            "1",
+            "-u",
+            "held",
+            "-P",
+            &token,
+            "-t",
+            "edgepipe/v1/held/telemetry",
+            "-m",
+            "{\"metrics\": {\"n\": 1}}",
+        ],
+    )?;
+    assert!(!out.status.success(), "a disabled device reconnected");
+    srv.stop()?;
+    Ok(())
+}

@@ -1,9 +1,9 @@
-"""Holds an MQTT 5 connection over TLS with a device certificate (paho-mqtt), publishing QoS 1
-every 100 ms, until the server closes it; prints "connected", then "closed AFTER_S" (seconds
+"""Holds an MQTT 5 connection (paho-mqtt) over TLS with a device certificate, or in plain with a
+token when CA is "-", publishing QoS 1 every 100 ms, until the server closes it; prints "connected", then "closed AFTER_S" (seconds
 since the file named by --mark-file appeared) and exits 0. Exits 2 if never connected and 3 if
 still connected after 30 s.
 
-Usage: paho_tls_hold.py HOST PORT CA CERT KEY DEVICE MARK_FILE
+Usage: paho_tls_hold.py HOST PORT CA CERT KEY DEVICE MARK_FILE [TOKEN]
 """
 import json
 import os
@@ -15,10 +15,14 @@ import time
 import paho.mqtt.client as mqtt
 
 host, port, ca, cert, key, device, mark = sys.argv[1:8]
+token = sys.argv[8] if len(sys.argv) > 8 else None
 connected = threading.Event()
 closed = threading.Event()
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hold-{device}", protocol=mqtt.MQTTv5)
-c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+if ca != "-":
+    c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+if token:
+    c.username_pw_set(device, token)
 c.on_connect = lambda client, userdata, flags, rc, props: connected.set() if not rc.is_failure else None
 c.on_disconnect = lambda client, userdata, flags, rc, props: closed.set()
 c.connect(host, int(port), keepalive=30)

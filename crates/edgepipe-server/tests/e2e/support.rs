@@ -433,3 +433,39 @@ pub(crate) fn assert_stored_once<K: std::hash::Hash + Eq + std::fmt::Debug>(
     };
     assert!(dup.is_empty(), "{place}: stored more than once: {dup:?}");
 }
+
+/// Holds an MQTT 5 connection with `paho_tls_hold.py` (`peer`: HOST PORT CA CERT KEY DEVICE,
+/// CA "-" for plain MQTT with `token`), runs `edgepipe withdraw…` once it is connected, and
+/// returns how many seconds after that started the server closed the connection.
+pub(crate) fn closed_after_withdrawing(
+    peer: &[&str],
+    token: Option<&str>,
+    mark: &Path,
+    withdraw: &[&str],
+) -> TestResult<f64> {
+    let mut args: Vec<&str> = peer.to_vec();
+    let m = mark.to_str().ok_or("path")?;
+    args.push(m);
+    args.extend(token);
+    let mut hold = python_peer("paho_tls_hold.py")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(hold.stdout.take().ok_or("stdout")?));
+    assert_eq!(lines.next().transpose()?.as_deref(), Some("connected"));
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(mark, "")?;
+    edgepipe_ok(withdraw)?;
+    let closed = lines
+        .next()
+        .transpose()?
+        .ok_or("the peer ended without a line")?;
+    let after: f64 = closed
+        .strip_prefix("closed ")
+        .ok_or_else(|| format!("unexpected: {closed}"))?
+        .parse()?;
+    assert!(hold.wait()?.success());
+    Ok(after)
+}

@@ -804,41 +804,25 @@ fn a_revoked_certificate_loses_its_open_connection_within_a_second_and_cannot_re
         ),
     )?;
     let srv = start_tls_with(&data, &pki, &["--config", cfg.to_str().ok_or("path")?])?;
-    let mark = dir.path().join("revoked-at");
-    let mut hold = python_peer("paho_tls_hold.py")
-        .args([
+    let after = closed_after_withdrawing(
+        &[
             "localhost",
             &srv.mqtts.ok_or("mqtts")?.port().to_string(),
             &pki.p("ca.pem")?,
             &pki.p("dev-4.pem")?,
             &pki.p("dev-4.key")?,
             "dev-4",
-            mark.to_str().ok_or("path")?,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()?;
-    let mut lines =
-        std::io::BufRead::lines(std::io::BufReader::new(hold.stdout.take().ok_or("stdout")?));
-    assert_eq!(lines.next().transpose()?.as_deref(), Some("connected"));
-    std::thread::sleep(Duration::from_millis(500));
-    std::fs::write(&mark, "")?;
-    edgepipe_ok(&[
-        "devices",
-        "revoke-cert",
-        "dev-4",
-        "--data-dir",
-        data.to_str().ok_or("path")?,
-    ])?;
-    let closed = lines
-        .next()
-        .transpose()?
-        .ok_or("the peer ended without a line")?;
-    let after: f64 = closed
-        .strip_prefix("closed ")
-        .ok_or_else(|| format!("unexpected: {closed}"))?
-        .parse()?;
-    assert!(hold.wait()?.success());
+        ],
+        None,
+        &dir.path().join("revoked-at"),
+        &[
+            "devices",
+            "revoke-cert",
+            "dev-4",
+            "--data-dir",
+            data.to_str().ok_or("path")?,
+        ],
+    )?;
     eprintln!("revoked connection closed {after:.3} s after revoke-cert started");
     assert!(after < 1.0, "closed {after} s after the revocation");
     assert!(
